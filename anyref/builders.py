@@ -1,0 +1,95 @@
+"""Builders: the tiny configuration of the real classes, and the full model from real weights.
+
+    model = build_tiny()                                   # random weights, for tests and SynthRef training
+    model = build_from_weights("llava-1.5-7b-hf", "sam_vit_h_4b8939.pth", "vit_h", "imagebind_huge.pth")
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer
+
+from anyref.api import AnyRef
+from anyref.config import CLIP_MEAN, CLIP_STD, AnyRefConfig
+from anyref.prompts import DESCRIBE_TEMPLATE, SEGMENT_TEMPLATES, SELECT_TEMPLATE
+from anyref.tokens import SPECIAL_TOKENS, add_special_tokens, build_tiny_tokenizer
+from encoders.imagebind_audio import ImageBindAudioConfig, ImageBindAudioEncoder, load_imagebind_audio
+from encoders.llava import build_llava, load_llava, tiny_llava_config
+from encoders.sam import SamConfig, build_sam, load_sam_checkpoint
+
+__all__ = ["build_tiny", "build_from_weights", "template_corpus", "LLAVA_V1_SYSTEM"]
+
+LLAVA_V1_SYSTEM = ("A chat between a curious human and an artificial intelligence assistant. The assistant gives "
+                   "helpful, detailed, and polite answers to the human's questions.")
+
+
+def template_corpus() -> list[str]:
+    """Text every AnyRef prompt contains (templates, role names), for training a tiny tokenizer."""
+    templates = [*SEGMENT_TEMPLATES.values(), DESCRIBE_TEMPLATE, SELECT_TEMPLATE]
+    return ["USER: ASSISTANT: " + t.replace("{}", "the object") for t in templates]
+
+
+def build_tiny(corpus: list[str] | None = None, audio: bool = True, seed: int = 0, **sizes) -> AnyRef:
+    """A small AnyRef of the same upstream classes, randomly initialised (deterministic in ``seed``).
+
+    corpus: extra text for the byte-level BPE tokenizer (e.g. SynthRef's vocabulary). sizes: keyword overrides of
+    :func:`encoders.llava.tiny_llava_config` (image_size, patch_size, vision_width, text_width, text_layers...).
+    """
+    torch.manual_seed(seed)
+    tokenizer = build_tiny_tokenizer(template_corpus() + list(corpus or []))
+    llava_config = tiny_llava_config(
+        vocab_size=len(tokenizer),
+        image_token_id=tokenizer.convert_tokens_to_ids(SPECIAL_TOKENS["image"]),
+        pad_token_id=tokenizer.pad_token_id,
+        **sizes,
+    )
+    config = AnyRefConfig(
+        llava=llava_config.to_dict(),
+        sam=SamConfig.named("tiny"),
+        audio=ImageBindAudioConfig.tiny() if audio else None,
+    )
+    audio_encoder = ImageBindAudioEncoder(config.audio) if audio else None
+    return AnyRef(config, build_llava(llava_config), build_sam(config.sam), tokenizer, audio_encoder).eval()
+
+
+def _vision_normalisation(llava_dir: Path) -> tuple[tuple, tuple]:
+    processor = llava_dir / "preprocessor_config.json"
+    if processor.is_file():
+        data = json.loads(processor.read_text())
+        return tuple(data.get("image_mean", CLIP_MEAN)), tuple(data.get("image_std", CLIP_STD))
+    return CLIP_MEAN, CLIP_STD
+
+
+def build_from_weights(llava_dir: str | Path, sam_checkpoint: str | Path, sam_type: str = "vit_h",
+                       imagebind_checkpoint: str | Path | None = None, dtype: torch.dtype = torch.bfloat16,
+                       vision_resize: str = "pad") -> AnyRef:
+    """AnyRef assembled from released weights: an HF LLaVA directory, an official SAM checkpoint, and
+    optionally ImageBind-huge for audio. The new parts (gamma, audio projection, new token rows) are untrained
+    until fine-tuned, and the config says so."""
+    llava_dir = Path(llava_dir)
+    tokenizer = AutoTokenizer.from_pretrained(llava_dir)
+    llava = load_llava(llava_dir, dtype=dtype)
+    texts = {k: v for k, v in SPECIAL_TOKENS.items() if k != "image"}
+    add_special_tokens(tokenizer, texts)
+    llava.resize_token_embeddings(len(tokenizer))
+    mean, std = _vision_normalisation(llava_dir)
+    config = AnyRefConfig(
+        llava=llava.config.to_dict(),
+        sam=SamConfig.named(sam_type),
+        audio=ImageBindAudioConfig.huge() if imagebind_checkpoint else None,
+        vision_resize=vision_resize,
+        vision_mean=mean,
+        vision_std=std,
+        system_prompt=LLAVA_V1_SYSTEM,
+        untrained_references=("text", "box", "example", "audio"),
+    )
+    sam = build_sam(config.sam)
+    load_sam_checkpoint(sam, sam_checkpoint)
+    audio_encoder = None
+    if imagebind_checkpoint:
+        audio_encoder = ImageBindAudioEncoder(config.audio)
+        load_imagebind_audio(audio_encoder, imagebind_checkpoint)
+    model = AnyRef(config, llava, sam, tokenizer, audio_encoder)
+    return model.to(dtype).eval()

@@ -1,0 +1,92 @@
+"""AnyRef directories: ``config.json`` + safetensors weights (sharded when large) + tokenizer [+ ``adapter/``].
+
+Written atomically (a temporary sibling directory renamed into place); read strictly, naming any key that does
+not fit.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from huggingface_hub import split_torch_state_dict_into_shards
+from peft import PeftModel
+from safetensors.torch import load_file, save_file
+from transformers import AutoTokenizer, LlavaConfig
+
+from anyref.config import AnyRefConfig
+from anyref.lora import base_state_dict, lora_enabled
+from encoders.checkpoints import CheckpointError, atomic_write_dir, load_state_dict_strict
+from encoders.imagebind_audio import ImageBindAudioEncoder
+from encoders.llava import build_llava
+from encoders.sam import build_sam
+
+__all__ = ["save_directory", "load_directory", "resolve_model_path", "PRETRAINED_DIR"]
+
+PRETRAINED_DIR = Path(__file__).parent / "pretrained"
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+INDEX_NAME = "model.safetensors.index.json"
+
+
+def resolve_model_path(name_or_path: str | Path) -> Path:
+    """A directory path, or the name of a model shipped with the library (e.g. "synthref-tiny")."""
+    path = Path(name_or_path)
+    if path.is_dir():
+        return path
+    shipped = PRETRAINED_DIR / str(name_or_path)
+    if shipped.is_dir():
+        return shipped
+    names = sorted(p.name for p in PRETRAINED_DIR.iterdir() if p.is_dir()) if PRETRAINED_DIR.is_dir() else []
+    raise FileNotFoundError(f"no AnyRef model directory at {path}; shipped models: {names or 'none'}")
+
+
+def save_directory(model, directory: str | Path, max_shard_size: str = "4GB") -> Path:
+    """Write ``model`` (an AnyRefModel) to ``directory``, replacing it atomically."""
+    state = {k: v.detach().contiguous() for k, v in base_state_dict(model).items()}
+    with atomic_write_dir(directory) as tmp:
+        (tmp / CONFIG_NAME).write_text(json.dumps(model.config.to_dict(), indent=2))
+        model.tokenizer.save_pretrained(tmp)
+        split = split_torch_state_dict_into_shards(state, filename_pattern="model{suffix}.safetensors",
+                                                   max_shard_size=max_shard_size)
+        for filename, keys in split.filename_to_tensors.items():
+            save_file({k: state[k] for k in keys}, tmp / filename, metadata={"format": "pt"})
+        if split.is_sharded:
+            index = {"metadata": {}, "weight_map": split.tensor_to_filename}
+            (tmp / INDEX_NAME).write_text(json.dumps(index, indent=2))
+        if lora_enabled(model):
+            model.llava.model.language_model.save_pretrained(tmp / "adapter")
+    return Path(directory)
+
+
+def _read_weights(directory: Path) -> dict[str, torch.Tensor]:
+    if (directory / INDEX_NAME).is_file():
+        files = sorted(set(json.loads((directory / INDEX_NAME).read_text())["weight_map"].values()))
+    elif (directory / WEIGHTS_NAME).is_file():
+        files = [WEIGHTS_NAME]
+    else:
+        raise CheckpointError(f"{directory} has no {WEIGHTS_NAME} (nor a sharded index)")
+    state: dict[str, torch.Tensor] = {}
+    for name in files:
+        try:
+            state.update(load_file(directory / name))
+        except Exception as error:
+            raise CheckpointError(f"could not read weights file {directory / name}: {error}") from error
+    return state
+
+
+def load_directory(cls, name_or_path: str | Path, device: str | torch.device = "cpu"):
+    """Build ``cls`` (AnyRef) from a directory written by :func:`save_directory`; strict key check."""
+    directory = resolve_model_path(name_or_path)
+    if not (directory / CONFIG_NAME).is_file():
+        raise CheckpointError(f"{directory} is not an AnyRef directory (no {CONFIG_NAME})")
+    config = AnyRefConfig.from_dict(json.loads((directory / CONFIG_NAME).read_text()))
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    llava = build_llava(LlavaConfig.from_dict(config.llava))
+    audio = None if config.audio is None else ImageBindAudioEncoder(config.audio)
+    model = cls(config, llava, build_sam(config.sam), tokenizer, audio)
+    load_state_dict_strict(model, _read_weights(directory), what=f"AnyRef weights in {directory}")
+    if (directory / "adapter").is_dir():
+        lm = model.llava.model.language_model
+        model.llava.model.language_model = PeftModel.from_pretrained(lm, directory / "adapter")
+    return model.to(device).eval()

@@ -1,0 +1,105 @@
+"""AnyRef's configuration: validated once when built, never rewritten afterwards, saved as JSON."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from encoders.imagebind_audio import ImageBindAudioConfig
+from encoders.sam import SamConfig
+
+__all__ = ["AnyRefConfig", "REFERENCE_KINDS", "CLIP_MEAN", "CLIP_STD"]
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+VISION_RESIZE_MODES = ("resize", "crop", "pad")
+REFERENCE_KINDS = ("text", "box", "example", "audio", "mask")
+
+
+@dataclass(frozen=True)
+class AnyRefConfig:
+    """Everything needed to rebuild an AnyRef model (weights aside).
+
+    llava: ``LlavaConfig.to_dict()`` of the LLM + vision tower.
+    sam: sizes of the SAM (``SamConfig``).
+    audio: sizes of the ImageBind audio encoder, or None for a model without audio references.
+    vision_resize: how a query image becomes the vision tower's square input: "resize" (stretch, nothing lost),
+        "crop" (shortest side then centre crop, LLaVA-v1 / LISA) or "pad" (pad to square, LLaVA-1.5).
+    system_prompt: text before "USER:" (LLaVA-v1's long system prompt for real checkpoints; empty for tiny ones).
+    image_wrap: put LISA's ``<im_start>``/``<im_end>`` around the image tokens.
+    obj_token: text of the mask token (``[SEG]`` for converted LISA checkpoints).
+    region_pool: side of the RoIAlign / example pooling grid (4 -> 16 tokens per box or example).
+    refocus_lambda: weight of the attention-weighted answer states added to h_obj (paper: 0.1).
+    refocus_learnable: make lambda a trained parameter (the paper found it unstable).
+    ce_weight, bce_weight, dice_weight: loss weights (paper: 1.0, 2.0, 0.5).
+    max_new_tokens: generation limit for answers.
+    untrained_references: reference kinds whose encoders were never trained (e.g. after a LISA conversion);
+        the model refuses them unless the caller insists.
+    """
+
+    llava: dict
+    sam: SamConfig = SamConfig()
+    audio: ImageBindAudioConfig | None = None
+    vision_resize: str = "resize"
+    vision_mean: tuple[float, float, float] = CLIP_MEAN
+    vision_std: tuple[float, float, float] = CLIP_STD
+    system_prompt: str = ""
+    image_wrap: bool = False
+    obj_token: str = "<obj>"
+    region_pool: int = 4
+    refocus_lambda: float = 0.1
+    refocus_learnable: bool = False
+    ce_weight: float = 1.0
+    bce_weight: float = 2.0
+    dice_weight: float = 0.5
+    max_new_tokens: int = 32
+    untrained_references: tuple[str, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        if self.vision_resize not in VISION_RESIZE_MODES:
+            raise ValueError(f"vision_resize must be one of {VISION_RESIZE_MODES}, got {self.vision_resize!r}")
+        if self.region_pool < 1:
+            raise ValueError(f"region_pool must be >= 1, got {self.region_pool}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        for name in ("ce_weight", "bce_weight", "dice_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        unknown = set(self.untrained_references) - set(REFERENCE_KINDS)
+        if unknown:
+            raise ValueError(f"untrained_references has unknown kinds {sorted(unknown)}; known: {REFERENCE_KINDS}")
+        if not isinstance(self.llava, dict) or "text_config" not in self.llava or "vision_config" not in self.llava:
+            raise ValueError("llava must be a LlavaConfig.to_dict() with text_config and vision_config")
+
+    @property
+    def region_tokens(self) -> int:
+        """Tokens per box or example-image reference (4 x 4 = 16 in the paper)."""
+        return self.region_pool * self.region_pool
+
+    @property
+    def audio_tokens(self) -> int:
+        """Tokens per audio reference: one per ImageBind clip (3)."""
+        return 3
+
+    def replace(self, **changes) -> "AnyRefConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        data = dataclasses.asdict(self)
+        data["sam"] = self.sam.to_dict()
+        data["audio"] = None if self.audio is None else dataclasses.asdict(self.audio)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "AnyRefConfig":
+        data = dict(data)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"config has unknown fields {sorted(unknown)}; was it written by a newer AnyRef?")
+        data["sam"] = SamConfig.from_dict(data["sam"])
+        if data.get("audio") is not None:
+            data["audio"] = ImageBindAudioConfig(**data["audio"])
+        for name in ("vision_mean", "vision_std", "untrained_references"):
+            if name in data:
+                data[name] = tuple(data[name])
+        return cls(**data)

@@ -1,0 +1,138 @@
+"""Reading user images, and the geometry of turning them into the vision tower's square input."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+__all__ = ["load_image", "load_mask", "VisionTransform", "vision_input"]
+
+
+def load_image(image: object) -> np.ndarray:
+    """An RGB H x W x 3 uint8 array from a path, a PIL image or an array.
+
+    Grayscale, RGBA/LA, palette and 16-bit images are converted (alpha dropped, 16-bit scaled to 8). Raises
+    FileNotFoundError / ValueError / TypeError naming what to fix; never returns a partial image.
+    """
+    if isinstance(image, (str, Path)):
+        path = Path(image)
+        if not path.is_file():
+            raise FileNotFoundError(f"image file {path} does not exist")
+        try:
+            with Image.open(path) as opened:
+                opened.load()
+                image = opened.copy()
+        except (UnidentifiedImageError, OSError, SyntaxError) as error:
+            raise ValueError(f"could not read image {path}: {error} (is it a complete PNG/JPEG file?)") from error
+    if isinstance(image, Image.Image):
+        image = _pil_to_array(image)
+    if isinstance(image, torch.Tensor):
+        raise TypeError("pass images as a path, PIL image or H x W x 3 uint8 numpy array, not a torch tensor")
+    if not isinstance(image, np.ndarray):
+        raise TypeError(f"unsupported image type {type(image).__name__}: give a path, PIL image or numpy array")
+    return _normalise_array(image)
+
+
+def _pil_to_array(image: Image.Image) -> np.ndarray:
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        return np.asarray(image, dtype=np.int64).astype(np.uint16) if image.mode != "I" else np.asarray(image)
+    if image.mode not in ("RGB", "L", "RGBA", "LA"):
+        image = image.convert("RGBA" if "A" in image.getbands() or image.mode == "P" else "RGB")
+    return np.asarray(image)
+
+
+def _normalise_array(array: np.ndarray) -> np.ndarray:
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (2, 3, 4)):
+        raise ValueError(f"image array must be H x W, H x W x 3 or H x W x 4, got shape {array.shape}")
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise ValueError(f"image has zero size {array.shape[:2]}")
+    if array.dtype == np.uint16 or (array.dtype.kind in "iu" and array.max(initial=0) > 255):
+        array = (array.astype(np.float64) / 257.0).round().clip(0, 255).astype(np.uint8)
+    elif array.dtype.kind == "f":
+        if not np.isfinite(array).all():
+            raise ValueError("float image contains NaN or inf")
+        scale = 255.0 if array.max(initial=0.0) <= 1.0 else 1.0
+        array = (array * scale).round().clip(0, 255).astype(np.uint8)
+    elif array.dtype == np.bool_:
+        array = array.astype(np.uint8) * 255
+    else:
+        array = array.astype(np.uint8)
+    if array.ndim == 2:
+        array = np.repeat(array[:, :, None], 3, axis=2)
+    elif array.shape[2] == 2:  # gray + alpha
+        array = np.repeat(array[:, :, :1], 3, axis=2)
+    elif array.shape[2] == 4:
+        array = array[:, :, :3]
+    return np.ascontiguousarray(array)
+
+
+def load_mask(mask: object, height: int, width: int, what: str) -> np.ndarray:
+    """An H x W bool mask of exactly the given size; ``what`` names it in errors."""
+    if isinstance(mask, torch.Tensor):
+        mask = mask.detach().cpu().numpy()
+    mask = np.asarray(mask)
+    if mask.ndim == 3 and mask.shape[0] == 1:
+        mask = mask[0]
+    if mask.shape != (height, width):
+        raise ValueError(f"{what} has shape {mask.shape}, but its image is {height} x {width}; give an H x W mask")
+    mask = mask > 0 if mask.dtype != np.bool_ else mask
+    if not mask.any():
+        raise ValueError(f"{what} is empty (no pixel set); give a mask covering the object")
+    return mask
+
+
+@dataclass(frozen=True)
+class VisionTransform:
+    """Maps original-image pixels into the vision tower's input: x' = x * scale_x + offset_x (same for y)."""
+
+    scale_x: float
+    scale_y: float
+    offset_x: float = 0.0
+    offset_y: float = 0.0
+
+    def box(self, box: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
+        x0, y0, x1, y1 = box
+        return (
+            x0 * self.scale_x + self.offset_x, y0 * self.scale_y + self.offset_y,
+            x1 * self.scale_x + self.offset_x, y1 * self.scale_y + self.offset_y,
+        )
+
+
+def vision_input(
+    image: np.ndarray, size: int, mode: str, mean: tuple[float, ...], std: tuple[float, ...]
+) -> tuple[torch.Tensor, VisionTransform]:
+    """The vision tower's input for an H x W x 3 uint8 image: 3 x size x size float, plus the coordinate map.
+
+    mode "resize" stretches the whole image to the square; "crop" resizes the shortest side then centre-crops
+    (LLaVA-v1, LISA); "pad" pads to a square with the mean colour first (LLaVA-1.5).
+    """
+    height, width = image.shape[:2]
+    pil = Image.fromarray(image)
+    if mode == "resize":
+        resized = pil.resize((size, size), Image.BICUBIC)
+        transform = VisionTransform(size / width, size / height)
+    elif mode == "crop":
+        scale = size / min(height, width)
+        new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
+        left, top = (new_w - size) // 2, (new_h - size) // 2
+        resized = pil.resize((new_w, new_h), Image.BICUBIC).crop((left, top, left + size, top + size))
+        transform = VisionTransform(new_w / width, new_h / height, -left, -top)
+    elif mode == "pad":
+        side = max(height, width)
+        fill = tuple(int(round(m * 255)) for m in mean)
+        canvas = Image.new("RGB", (side, side), fill)
+        left, top = (side - width) // 2, (side - height) // 2
+        canvas.paste(pil, (left, top))
+        resized = canvas.resize((size, size), Image.BICUBIC)
+        scale = size / side
+        transform = VisionTransform(scale, scale, left * scale, top * scale)
+    else:
+        raise ValueError(f"unknown vision resize mode {mode!r}")
+    pixels = torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255.0).permute(2, 0, 1)
+    pixels = (pixels - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
+    return pixels.contiguous(), transform

@@ -1,0 +1,274 @@
+"""AnyRef: a LLaVA whose answers can point at pixels.
+
+Any reference (text, box, example image, audio) becomes tokens in the prompt; each ``<obj>`` the model emits
+becomes a mask: its last-layer state, refocused on the answer tokens before it, is projected (gamma) into SAM's
+mask decoder as a sparse prompt.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from segment_anything.modeling import Sam
+from torch import nn
+from torchvision.ops import roi_align
+from transformers import DynamicCache, LlavaForConditionalGeneration, PreTrainedTokenizerBase
+
+from anyref.batching import Batch
+from anyref.config import AnyRefConfig
+from anyref.heads import ObjProjection, decode_masks, upscale_masks
+from anyref.losses import mask_bce, mask_dice
+from anyref.outputs import AnyRefOutput, Generation
+from anyref.prompts import IGNORE_INDEX, PromptBuilder
+from anyref.refocus import LastLayerAttentionTap, attention_rows, project_keys, refocus
+from anyref.tokens import SPECIAL_TOKENS, SpecialTokenIds
+from encoders.imagebind_audio import ImageBindAudioEncoder
+from encoders.llava import patch_grid_size, project_vision, vision_patch_grid
+
+__all__ = ["AnyRefModel"]
+
+
+class AnyRefModel(nn.Module):
+    """The network: parts passed in, assembled by builders (:mod:`anyref.builders`).
+
+    llava: transformers LlavaForConditionalGeneration (LLM, CLIP vision tower, projector).
+    sam: segment-anything Sam (image encoder and prompt encoder frozen; mask decoder trained).
+    audio_encoder: ImageBind audio branch, or None for a model without audio references.
+    """
+
+    def __init__(self, config: AnyRefConfig, llava: LlavaForConditionalGeneration, sam: Sam,
+                 tokenizer: PreTrainedTokenizerBase, audio_encoder: ImageBindAudioEncoder | None = None):
+        super().__init__()
+        self.config = config
+        self.llava = llava
+        self.sam = sam
+        self.tokenizer = tokenizer
+        self.audio_encoder = audio_encoder
+        hidden = llava.config.text_config.hidden_size
+        self.audio_projection = None if audio_encoder is None else nn.Linear(config.audio.out_dim, hidden)
+        self.obj_projection = ObjProjection(hidden, config.sam.prompt_dim)
+        lam = torch.tensor(float(config.refocus_lambda))
+        if config.refocus_learnable:
+            self.refocus_lambda = nn.Parameter(lam)
+        else:
+            self.register_buffer("refocus_lambda", lam)
+        texts = dict(SPECIAL_TOKENS, obj=config.obj_token)
+        self.ids = SpecialTokenIds.from_tokenizer(tokenizer, texts)
+        if self.ids.image != llava.config.image_token_id:
+            raise ValueError(f"tokenizer's <image> id {self.ids.image} != LLaVA image_token_id "
+                             f"{llava.config.image_token_id}")
+        wrap = None
+        if config.image_wrap:
+            wrap = (tokenizer.convert_tokens_to_ids("<im_start>"), tokenizer.convert_tokens_to_ids("<im_end>"))
+        self.grid = patch_grid_size(llava.config)
+        self.builder = PromptBuilder(config, tokenizer, self.ids, self.grid * self.grid, wrap)
+
+    # ----------------------------------------------------------------------------------------------- parts
+    @property
+    def language_model(self) -> nn.Module:
+        """The decoder stack (LlamaModel), unwrapped from a PEFT wrapper if LoRA is on."""
+        model = self.llava.model.language_model
+        return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+    @property
+    def device(self) -> torch.device:
+        return self.obj_projection[0].weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.obj_projection[0].weight.dtype
+
+    # -------------------------------------------------------------------------------------------- encoding
+    def sam_embeddings(self, sam_pixels: torch.Tensor) -> torch.Tensor:
+        """B x 3 x Ss x Ss -> B x C x g x g SAM image embeddings (no graph when the encoder is frozen)."""
+        encoder = self.sam.image_encoder
+        trainable = any(p.requires_grad for p in encoder.parameters()) and torch.is_grad_enabled()
+        with torch.set_grad_enabled(trainable):
+            return encoder(sam_pixels)
+
+    def reference_tokens(self, batch: Batch, grids: torch.Tensor) -> torch.Tensor:
+        """All reference feature tokens of the batch, sample by sample in prompt order: T x H.
+
+        grids: B x C_v x G x G patch features of the query images (boxes are RoIAligned on them).
+        """
+        pool = self.config.region_pool
+        by_kind: dict[str, torch.Tensor] = {}
+        if len(batch.boxes):
+            patch = self.llava.config.vision_config.patch_size
+            regions = roi_align(grids, batch.boxes.to(grids.dtype), output_size=pool, spatial_scale=1.0 / patch,
+                                sampling_ratio=2, aligned=True)  # Nb x C_v x pool x pool
+            by_kind["box"] = project_vision(self.llava, regions.flatten(2).transpose(1, 2))
+        if len(batch.examples):
+            example_grids = vision_patch_grid(self.llava, batch.examples)
+            pooled = F.adaptive_avg_pool2d(example_grids, pool)  # 2-D blocks of the patch grid
+            by_kind["example"] = project_vision(self.llava, pooled.flatten(2).transpose(1, 2))
+        if len(batch.audio):
+            if self.audio_encoder is None:
+                raise ValueError("this model has no audio encoder; it cannot take Audio references")
+            clips = batch.audio.flatten(0, 1)  # Na*3 x 1 x 128 x 204
+            embeddings = self.audio_encoder(clips).view(len(batch.audio), -1, self.config.audio.out_dim)
+            by_kind["audio"] = self.audio_projection(embeddings.to(self.dtype))
+        if batch.mask_refs:
+            raise ValueError("this model has no mask-reference encoder; it cannot take MaskRef references")
+        pieces = [by_kind[kind][index] for order in batch.reference_order for kind, index in order]
+        hidden = self.llava.config.text_config.hidden_size
+        return torch.cat(pieces) if pieces else grids.new_zeros((0, hidden))
+
+    def input_embeddings(self, batch: Batch) -> torch.Tensor:
+        """Token embeddings with image patches and reference features scattered into their placeholders.
+
+        Returns B x L x H. Raises if placeholder counts and feature counts differ.
+        """
+        ids = batch.input_ids
+        grids = vision_patch_grid(self.llava, batch.clip_pixels.to(self.dtype))
+        image_tokens = project_vision(self.llava, grids.flatten(2).transpose(1, 2))  # B x G*G x H
+        reference_tokens = self.reference_tokens(batch, grids)  # T x H
+        placeholders = (ids == self.ids.image) | (ids == self.ids.ref_feature)
+        embeds = self.llava.get_input_embeddings()(ids.masked_fill(placeholders, self.ids.pad))
+        for token_id, features, what in ((self.ids.image, image_tokens, "Image"),
+                                         (self.ids.ref_feature, reference_tokens, "Reference")):
+            features = features.reshape(-1, embeds.shape[-1])
+            slots = ids == token_id
+            if int(slots.sum()) != features.shape[0]:
+                raise ValueError(f"{what} features and {what.lower()} tokens do not match: "
+                                 f"{int(slots.sum())} tokens, {features.shape[0]} features")
+            embeds = embeds.masked_scatter(slots[..., None].expand_as(embeds), features.to(embeds.dtype))
+        return embeds
+
+    # ------------------------------------------------------------------------------------------- training
+    def forward(self, batch: Batch) -> AnyRefOutput:
+        """Teacher-forced forward: text CE on answer tokens, BCE and dice on one mask per ``<obj>``."""
+        ids, labels, attention = batch.input_ids, batch.labels, batch.attention_mask
+        embeds = self.input_embeddings(batch)
+        positions = (attention.cumsum(-1) - 1).clamp_min(0)
+        with LastLayerAttentionTap(self.language_model) as tap:
+            hidden = self.llava.model.language_model(
+                inputs_embeds=embeds, attention_mask=attention, position_ids=positions, use_cache=False
+            ).last_hidden_state  # B x L x H
+        targets = labels[:, 1:]
+        predicted = targets != IGNORE_INDEX
+        logits = self.llava.lm_head(hidden[:, :-1][predicted])  # only answer positions: T x V
+        ce = F.cross_entropy(logits.float(), targets[predicted]) if predicted.any() else hidden.sum() * 0.0
+
+        emits = (ids[:, 1:] == self.ids.obj) & predicted  # position p emits <obj> at p + 1
+        rows, cols = emits.nonzero(as_tuple=True)
+        keys = project_keys(tap.attention, tap.hidden, tap.cos, tap.sin) if len(rows) else None
+        states = self._obj_states(tap, hidden, attention, batch.answer_starts, rows, cols, keys)
+        prompts = self.obj_projection(states)
+        embeddings = self.sam_embeddings(batch.sam_pixels.to(self.dtype))
+        mask_logits, predicted_masks, target_masks = [], [], []
+        for row in range(len(ids)):
+            mine = rows == row
+            target = batch.masks[row]
+            if int(mine.sum()) != target.shape[0]:
+                raise ValueError(f"sample {row} emits {int(mine.sum())} <obj> but has {target.shape[0]} target masks")
+            if target.shape[0] == 0:
+                mask_logits.append(embeddings.new_zeros((0, *batch.image_sizes[row])))
+                continue
+            low = decode_masks(self.sam, embeddings[row:row + 1], prompts[mine])
+            full = upscale_masks(self.sam, low, batch.sam_sizes[row], batch.image_sizes[row])
+            mask_logits.append(full)
+            predicted_masks.append(full)
+            target_masks.append(target)
+        n_masks = sum(m.shape[0] for m in target_masks)
+        if n_masks:
+            stacked_logits = torch.cat([m.flatten(1) for m in predicted_masks])
+            stacked_targets = torch.cat([m.flatten(1) for m in target_masks])
+            bce, dice = mask_bce(stacked_logits, stacked_targets), mask_dice(stacked_logits, stacked_targets)
+        else:
+            bce = dice = prompts.sum() * 0.0 + embeddings.sum() * 0.0
+        config = self.config
+        loss = config.ce_weight * ce + config.bce_weight * bce + config.dice_weight * dice
+        return AnyRefOutput(loss=loss, ce=ce.detach(), bce=bce.detach(), dice=dice.detach(), n_masks=n_masks,
+                            mask_logits=mask_logits)
+
+    def _obj_states(self, tap, hidden, attention, answer_starts, rows, cols, keys) -> torch.Tensor:
+        """Refocused states for the ``<obj>``-emitting positions (rows, cols) of a full (uncached) forward.
+
+        hidden: B x L x H last-layer states; keys: B x KVH x L x D rotary keys of the last layer. Returns N x H.
+        """
+        if len(rows) == 0:
+            return hidden.new_zeros((0, hidden.shape[-1]))
+        span = torch.arange(hidden.shape[1], device=hidden.device)
+        before = span[None, :] <= cols[:, None]  # causal: keys up to the emitting position
+        key_mask = before & attention[rows].bool()
+        weights = attention_rows(tap.attention, tap.hidden[rows, cols], tap.cos[rows, cols], tap.sin[rows, cols],
+                                 keys[rows], key_mask)
+        answer_mask = before & (span[None, :] >= answer_starts[rows, None])
+        return refocus(hidden[rows, cols], hidden[rows], weights, answer_mask, self.refocus_lambda)
+
+    # ------------------------------------------------------------------------------------------ inference
+    @torch.no_grad()
+    def generate(self, batch: Batch, max_new_tokens: int | None = None) -> list[Generation]:
+        """Greedy decoding with a KV cache for a left-padded batch; refocused ``<obj>`` states on the fly."""
+        max_new_tokens = max_new_tokens or self.config.max_new_tokens
+        lm = self.llava.model.language_model
+        attention = batch.attention_mask.clone()
+        positions = (attention.cumsum(-1) - 1).clamp_min(0)
+        embeds = self.input_embeddings(batch)
+        cache = DynamicCache()
+        batch_size, prompt_length = attention.shape
+        with LastLayerAttentionTap(self.language_model) as tap:
+            step_hidden = lm(inputs_embeds=embeds, attention_mask=attention, position_ids=positions,
+                             past_key_values=cache, use_cache=True).last_hidden_state[:, -1]
+            answer_hidden: list[torch.Tensor] = []  # B x H per generated position (prompt_length + i)
+            tokens = [[] for _ in range(batch_size)]
+            states = [[] for _ in range(batch_size)]
+            done = torch.zeros(batch_size, dtype=torch.bool, device=attention.device)
+            position = positions[:, -1]
+            for _ in range(max_new_tokens):
+                next_ids = self.llava.lm_head(step_hidden).argmax(-1)
+                next_ids = torch.where(done, torch.full_like(next_ids, self.ids.pad), next_ids)
+                emitting = (next_ids == self.ids.obj) & ~done
+                if emitting.any():
+                    self._collect_obj_states(tap, cache, attention, step_hidden, answer_hidden, emitting,
+                                             prompt_length, states)
+                for row in range(batch_size):
+                    if not done[row] and next_ids[row] != self.ids.eos:
+                        tokens[row].append(int(next_ids[row]))
+                done |= next_ids == self.ids.eos
+                if done.all():
+                    break
+                attention = torch.cat([attention, attention.new_ones((batch_size, 1))], dim=1)
+                position = position + 1
+                step_hidden = lm(inputs_embeds=self.llava.get_input_embeddings()(next_ids[:, None]),
+                                 attention_mask=attention, position_ids=position[:, None],
+                                 past_key_values=cache, use_cache=True).last_hidden_state[:, -1]
+                answer_hidden.append(step_hidden)
+        hidden_size = step_hidden.shape[-1]
+        return [Generation(tokens[row],
+                           torch.stack(states[row]) if states[row] else step_hidden.new_zeros((0, hidden_size)),
+                           self.decode_text(tokens[row]))
+                for row in range(batch_size)]
+
+    def _collect_obj_states(self, tap, cache, attention, step_hidden, answer_hidden, emitting, prompt_length,
+                            states) -> None:
+        """Refocus the state of each row that just emitted ``<obj>``; keys come from the KV cache."""
+        rows = emitting.nonzero(as_tuple=True)[0]
+        keys = cache.layers[-1].keys[rows]  # N x KVH x K x D, rotary already applied
+        total = keys.shape[2]
+        key_mask = attention[rows].bool()
+        weights = attention_rows(tap.attention, tap.hidden[rows, -1], tap.cos[rows, -1], tap.sin[rows, -1],
+                                 keys, key_mask)
+        # key positions prompt_length .. total-1 are the answer tokens generated so far (the last is this step's)
+        span = torch.arange(total, device=keys.device)
+        answer_mask = (span >= prompt_length)[None, :].expand(len(rows), -1)
+        history = torch.stack(answer_hidden, dim=1)[rows] if answer_hidden else None
+        padded = step_hidden.new_zeros((len(rows), total, step_hidden.shape[-1]))
+        if history is not None:
+            padded[:, prompt_length:prompt_length + history.shape[1]] = history
+        refocused = refocus(step_hidden[rows], padded, weights, answer_mask, self.refocus_lambda)
+        for index, row in enumerate(rows.tolist()):
+            states[row].append(refocused[index])
+
+    def decode_text(self, token_ids: list[int]) -> str:
+        """Answer text with ``<obj>`` marking each mask; other special tokens dropped."""
+        pieces, current = [], []
+        for token in token_ids:
+            if token == self.ids.obj:
+                pieces.append(self.tokenizer.decode(current, skip_special_tokens=True))
+                pieces.append(self.config.obj_token)
+                current = []
+            else:
+                current.append(token)
+        pieces.append(self.tokenizer.decode(current, skip_special_tokens=True))
+        return "".join(pieces).strip()

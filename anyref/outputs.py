@@ -1,0 +1,61 @@
+"""Typed results: what training and inference return."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+__all__ = ["AnyRefOutput", "SegmentResult", "Generation"]
+
+
+@dataclass
+class AnyRefOutput:
+    """The training forward's result. loss = ce_weight * ce + bce_weight * bce + dice_weight * dice.
+
+    mask_logits: per sample, K x H x W logits at the original image size (K = the sample's ``<obj>`` count).
+    """
+
+    loss: torch.Tensor
+    ce: torch.Tensor
+    bce: torch.Tensor
+    dice: torch.Tensor
+    n_masks: int
+    mask_logits: list[torch.Tensor] = field(default_factory=list)
+
+
+@dataclass
+class Generation:
+    """One generated answer: token ids (eos excluded), the refocused ``<obj>`` states (K x H) and the text."""
+
+    token_ids: list[int]
+    obj_states: torch.Tensor
+    text: str
+
+
+@dataclass
+class SegmentResult:
+    """The answer to ``AnyRef.segment``.
+
+    masks: K x H x W bool at the image's own size, one per ``<obj>`` in the answer (K may be 0).
+    scores: K float, the mean foreground probability inside each mask (0 for an empty mask).
+    text: the answer, with ``<obj>`` where each mask was emitted.
+    """
+
+    masks: np.ndarray
+    scores: np.ndarray
+    text: str
+
+    @property
+    def found(self) -> bool:
+        """Whether the model answered with at least one mask."""
+        return len(self.masks) > 0
+
+    @property
+    def note(self) -> str:
+        if self.found:
+            return f"{len(self.masks)} mask(s)"
+        return "no mask: the answer contains no <obj> token (the model found no such object)"
+
+    def __repr__(self) -> str:
+        return f"SegmentResult(text={self.text!r}, {self.note}, size={self.masks.shape[1:] or None})"

@@ -1,0 +1,149 @@
+"""Prompt building: references and answers -> one token sequence with placeholders already expanded.
+
+The paper's templates (anyref-paper.md):
+  text     Q "Can you segment {exp} in this image?"                                    A "{exp} <obj>."
+  example  Q "Can you find similar object of <img.ref>{feats}</img.ref> in this image?"  A "{class} <obj>."
+  audio    Q "Can you segment the object(s) that produce sound of <aud.ref>{feats}</aud.ref> in this image?"
+  caption  Q "Can you provide a description of <img.ref>{feats}</img.ref> in this image?" A the expression
+A list of references is read inline, left to right, as one expression: ["the object left of", Box(...)] asks
+"Can you segment the object left of <img.ref>{feats}</img.ref> in this image?".
+
+Feature placeholders are expanded here, the only place that knows how many tokens each reference takes; the model
+checks the counts again when it scatters the features in.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from transformers import PreTrainedTokenizerBase
+
+from anyref.config import AnyRefConfig
+from anyref.references import Audio, Box, ExampleImage, MaskRef, Reference
+from anyref.samples import OBJ, AnswerPart
+from anyref.tokens import SpecialTokenIds, encode_text
+
+__all__ = ["EncodedPrompt", "PromptBuilder", "IGNORE_INDEX", "reference_kind"]
+
+IGNORE_INDEX = -100
+
+SEGMENT_TEMPLATES = {
+    "text": "Can you segment {} in this image?",
+    "example": "Can you find similar object of {} in this image?",
+    "audio": "Can you segment the object(s) that produce sound of {} in this image?",
+    "box": "Can you segment {} in this image?",
+    "mask": "Can you segment {} in this image?",
+}
+DESCRIBE_TEMPLATE = "Can you provide a description of {} in this image?"
+SELECT_TEMPLATE = "Can you select {} in this image?"
+
+
+def reference_kind(ref: Reference) -> str:
+    """"text", "box", "example", "audio" or "mask"."""
+    for kind, cls in (("text", str), ("box", Box), ("example", ExampleImage), ("audio", Audio), ("mask", MaskRef)):
+        if isinstance(ref, cls):
+            return kind
+    raise TypeError(f"unsupported reference {type(ref).__name__}")
+
+
+@dataclass
+class EncodedPrompt:
+    """One sample's token ids.
+
+    input_ids: L ids, placeholders expanded (image patches, reference features).
+    labels: L ids, IGNORE_INDEX outside the answer (teacher forcing targets, unshifted).
+    answer_start: index of the first answer token (== L for a prompt to generate from).
+    references: the non-text references in the order their feature tokens appear.
+    """
+
+    input_ids: list[int]
+    labels: list[int]
+    answer_start: int
+    references: list[Reference]
+
+
+class PromptBuilder:
+    """Builds EncodedPrompts for one tokenizer and configuration."""
+
+    def __init__(self, config: AnyRefConfig, tokenizer: PreTrainedTokenizerBase, ids: SpecialTokenIds,
+                 image_tokens: int, image_wrap_ids: tuple[int, int] | None = None):
+        self.config = config
+        self.tokenizer = tokenizer
+        self.ids = ids
+        self.image_tokens = image_tokens
+        self.image_wrap_ids = image_wrap_ids
+
+    def feature_count(self, ref: Reference) -> int:
+        """Feature tokens a reference takes: the one place these counts are decided."""
+        kind = reference_kind(ref)
+        return {"box": self.config.region_tokens, "example": self.config.region_tokens,
+                "audio": self.config.audio_tokens, "mask": 1}[kind]
+
+    def _reference_ids(self, ref: Reference) -> list[int]:
+        kind = reference_kind(ref)
+        feats = [self.ids.ref_feature] * self.feature_count(ref)
+        if kind in ("box", "example"):
+            return [self.ids.img_ref_start, *feats, self.ids.img_ref_end]
+        if kind == "audio":
+            return [self.ids.aud_ref_start, *feats, self.ids.aud_ref_end]
+        return [self.ids.mask_ref_pre, *feats]
+
+    def question_ids(self, task: str, references: list[Reference]) -> tuple[list[int], list[Reference]]:
+        """The question's ids (template around the inline references) and its non-text references in order."""
+        if task == "describe":
+            template = DESCRIBE_TEMPLATE
+        elif task == "select":
+            template = SELECT_TEMPLATE
+        else:
+            kinds = {reference_kind(r) for r in references}
+            template = SEGMENT_TEMPLATES[kinds.pop()] if len(references) == 1 else SEGMENT_TEMPLATES["text"]
+        before, after = template.split("{}")
+        ids = encode_text(self.tokenizer, before)
+        used: list[Reference] = []
+        for index, ref in enumerate(references):
+            sep = " " if index else ""
+            if isinstance(ref, str):
+                ids += encode_text(self.tokenizer, sep + ref.strip())
+            else:
+                if sep:
+                    ids += encode_text(self.tokenizer, sep)
+                ids += self._reference_ids(ref)
+                used.append(ref)
+        ids += encode_text(self.tokenizer, after)
+        return ids, used
+
+    def answer_ids(self, answer: list[AnswerPart]) -> list[int]:
+        """Answer parts -> ids (text encoded without special-token parsing, OBJ by id), then eos."""
+        ids: list[int] = []
+        text = " "  # the answer follows "ASSISTANT:" after one space
+        for part in answer:
+            if part is OBJ:
+                if text:
+                    ids += encode_text(self.tokenizer, text)
+                    text = ""
+                ids.append(self.ids.obj)
+            elif isinstance(part, str):
+                text += part
+            else:
+                raise TypeError(f"answer parts are str or OBJ, got {type(part).__name__}")
+        if text.strip():
+            ids += encode_text(self.tokenizer, text)
+        return ids + [self.ids.eos]
+
+    def encode(self, task: str, references: list[Reference], answer: list[AnswerPart] | None = None) -> EncodedPrompt:
+        """The whole sequence: [bos] system "USER: " image "\\n" question " ASSISTANT:" [answer eos]."""
+        ids = [self.ids.bos] if self.ids.bos is not None else []
+        head = (self.config.system_prompt + " " if self.config.system_prompt else "") + "USER: "
+        ids += encode_text(self.tokenizer, head)
+        image = [self.ids.image] * self.image_tokens
+        if self.image_wrap_ids is not None:
+            image = [self.image_wrap_ids[0], *image, self.image_wrap_ids[1]]
+        ids += image
+        question, used = self.question_ids(task, references)
+        ids += encode_text(self.tokenizer, "\n") + question + encode_text(self.tokenizer, " ASSISTANT:")
+        answer_start = len(ids)
+        labels = [IGNORE_INDEX] * answer_start
+        if answer is not None:
+            answer_ids = self.answer_ids(answer)
+            ids += answer_ids
+            labels += answer_ids
+        return EncodedPrompt(ids, labels, answer_start, used)

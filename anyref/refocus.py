@@ -1,0 +1,97 @@
+"""Refocusing: h_obj' = h_obj + lambda * sum_i a_i h_i over the answer tokens before ``<obj>``.
+
+a = the last decoder layer's attention row of the position that emits ``<obj>``, averaged over heads and
+renormalised over those answer tokens. Only the rows needed are computed: the last layer's attention input is
+captured by a hook during the normal (sdpa) forward, and the scores of one query row are recomputed from it -
+one q-projection per ``<obj>`` plus, without a KV cache, one k-projection of the last layer. No layer switches to
+eager attention and no L x L matrix is materialised.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers.models.llama.modeling_llama import rotate_half
+
+__all__ = ["LastLayerAttentionTap", "attention_rows", "project_keys", "refocus"]
+
+
+class LastLayerAttentionTap:
+    """Captures the (normed) input and rotary embeddings of the last decoder layer's self-attention.
+
+    Use as a context manager around a language-model forward; afterwards ``hidden`` is B x L x H and ``cos``/
+    ``sin`` are B x L x D (the rows of this forward only; with a KV cache, only the new positions).
+    """
+
+    def __init__(self, language_model: nn.Module):
+        self.attention = language_model.layers[-1].self_attn
+        self.hidden: torch.Tensor | None = None
+        self.cos: torch.Tensor | None = None
+        self.sin: torch.Tensor | None = None
+
+    def _hook(self, module, args, kwargs):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        self.hidden = hidden
+        self.cos, self.sin = kwargs["position_embeddings"]
+
+    def __enter__(self) -> "LastLayerAttentionTap":
+        self._handle = self.attention.register_forward_pre_hook(self._hook, with_kwargs=True)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._handle.remove()
+
+
+def _heads(attention: nn.Module, projected: torch.Tensor) -> torch.Tensor:
+    """... x (heads * D) -> ... x heads x D."""
+    return projected.view(*projected.shape[:-1], -1, attention.head_dim)
+
+
+def _rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """LLaMA's rotary embedding: x ... x heads x L x D, cos/sin ... x L x D."""
+    cos, sin = cos.unsqueeze(-3), sin.unsqueeze(-3)
+    return x * cos + rotate_half(x) * sin
+
+
+def project_keys(attention: nn.Module, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary keys of the last layer: hidden B x L x H -> B x KVH x L x D (what a KV cache would hold)."""
+    keys = _heads(attention, attention.k_proj(hidden)).transpose(1, 2)
+    return _rotary(keys, cos, sin)
+
+
+def attention_rows(
+    attention: nn.Module,
+    hidden_rows: torch.Tensor,
+    cos_rows: torch.Tensor,
+    sin_rows: torch.Tensor,
+    keys: torch.Tensor,
+    key_mask: torch.Tensor,
+) -> torch.Tensor:
+    """Head-averaged attention probabilities of N query rows, as the layer's own softmax gives them.
+
+    hidden_rows: N x H (normed layer input at the query positions); cos_rows, sin_rows: N x D;
+    keys: N x KVH x K x D rotary keys; key_mask: N x K bool, True where the query may attend (causal + padding).
+    Returns N x K float32.
+    """
+    queries = _heads(attention, attention.q_proj(hidden_rows))[:, :, None, :]  # N x heads x 1 x D
+    queries = _rotary(queries, cos_rows[:, None], sin_rows[:, None])
+    groups = queries.shape[1] // keys.shape[1]
+    keys = keys.repeat_interleave(groups, dim=1)  # grouped-query attention: KV heads shared by query heads
+    scores = (queries @ keys.transpose(-1, -2)).squeeze(2) * attention.scaling  # N x heads x K
+    scores = scores.float().masked_fill(~key_mask[:, None, :], float("-inf"))
+    return scores.softmax(dim=-1).mean(dim=1)
+
+
+def refocus(
+    h_obj: torch.Tensor, answer_states: torch.Tensor, weights: torch.Tensor, answer_mask: torch.Tensor,
+    lam: torch.Tensor | float,
+) -> torch.Tensor:
+    """h_obj + lam * sum_i a_i h_i with a renormalised over the answer tokens before ``<obj>``.
+
+    h_obj: N x H; answer_states: N x K x H (last-layer states at the key positions); weights: N x K (attention
+    row); answer_mask: N x K bool (answer tokens before the ``<obj>``). Rows with no such token are unchanged.
+    """
+    masked = weights * answer_mask
+    total = masked.sum(dim=-1, keepdim=True)
+    normalised = torch.where(total > 0, masked / total.clamp_min(1e-12), torch.zeros_like(masked))
+    context = torch.einsum("nk,nkh->nh", normalised.to(answer_states.dtype), answer_states)
+    return h_obj + lam * context

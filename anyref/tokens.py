@@ -1,0 +1,106 @@
+"""Special tokens, and the only way text becomes token ids.
+
+Every special token is inserted by id, never parsed out of text: user and dataset text is always encoded with
+``split_special_tokens=True``, so a literal "<obj>" typed by a user stays plain text.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+__all__ = [
+    "SPECIAL_TOKENS", "SpecialTokenIds", "add_special_tokens", "encode_text", "build_tiny_tokenizer",
+]
+
+# name -> default token text. "obj" is the mask token (LISA checkpoints use "[SEG]" for it, see AnyRefConfig).
+SPECIAL_TOKENS = {
+    "image": "<image>",             # one per vision patch, replaced by the projected patch features
+    "obj": "<obj>",                 # emitted by the model; its hidden state becomes a mask prompt
+    "img_ref_start": "<img.ref>",   # quotes box / example-image feature tokens
+    "img_ref_end": "</img.ref>",
+    "aud_ref_start": "<aud.ref>",   # quotes audio feature tokens
+    "aud_ref_end": "</aud.ref>",
+    "ref_feature": "<ref.feat>",    # placeholder, one per reference feature token, replaced before the LLM runs
+    "mask_ref_pre": "<mask-ref-pre>",    # precedes a reference mask's token (RAS)
+    "mask_pool_pre": "<mask-pool-pre>",  # precedes a candidate mask's token (RAS)
+}
+
+
+@dataclass(frozen=True)
+class SpecialTokenIds:
+    """Ids of the special tokens in one tokenizer (plus bos/eos/pad)."""
+
+    image: int
+    obj: int
+    img_ref_start: int
+    img_ref_end: int
+    aud_ref_start: int
+    aud_ref_end: int
+    ref_feature: int
+    mask_ref_pre: int
+    mask_pool_pre: int
+    bos: int | None
+    eos: int
+    pad: int
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer: PreTrainedTokenizerBase, texts: dict[str, str]) -> "SpecialTokenIds":
+        """Ids for ``texts`` (name -> token text); raises if one is not a single known token."""
+        ids = {}
+        for name, text in texts.items():
+            token_id = tokenizer.convert_tokens_to_ids(text)
+            if token_id is None or token_id == tokenizer.unk_token_id:
+                raise ValueError(f"tokenizer has no special token {text!r}; call add_special_tokens first")
+            ids[name] = token_id
+        if tokenizer.eos_token_id is None:
+            raise ValueError("tokenizer has no eos token")
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        return cls(**ids, bos=tokenizer.bos_token_id, eos=tokenizer.eos_token_id, pad=pad)
+
+
+def add_special_tokens(tokenizer: PreTrainedTokenizerBase, texts: dict[str, str]) -> int:
+    """Add the special tokens (name -> text) that the tokenizer lacks; returns how many were added.
+
+    Then checks each encodes to exactly ONE id in context (LISA users met a tokenizer that split ``[SEG]`` into a
+    space piece plus the token, and got doubled masks).
+    """
+    missing = [t for t in texts.values() if t not in tokenizer.get_vocab()]
+    added = tokenizer.add_special_tokens({"additional_special_tokens": missing}) if missing else 0
+    check_single_ids(tokenizer, texts.values())
+    return added
+
+
+def check_single_ids(tokenizer: PreTrainedTokenizerBase, texts: Iterable[str]) -> None:
+    """Raise unless every token text encodes to one id, alone and inside a sentence."""
+    for text in texts:
+        token_id = tokenizer.convert_tokens_to_ids(text)
+        for context in (text, f"the red circle {text}.", f"a{text}b"):
+            ids = tokenizer(context, add_special_tokens=False).input_ids
+            if ids.count(token_id) != 1:
+                raise ValueError(f"special token {text!r} does not encode to one id in {context!r}: {ids}")
+
+
+def encode_text(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+    """Token ids of plain text. Special-token strings inside ``text`` are NOT recognised (no injection)."""
+    return tokenizer(text, add_special_tokens=False, split_special_tokens=True).input_ids
+
+
+def build_tiny_tokenizer(corpus: Iterable[str], vocab_size: int = 1024) -> PreTrainedTokenizerFast:
+    """A byte-level BPE trained on ``corpus`` (any text stays encodable: unknown words fall back to bytes),
+    with bos/eos/pad and AnyRef's special tokens. Deterministic for the same corpus."""
+    model = Tokenizer(models.BPE())
+    model.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    model.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<pad>", "<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    model.train_from_iterator(list(corpus), trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=model, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+    add_special_tokens(tokenizer, SPECIAL_TOKENS)
+    return tokenizer

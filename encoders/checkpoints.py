@@ -1,0 +1,98 @@
+"""Checkpoint reading that never runs pickled code and never loads half a model silently."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Mapping
+
+import torch
+from torch import nn
+
+__all__ = ["load_pth", "load_state_dict_strict", "CheckpointError", "atomic_write_dir"]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that does not fit the model: the message names the keys."""
+
+
+def load_pth(path: str | Path) -> dict[str, torch.Tensor]:
+    """A ``.pth``/``.bin`` state dict, read with ``weights_only=True`` (no pickled code runs).
+
+    Accepts a bare state dict or one wrapped as ``{"model": ...}`` / ``{"state_dict": ...}``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several types for corrupt or unsafe files
+        raise CheckpointError(
+            f"could not read {path} as a weights-only PyTorch checkpoint ({type(error).__name__}: {error}); "
+            "it may be corrupt, truncated, or contain pickled objects other than tensors"
+        ) from error
+    for wrapper in ("model", "state_dict", "module"):
+        if isinstance(obj, dict) and wrapper in obj and isinstance(obj[wrapper], dict):
+            obj = obj[wrapper]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path} does not hold a state dict of tensors")
+    return obj
+
+
+def _short(keys: list[str], limit: int = 12) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def load_state_dict_strict(module: nn.Module, state_dict: Mapping[str, torch.Tensor], what: str) -> None:
+    """``module.load_state_dict(state_dict, strict=True)`` with an error that names every offending key.
+
+    what: the checkpoint's name in messages, e.g. "SAM checkpoint sam_vit_h_4b8939.pth".
+    """
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    mismatched = sorted(
+        f"{k} (checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)})"
+        for k in set(own) & set(state_dict)
+        if own[k].shape != state_dict[k].shape
+    )
+    problems = []
+    if missing:
+        problems.append(f"missing keys: {_short(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys: {_short(unexpected)}")
+    if mismatched:
+        problems.append(f"shape mismatches: {_short(mismatched)}")
+    if problems:
+        raise CheckpointError(f"{what} does not fit the model: " + "; ".join(problems))
+    module.load_state_dict(state_dict, strict=True)
+
+
+class atomic_write_dir:
+    """Context manager: write into a temporary sibling directory, then rename it over ``target`` on success.
+
+    Nothing half-written is ever visible at ``target``; an exception leaves any previous ``target`` intact.
+    """
+
+    def __init__(self, target: str | Path):
+        self.target = Path(target)
+
+    def __enter__(self) -> Path:
+        self.target.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.", dir=self.target.parent))
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        import shutil
+
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return
+        old = None
+        if self.target.exists():
+            old = self.target.with_name(f".{self.target.name}.old-{os.getpid()}")
+            os.replace(self.target, old)
+        os.replace(self.tmp, self.target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
