@@ -135,8 +135,9 @@ class AnyRefModel(nn.Module):
         return embeds
 
     # ------------------------------------------------------------------------------------------- training
-    def forward(self, batch: Batch) -> AnyRefOutput:
-        """Teacher-forced forward: text CE on answer tokens, BCE and dice on one mask per ``<obj>``."""
+    def answer_states(self, batch: Batch):
+        """Teacher-forced LLM pass. Returns (hidden B x L x H, CE over answer tokens, rows N, cols N, refocused
+        ``<obj>`` states N x H), where (rows, cols) are the positions that emit ``<obj>``."""
         ids, labels, attention = batch.input_ids, batch.labels, batch.attention_mask
         embeds = self.input_embeddings(batch)
         positions = (attention.cumsum(-1) - 1).clamp_min(0)
@@ -148,14 +149,21 @@ class AnyRefModel(nn.Module):
         predicted = targets != IGNORE_INDEX
         logits = self.llava.lm_head(hidden[:, :-1][predicted])  # only answer positions: T x V
         ce = F.cross_entropy(logits.float(), targets[predicted]) if predicted.any() else hidden.sum() * 0.0
-
         emits = (ids[:, 1:] == self.ids.obj) & predicted  # position p emits <obj> at p + 1
         rows, cols = emits.nonzero(as_tuple=True)
         keys = project_keys(tap.attention, tap.hidden, tap.cos, tap.sin) if len(rows) else None
         states = self._obj_states(tap, hidden, attention, batch.answer_starts, rows, cols, keys)
+        return hidden, ce, rows, cols, states
+
+    def forward(self, batch: Batch) -> AnyRefOutput:
+        """Teacher-forced forward: text CE on answer tokens, BCE and dice on one mask per ``<obj>``."""
+        _, ce, rows, _, states = self.answer_states(batch)
+        ids = batch.input_ids
         prompts = self.obj_projection(states)
         embeddings = self.sam_embeddings(batch.sam_pixels.to(self.dtype))
-        mask_logits, predicted_masks, target_masks = [], [], []
+        mask_logits = []
+        bce = dice = prompts.sum() * 0.0 + embeddings.sum() * 0.0  # keeps the graph connected with no masks
+        n_masks = 0
         for row in range(len(ids)):
             mine = rows == row
             target = batch.masks[row]
@@ -167,15 +175,12 @@ class AnyRefModel(nn.Module):
             low = decode_masks(self.sam, embeddings[row:row + 1], prompts[mine])
             full = upscale_masks(self.sam, low, batch.sam_sizes[row], batch.image_sizes[row])
             mask_logits.append(full)
-            predicted_masks.append(full)
-            target_masks.append(target)
-        n_masks = sum(m.shape[0] for m in target_masks)
+            # per-mask means, summed here and divided by the mask count below: every mask weighs the same
+            bce = bce + mask_bce(full, target) * target.shape[0]
+            dice = dice + mask_dice(full, target) * target.shape[0]
+            n_masks += target.shape[0]
         if n_masks:
-            stacked_logits = torch.cat([m.flatten(1) for m in predicted_masks])
-            stacked_targets = torch.cat([m.flatten(1) for m in target_masks])
-            bce, dice = mask_bce(stacked_logits, stacked_targets), mask_dice(stacked_logits, stacked_targets)
-        else:
-            bce = dice = prompts.sum() * 0.0 + embeddings.sum() * 0.0
+            bce, dice = bce / n_masks, dice / n_masks
         config = self.config
         loss = config.ce_weight * ce + config.bce_weight * bce + config.dice_weight * dice
         return AnyRefOutput(loss=loss, ce=ce.detach(), bce=bce.detach(), dice=dice.detach(), n_masks=n_masks,

@@ -24,6 +24,7 @@ import importlib
 import importlib.util
 import sys
 import types
+import warnings
 from fractions import Fraction
 
 import torch
@@ -77,7 +78,9 @@ def imagebind_data_module() -> types.ModuleType:
         "pkg_resources": types.ModuleType("pkg_resources"),
         "torchvision.transforms.functional_tensor": functional_tensor,
     }
-    with _temporary_modules(stand_ins):
+    with _temporary_modules(stand_ins), warnings.catch_warnings():
+        # pytorchvideo 0.1.5 uses torch.jit.script_method at import: a FutureWarning unrelated to the tests.
+        warnings.filterwarnings("ignore", message=".*script_method.*", category=FutureWarning)
         return importlib.import_module("imagebind.data")
 
 

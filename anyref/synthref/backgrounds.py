@@ -14,13 +14,13 @@ BACKGROUND_KINDS = ("gradient", "stripes", "checks", "blobs", "noise")
 
 def random_colour(rng: np.random.Generator, saturated: bool = False) -> np.ndarray:
     """A random RGB colour (3 floats in 0-255); muted unless ``saturated``."""
-    s_max = 0.85 if saturated else 0.5
+    s_max = 0.7 if saturated else 0.5
     h, s, v = rng.random(), rng.uniform(0.0, s_max), rng.uniform(0.15, 0.92)
     return np.array(colorsys.hsv_to_rgb(h, s, v), dtype=np.float32) * 255.0
 
 
 def _two_colours(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    saturated = rng.random() < 0.25
+    saturated = rng.random() < 0.15
     return random_colour(rng, saturated), random_colour(rng, saturated)
 
 

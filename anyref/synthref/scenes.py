@@ -112,7 +112,8 @@ def sample_specs(
 
 def _object_rgb(rng: np.random.Generator, colour: str) -> np.ndarray:
     hue = (COLOUR_HUES[colour] + rng.uniform(-COLOUR_HUE_JITTER, COLOUR_HUE_JITTER)) % 360.0
-    sat, val = rng.uniform(0.65, 1.0), rng.uniform(0.7, 1.0)
+    # dark yellow and dark orange read as olive and brown: keep them bright
+    sat, val = rng.uniform(0.65, 1.0), rng.uniform(0.85 if colour in ("yellow", "orange") else 0.7, 1.0)
     return np.array(colorsys.hsv_to_rgb(hue / 360.0, sat, val), dtype=np.float32) * 255.0
 
 
@@ -178,5 +179,5 @@ def compose_scene(
         bbox = (int(cols.min()), int(rows.min()), int(cols.max()) + 1, int(rows.max()) + 1)
         objects.append(SceneObject(spec.shape, spec.colour, spec.size, mask, bbox, visible[k] / areas[k]))
     if pixel_noise > 0:
-        image = image + rng.normal(0.0, rng.uniform(0.25, 1.0) * pixel_noise, image.shape).astype(np.float32)
+        image += rng.standard_normal(image.shape, dtype=np.float32) * np.float32(rng.uniform(0.25, 1.0) * pixel_noise)
     return Scene(np.clip(image, 0, 255).astype(np.uint8), objects)

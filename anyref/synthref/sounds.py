@@ -2,7 +2,7 @@
 
 circle: a steady hum (~330 Hz with vibrato)        square: a low buzz (~110 Hz, odd harmonics)
 triangle: short high beeps (~1.4 kHz, 3-4.5 per s)   star: repeated rising chirps (~0.5 -> 2.5 kHz)
-cross: a band of hiss (~2.8-5 kHz, slowly pulsing)    diamond: a two-tone trill (~650 / 880 Hz, 6-9 Hz)
+cross: a band of hiss (~3-5 kHz, slowly pulsing)    diamond: a two-tone trill (~650 / 880 Hz, 6-9 Hz)
 Pitch, rate and phase are jittered per sound; background noise (white + rumble) is added at 8-20 dB SNR.
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ assert set(SOUND_KINDS) == set(SHAPES)
 
 def _phase(freq: np.ndarray, sample_rate: int, rng: np.random.Generator) -> np.ndarray:
     """Running phase of an instantaneous frequency track (Hz per sample), random start."""
-    return 2 * math.pi * np.cumsum(freq) / sample_rate + rng.uniform(0, 2 * math.pi)
+    return (2 * np.pi / sample_rate) * np.cumsum(freq, dtype=np.float64).astype(np.float32) + rng.uniform(0, 2 * np.pi)
 
 
 def _hum(rng, t, sr):
@@ -50,12 +50,11 @@ def _chirps(rng, t, sr):
 
 
 def _hiss(rng, t, sr):
-    spec = np.fft.rfft(rng.standard_normal(t.size))
-    freqs = np.fft.rfftfreq(t.size, 1.0 / sr)
-    j = rng.uniform(0.9, 1.1)
-    spec[(freqs < 2800.0 * j) | (freqs > 5000.0 * j)] = 0
-    band = np.fft.irfft(spec, n=t.size)
-    return band * (1 + 0.35 * np.sin(2 * math.pi * rng.uniform(1.5, 3.0) * t + rng.uniform(0, 6)))
+    width = 8  # moving average: noise below ~1 kHz, shifted up to a band around ~3.9 kHz by a carrier
+    running = np.cumsum(rng.standard_normal(t.size + width, dtype=np.float32))
+    low = running[width:] - running[:-width]
+    carrier = np.sin(2 * np.pi * 3900.0 * rng.uniform(0.9, 1.1) * t + rng.uniform(0, 2 * math.pi))
+    return low * carrier * (1 + 0.35 * np.sin(2 * np.pi * rng.uniform(1.5, 3.0) * t + rng.uniform(0, 6)))
 
 
 def _trill(rng, t, sr):
@@ -82,12 +81,13 @@ def render_sound(
     if not shapes:
         raise ValueError("render_sound needs at least one shape")
     n = int(round(seconds * sample_rate))
-    t = np.arange(n, dtype=np.float64) / sample_rate
+    t = np.arange(n, dtype=np.float32) / np.float32(sample_rate)  # float32 throughout: 10x faster sines
     wave = sum(rng.uniform(0.6, 1.0) * _unit_rms(_MAKERS[SOUND_KINDS[s]](rng, t, sample_rate)) for s in shapes)
-    width = 40  # moving average of white noise: a low rumble below ~400 Hz
-    running = np.cumsum(rng.standard_normal(n + width))
+    width = 40  # moving average of the white noise: a low rumble below ~400 Hz
+    white = rng.standard_normal(n + width, dtype=np.float32)
+    running = np.cumsum(white)
     rumble = running[width:] - running[:-width]
-    noise = _unit_rms(rng.standard_normal(n)) + rng.uniform(0.0, 1.0) * _unit_rms(rumble)
+    noise = _unit_rms(white[:n]) + rng.uniform(0.0, 1.0) * _unit_rms(rumble)
     snr_db = rng.uniform(8.0, 20.0)
     signal_rms = float(np.sqrt(np.mean(wave * wave)))
     wave = wave + _unit_rms(noise) * signal_rms * 10 ** (-snr_db / 20)

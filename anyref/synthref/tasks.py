@@ -23,6 +23,8 @@ from anyref.synthref.vocabulary import (
 __all__ = ["TASK_BUILDERS"]
 
 _TRIES = 200
+_ABSENT_PROB = 0.15  # group "all {x}": chance to name an attribute no object has (an empty group)
+_PAIRED_REF_PROB = 0.6  # group "same {x} as": chance to point at an object that shares x with another one
 
 
 def _pick(rng: np.random.Generator, items: list):
@@ -173,7 +175,7 @@ def _group_rule(cfg: SynthRefConfig, rng: np.random.Generator, scene: Scene):
         values = {"shape": SHAPES, "colour": COLOURS, "size": SIZES}[key]
         present = sorted({getattr(o, key) for o in objects}, key=values.index)
         absent = [v for v in values if v not in present]
-        value = _pick(rng, absent) if absent and rng.random() < 0.3 else _pick(rng, present)
+        value = _pick(rng, absent) if absent and rng.random() < _ABSENT_PROB else _pick(rng, present)
         fill = {"plural": PLURALS[value]} if key == "shape" else {key: value}
         ids = [i for i, o in enumerate(objects) if getattr(o, key) == value]
         return [GROUP_PHRASES[rule].format(**fill)], ids, {"rule": rule, key: value, "ref_object": None}
@@ -181,14 +183,25 @@ def _group_rule(cfg: SynthRefConfig, rng: np.random.Generator, scene: Scene):
     others = [i for i in range(len(objects)) if i != ref]
     if rule in ("same_colour", "same_shape"):
         key = rule[5:]
+        paired = [i for i, o in enumerate(objects) if sum(getattr(p, key) == getattr(o, key) for p in objects) > 1]
+        if paired and rng.random() < _PAIRED_REF_PROB:  # otherwise most of these groups would be empty
+            ref = _pick(rng, paired)
+            others = [i for i in range(len(objects)) if i != ref]
         ids = [i for i in others if getattr(objects[i], key) == getattr(objects[ref], key)]
         phrase, extra = GROUP_PHRASES[rule], {}
     else:
-        relation = _pick(rng, list(RELATIONS))
-        states = [relation_state(objects[i], objects[ref], relation, _margin(cfg)) for i in others]
-        if 0 in states:
+        options = {True: [], False: []}  # unambiguous (ref, relation, group), by whether the group is empty
+        for r in range(len(objects)):
+            for relation in RELATIONS:
+                states = [relation_state(objects[i], objects[r], relation, _margin(cfg)) for i in range(len(objects))
+                          if i != r]
+                if 0 not in states:
+                    ids = [i for i in range(len(objects)) if i != r and states[i - (i > r)] == 1]
+                    options[not ids].append((r, relation, ids))
+        empty = not options[False] or (options[True] and rng.random() < _ABSENT_PROB)
+        if not options[empty]:
             return None
-        ids = [i for i, s in zip(others, states) if s == 1]
+        ref, relation, ids = _pick(rng, options[empty])
         phrase, extra = GROUP_PHRASES[rule].format(relation=relation), {"relation": relation}
     return [phrase, MaskRef(objects[ref].mask.copy())], ids, {"rule": rule, "ref_object": ref, **extra}
 

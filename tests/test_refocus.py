@@ -1,0 +1,76 @@
+"""Refocusing computed from one attention row equals the eager-attention computation, in training and generation."""
+import numpy as np
+import torch
+
+from anyref import OBJ, ReferringSample
+from anyref.batching import collate, prepare
+from anyref.builders import build_tiny
+from tests.conftest import rect_mask, scene
+
+
+def _batch(model):
+    image = scene(1)
+    shape = image.shape[:2]
+    samples = [
+        ReferringSample(image, ["the red circle"], "segment", ["the red circle ", OBJ, "."],
+                        rect_mask(shape, 5, 30, 5, 30)[None]),
+        ReferringSample(image, ["a much longer expression about two things"], "segment",
+                        ["first ", OBJ, " then the second one ", OBJ, "."],
+                        np.stack([rect_mask(shape, 5, 30, 5, 30), rect_mask(shape, 40, 60, 50, 90)])),
+        ReferringSample(image, ["obj first"], "segment", [OBJ, " at once."], rect_mask(shape, 1, 9, 1, 9)[None]),
+    ]
+    return collate([prepare(s, model.builder) for s in samples], model.ids.pad)
+
+
+def _eager_reference(model, batch, lam):
+    """h_obj + lam * sum a_i h_i from the full eager attention matrix of the last layer."""
+    lm = model.language_model
+    lm.set_attn_implementation("eager")
+    try:
+        with torch.no_grad():
+            attention = batch.attention_mask
+            out = lm(inputs_embeds=model.input_embeddings(batch), attention_mask=attention,
+                     position_ids=(attention.cumsum(-1) - 1).clamp_min(0), output_attentions=True)
+    finally:
+        lm.set_attn_implementation("sdpa")
+    hidden, scores = out.last_hidden_state, out.attentions[-1]  # B x L x H, B x heads x L x L
+    expected = []
+    for row in range(batch.input_ids.shape[0]):
+        start = int(batch.answer_starts[row])
+        for p in range(batch.input_ids.shape[1] - 1):
+            if batch.input_ids[row, p + 1] == model.ids.obj and batch.labels[row, p + 1] != -100:
+                weights = scores[row, :, p, start:p + 1].mean(0)
+                context = (weights / weights.sum())[:, None] * hidden[row, start:p + 1] if p >= start else 0
+                expected.append(hidden[row, p] + lam * (context.sum(0) if p >= start else 0))
+    return torch.stack(expected)
+
+
+def test_refocus_equals_eager_attention():
+    model = build_tiny(seed=2)
+    model.refocus_lambda.fill_(0.7)
+    batch = _batch(model)
+    with torch.no_grad():
+        _, _, rows, cols, states = model.answer_states(batch)
+    expected = _eager_reference(model, batch, 0.7)
+    assert len(states) == 4 == len(expected)
+    torch.testing.assert_close(states, expected, rtol=1e-5, atol=1e-5)
+    # the refocus term is not negligible: lambda 0 gives clearly different states
+    model.refocus_lambda.fill_(0.0)
+    with torch.no_grad():
+        plain = model.answer_states(batch)[4]
+    assert (plain - states).abs().max() > 1e-2
+
+
+def test_generation_states_equal_teacher_forcing(overfit_model):
+    """The KV-cache path (keys from the cache, one query row per step) gives the teacher-forced states."""
+    model, image, two = overfit_model
+    prompts = [ReferringSample(image, ["the two squares"]), ReferringSample(image, ["the purple moon and more"])]
+    left = collate([prepare(s, model.builder, with_answer=False) for s in prompts], model.ids.pad, "left")
+    generation = model.generate(left)[0]
+    assert len(generation.obj_states) == 2, generation.text
+    forced = collate([prepare(two, model.builder)], model.ids.pad)
+    forced_ids = forced.input_ids[0, forced.answer_starts[0]:-1].tolist()  # answer without eos
+    assert generation.token_ids == forced_ids
+    with torch.no_grad():
+        states = model.answer_states(forced)[4]
+    torch.testing.assert_close(generation.obj_states, states, rtol=1e-4, atol=1e-4)
