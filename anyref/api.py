@@ -85,7 +85,7 @@ class AnyRef(AnyRefModel):
         height, width = batch.image_sizes[0]
         if len(generation.obj_states) == 0:
             return SegmentResult(np.zeros((0, height, width), dtype=bool), np.zeros(0, dtype=np.float32),
-                                 generation.text)
+                                 generation.text, np.zeros((0, height, width), dtype=np.float32))
         embedding = self.sam_embeddings(batch.sam_pixels)
         prompts = self.obj_projection(generation.obj_states)
         low = decode_masks(self.sam, embedding, prompts)
@@ -95,4 +95,5 @@ class AnyRef(AnyRefModel):
         area = masks.flatten(1).sum(1)
         scores = torch.where(area > 0, (probs * masks).flatten(1).sum(1) / area.clamp_min(1), torch.zeros_like(area,
                              dtype=probs.dtype))
-        return SegmentResult(masks.cpu().numpy(), scores.cpu().numpy().astype(np.float32), generation.text)
+        return SegmentResult(masks.cpu().numpy(), scores.cpu().numpy().astype(np.float32), generation.text,
+                             logits.cpu().numpy())

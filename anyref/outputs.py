@@ -40,11 +40,13 @@ class SegmentResult:
     masks: K x H x W bool at the image's own size, one per ``<obj>`` in the answer (K may be 0).
     scores: K float, the mean foreground probability inside each mask (0 for an empty mask).
     text: the answer, with ``<obj>`` where each mask was emitted.
+    logits: K x H x W float32 mask logits (masks = logits > 0), for metrics that threshold probabilities.
     """
 
     masks: np.ndarray
     scores: np.ndarray
     text: str
+    logits: np.ndarray | None = None
 
     @property
     def found(self) -> bool:

@@ -49,7 +49,8 @@ class ReferringSample:
     image: H x W x 3 uint8.
     references: the prompt, as in ``AnyRef.segment`` (inline order; text pieces and reference objects).
     task: one of TASKS; decides the question template.
-    answer: the answer as parts, e.g. ``["the red circle ", OBJ, "."]``; an empty list for unlabelled samples.
+    answer: the answer as parts, e.g. ``["the red circle", " ", OBJ, "."]`` (neighbouring strings are joined before
+        tokenising); an empty list for prompts without an answer and for "select" samples.
     masks: K x H x W bool, one per OBJ in ``answer`` (K may be 0).
     candidates: N x H x W bool candidate masks (task "select" only), else None.
     selected: N bool, which candidates belong to the answer group (task "select" only), else None.
@@ -75,9 +76,20 @@ class ReferringSample:
         height, width = self.image.shape[:2]
         if self.masks is None:
             self.masks = np.zeros((0, height, width), dtype=bool)
+        if self.masks.dtype != np.bool_:
+            raise ValueError(f"sample masks must be bool, got {self.masks.dtype}")
         n_obj = sum(1 for part in self.answer if part is OBJ)
         if self.masks.shape != (n_obj, height, width):
             raise ValueError(
                 f"sample has {n_obj} <obj> in its answer but masks of shape {self.masks.shape} "
                 f"(expected {(n_obj, height, width)})"
             )
+        if self.task == "select" and self.candidates is not None:
+            count = self.candidates.shape[0]
+            if self.candidates.shape != (count, height, width) or self.candidates.dtype != np.bool_:
+                raise ValueError(f"candidates must be N x {height} x {width} bool, got {self.candidates.shape} "
+                                 f"{self.candidates.dtype}")
+            if self.selected is None or self.selected.shape != (count,) or self.selected.dtype != np.bool_:
+                raise ValueError(f"selected must be {count} bool flags, one per candidate")
+        elif self.task != "select" and (self.candidates is not None or self.selected is not None):
+            raise ValueError("candidates/selected are only for task 'select'")

@@ -37,10 +37,11 @@ _F32 = torch.float32
 
 
 def _to_tensor(x) -> torch.Tensor:
-    """A CPU tensor viewing ``x`` (numpy array, torch tensor or nested lists)."""
+    """``x`` (numpy array, torch tensor or nested lists) as a CPU tensor, sharing memory where possible."""
     if isinstance(x, torch.Tensor):
         return x.detach().cpu()
-    return torch.as_tensor(np.asarray(x))
+    # contiguous: torch cannot wrap numpy views with negative strides (e.g. np.flip)
+    return torch.as_tensor(np.ascontiguousarray(x))
 
 
 def _binary(x, name: str, ndim: int) -> torch.Tensor:

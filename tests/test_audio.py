@@ -2,13 +2,19 @@
 ImageBind's code and what is patched), plus input validation and audio reading. CPU, a few seconds each."""
 from __future__ import annotations
 
+import inspect
 import math
 
 import numpy as np
 import pytest
 import soundfile
 import torch
-from imagebind_reference import HeadConstantClipsPerVideoSampler, build_reference_model, imagebind_data_module
+from imagebind_reference import (
+    HeadConstantClipsPerVideoSampler,
+    build_reference_model,
+    imagebind_data_module,
+    imagebind_model_module,
+)
 
 from encoders import ImageBindAudioConfig, ImageBindAudioEncoder, audio_clips, load_imagebind_audio, read_audio
 from encoders.checkpoints import CheckpointError
@@ -76,7 +82,8 @@ def test_encoder_training_mode_matches_imagebind_drop_path():
     reference = _randomised_reference(config, seed=2)
     encoder = load_imagebind_audio(ImageBindAudioEncoder(config), reference.state_dict())
     clips = torch.randn(4, 1, 128, 204, generator=torch.Generator().manual_seed(3))
-    reference.train(), encoder.train()
+    reference.train()
+    encoder.train()
     torch.manual_seed(7)
     theirs = reference({"audio": clips})["audio"]
     torch.manual_seed(7)
@@ -87,6 +94,32 @@ def test_encoder_training_mode_matches_imagebind_drop_path():
         first, second = encoder(clips), encoder(clips)
     assert torch.equal(first, second)
     assert (first - ours).abs().max() > 1e-3  # training mode really dropped something
+
+
+def test_huge_config_is_imagebind_huge(monkeypatch):
+    # The fixed logit scale buffer starts where ImageBind's does (log 20, float32).
+    official = _audio_state(build_reference_model(ImageBindAudioConfig.tiny()))
+    assert torch.equal(
+        ImageBindAudioEncoder(ImageBindAudioConfig.tiny()).log_logit_scale,
+        official["modality_postprocessors.audio.1.log_logit_scale"],
+    )
+    # Record the arguments imagebind_huge() gives ImageBindModel (without building the 1.2 B-parameter model).
+    module = imagebind_model_module()
+    signature, arguments = inspect.signature(module.ImageBindModel), {}
+
+    def record(**kwargs):
+        bound = signature.bind(**kwargs)
+        bound.apply_defaults()
+        arguments.update(bound.arguments)
+
+    monkeypatch.setattr(module, "ImageBindModel", record)
+    module.imagebind_huge(pretrained=False)
+    huge = ImageBindAudioConfig.huge()
+    ours = (huge.embed_dim, huge.depth, huge.num_heads, huge.out_dim, huge.drop_path, huge.kernel_size,
+            huge.stride, huge.n_mels, huge.target_len)
+    names = ("audio_embed_dim", "audio_num_blocks", "audio_num_heads", "out_embed_dim", "audio_drop_path",
+             "audio_kernel_size", "audio_stride", "audio_num_mel_bins", "audio_target_len")
+    assert ours == tuple(arguments[name] for name in names)
 
 
 def test_config_sizes_and_validation():
@@ -129,10 +162,10 @@ def test_load_names_missing_unexpected_and_mismatched_keys():
 # ---------------------------------------------------------------- audio_clips vs ImageBind's data.py
 
 
-def _waveform(channels: int, seconds: float, rate: int, seed: int) -> torch.Tensor:
-    """Tones + noise with a different DC offset per channel, so mean subtraction visibly matters."""
+def _waveform(channels: int, samples: int, rate: int, seed: int) -> torch.Tensor:
+    """[channels, samples]: tones + noise with a different DC offset per channel, so mean subtraction matters."""
     g = torch.Generator().manual_seed(seed)
-    t = torch.arange(int(seconds * rate)) / rate
+    t = torch.arange(samples) / rate
     rows = [0.3 * torch.sin(2 * math.pi * (220 + 330 * c) * t) + 0.05 * torch.randn(t.shape, generator=g) + 0.1 * c
             for c in range(channels)]
     return torch.stack(rows) + 0.05
@@ -146,18 +179,21 @@ def _imagebind_clips(monkeypatch, waveform: torch.Tensor, rate: int) -> torch.Te
     return data.load_and_transform_audio_data(["given.wav"], "cpu")[0]
 
 
-CASES = {
-    "stereo_5s_44k1": (2, 5.0, 44_100),
-    "mono_1.3s_shorter_than_a_clip": (1, 1.3, 22_050),
-    "mono_2.5s_overlapping_clips": (1, 2.5, 16_000),
-    "three_channels_7s_16k": (3, 7.0, 16_000),
+CASES = {  # (channels, samples, sample rate)
+    "stereo_5s_44k1": (2, 220_500, 44_100),
+    "mono_1.3s_shorter_than_a_clip": (1, 28_665, 22_050),
+    "mono_2.5s_overlapping_clips": (1, 40_000, 16_000),
+    "three_channels_7s_16k": (3, 112_000, 16_000),
+    # 3.0000625 s: ImageBind's float duration puts the 3rd clip at samples [16000, 48000); exact Fractions of
+    # samples / 16000 would give [16001, 48001).
+    "mono_48001_samples_float_duration": (1, 48_001, 16_000),
 }
 
 
 @pytest.mark.parametrize("case", CASES)
 def test_audio_clips_bit_exact_with_imagebind(case, monkeypatch):
-    channels, seconds, rate = CASES[case]
-    waveform = _waveform(channels, seconds, rate, seed=len(case))
+    channels, samples, rate = CASES[case]
+    waveform = _waveform(channels, samples, rate, seed=len(case))
     original = waveform.clone()
     expected = _imagebind_clips(monkeypatch, waveform, rate)
     ours = audio_clips(waveform, rate)
@@ -173,7 +209,7 @@ def test_in_place_quirk_matters_for_overlapping_clips(monkeypatch):
     # Without the in-place mean subtraction (each clip centred on its own copy) the 2.5 s case differs,
     # so the bit-exact test above really checks the quirk.
     data = imagebind_data_module()
-    waveform = _waveform(1, 2.5, 16_000, seed=0)
+    waveform = _waveform(1, 40_000, 16_000, seed=0)
     spans = data.get_clip_timepoints(HeadConstantClipsPerVideoSampler(2, 3), waveform.shape[1] / 16_000)
     separate = torch.stack([
         (data.waveform2melspec(waveform[:, int(a * 16_000):int(b * 16_000)].clone(), 16_000, 128, 204) + 4.268)
@@ -210,6 +246,8 @@ def test_reference_sampler_spacing(seconds, expected):
         (torch.zeros(1, 16_000), 0, ValueError, "positive whole number"),
         (torch.zeros(1, 16_000), -8_000, ValueError, "positive whole number"),
         (torch.zeros(1, 16_000), 44_100.5, ValueError, "positive whole number"),
+        (torch.zeros(1, 16_000), float("inf"), ValueError, "positive whole number"),
+        (torch.zeros(16_000, 2), 16_000, ValueError, r"more channels than samples"),
         (torch.zeros(1, 16_000), "16k", TypeError, "sample_rate"),
         (torch.zeros(1, 16_000, dtype=torch.int16), 16_000, TypeError, "float samples"),
         (np.zeros(16_000, dtype=np.int16), 16_000, TypeError, "float samples"),
@@ -222,7 +260,7 @@ def test_audio_clips_refuses_bad_input(waveform, rate, error, match):
 
 
 def test_read_audio_round_trip(tmp_path):
-    waveform = _waveform(2, 1.5, 22_050, seed=4).clamp(-1, 1)
+    waveform = _waveform(2, 33_075, 22_050, seed=4).clamp(-1, 1)
     path = tmp_path / "stereo.wav"
     soundfile.write(path, waveform.T.numpy(), 22_050, subtype="FLOAT")
     read, rate = read_audio(path)

@@ -25,8 +25,9 @@ def _two_colours(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    return xx, yy
+    """x as 1 x size and y as size x 1 float32 (broadcast against each other: cheap)."""
+    axis = np.arange(size, dtype=np.float32)
+    return axis[None, :], axis[:, None]
 
 
 def _gradient(rng, size):
@@ -52,19 +53,21 @@ def _checks(rng, size):
     a, b = _two_colours(rng)
     xx, yy = _grid(size)
     cell = rng.uniform(0.05, 0.16) * size
-    t = ((xx + rng.uniform(0, cell)) // cell + (yy + rng.uniform(0, cell)) // cell) % 2 == 0
+    t = (np.floor((xx + rng.uniform(0, cell)) / cell) + np.floor((yy + rng.uniform(0, cell)) / cell)) % 2 == 0
     return np.where(t[..., None], a, b)
 
 
 def _blobs(rng, size):
-    xx, yy = _grid(size)
-    img = np.broadcast_to(random_colour(rng), (size, size, 3)).copy()
+    small = max(size // 4, 8)  # smooth anyway: drawn at a quarter of the size, then scaled up
+    xx, yy = _grid(small)
+    img = np.broadcast_to(random_colour(rng), (small, small, 3)).copy()
     for _ in range(rng.integers(3, 7)):
-        cx, cy = rng.uniform(0, size, 2)
-        sigma = rng.uniform(0.08, 0.3) * size
+        cx, cy = rng.uniform(0, small, 2)
+        sigma = rng.uniform(0.08, 0.3) * small
         weight = np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * sigma * sigma))[..., None]
         img = img * (1 - weight) + random_colour(rng, rng.random() < 0.3) * weight
-    return img
+    big = Image.fromarray(img.clip(0, 255).astype(np.uint8)).resize((size, size), Image.BILINEAR)
+    return np.asarray(big, dtype=np.float32)
 
 
 def _noise(rng, size):

@@ -64,28 +64,30 @@ def _tile(sample: ReferringSample, scale: int, font) -> Image.Image:
     for ref in sample.references:
         if isinstance(ref, MaskRef):
             image[_edge(np.asarray(ref.mask, dtype=bool))] = (255, 255, 255)
-    tile = Image.new("RGB", (w * scale, h * scale + _LINE * _TEXT_LINES + 4), (24, 24, 24))
+    panel = _LINE * _TEXT_LINES + 8  # text (and the example thumbnail) below the image
+    tile = Image.new("RGB", (w * scale, h * scale + panel), (24, 24, 24))
     tile.paste(Image.fromarray(image.astype(np.uint8)).resize((w * scale, h * scale), Image.NEAREST), (0, 0))
     draw = ImageDraw.Draw(tile)
+    text_width = w * scale
     for ref in sample.references:
         if isinstance(ref, Box):
             draw.rectangle([c * scale for c in ref.as_tuple()], outline=(255, 255, 255), width=2)
         if isinstance(ref, ExampleImage):
-            side = w * scale // 3
-            tile.paste(_example_thumbnail(ref, side), (w * scale - side, 0))
-            draw.rectangle([w * scale - side, 0, w * scale - 1, side], outline=(255, 255, 255))
+            side = panel - 6
+            tile.paste(_example_thumbnail(ref, side), (w * scale - side - 3, h * scale + 3))
+            text_width = w * scale - side - 6
     prompt = " ".join(_reference_text(r) for r in sample.references)
     text = f"[{sample.source or sample.task}] {prompt}\n-> {_answer_text(sample)}"
-    lines = [line for para in text.split("\n") for line in textwrap.wrap(para, width=max(w * scale // 6, 10))]
+    lines = [line for para in text.split("\n") for line in textwrap.wrap(para, width=max(text_width // 6, 10))]
     for i, line in enumerate(lines[:_TEXT_LINES]):
-        draw.text((3, h * scale + 2 + i * _LINE), line, fill=(235, 235, 235), font=font)
+        draw.text((3, h * scale + 3 + i * _LINE), line, fill=(235, 235, 235), font=font)
     return tile
 
 
 def render_overview(samples: list[ReferringSample], path: str | Path, columns: int = 4, scale: int = 2) -> Path:
     """Write a PNG grid of ``samples`` to ``path``: each tile shows the image with its answer masks (for mask groups,
     the selected candidates) tinted, Box references as white rectangles, MaskRef references outlined in white,
-    example images as a thumbnail in the top-right corner, then the prompt and the answer. Returns the path."""
+    then the prompt and the answer, and example images as a thumbnail beside them. Returns the path."""
     if not samples:
         raise ValueError("render_overview needs at least one sample")
     font = ImageFont.load_default()

@@ -166,18 +166,20 @@ def compose_scene(
         kept.append(spec)
 
     image = background(rng, size)
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     objects = []
     for k, spec in enumerate(kept):
-        mask = owner == k
         x0, y0, w = placed[k]
-        cx, cy = x0 + w / 2.0, y0 + w / 2.0
-        angle = rng.uniform(0, 2 * math.pi)
-        light = 1.0 + rng.uniform(0.05, 0.18) * ((xx[mask] - cx) * math.cos(angle) + (yy[mask] - cy) * math.sin(angle)) / (w / 2)
-        image[mask] = _object_rgb(rng, spec.colour)[None, :] * light[:, None]
-        rows, cols = np.nonzero(mask)
-        bbox = (int(cols.min()), int(rows.min()), int(cols.max()) + 1, int(rows.max()) + 1)
+        window = owner[y0:y0 + w, x0:x0 + w] == k  # the object lies inside its placement window
+        rows, cols = np.nonzero(window)
+        angle, strength = rng.uniform(0, 2 * math.pi), rng.uniform(0.05, 0.18)
+        offset = (cols - (w - 1) / 2.0) * math.cos(angle) + (rows - (w - 1) / 2.0) * math.sin(angle)
+        light = (1.0 + strength * offset / (w / 2.0)).astype(np.float32)  # a soft shading across the object
+        image[rows + y0, cols + x0] = _object_rgb(rng, spec.colour)[None, :] * light[:, None]
+        mask = np.zeros((size, size), dtype=bool)
+        mask[y0:y0 + w, x0:x0 + w] = window
+        bbox = (x0 + int(cols.min()), y0 + int(rows.min()), x0 + int(cols.max()) + 1, y0 + int(rows.max()) + 1)
         objects.append(SceneObject(spec.shape, spec.colour, spec.size, mask, bbox, visible[k] / areas[k]))
     if pixel_noise > 0:
-        image += rng.standard_normal(image.shape, dtype=np.float32) * np.float32(rng.uniform(0.25, 1.0) * pixel_noise)
+        noise = rng.standard_normal(image.shape, dtype=np.float32)
+        image += noise * np.float32(rng.uniform(0.25, 1.0) * pixel_noise)
     return Scene(np.clip(image, 0, 255).astype(np.uint8), objects)

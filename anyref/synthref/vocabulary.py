@@ -7,7 +7,8 @@ Answer format (the one place it is defined; every task follows it):
 - mask groups (task "select"): ``[]``; the group is in ``ReferringSample.selected``.
 The phrase is the expression itself for "text", the caption "the {size} {colour} {shape}" for "box", and the bare
 singular shape name for "example", "example_masked", "audio1" and "audio2" (also when several objects share it: the
-name is the category, as in AnyRef's "{class} <obj>.").
+name is the category, as in AnyRef's "{class} <obj>."). "audio2" names its two shapes in SHAPES order (not by
+position), so that naming them needs only the sound, and mask k belongs to the k-th name.
 """
 from __future__ import annotations
 

@@ -1,0 +1,42 @@
+"""The ``anyref`` command. Sub-commands come from this package (demo, bench, convert) and, through the
+``anyref.commands`` entry-point group, from the ``train`` and ``eval`` packages - so ``anyref`` itself never
+imports them.
+
+    anyref demo                      segment SynthRef test scenes with the shipped model
+    anyref train --preset synthref-tiny
+    anyref eval synthref --model synthref-tiny --out results.json
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from importlib import import_module
+from importlib.metadata import entry_points
+
+__all__ = ["main"]
+
+# sub-commands of this package: name -> module with register(subparsers)
+BUILTIN_COMMANDS = {"demo": "anyref.demo", "convert": "anyref.convert"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="anyref", description=__doc__.split("\n\n")[0])
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for module in BUILTIN_COMMANDS.values():
+        import_module(module).register(subparsers)
+    for entry in sorted(entry_points(group="anyref.commands"), key=lambda e: e.name):
+        entry.load()(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError, TypeError) as error:
+        print(f"anyref {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""save_pretrained / from_pretrained round trips, LoRA adapters, strict and weights-only loading."""
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from anyref import AnyRef
+from anyref.builders import build_tiny
+from anyref.lora import enable_lora, merge_lora
+from encoders.checkpoints import CheckpointError, load_pth
+from tests.conftest import scene
+
+
+def test_round_trip_gives_identical_masks(overfit_model, tmp_path):
+    model, image, _ = overfit_model
+    before = model.segment(image, "the two squares")
+    model.save_pretrained(tmp_path / "model")
+    loaded = AnyRef.from_pretrained(tmp_path / "model")
+    after = loaded.segment(image, "the two squares")
+    assert after.text == before.text
+    assert np.array_equal(after.masks, before.masks) and len(after.masks) == 2
+    np.testing.assert_allclose(after.scores, before.scores, rtol=1e-6)
+
+
+def test_lora_adapter_round_trip_and_merge(tmp_path):
+    model = build_tiny(seed=4)
+    enable_lora(model, r=4, alpha=8, dropout=0.0)
+    for name, param in model.named_parameters():  # make the adapter non-trivial
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.5)
+    lm_names = [n for n, _ in model.named_parameters() if "lora_" in n]
+    assert lm_names and all("language_model" in n for n in lm_names)  # CLIP's q_proj/v_proj untouched
+    image = scene(1)
+    before = model.segment(image, "the red circle")
+    model.save_pretrained(tmp_path / "lora")
+    assert (tmp_path / "lora" / "adapter" / "adapter_config.json").is_file()
+    loaded = AnyRef.from_pretrained(tmp_path / "lora")
+    after = loaded.segment(image, "the red circle")
+    assert after.text == before.text and np.array_equal(after.masks, before.masks)
+    merge_lora(loaded)
+    merged = loaded.segment(image, "the red circle")
+    assert merged.text == before.text
+
+
+def test_wrong_keys_are_named(tmp_path):
+    model = build_tiny(seed=0)
+    model.save_pretrained(tmp_path / "m")
+    weights = load_file(tmp_path / "m" / "model.safetensors")
+    weights["surprise.weight"] = torch.zeros(2)
+    weights.pop("obj_projection.0.bias")
+    weights["obj_projection.2.weight"] = torch.zeros(3, 3)
+    save_file(weights, tmp_path / "m" / "model.safetensors")
+    with pytest.raises(CheckpointError) as error:
+        AnyRef.from_pretrained(tmp_path / "m")
+    message = str(error.value)
+    assert "surprise.weight" in message and "obj_projection.0.bias" in message
+    assert "obj_projection.2.weight" in message and "shape" in message
+
+
+def test_save_is_atomic(tmp_path, monkeypatch):
+    model = build_tiny(seed=0)
+    model.save_pretrained(tmp_path / "m")
+    first = sorted(p.name for p in (tmp_path / "m").iterdir())
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("anyref.checkpoint.save_file", broken)
+    with pytest.raises(OSError, match="disk full"):
+        model.save_pretrained(tmp_path / "m")
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == first
+    assert [p.name for p in tmp_path.iterdir()] == ["m"]  # no temporary directory left behind
+
+
+def test_pth_files_load_weights_only(tmp_path):
+    good = tmp_path / "good.pth"
+    torch.save({"model": {"a": torch.ones(2)}}, good)
+    assert torch.equal(load_pth(good)["a"], torch.ones(2))
+    evil = tmp_path / "evil.pth"
+    torch.save({"a": torch.ones(1), "payload": _Payload()}, evil)
+    with pytest.raises(CheckpointError, match="weights-only"):
+        load_pth(evil)
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes(good.read_bytes()[:40])
+    with pytest.raises(CheckpointError):
+        load_pth(truncated)
+    with pytest.raises(FileNotFoundError):
+        load_pth(tmp_path / "absent.pth")
+
+
+class _Payload:
+    """An arbitrary pickled object: loading it would run code, so weights_only must refuse it."""
+
+
+def test_unknown_model_name_lists_shipped_models():
+    with pytest.raises(FileNotFoundError, match="shipped models"):
+        AnyRef.from_pretrained("no-such-model")

@@ -1,0 +1,70 @@
+"""LLaVA and SAM wrappers against the upstream classes."""
+import pytest
+import torch
+from segment_anything import sam_model_registry
+from transformers import CLIPVisionConfig
+
+from encoders.checkpoints import CheckpointError
+from encoders.llava import build_llava, load_llava, patch_grid_size, project_vision, tiny_llava_config, vision_patch_grid
+from encoders.sam import SAM_SIZES, SamConfig, build_sam, load_sam_checkpoint, sam_preprocess
+from tests.conftest import scene
+
+
+def test_vision_grid_matches_get_image_features():
+    llava = build_llava(tiny_llava_config(vocab_size=50, image_token_id=3, pad_token_id=0))
+    pixels = torch.randn(2, 3, 128, 128)
+    grid = vision_patch_grid(llava, pixels)
+    assert grid.shape == (2, 64, 8, 8)
+    ours = project_vision(llava, grid.flatten(2).transpose(1, 2))
+    theirs = llava.model.get_image_features(pixel_values=pixels).pooler_output
+    torch.testing.assert_close(ours, torch.stack(list(theirs)))
+
+
+@pytest.mark.parametrize("size,patch,grid", [(224, 14, 16), (336, 14, 24), (128, 16, 8)])
+def test_patch_grid_follows_the_vision_tower(size, patch, grid):
+    config = tiny_llava_config(vocab_size=50, image_token_id=3, pad_token_id=0, image_size=size, patch_size=patch)
+    assert patch_grid_size(config) == grid
+
+
+def test_llava_from_pretrained_round_trip(tmp_path):
+    llava = build_llava(tiny_llava_config(vocab_size=50, image_token_id=3, pad_token_id=0))
+    llava.save_pretrained(tmp_path)
+    loaded = load_llava(tmp_path)
+    ids = torch.tensor([[1, 2, 4, 5]])
+    torch.testing.assert_close(loaded(input_ids=ids).logits, llava(input_ids=ids).logits)
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        load_llava(tmp_path / "missing")
+
+
+def test_official_sam_layout_loads_strictly(tmp_path):
+    """A checkpoint in the official vit_b layout (segment-anything's own builder) loads into our build."""
+    official = sam_model_registry["vit_b"]()
+    path = tmp_path / "sam_vit_b.pth"
+    torch.save(official.state_dict(), path)
+    ours = build_sam(SAM_SIZES["vit_b"])
+    load_sam_checkpoint(ours, path)
+    for (name, theirs), mine in zip(official.state_dict().items(), ours.state_dict().values()):
+        assert torch.equal(theirs, mine), name
+    wrong = build_sam(SAM_SIZES["tiny"])
+    with pytest.raises(CheckpointError, match="image_encoder"):
+        load_sam_checkpoint(wrong, path)
+
+
+def test_sam_preprocess_matches_segment_anything():
+    sam = build_sam(SAM_SIZES["tiny"])
+    image = scene(0)
+    ours, size = sam_preprocess(image, 128)
+    from segment_anything.utils.transforms import ResizeLongestSide
+
+    resized = ResizeLongestSide(128).apply_image(image)
+    theirs = sam.preprocess(torch.from_numpy(resized).permute(2, 0, 1)[None].float())[0]
+    assert size == resized.shape[:2]
+    torch.testing.assert_close(ours, theirs)
+
+
+def test_sam_config_validation():
+    with pytest.raises(ValueError, match="multiple of patch_size"):
+        SamConfig(image_size=100, patch_size=16)
+    with pytest.raises(ValueError, match="unknown SAM type"):
+        SamConfig.named("vit_x")
+    assert SamConfig.from_dict(SAM_SIZES["vit_h"].to_dict()) == SAM_SIZES["vit_h"]
