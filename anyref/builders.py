@@ -31,10 +31,12 @@ def template_corpus() -> list[str]:
     return ["USER: ASSISTANT: " + t.replace("{}", "the object") for t in templates]
 
 
-def build_tiny(corpus: list[str] | None = None, audio: bool = True, seed: int = 0, **sizes) -> AnyRef:
+def build_tiny(corpus: list[str] | None = None, audio: bool = True, seed: int = 0, sam: str = "tiny",
+               config_overrides: dict | None = None, **sizes) -> AnyRef:
     """A small AnyRef of the same upstream classes, randomly initialised (deterministic in ``seed``).
 
-    corpus: extra text for the byte-level BPE tokenizer (e.g. SynthRef's vocabulary). sizes: keyword overrides of
+    corpus: extra text for the byte-level BPE tokenizer (e.g. SynthRef's vocabulary). sam: a SAM_SIZES name.
+    config_overrides: AnyRefConfig fields (refocus_lambda, loss weights...). sizes: keyword overrides of
     :func:`encoders.llava.tiny_llava_config` (image_size, patch_size, vision_width, text_width, text_layers...).
     """
     torch.manual_seed(seed)
@@ -47,8 +49,9 @@ def build_tiny(corpus: list[str] | None = None, audio: bool = True, seed: int = 
     )
     config = AnyRefConfig(
         llava=llava_config.to_dict(),
-        sam=SamConfig.named("tiny"),
+        sam=SamConfig.named(sam),
         audio=ImageBindAudioConfig.tiny() if audio else None,
+        **(config_overrides or {}),
     )
     audio_encoder = ImageBindAudioEncoder(config.audio) if audio else None
     return AnyRef(config, build_llava(llava_config), build_sam(config.sam), tokenizer, audio_encoder).eval()

@@ -1,5 +1,5 @@
-"""The ``anyref`` command. Sub-commands come from this package (demo, bench, convert) and, through the
-``anyref.commands`` entry-point group, from the ``train`` and ``eval`` packages - so ``anyref`` itself never
+"""The ``anyref`` command. Sub-commands come from this package (convert) and, through the ``anyref.commands``
+entry-point group, from the ``train`` and ``eval`` packages (train, eval, demo) - so ``anyref`` itself never
 imports them.
 
     anyref demo                      segment SynthRef test scenes with the shipped model
@@ -16,16 +16,27 @@ from importlib.metadata import entry_points
 __all__ = ["main"]
 
 # sub-commands of this package: name -> module with register(subparsers)
-BUILTIN_COMMANDS = {"demo": "anyref.demo", "convert": "anyref.convert"}
+BUILTIN_COMMANDS = {"convert": "anyref.convert"}
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="anyref", description=__doc__.split("\n\n")[0])
     subparsers = parser.add_subparsers(dest="command", required=True)
-    for module in BUILTIN_COMMANDS.values():
-        import_module(module).register(subparsers)
+    for name, module in BUILTIN_COMMANDS.items():
+        try:
+            import_module(module).register(subparsers)
+        except ModuleNotFoundError as error:
+            if error.name != module:
+                raise
+            # a sub-command not present in this checkout: leave it out rather than break every command
     for entry in sorted(entry_points(group="anyref.commands"), key=lambda e: e.name):
-        entry.load()(subparsers)
+        try:
+            register = entry.load()
+        except ModuleNotFoundError as error:
+            if error.name != entry.module:
+                raise
+            continue  # declared in pyproject but not present in this checkout
+        register(subparsers)
     return parser
 
 

@@ -67,9 +67,20 @@ class SynthRef:
         probs /= probs.sum()
         index = 0
         while True:
-            rng = self._rng(_PURPOSE["train"], int(seed), index)
-            yield self.sample(tasks[int(rng.choice(len(tasks), p=probs))], rng)
+            yield self._draw(tasks, probs, seed, index)
             index += 1
+
+    def sample_at(self, seed: int, index: int, task_weights: dict[str, float] | None = None) -> ReferringSample:
+        """The ``index``-th sample of ``stream(seed, task_weights)``, without drawing the ones before it (so a
+        resumed or sharded training run can start anywhere)."""
+        weights = dict.fromkeys(SYNTHREF_TASKS, 1.0) if task_weights is None else dict(task_weights)
+        tasks = [t for t in SYNTHREF_TASKS if weights.get(t, 0) > 0]
+        probs = np.array([weights[t] for t in tasks], dtype=np.float64)
+        return self._draw(tasks, probs / probs.sum(), seed, index)
+
+    def _draw(self, tasks: list[str], probs: np.ndarray, seed: int, index: int) -> ReferringSample:
+        rng = self._rng(_PURPOSE["train"], int(seed), int(index))
+        return self.sample(tasks[int(rng.choice(len(tasks), p=probs))], rng)
 
     def split(self, name: str, task: str, n: int = 200) -> list[ReferringSample]:
         """A fixed evaluation split: ``n`` samples of ``task`` for ``name`` in {"val", "test"}."""

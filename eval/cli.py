@@ -1,0 +1,223 @@
+"""``anyref eval``: run a benchmark and write a results JSON, or tabulate results next to the published numbers.
+
+    anyref eval res      --model M --data refer_data --dataset refcoco --split val --out refcoco_val.json
+    anyref eval gres     --model M --data refer_data --split val --out grefcoco_val.json
+    anyref eval avs      --model M --data AVSBench --subset s4 --split test --out s4.json
+    anyref eval fewshot  --model M --data Datasets_HSN --dataset pascal --fold 0 --shot 1 --out pascal_f0.json
+    anyref eval reg      --model M --data refer_data --dataset refcocog --split val --out reg.json
+    anyref eval synthref --model synthref-tiny --out synthref.json
+    anyref eval summary  *.json --out table.md
+
+Every benchmark takes ``--limit N`` (score the first N items), ``--save-overlays DIR`` (overlay PNGs) and
+``--no-progress``. See docs/evaluation.md for the layouts each ``--data`` must have.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["register", "main"]
+
+_BENCHMARK_HELP = {
+    "res": "referring segmentation on RefCOCO / RefCOCO+ / RefCOCOg / RefClef (gIoU, cIoU)",
+    "gres": "generalised referring segmentation on gRefCOCO (gIoU, cIoU, N-acc, T-acc)",
+    "avs": "audio-visual segmentation on AVSBench S4 / MS3 (mIoU, F-score per video)",
+    "fewshot": "few-shot segmentation on PASCAL-5i / COCO-20i episodes (mIoU, FB-IoU)",
+    "reg": "referring expression generation on RefCOCO-family boxes (METEOR, CIDEr)",
+    "synthref": "every SynthRef task on its fixed test split",
+}
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _common(parser: argparse.ArgumentParser, split: str, data: bool = True) -> None:
+    parser.add_argument("--model", required=True, help="model directory (save_pretrained) or shipped model name")
+    if data:
+        parser.add_argument("--data", required=True, help="dataset root in its released layout")
+    parser.add_argument("--split", default=split, help=f"split to score (default {split})")
+    parser.add_argument("--out", help="results JSON to write (atomically); without it the results are printed")
+    parser.add_argument("--limit", type=_positive, help="score only the first N items (samples/videos/episodes)")
+    parser.add_argument("--save-overlays", metavar="DIR", help="write overlay PNGs (prediction, ground truth) here")
+    parser.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--allow-untrained", action="store_true",
+                        help="run reference kinds the model marks as untrained")
+
+
+def register(subparsers) -> None:
+    """Add the ``eval`` command and its benchmark sub-commands to ``anyref``'s sub-parsers."""
+    from eval.datasets import AVS_SUBSETS, FEWSHOT_BENCHMARKS, REFER_DATASETS
+
+    parser = subparsers.add_parser("eval", help="evaluate a model on a benchmark, or summarise results",
+                                   description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK")
+
+    def add(name: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=_BENCHMARK_HELP[name], description=_BENCHMARK_HELP[name])
+        sub.set_defaults(func=_run_benchmark, _parser=sub)
+        return sub
+
+    res = add("res")
+    _common(res, "val")
+    res.add_argument("--dataset", default="refcoco", choices=sorted(REFER_DATASETS))
+    res.add_argument("--split-by", help="refer splitBy (default: unc; umd for refcocog)")
+    res.add_argument("--images", help="image folder (default: found below --data, e.g. images/mscoco/images/train2014)")
+
+    gres = add("gres")
+    _common(gres, "val")
+    gres.add_argument("--split-by", default="unc")
+    gres.add_argument("--images", help="COCO train2014 image folder (default: found below --data)")
+
+    avs = add("avs")
+    _common(avs, "test")
+    avs.add_argument("--subset", default="s4", choices=AVS_SUBSETS)
+
+    fewshot = add("fewshot")
+    _common(fewshot, "val")
+    fewshot.add_argument("--dataset", default="pascal", choices=sorted(FEWSHOT_BENCHMARKS))
+    fewshot.add_argument("--fold", type=int, default=0)
+    fewshot.add_argument("--shot", type=_positive, default=1)
+    fewshot.add_argument("--episodes", type=_positive, default=1000)
+    fewshot.add_argument("--seed", type=int, default=0)
+    fewshot.add_argument("--splits", help="HSNet's data/splits folder (default: --data/splits)")
+    fewshot.add_argument("--no-mask-crop", action="store_true",
+                         help="give the support images without their masks (the paper's plain setting)")
+
+    reg = add("reg")
+    _common(reg, "val")
+    reg.add_argument("--dataset", default="refcocog", choices=sorted(REFER_DATASETS))
+    reg.add_argument("--split-by", help="refer splitBy (default: umd for refcocog, else unc)")
+    reg.add_argument("--images", help="image folder (default: found below --data)")
+
+    synthref = add("synthref")
+    _common(synthref, "test", data=False)
+    synthref.add_argument("--n", type=_positive, default=200, help="samples per task (default 200)")
+    synthref.add_argument("--tasks", help="comma-separated tasks (default: every task that can be scored)")
+
+    summary = commands.add_parser("summary", help="markdown table of results next to the published numbers")
+    summary.add_argument("results", nargs="+", help="results JSON files written by `anyref eval ...`")
+    summary.add_argument("--out", help="markdown file to write (the table is printed too)")
+    summary.set_defaults(func=_run_summary)
+
+
+def _reader(args):
+    from eval import datasets
+
+    name = args.benchmark
+    if name == "res":
+        return datasets.ResReader(args.data, args.dataset, args.split, args.split_by, args.images)
+    if name == "reg":
+        return datasets.RegReader(args.data, args.dataset, args.split, args.split_by, args.images)
+    if name == "gres":
+        return datasets.GrefReader(args.data, args.split, args.split_by, args.images)
+    if name == "avs":
+        return datasets.AvsReader(args.data, args.subset, args.split)
+    if name == "fewshot":
+        return datasets.FewShotReader(args.data, args.dataset, args.fold, args.shot, args.episodes, args.seed,
+                                      args.splits, args.split, mask_crop=not args.no_mask_crop)
+    raise ValueError(f"no reader for {name!r}")
+
+
+def _load_model(args):
+    import torch
+
+    from anyref.api import AnyRef
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return AnyRef.from_pretrained(args.model, device=device)
+
+
+def _model_name(model: str) -> str:
+    path = Path(model)
+    return str(path.resolve()) if path.is_dir() else model
+
+
+def _command_line(args) -> str:
+    """The command that reproduces this run: ``anyref eval BENCHMARK`` plus every option not at its default."""
+    words = ["anyref", "eval", args.benchmark]
+    for action in args._parser._actions:
+        if not action.option_strings or action.dest == "help":
+            continue
+        value = getattr(args, action.dest, None)
+        if value is None or value == action.default:
+            continue
+        option = action.option_strings[-1]
+        words += [option] if value is True else [option, str(value)]
+    return shlex.join(words)
+
+
+def _emit(results: dict, out) -> None:
+    from eval.results import write_results
+
+    if out:
+        path = write_results(out, results)
+        print(f"wrote {path}", file=sys.stderr)
+    print(json.dumps({"benchmark": results["benchmark"], "dataset": results["dataset"], "split": results["split"],
+                      "metrics": results["metrics"], "seconds": results["seconds"]}, indent=2))
+
+
+def _run_benchmark(args) -> int:
+    from eval import runners
+    from eval.results import RunOutput, make_results
+
+    progress = not args.no_progress
+    if args.benchmark == "synthref":
+        from eval.synthref_eval import evaluate_synthref
+
+        tasks = None if args.tasks is None else [t.strip() for t in args.tasks.split(",") if t.strip()]
+        n = args.n if args.limit is None else min(args.n, args.limit)
+        model = _load_model(args)
+        start = time.perf_counter()
+        figures = evaluate_synthref(model, n=n, tasks=tasks, split=args.split, overlays=args.save_overlays,
+                                    progress=progress, allow_untrained=args.allow_untrained)
+        run = RunOutput(figures["metrics"], figures["counts"], {**figures["settings"], "primary": figures["primary"]})
+        dataset, data = "synthref", None
+    else:
+        reader = _reader(args)  # before the model: a bad --data fails fast
+        model = _load_model(args)
+        start = time.perf_counter()
+        runner = {"res": runners.run_res, "gres": runners.run_gres, "avs": runners.run_avs,
+                  "fewshot": runners.run_fewshot, "reg": runners.run_reg}[args.benchmark]
+        run = runner(model, reader, limit=args.limit, overlays=args.save_overlays, progress=progress,
+                     allow_untrained=args.allow_untrained)
+        dataset, data = reader.dataset, str(Path(args.data).resolve())
+    seconds = time.perf_counter() - start
+    results = make_results(args.benchmark, run, _model_name(args.model), dataset, args.split, seconds,
+                           _command_line(args), data, args.limit)
+    _emit(results, args.out)
+    return 0
+
+
+def _run_summary(args) -> int:
+    from eval.summary import write_summary
+
+    table = write_summary(args.results, args.out)
+    print(table, end="")
+    if args.out:
+        print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m eval.cli ...``: the ``anyref eval`` command on its own (same arguments after ``eval``)."""
+    parser = argparse.ArgumentParser(prog="anyref")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["eval", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"anyref eval: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

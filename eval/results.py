@@ -1,0 +1,86 @@
+"""The results file every runner writes: metrics, counts, what was evaluated, how long it took, how it was run.
+
+    {"benchmark": "res", "dataset": "refcoco", "split": "val", "model": "/path/to/model", "data": "/path/to/data",
+     "metrics": {"ciou": 0.74, "giou": 0.76}, "counts": {"samples": 10834, ...}, "settings": {"split_by": "unc"},
+     "limit": null, "seconds": 812.3, "command": "anyref eval res --model ...", "created": "2025-...Z"}
+
+Metrics are fractions in [0, 1] (CIDEr on pycocoevalcap's 0-10 scale); the summary table scales them as papers do.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+__all__ = ["RunOutput", "make_results", "write_results", "read_results"]
+
+
+@dataclass
+class RunOutput:
+    """What a runner returns: metrics (name -> value, or task -> {name -> value}), counts and settings."""
+
+    metrics: dict
+    counts: dict
+    settings: dict = field(default_factory=dict)
+
+
+def _jsonable(value):
+    """Plain JSON types (numpy scalars -> Python numbers, NaN/inf -> None, tuples -> lists)."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "item") and callable(value.item):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def make_results(benchmark: str, run: RunOutput, model: str, dataset: str, split: str, seconds: float,
+                 command: str = "", data: Optional[str] = None, limit: Optional[int] = None) -> dict:
+    return _jsonable({
+        "benchmark": benchmark, "dataset": dataset, "split": split, "model": str(model),
+        "data": None if data is None else str(data), "metrics": run.metrics, "counts": run.counts,
+        "settings": run.settings, "limit": limit, "seconds": round(float(seconds), 3), "command": command,
+        "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    })
+
+
+def write_results(path: str | Path, results: dict) -> Path:
+    """Write ``results`` as JSON atomically: a temporary file in the same folder, then ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            json.dump(_jsonable(results), out, indent=2)
+            out.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def read_results(path: str | Path) -> dict:
+    """A results file written by :func:`write_results`; ValueError naming the file when it is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"results file {path} does not exist")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON: {error}") from error
+    missing = [k for k in ("benchmark", "dataset", "split", "metrics") if not isinstance(data, dict) or k not in data]
+    if missing:
+        raise ValueError(f"{path} is not an `anyref eval` results file (missing {', '.join(missing)})")
+    return data

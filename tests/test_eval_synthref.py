@@ -1,0 +1,105 @@
+"""SynthRef evaluation: every scored task end to end with the tiny model, the metric wiring checked with an oracle
+and a mute stand-in model, the CLI, and (when the shipped model is installed) its recorded figures reproduced."""
+import json
+
+import numpy as np
+import pytest
+
+from anyref.checkpoint import PRETRAINED_DIR
+from anyref.outputs import SegmentResult
+from anyref.synthref import SynthRef
+from eval import cli
+from eval.synthref_eval import SCORED_TASKS, evaluate_synthref, normalise_caption
+
+SHIPPED = PRETRAINED_DIR / "synthref-tiny"
+SHIPPED_FIGURES = SHIPPED / "synthref_results.json"  # `anyref eval synthref --out` of the shipped model
+
+
+class Oracle:
+    """Answers every SynthRef test sample with its ground truth (looked up by the image's pixels); ``mute`` answers
+    everything without a mask and with an empty caption."""
+
+    def __init__(self, n: int, mute: bool = False) -> None:
+        world = SynthRef()
+        self.samples = {s.image.tobytes(): s for t in SCORED_TASKS for s in world.split("test", t, n)}
+        self.mute = mute
+
+    def segment(self, image, references, allow_untrained=False):
+        sample = self.samples[image.tobytes()]
+        masks = sample.masks if not self.mute else np.zeros((0, *image.shape[:2]), dtype=bool)
+        logits = np.where(masks, 8.0, -8.0).astype(np.float32)
+        return SegmentResult(masks, masks.any((1, 2)).astype(np.float32), "answer", logits)
+
+    def describe(self, image, references, allow_untrained=False):
+        return "" if self.mute else "  The " + self.samples[image.tobytes()].meta["caption"][4:].upper() + ". "
+
+
+def test_normalise_caption():
+    assert normalise_caption("  The small  RED circle. ") == "the small red circle"
+    assert normalise_caption("the large blue star") == "the large blue star"
+
+
+def test_oracle_scores_full_marks_and_mute_scores_nothing():
+    perfect = evaluate_synthref(Oracle(3), n=3)
+    assert list(perfect["metrics"]) == list(SCORED_TASKS) and "group" not in perfect["metrics"]
+    for task in ("text", "example", "example_masked"):
+        assert perfect["metrics"][task]["ciou"] == pytest.approx(1.0)
+    assert perfect["metrics"]["box"]["caption_acc"] == 1.0
+    for task in ("audio1", "audio2"):
+        assert perfect["metrics"][task]["miou"] == pytest.approx(1.0) and perfect["metrics"][task]["fscore"] > 0.99
+    assert perfect["metrics"]["no_target"]["no_mask_rate"] == 1.0  # its ground truth has no mask
+    assert perfect["counts"]["samples"] == 3 * len(SCORED_TASKS) and perfect["counts"]["text"]["samples"] == 3
+    assert perfect["primary"]["box"] == "caption_acc" and "group" in perfect["settings"]["not_scored"]
+
+    mute = evaluate_synthref(Oracle(3, mute=True), n=3)
+    assert mute["metrics"]["text"]["ciou"] == 0.0 and mute["metrics"]["text"]["found_rate"] == 0.0
+    assert mute["metrics"]["box"]["caption_acc"] == 0.0
+    assert mute["metrics"]["audio1"]["miou"] == 0.0  # every SynthRef audio target is non-empty
+    assert mute["metrics"]["no_target"]["no_mask_rate"] == 1.0
+
+
+def test_evaluate_synthref_tiny_model_every_task(tiny_model, tmp_path):
+    figures = evaluate_synthref(tiny_model, n=2, overlays=tmp_path / "png")
+    assert set(figures["metrics"]) == set(SCORED_TASKS)
+    for task, name in figures["primary"].items():
+        assert 0.0 <= figures["metrics"][task][name] <= 1.0
+    assert sorted(p.name for p in tmp_path.joinpath("png").iterdir()) == sorted(SCORED_TASKS)
+    assert len(list(tmp_path.joinpath("png", "audio2").glob("*.png"))) == 2
+
+
+def test_task_checks():
+    with pytest.raises(ValueError, match="cannot be scored yet"):
+        evaluate_synthref(Oracle(1), n=1, tasks=["group"])
+    with pytest.raises(ValueError, match="unknown SynthRef task"):
+        evaluate_synthref(Oracle(1), n=1, tasks=["texts"])
+
+
+def test_cli_synthref(tiny_model, tmp_path, capsys):
+    model_dir = tiny_model.save_pretrained(tmp_path / "model")
+    out = tmp_path / "synthref.json"
+    code = cli.main(["synthref", "--model", str(model_dir), "--n", "5", "--limit", "2", "--tasks", "text,no_target",
+                     "--out", str(out), "--no-progress"])
+    assert code == 0
+    results = json.loads(out.read_text())
+    assert results["benchmark"] == "synthref" and results["split"] == "test" and results["data"] is None
+    assert list(results["metrics"]) == ["text", "no_target"] and results["counts"]["samples"] == 4
+    assert results["settings"]["n"] == 2 and results["settings"]["primary"] == {"text": "ciou",
+                                                                                 "no_target": "no_mask_rate"}
+    assert "--tasks text,no_target" in results["command"]
+    capsys.readouterr()
+    assert cli.main(["synthref", "--model", str(model_dir), "--tasks", "group"]) == 2
+    assert "cannot be scored yet" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # the full fixed split: 200 samples per task
+@pytest.mark.skipif(not SHIPPED_FIGURES.is_file(), reason="no shipped synthref-tiny model with recorded figures")
+def test_shipped_model_reproduces_its_recorded_figures():
+    from anyref import AnyRef
+
+    recorded = json.loads(SHIPPED_FIGURES.read_text())
+    settings = recorded["settings"]
+    figures = evaluate_synthref(AnyRef.from_pretrained("synthref-tiny"), n=settings["n"], tasks=settings["tasks"],
+                                split=recorded["split"])
+    for task, metrics in recorded["metrics"].items():
+        for name, value in metrics.items():
+            assert figures["metrics"][task][name] == pytest.approx(value, abs=1e-6), (task, name)

@@ -1,0 +1,85 @@
+"""Training checkpoints: DeepSpeed's engine state plus each rank's RNG, published atomically.
+
+Layout: OUT/checkpoints/step-000500/ (DeepSpeed files + rng_rank{r}.pt) and OUT/checkpoints/latest (the tag).
+A checkpoint is written into a staging directory and renamed into place only when every rank has finished, so a
+run killed mid-save leaves the previous checkpoint as ``latest``.
+"""
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+__all__ = ["save_checkpoint", "load_latest", "latest_tag"]
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def _barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def latest_tag(root: Path) -> str | None:
+    marker = root / "latest"
+    return marker.read_text().strip() if marker.is_file() else None
+
+
+def save_checkpoint(engine, root: Path, step: int, keep: int = 2) -> str:
+    """Save the engine and RNG states as tag ``step-{step:06d}``; returns the tag."""
+    tag = f"step-{step:06d}"
+    staging = root / f".staging-{tag}"
+    if _rank() == 0:
+        shutil.rmtree(staging, ignore_errors=True)
+    _barrier()
+    engine.save_checkpoint(str(staging), tag=tag, client_state={"step": step}, save_latest=False)
+    torch.save(_rng_state(), staging / tag / f"rng_rank{_rank()}.pt")
+    _barrier()
+    if _rank() == 0:
+        final = root / tag
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(staging / tag, final)
+        shutil.rmtree(staging, ignore_errors=True)
+        marker = root / ".latest.tmp"
+        marker.write_text(tag)
+        os.replace(marker, root / "latest")
+        for old in sorted(p for p in root.glob("step-*") if p.is_dir())[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    _barrier()
+    return tag
+
+
+def load_latest(engine, root: Path) -> int:
+    """Restore the latest checkpoint under ``root`` (engine, scheduler, RNG); returns the step to continue from
+    (0 when there is none)."""
+    tag = latest_tag(root)
+    if tag is None:
+        return 0
+    path, client = engine.load_checkpoint(str(root), tag=tag)
+    if path is None:
+        raise RuntimeError(f"could not load checkpoint {root / tag}; delete it to start over")
+    _set_rng_state(torch.load(root / tag / f"rng_rank{_rank()}.pt", weights_only=True))
+    return int(client["step"])
+
+
+def _rng_state() -> dict:
+    """torch, numpy and python RNG states as tensors and plain values (loadable with weights_only=True)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    return {"torch": torch.get_rng_state(), "numpy_keys": torch.from_numpy(keys.astype(np.int64)),
+            "numpy": (kind, pos, has_gauss, gauss), "python": (version, list(internal), gauss_next)}
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    kind, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, state["numpy_keys"].numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))

@@ -1,0 +1,239 @@
+"""The training loop, top to bottom: config -> model -> DeepSpeed ZeRO-2 engine -> steps -> checkpoints -> export.
+
+Launch:
+    anyref train --preset synthref-tiny --out runs/synthref-tiny          # one process (CPU or one GPU)
+    torchrun --nproc_per_node 2 -m train.loop --preset synthref-tiny --out runs/x      # 2 ranks (gloo on CPU)
+    deepspeed --num_gpus 8 -m train.loop --config cfg.json --out runs/full             # one machine, 8 GPUs
+    deepspeed --hostfile hostfile -m train.loop --config cfg.json --out runs/full      # several machines
+A run resumes from OUT/checkpoints/latest when one exists; at the end the LoRA is merged and OUT/model is written,
+a directory ``AnyRef.from_pretrained`` loads.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from anyref.batching import collate, prepare
+from anyref.lora import enable_lora, merge_lora
+from train.checkpointing import latest_tag, load_latest, save_checkpoint
+from train.config import PRESETS_DIR, TrainConfig, load_config
+from train.data import Mixture
+from train.model_factory import build_model
+from train.trainable import apply_policies, describe_groups
+
+__all__ = ["main", "TrainingDiverged"]
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or inf; the last good checkpoint is left as it was."""
+
+
+def _setup_distributed() -> tuple[int, int]:
+    """Defaults for a plain single-process start (DeepSpeed otherwise looks for MPI), then the process group."""
+    import deepspeed
+
+    for key, value in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"), ("MASTER_ADDR", "127.0.0.1")):
+        os.environ.setdefault(key, value)
+    os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))
+    deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _precision(config: TrainConfig) -> str:
+    if config.precision != "auto":
+        return config.precision
+    if not torch.cuda.is_available():
+        return "fp32"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+def deepspeed_config(config: TrainConfig, world_size: int) -> dict:
+    """The JSON file's ZeRO settings plus what the training config decides (batch, optimiser, precision)."""
+    path = Path(config.deepspeed_config)
+    path = path if path.is_file() else Path(__file__).parent / path
+    ds = json.loads(path.read_text())
+    ds.update({
+        "train_micro_batch_size_per_gpu": config.micro_batch,
+        "gradient_accumulation_steps": config.grad_accumulation,
+        "train_batch_size": config.micro_batch * config.grad_accumulation * world_size,
+        "gradient_clipping": config.grad_clip,
+        "optimizer": {"type": "AdamW", "params": {"lr": config.lr, "weight_decay": config.weight_decay,
+                                                  "betas": [0.9, 0.95], "torch_adam": True}},
+    })
+    precision = _precision(config)
+    if precision == "fp16":
+        ds["fp16"] = {"enabled": True, "loss_scale": 0, "initial_scale_power": 16}  # dynamic loss scaling
+    elif precision == "bf16":
+        ds["bf16"] = {"enabled": True}
+    return ds
+
+
+def lr_multipliers(config: TrainConfig, group_names: list[str]):
+    """One LambdaLR function per parameter group: warmup then cosine over all steps, times 0 while the current
+    stage does not train that group."""
+    from train.trainable import POLICIES
+
+    def schedule(name: str):
+        def factor(step: int) -> float:
+            if name not in POLICIES[config.stage_at(step).trainable]:
+                return 0.0
+            if step < config.warmup_steps:
+                return (step + 1) / config.warmup_steps
+            progress = (step - config.warmup_steps) / max(1, config.total_steps - config.warmup_steps)
+            cosine = 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+            return config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine
+        return factor
+
+    return [schedule(name) for name in group_names]
+
+
+def _optimizer_groups(groups: dict, weight_decay: float) -> tuple[list[dict], list[str]]:
+    """DeepSpeed parameter groups: per trainable group, decayed matrices and undecayed vectors (norms, biases)."""
+    result, names = [], []
+    for name, params in groups.items():
+        for decay, members in ((weight_decay, [p for p in params if p.ndim >= 2]),
+                               (0.0, [p for p in params if p.ndim < 2])):
+            if members:
+                result.append({"params": members, "weight_decay": decay})
+                names.append(name)
+    return result, names
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Train AnyRef (LoRA + DeepSpeed ZeRO-2).")
+    add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--preset", help=f"a preset in train/presets ({', '.join(sorted(p.stem for p in PRESETS_DIR.glob('*.json')))})")
+    source.add_argument("--config", help="a training config JSON file")
+    parser.add_argument("--out", required=True, help="run folder: checkpoints, log.jsonl, model/")
+    parser.add_argument("--steps", type=int, help="stop after this many optimiser steps (the schedule is unchanged)")
+    parser.add_argument("--refocus-lambda", type=float, help="override the refocusing lambda (ablations)")
+    parser.add_argument("--seed", type=int, help="override the config's seed")
+    parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)  # passed by the deepspeed launcher
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train as ``args`` say (the parsed command line)."""
+    import deepspeed
+    from tqdm import tqdm
+
+    config = load_config(args.preset, args.config, refocus_lambda=args.refocus_lambda, seed=args.seed)
+    threads = args.threads or config.num_threads
+    if threads:
+        torch.set_num_threads(threads)
+    torch.set_flush_denormal(True)  # tiny models drive some activations to denormals, which are slow on CPU
+    rank, world = _setup_distributed()
+    out = Path(args.out)
+    checkpoints = out / "checkpoints"
+    if rank == 0:
+        checkpoints.mkdir(parents=True, exist_ok=True)
+        (out / "train_config.json").write_text(json.dumps(config.to_dict(), indent=2))
+
+    torch.manual_seed(config.seed)
+    model = build_model(config)
+    if config.lora:
+        enable_lora(model, **config.lora)
+    if config.refocus_lambda is not None:
+        model.refocus_lambda.data.fill_(config.refocus_lambda)
+    groups = apply_policies(model, {stage.trainable for stage in config.stages})
+    if rank == 0:
+        print(describe_groups(model), flush=True)
+    param_groups, group_names = _optimizer_groups(groups, config.weight_decay)
+    engine, _, _, scheduler = deepspeed.initialize(
+        model=model.train(), model_parameters=param_groups, config=deepspeed_config(config, world),
+        lr_scheduler=lambda optimizer: torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lr_multipliers(config, group_names)),
+    )
+    step = load_latest(engine, checkpoints)
+    if rank == 0 and step:
+        print(f"resumed from {checkpoints / latest_tag(checkpoints)} at step {step}", flush=True)
+
+    mixture = Mixture(config.mixture, config.seed)
+    builder = model.builder
+    last_step = min(config.total_steps, args.steps or config.total_steps)
+    dtype = next(p for p in engine.module.parameters() if p.is_floating_point()).dtype
+    log = open(out / "log.jsonl", "a") if rank == 0 else None
+    bar = tqdm(total=last_step, initial=step, disable=rank != 0 or args.no_progress, desc="train", unit="step")
+    window: dict[str, float] = {}
+    started = time.time()
+    try:
+        while step < last_step:
+            stage = config.stage_at(step)
+            for micro in range(config.grad_accumulation):
+                first = ((step * config.grad_accumulation + micro) * world + rank) * config.micro_batch
+                samples = [mixture.sample(first + j, stage.mixture) for j in range(config.micro_batch)]
+                batch = collate([prepare(s, builder) for s in samples], model.ids.pad).to(engine.device, dtype)
+                output = engine(batch)
+                _check_finite(output, step, checkpoints)
+                engine.backward(output.loss)
+                engine.step()
+                for key in ("loss", "ce", "bce", "dice"):
+                    window[key] = window.get(key, 0.0) + float(getattr(output, key).detach()) / config.grad_accumulation
+            step += 1
+            window["steps"] = window.get("steps", 0) + 1
+            bar.update(1)
+            if rank == 0 and (step % config.log_every == 0 or step == last_step):
+                entry = {k: v / window["steps"] for k, v in window.items() if k != "steps"}
+                entry.update(step=step, stage=stage.name, lr=max(scheduler.get_last_lr()),
+                             seconds=round(time.time() - started, 1))
+                log.write(json.dumps(entry) + "\n")
+                log.flush()
+                bar.set_postfix(loss=f"{entry['loss']:.3f}", ce=f"{entry['ce']:.3f}", bce=f"{entry['bce']:.3f}")
+                window = {}
+            if step % config.checkpoint_every == 0 or step == last_step:
+                save_checkpoint(engine, checkpoints, step)
+    except TrainingDiverged as error:
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        return 3
+    finally:
+        bar.close()
+        if log:
+            log.close()
+    if step == config.total_steps and rank == 0:
+        export(model, out / "model")
+        print(f"wrote {out / 'model'} (load it with AnyRef.from_pretrained)", flush=True)
+    return 0
+
+
+def _check_finite(output, step: int, checkpoints: Path) -> None:
+    """Stop every rank on a NaN/inf loss, before it reaches the weights."""
+    bad = torch.tensor([0.0 if torch.isfinite(output.loss).item() else 1.0])
+    if dist.is_initialized():
+        dist.all_reduce(bad)
+    if bad.item():
+        last = latest_tag(checkpoints) or "none yet"
+        raise TrainingDiverged(
+            f"non-finite loss at step {step} (ce={float(output.ce):.4g}, bce={float(output.bce):.4g}, "
+            f"dice={float(output.dice):.4g}); stopped before updating the weights; last good checkpoint: {last}. "
+            "Lower the learning rate or check the data, then resume.")
+
+
+def export(model, directory: Path) -> None:
+    """Merge LoRA into the base weights and write one directory AnyRef.from_pretrained loads."""
+    from anyref.lora import lora_enabled
+
+    if lora_enabled(model):
+        merge_lora(model)
+    model.eval().save_pretrained(directory)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

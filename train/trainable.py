@@ -1,0 +1,71 @@
+"""The one place that decides what trains: parameter groups by module handle, and the policy of each stage."""
+from __future__ import annotations
+
+from torch import nn
+
+__all__ = ["parameter_groups", "POLICIES", "apply_policies", "describe_groups"]
+
+# policy -> groups it trains (see train.config.Stage)
+POLICIES = {
+    "paper": ("lora", "token_rows", "mask_decoder", "heads"),
+    "heads": ("mask_decoder", "heads"),
+    "all": ("lora", "token_rows", "llm", "vision", "sam_encoder", "mask_decoder", "heads", "audio_encoder"),
+}
+
+
+def parameter_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
+    """Every parameter of an AnyRef model in exactly one named group, chosen by module handles."""
+    llava = model.llava
+    handles = {
+        "token_rows": [llava.get_input_embeddings(), llava.lm_head],
+        "vision": [llava.model.vision_tower, llava.model.multi_modal_projector],
+        "sam_encoder": [model.sam.image_encoder, model.sam.prompt_encoder],
+        "mask_decoder": [model.sam.mask_decoder],
+        "heads": [m for m in (model.obj_projection, model.audio_projection) if m is not None],
+        "audio_encoder": [model.audio_encoder] if model.audio_encoder is not None else [],
+    }
+    groups: dict[str, list[nn.Parameter]] = {name: [] for name in (*handles, "lora", "llm")}
+    seen: set[int] = set()
+    for name, modules in handles.items():
+        for module in modules:
+            for param in module.parameters():
+                if id(param) not in seen:
+                    seen.add(id(param))
+                    groups[name].append(param)
+    for name, param in model.named_parameters():
+        if id(param) in seen:
+            continue
+        seen.add(id(param))
+        if ".lora_" in name:
+            groups["lora"].append(param)
+        elif name == "refocus_lambda":
+            groups["heads"].append(param)
+        else:
+            groups["llm"].append(param)
+    return groups
+
+
+def apply_policies(model: nn.Module, policies: set[str]) -> dict[str, list[nn.Parameter]]:
+    """Set requires_grad to the union of the given policies' groups; returns only the groups that train."""
+    wanted = {group for policy in policies for group in POLICIES[policy]}
+    groups = parameter_groups(model)
+    for name, params in groups.items():
+        for param in params:
+            param.requires_grad_(name in wanted)
+    return {name: params for name, params in groups.items() if name in wanted and params}
+
+
+def describe_groups(model: nn.Module) -> str:
+    """A table of parameter counts per group, trainable or frozen, for the training log."""
+    groups = parameter_groups(model)
+    total = sum(p.numel() for params in groups.values() for p in params)
+    lines = [f"{'group':<14}{'params':>14}{'trainable':>14}"]
+    trainable_total = 0
+    for name, params in groups.items():
+        count = sum(p.numel() for p in params)
+        trainable = sum(p.numel() for p in params if p.requires_grad)
+        trainable_total += trainable
+        lines.append(f"{name:<14}{count:>14,}{trainable:>14,}")
+    lines.append(f"{'total':<14}{total:>14,}{trainable_total:>14,}  ({100 * trainable_total / max(total, 1):.1f}% "
+                 "trainable)")
+    return "\n".join(lines)
