@@ -26,6 +26,12 @@ class SynthRefSource:
     def sample(self, index: int, options: dict) -> ReferringSample:
         return self.world.sample_at(self.seed, index, options.get("tasks", self.tasks))
 
+    def reference_kinds(self) -> set[str]:
+        """Reference kinds its tasks train (text, box, example, audio; mask with the group task)."""
+        kinds = {"text", "box", "example", "audio"}
+        tasks = self.tasks or {"group": 1}
+        return kinds | ({"mask"} if tasks.get("group", 0) > 0 else set())
+
 
 # source name -> class taking (options, seed) with sample(index, stage_options)
 SOURCES = {"synthref": SynthRefSource}
@@ -41,6 +47,10 @@ class Mixture:
         self.base = mixture
         self.seed = seed
         self.sources = {name: SOURCES[name](options, seed) for name, options in mixture.items()}
+
+    def reference_kinds(self) -> set[str]:
+        """Every reference kind some source of the mixture trains."""
+        return set().union(*(source.reference_kinds() for source in self.sources.values()))
 
     def sample(self, index: int, stage_mixture: dict | None = None) -> ReferringSample:
         options = {name: {**self.base[name], **(stage_mixture or {}).get(name, {})} for name in self.base}

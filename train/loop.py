@@ -208,7 +208,7 @@ def run(args: argparse.Namespace) -> int:
         if log:
             log.close()
     if step == config.total_steps and rank == 0:
-        export(model, out / "model")
+        export(model, out / "model", trained_kinds=mixture.reference_kinds())
         print(f"wrote {out / 'model'} (load it with AnyRef.from_pretrained)", flush=True)
     return 0
 
@@ -226,12 +226,16 @@ def _check_finite(output, step: int, checkpoints: Path) -> None:
             "Lower the learning rate or check the data, then resume.")
 
 
-def export(model, directory: Path) -> None:
-    """Merge LoRA into the base weights and write one directory AnyRef.from_pretrained loads."""
+def export(model, directory: Path, trained_kinds: set[str]) -> None:
+    """Merge LoRA into the base weights and write one directory AnyRef.from_pretrained loads; its config records
+    the lambda the run used and no longer marks the reference kinds it trained as untrained."""
     from anyref.lora import lora_enabled
 
     if lora_enabled(model):
         merge_lora(model)
+    model.config = model.config.replace(
+        refocus_lambda=float(model.refocus_lambda),
+        untrained_references=tuple(k for k in model.config.untrained_references if k not in trained_kinds))
     model.eval().save_pretrained(directory)
 
 
