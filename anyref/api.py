@@ -93,7 +93,6 @@ class AnyRef(AnyRefModel):
         masks = logits > 0
         probs = logits.sigmoid()
         area = masks.flatten(1).sum(1)
-        scores = torch.where(area > 0, (probs * masks).flatten(1).sum(1) / area.clamp_min(1), torch.zeros_like(area,
-                             dtype=probs.dtype))
+        scores = (probs * masks).flatten(1).sum(1) / area.clamp_min(1)  # 0 for an empty mask
         return SegmentResult(masks.cpu().numpy(), scores.cpu().numpy().astype(np.float32), generation.text,
                              logits.cpu().numpy())

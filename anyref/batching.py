@@ -5,6 +5,7 @@ whichever way it is called.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -109,7 +110,7 @@ def _reference_tensor(ref, image_size: tuple[int, int], transform, config: AnyRe
                                  config.vision_mean, config.vision_std)
         return kind, pixels
     if isinstance(ref, Audio):
-        if isinstance(ref.source, (str,)) or hasattr(ref.source, "__fspath__"):
+        if isinstance(ref.source, (str, os.PathLike)):
             waveform, rate = read_audio(ref.source)
         else:
             waveform, rate = ref.source, ref.sample_rate

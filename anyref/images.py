@@ -38,7 +38,7 @@ def load_image(image: object) -> np.ndarray:
 
 def _pil_to_array(image: Image.Image) -> np.ndarray:
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        return np.asarray(image, dtype=np.int64).astype(np.uint16) if image.mode != "I" else np.asarray(image)
+        return np.asarray(image)  # 16/32-bit integers: scaled to 8 bits by _normalise_array
     if image.mode not in ("RGB", "L", "RGBA", "LA"):
         image = image.convert("RGBA" if "A" in image.getbands() or image.mode == "P" else "RGB")
     return np.asarray(image)
