@@ -73,13 +73,22 @@ class AnyRef(AnyRefModel):
         return self._masks_for(generation, batch)
 
     @torch.no_grad()
-    def describe(self, image, ref, allow_untrained: bool = False) -> str:
-        """A caption of the referred region, e.g. ``describe(image, Box(10, 20, 60, 80))``."""
+    def describe(self, image, ref, allow_untrained: bool = False, with_masks: bool = False) -> str | SegmentResult:
+        """A caption of the referred region, e.g. ``describe(image, Box(10, 20, 60, 80))``.
+
+        with_masks: return a SegmentResult instead, whose ``text`` is the caption and whose ``masks`` come from the
+        ``<obj>`` tokens of the same answer (AnyRef answers a region caption with the region's mask).
+        """
         pixels = load_image(image)
         refs = as_reference_list(ref)
         self.check_references(refs, allow_untrained)
-        generation, _ = self._generate_for(pixels, refs, "describe")
-        return " ".join(generation.text.replace(self.config.obj_token, " ").split()).replace(" .", ".")
+        generation, batch = self._generate_for(pixels, refs, "describe")
+        caption = " ".join(generation.text.replace(self.config.obj_token, " ").split()).replace(" .", ".")
+        if not with_masks:
+            return caption
+        result = self._masks_for(generation, batch)
+        result.text = caption
+        return result
 
     def _masks_for(self, generation: Generation, batch) -> SegmentResult:
         height, width = batch.image_sizes[0]

@@ -85,33 +85,35 @@ class AnyRefModel(nn.Module):
         with torch.set_grad_enabled(trainable):
             return encoder(sam_pixels)
 
-    def reference_tokens(self, batch: Batch, grids: torch.Tensor) -> torch.Tensor:
+    def reference_tokens(self, batch: Batch, grids: torch.Tensor, example_grids: torch.Tensor) -> torch.Tensor:
         """All reference feature tokens of the batch, sample by sample in prompt order: T x H.
 
-        grids: B x C_v x G x G patch features of the query images (boxes are RoIAligned on them).
+        grids: B x C_v x G x G patch features of the query images (boxes are RoIAligned on them);
+        example_grids: Ne x C_v x G x G those of the example images.
+        Every branch the model has runs on every batch, on zero items when the batch has none of that kind: the
+        autograd graph then has the same shape for every batch, which data-parallel training needs (DeepSpeed
+        reduces gradients in the order they arrive, so ranks with different graphs would sum different tensors).
         """
         pool = self.config.region_pool
-        by_kind: dict[str, torch.Tensor] = {}
-        if len(batch.boxes):
-            patch = self.llava.config.vision_config.patch_size
-            regions = roi_align(grids, batch.boxes.to(grids.dtype), output_size=pool, spatial_scale=1.0 / patch,
-                                sampling_ratio=2, aligned=True)  # Nb x C_v x pool x pool
-            by_kind["box"] = project_vision(self.llava, regions.flatten(2).transpose(1, 2))
-        if len(batch.examples):
-            example_grids = vision_patch_grid(self.llava, batch.examples)
-            pooled = F.adaptive_avg_pool2d(example_grids, pool)  # 2-D blocks of the patch grid
-            by_kind["example"] = project_vision(self.llava, pooled.flatten(2).transpose(1, 2))
-        if len(batch.audio):
-            if self.audio_encoder is None:
-                raise ValueError("this model has no audio encoder; it cannot take Audio references")
+        patch = self.llava.config.vision_config.patch_size
+        regions = roi_align(grids, batch.boxes.to(grids.dtype), output_size=pool, spatial_scale=1.0 / patch,
+                            sampling_ratio=2, aligned=True)  # Nb x C_v x pool x pool
+        by_kind = {"box": project_vision(self.llava, regions.flatten(2).transpose(1, 2))}
+        pooled = F.adaptive_avg_pool2d(example_grids, pool)  # 2-D blocks of the patch grid
+        by_kind["example"] = project_vision(self.llava, pooled.flatten(2).transpose(1, 2))
+        if self.audio_encoder is not None:
             clips = batch.audio.flatten(0, 1)  # Na*3 x 1 x 128 x 204
-            embeddings = self.audio_encoder(clips).view(len(batch.audio), -1, self.config.audio.out_dim)
+            embeddings = self.audio_encoder(clips).view(*batch.audio.shape[:2], self.config.audio.out_dim)  # Na x 3 x D
             by_kind["audio"] = self.audio_projection(embeddings.to(self.dtype))
+        elif len(batch.audio):
+            raise ValueError("this model has no audio encoder; it cannot take Audio references")
         if batch.mask_refs:
             raise ValueError("this model has no mask-reference encoder; it cannot take MaskRef references")
         pieces = [by_kind[kind][index] for order in batch.reference_order for kind, index in order]
         hidden = self.llava.config.text_config.hidden_size
-        return torch.cat(pieces) if pieces else grids.new_zeros((0, hidden))
+        # the empty branches join the result with zero rows, so that they stay in the graph
+        unused = [tokens.reshape(-1, hidden)[:0] for tokens in by_kind.values()]
+        return torch.cat(pieces + unused) if pieces else torch.cat(unused)
 
     def input_embeddings(self, batch: Batch) -> torch.Tensor:
         """Token embeddings with image patches and reference features scattered into their placeholders.
@@ -119,9 +121,12 @@ class AnyRefModel(nn.Module):
         Returns B x L x H. Raises if placeholder counts and feature counts differ.
         """
         ids = batch.input_ids
-        grids = vision_patch_grid(self.llava, batch.clip_pixels.to(self.dtype))
+        # query and example images in one vision pass (which also never runs the tower on zero images)
+        pixels = torch.cat([batch.clip_pixels, batch.examples]).to(self.dtype)
+        all_grids = vision_patch_grid(self.llava, pixels)
+        grids, example_grids = all_grids[:len(ids)], all_grids[len(ids):]
         image_tokens = project_vision(self.llava, grids.flatten(2).transpose(1, 2))  # B x G*G x H
-        reference_tokens = self.reference_tokens(batch, grids)  # T x H
+        reference_tokens = self.reference_tokens(batch, grids, example_grids)  # T x H
         placeholders = (ids == self.ids.image) | (ids == self.ids.ref_feature)
         embeds = self.llava.get_input_embeddings()(ids.masked_fill(placeholders, self.ids.pad))
         for token_id, features, what in ((self.ids.image, image_tokens, "Image"),
@@ -148,10 +153,11 @@ class AnyRefModel(nn.Module):
         targets = labels[:, 1:]
         predicted = targets != IGNORE_INDEX
         logits = self.llava.lm_head(hidden[:, :-1][predicted])  # only answer positions: T x V
-        ce = F.cross_entropy(logits.float(), targets[predicted]) if predicted.any() else hidden.sum() * 0.0
+        # a sum over the (maybe zero) answer tokens, not a mean: the same graph whether or not there are any
+        ce = F.cross_entropy(logits.float(), targets[predicted], reduction="sum") / predicted.sum().clamp_min(1)
         emits = (ids[:, 1:] == self.ids.obj) & predicted  # position p emits <obj> at p + 1
         rows, cols = emits.nonzero(as_tuple=True)
-        keys = project_keys(tap.attention, tap.hidden, tap.cos, tap.sin) if len(rows) else None
+        keys = project_keys(tap.attention, tap.hidden, tap.cos, tap.sin)
         states = self._obj_states(tap, hidden, attention, batch.answer_starts, rows, cols, keys)
         return hidden, ce, rows, cols, states
 
@@ -170,6 +176,10 @@ class AnyRefModel(nn.Module):
             if int(mine.sum()) != target.shape[0]:
                 raise ValueError(f"sample {row} emits {int(mine.sum())} <obj> but has {target.shape[0]} target masks")
             if target.shape[0] == 0:
+                # a zero prompt decoded and weighted 0: every row runs the decoder, so that every batch has the
+                # same graph (see reference_tokens); SAM's decoder cannot run on zero prompts
+                low = decode_masks(self.sam, embeddings[row:row + 1], prompts.new_zeros((1, prompts.shape[1])))
+                bce = bce + low.sum() * 0.0
                 mask_logits.append(embeddings.new_zeros((0, *batch.image_sizes[row])))
                 continue
             low = decode_masks(self.sam, embeddings[row:row + 1], prompts[mine])
@@ -191,8 +201,6 @@ class AnyRefModel(nn.Module):
 
         hidden: B x L x H last-layer states; keys: B x KVH x L x D rotary keys of the last layer. Returns N x H.
         """
-        if len(rows) == 0:
-            return hidden.new_zeros((0, hidden.shape[-1]))
         span = torch.arange(hidden.shape[1], device=hidden.device)
         before = span[None, :] <= cols[:, None]  # causal: keys up to the emitting position
         key_mask = before & attention[rows].bool()

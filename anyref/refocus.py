@@ -43,7 +43,8 @@ class LastLayerAttentionTap:
 
 def _heads(attention: nn.Module, projected: torch.Tensor) -> torch.Tensor:
     """... x (heads * D) -> ... x heads x D."""
-    return projected.view(*projected.shape[:-1], -1, attention.head_dim)
+    heads = projected.shape[-1] // attention.head_dim
+    return projected.view(*projected.shape[:-1], heads, attention.head_dim)
 
 
 def _rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -30,8 +30,13 @@ class Oracle:
         logits = np.where(masks, 8.0, -8.0).astype(np.float32)
         return SegmentResult(masks, masks.any((1, 2)).astype(np.float32), "answer", logits)
 
-    def describe(self, image, references, allow_untrained=False):
-        return "" if self.mute else "  The " + self.samples[image.tobytes()].meta["caption"][4:].upper() + ". "
+    def describe(self, image, references, allow_untrained=False, with_masks=False):
+        caption = "" if self.mute else "  The " + self.samples[image.tobytes()].meta["caption"][4:].upper() + ". "
+        if not with_masks:
+            return caption
+        result = self.segment(image, references)
+        result.text = caption
+        return result
 
 
 def test_normalise_caption():
@@ -44,7 +49,7 @@ def test_oracle_scores_full_marks_and_mute_scores_nothing():
     assert list(perfect["metrics"]) == list(SCORED_TASKS) and "group" not in perfect["metrics"]
     for task in ("text", "example", "example_masked"):
         assert perfect["metrics"][task]["ciou"] == pytest.approx(1.0)
-    assert perfect["metrics"]["box"]["caption_acc"] == 1.0
+    assert perfect["metrics"]["box"]["caption_acc"] == 1.0 and perfect["metrics"]["box"]["ciou"] == pytest.approx(1.0)
     for task in ("audio1", "audio2"):
         assert perfect["metrics"][task]["miou"] == pytest.approx(1.0) and perfect["metrics"][task]["fscore"] > 0.99
     assert perfect["metrics"]["no_target"]["no_mask_rate"] == 1.0  # its ground truth has no mask
@@ -53,7 +58,7 @@ def test_oracle_scores_full_marks_and_mute_scores_nothing():
 
     mute = evaluate_synthref(Oracle(3, mute=True), n=3)
     assert mute["metrics"]["text"]["ciou"] == 0.0 and mute["metrics"]["text"]["found_rate"] == 0.0
-    assert mute["metrics"]["box"]["caption_acc"] == 0.0
+    assert mute["metrics"]["box"]["caption_acc"] == 0.0 and mute["metrics"]["box"]["ciou"] == 0.0
     assert mute["metrics"]["audio1"]["miou"] == 0.0  # every SynthRef audio target is non-empty
     assert mute["metrics"]["no_target"]["no_mask_rate"] == 1.0
 

@@ -1,43 +1,113 @@
-"""The trainer end to end (DeepSpeed ZeRO-2 on CPU, gloo): a smoke run exports a loadable model, and a stopped run
-resumes to exactly the weights of an uninterrupted one."""
+"""The trainer end to end (DeepSpeed ZeRO-2 on CPU, gloo): a run killed with SIGKILL resumes to exactly the weights
+of an uninterrupted one, two ranks train and export, and a NaN loss stops the run with the last checkpoint intact."""
+import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from anyref import AnyRef
+from train.config import PRESETS_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
 
 
-def _train(out: Path, *extra: str) -> subprocess.CompletedProcess:
+def _env() -> dict:
     env = dict(os.environ, OMP_NUM_THREADS="1")
     env.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "anyref" / "torch_extensions"))
-    command = [sys.executable, "-m", "train.loop", "--preset", "smoke", "--out", str(out), "--threads", "1",
-               "--no-progress", *extra]
-    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
+    return env
+
+
+def _config(tmp_path: Path, name: str, **changes) -> Path:
+    """The smoke preset with ``changes`` (e.g. steps=12), written to tmp_path/name.json."""
+    data = json.loads((PRESETS_DIR / "smoke.json").read_text())
+    steps = changes.pop("steps", None)
+    if steps is not None:
+        data["stages"] = [{**data["stages"][0], "steps": steps}]
+    data.update(changes)
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def _command(config: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "train.loop", "--config", str(config), "--out", str(out), "--threads", "1",
+            "--no-progress", *extra]
+
+
+def _train(config: Path, out: Path, expect: int = 0) -> subprocess.CompletedProcess:
+    result = subprocess.run(_command(config, out), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    assert result.returncode == expect, result.stderr[-3000:]
     return result
 
 
-@pytest.mark.slow
-def test_stopped_run_resumes_exactly(tmp_path):
-    _train(tmp_path / "straight")
-    _train(tmp_path / "resumed", "--steps", "2")  # stops after the step-2 checkpoint, as a killed run would
-    assert (tmp_path / "resumed" / "checkpoints" / "latest").read_text() == "step-000002"
-    assert not (tmp_path / "resumed" / "model").exists()
-    second = _train(tmp_path / "resumed")
-    assert "resumed from" in second.stdout
-    straight = load_file(tmp_path / "straight" / "model" / "model.safetensors")
-    resumed = load_file(tmp_path / "resumed" / "model" / "model.safetensors")
-    assert straight.keys() == resumed.keys()
+def _weights(out: Path) -> dict:
+    return load_file(out / "model" / "model.safetensors")
+
+
+def test_killed_run_resumes_exactly(tmp_path):
+    config = _config(tmp_path, "run", steps=16, checkpoint_every=2, log_every=1)
+    _train(config, tmp_path / "straight")
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(_command(config, killed), cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    marker = killed / "checkpoints" / "latest"
+    deadline = time.time() + 300
+    while not marker.is_file() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)  # mid-run, maybe mid-save: no clean-up code runs
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed; give it more steps"
+    assert not (killed / "model").exists()
+    stopped_at = marker.read_text()
+
+    resumed = _train(config, killed)
+    assert f"resumed from {killed / 'checkpoints' / stopped_at}" in resumed.stdout
+    straight, again = _weights(tmp_path / "straight"), _weights(killed)
+    assert straight.keys() == again.keys()
     for key in straight:
-        assert torch.equal(straight[key], resumed[key]), key
-    model = AnyRef.from_pretrained(tmp_path / "straight" / "model")
-    assert model.segment(torch.zeros(64, 64, 3, dtype=torch.uint8).numpy(), "the red circle").masks.shape[1:] == (64, 64)
-    log = (tmp_path / "straight" / "log.jsonl").read_text().splitlines()
-    assert len(log) == 4 and '"lr"' in log[0]
+        assert torch.equal(straight[key], again[key]), key
+    model = AnyRef.from_pretrained(killed / "model")
+    assert model.segment(np.zeros((64, 64, 3), np.uint8), "the red circle").masks.shape[1:] == (64, 64)
+    steps = [json.loads(line)["step"] for line in (killed / "log.jsonl").read_text().splitlines()]
+    assert steps[-1] == 16 and '"lr"' in (killed / "log.jsonl").read_text()
+
+
+def test_two_ranks_zero2_over_gloo(tmp_path):
+    out = tmp_path / "two"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+               str(29700 + os.getpid() % 200), "-m", "train.loop", "--preset", "smoke", "--out", str(out),
+               "--threads", "1", "--no-progress"]
+    result = subprocess.run(command, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    checkpoint = out / "checkpoints" / (out / "checkpoints" / "latest").read_text()
+    # ZeRO-2 partitions the optimizer state: one shard per rank, and each rank's RNG saved
+    shards = sorted(p.name for p in checkpoint.glob("*optim_states.pt"))
+    assert len(shards) == 2 and shards[0].startswith("zero_pp_rank_0") and shards[1].startswith("zero_pp_rank_1")
+    assert {p.name for p in checkpoint.glob("rng_rank*.pt")} == {"rng_rank0.pt", "rng_rank1.pt"}
+    config = json.loads((out / "train_config.json").read_text())
+    assert len((out / "log.jsonl").read_text().splitlines()) == config["stages"][0]["steps"]
+    model = AnyRef.from_pretrained(out / "model")
+    assert model.segment(np.zeros((48, 64, 3), np.uint8), "the red circle").masks.shape[1:] == (48, 64)
+
+
+def test_nan_loss_stops_with_last_checkpoint_intact(tmp_path):
+    # an absurd learning rate sends the weights to inf after the first update, so the second loss is not finite
+    config = _config(tmp_path, "diverge", steps=6, checkpoint_every=1, warmup_steps=1, lr=1e30)
+    out = tmp_path / "diverge"
+    result = _train(config, out, expect=3)
+    assert "non-finite loss at step" in result.stderr and "last good checkpoint: step-" in result.stderr
+    tag = (out / "checkpoints" / "latest").read_text()
+    assert (out / "checkpoints" / tag / "rng_rank0.pt").is_file() and not (out / "model").exists()
+    # the checkpoint is loadable: resuming reaches the same non-finite step again rather than crashing on load
+    again = _train(config, out, expect=3)
+    assert f"resumed from {out / 'checkpoints' / tag}" in again.stdout

@@ -1,0 +1,88 @@
+"""Learning curves from training logs: the loss terms of one or more runs' log.jsonl against step, as one PNG.
+
+    python -m train.curves runs/synthref-tiny/log.jsonl --out docs/figures/synthref-tiny-curves.png
+    python -m train.curves runs/lambda-0/log.jsonl runs/lambda-0.1/log.jsonl --labels "λ 0" "λ 0.1" --out ablation.png
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+__all__ = ["read_log", "plot_curves", "main"]
+
+TERMS = ("loss", "ce", "bce", "dice")
+
+
+def read_log(path: str | Path) -> list[dict]:
+    """The entries of a trainer's log.jsonl (one dict per logged step); a clear error for anything else."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"training log {path} does not exist")
+    entries = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}:{number} is not JSON ({error}); is this a trainer's log.jsonl?") from error
+        if "step" not in entry or "loss" not in entry:
+            raise ValueError(f"{path}:{number} has no step/loss; is this a trainer's log.jsonl?")
+        entries.append(entry)
+    if not entries:
+        raise ValueError(f"{path} has no entries")
+    return entries
+
+
+def plot_curves(logs: list[str | Path], out: str | Path, labels: list[str] | None = None,
+                title: str = "") -> Path:
+    """One panel per loss term, one line per log; writes ``out`` (PNG) atomically and returns its path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = labels or [Path(p).parent.name or str(p) for p in logs]
+    if len(labels) != len(logs):
+        raise ValueError(f"{len(labels)} labels for {len(logs)} logs")
+    runs = [read_log(p) for p in logs]
+    figure, axes = plt.subplots(1, len(TERMS), figsize=(4 * len(TERMS), 3.4))
+    for axis, term in zip(axes, TERMS):
+        for label, entries in zip(labels, runs):
+            axis.plot([e["step"] for e in entries], [e[term] for e in entries], label=label, linewidth=1.2)
+        axis.set_title(term)
+        axis.set_xlabel("optimiser step")
+        axis.set_yscale("log")
+        axis.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    if title:
+        figure.suptitle(title)
+    figure.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    figure.savefig(tmp, dpi=110, format="png")
+    plt.close(figure)
+    tmp.replace(out)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("logs", nargs="+", help="log.jsonl files written by the trainer")
+    parser.add_argument("--out", required=True, help="PNG to write")
+    parser.add_argument("--labels", nargs="+", help="one legend label per log (default: the run folder names)")
+    parser.add_argument("--title", default="")
+    args = parser.parse_args(argv)
+    try:
+        print(f"wrote {plot_curves(args.logs, args.out, args.labels, args.title)}")
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
