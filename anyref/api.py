@@ -1,6 +1,8 @@
 """The public model: ``AnyRef.from_pretrained(dir)``, ``segment(image, ref)``, ``describe(image, box)``."""
 from __future__ import annotations
 
+import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,7 @@ from anyref.outputs import Generation, SegmentResult
 from anyref.prompts import reference_kind
 from anyref.references import Audio, MaskRef, as_reference_list
 from anyref.samples import ReferringSample
+from encoders.llava import vision_patch_grid
 
 __all__ = ["AnyRef"]
 
@@ -46,62 +49,132 @@ class AnyRef(AnyRefModel):
                                  f"untrained_references={self.config.untrained_references}); fine-tune it first, "
                                  "or pass allow_untrained=True to run it anyway")
 
-    def _generate_for(self, image: np.ndarray, refs: list, task: str) -> tuple[Generation, object]:
-        sample = ReferringSample(image=image, references=refs, task=task)
-        prepared = prepare(sample, self.builder, with_answer=False)
-        limit = self.llava.config.text_config.max_position_embeddings
-        needed = len(prepared.input_ids) + self.config.max_new_tokens
-        if needed > limit:
-            raise ValueError(f"prompt takes {len(prepared.input_ids)} tokens + {self.config.max_new_tokens} for "
-                             f"the answer, more than this model's context of {limit} tokens; shorten the text")
-        batch = collate([prepared], self.ids.pad, padding_side="left").to(self.device, self.dtype)
-        return self.generate(batch)[0], batch
+    # ---------------------------------------------------------------------------------------- image cache
+    @torch.no_grad()
+    def set_image(self, image) -> None:
+        """Encode ``image`` once (vision tower and SAM image encoder) for the queries that follow, as SamPredictor
+        does: ``segment``/``describe``/``segment_many`` then take ``image=None`` (or the same pixels again) and
+        reuse the features. ``set_image(None)`` forgets it."""
+        if image is None:
+            self._image = None
+            return
+        pixels = load_image(image)
+        prepared = prepare(ReferringSample(image=pixels, references=["-"], task="segment"), self.builder,
+                           with_answer=False)
+        batch = collate([prepared], self.ids.pad).to(self.device, self.dtype)
+        grid = vision_patch_grid(self.llava, batch.clip_pixels)
+        self._image = _ImageFeatures(_pixel_key(pixels), pixels, grid, self.sam_embeddings(batch.sam_pixels))
+
+    def _pixels_and_features(self, image) -> tuple[np.ndarray, "_ImageFeatures | None"]:
+        """The query image's pixels, and the cached features when they belong to these pixels."""
+        cached = getattr(self, "_image", None)
+        if image is None:
+            if cached is None:
+                raise ValueError("no image given and none set: pass an image, or call set_image(image) first")
+            return cached.pixels, cached
+        pixels = load_image(image)
+        if cached is not None and cached.key == _pixel_key(pixels):
+            return pixels, cached
+        return pixels, None
 
     # ---------------------------------------------------------------------------------------------- API
+    def _run(self, image, ref_lists: list[list], task: str, allow_untrained: bool, **generate_options):
+        """Generate answers for several reference lists on one image in one batch (left padded).
+        Returns (generations, batch, features or None)."""
+        pixels, features = self._pixels_and_features(image)
+        prepared = []
+        for refs in ref_lists:
+            self.check_references(refs, allow_untrained)
+            prepared.append(prepare(ReferringSample(image=pixels, references=refs, task=task), self.builder,
+                                    with_answer=False))
+        limit = self.llava.config.text_config.max_position_embeddings
+        longest = max(len(p.input_ids) for p in prepared)
+        if longest + self.config.max_new_tokens > limit:
+            raise ValueError(f"prompt takes {longest} tokens + {self.config.max_new_tokens} for the answer, more "
+                             f"than this model's context of {limit} tokens; shorten the text")
+        batch = collate(prepared, self.ids.pad, padding_side="left").to(self.device, self.dtype)
+        grids = None if features is None else features.grid.expand(len(prepared), -1, -1, -1)
+        return self.generate(batch, grids=grids, **generate_options), batch, features
+
     @torch.no_grad()
-    def segment(self, image, ref, allow_untrained: bool = False) -> SegmentResult:
+    def segment(self, image=None, ref=None, allow_untrained: bool = False) -> SegmentResult:
         """Masks for what ``ref`` points at in ``image``.
 
-        image: a path, PIL image or H x W x 3 uint8 array (grayscale, RGBA and 16-bit are converted).
-        ref: a str, Box, ExampleImage, Audio, or a list of these read left to right as one expression.
-        Returns masks K x H x W bool at the image's size (K = the number of ``<obj>`` in the answer, maybe 0).
+        image: a path, PIL image or H x W x 3 uint8 array (grayscale, RGBA and 16-bit are converted); None for
+        the image given to ``set_image``. ref: a str, Box, ExampleImage, Audio, or a list of these read left to
+        right as one expression. Returns masks K x H x W bool at the image's size (K = the number of ``<obj>``
+        in the answer, maybe 0).
         """
-        pixels = load_image(image)
-        refs = as_reference_list(ref)
-        self.check_references(refs, allow_untrained)
-        generation, batch = self._generate_for(pixels, refs, "segment")
-        return self._masks_for(generation, batch)
+        generations, batch, features = self._run(image, [_references(ref)], "segment", allow_untrained)
+        return self._masks_for(generations, batch, features)[0]
 
     @torch.no_grad()
-    def describe(self, image, ref, allow_untrained: bool = False, with_masks: bool = False) -> str | SegmentResult:
+    def segment_many(self, image, refs: list, allow_untrained: bool = False) -> list[SegmentResult]:
+        """``segment`` for several references on one image at once: one vision and one SAM encoder pass, one
+        LLM forward per generated token for all of them. refs: a list whose items are what ``segment`` takes."""
+        if not isinstance(refs, (list, tuple)) or not refs:
+            raise ValueError("refs must be a non-empty list of references (each a str, Box, ... or a list)")
+        generations, batch, features = self._run(image, [_references(r) for r in refs], "segment",
+                                                  allow_untrained)
+        return self._masks_for(generations, batch, features)
+
+    @torch.no_grad()
+    def describe(self, image=None, ref=None, allow_untrained: bool = False,
+                 with_masks: bool = False) -> str | SegmentResult:
         """A caption of the referred region, e.g. ``describe(image, Box(10, 20, 60, 80))``.
 
         with_masks: return a SegmentResult instead, whose ``text`` is the caption and whose ``masks`` come from the
         ``<obj>`` tokens of the same answer (AnyRef answers a region caption with the region's mask).
         """
-        pixels = load_image(image)
-        refs = as_reference_list(ref)
-        self.check_references(refs, allow_untrained)
-        generation, batch = self._generate_for(pixels, refs, "describe")
-        caption = " ".join(generation.text.replace(self.config.obj_token, " ").split()).replace(" .", ".")
+        generations, batch, features = self._run(image, [_references(ref)], "describe", allow_untrained)
+        caption = " ".join(generations[0].text.replace(self.config.obj_token, " ").split()).replace(" .", ".")
         if not with_masks:
             return caption
-        result = self._masks_for(generation, batch)
+        result = self._masks_for(generations, batch, features)[0]
         result.text = caption
         return result
 
-    def _masks_for(self, generation: Generation, batch) -> SegmentResult:
+    def _masks_for(self, generations: list[Generation], batch, features=None) -> list[SegmentResult]:
+        """One SegmentResult per generation, all queries on the batch's one image: SAM's image encoder runs once
+        (not at all when ``features`` holds the cached embedding) and its mask decoder once for every mask."""
         height, width = batch.image_sizes[0]
-        if len(generation.obj_states) == 0:
-            return SegmentResult(np.zeros((0, height, width), dtype=bool), np.zeros(0, dtype=np.float32),
-                                 generation.text, np.zeros((0, height, width), dtype=np.float32))
-        embedding = self.sam_embeddings(batch.sam_pixels)
-        prompts = self.obj_projection(generation.obj_states)
-        low = decode_masks(self.sam, embedding, prompts)
+        counts = [len(g.obj_states) for g in generations]
+        if sum(counts) == 0:
+            return [SegmentResult(np.zeros((0, height, width), dtype=bool), np.zeros(0, dtype=np.float32), g.text,
+                                  np.zeros((0, height, width), dtype=np.float32)) for g in generations]
+        embedding = features.sam if features is not None else self.sam_embeddings(batch.sam_pixels[:1])
+        prompts = self.obj_projection(torch.cat([g.obj_states for g in generations]))
+        low = decode_masks(self.sam, embedding, prompts)  # every query is on the same image
         logits = upscale_masks(self.sam, low, batch.sam_sizes[0], batch.image_sizes[0]).float()
         masks = logits > 0
         probs = logits.sigmoid()
         area = masks.flatten(1).sum(1)
         scores = (probs * masks).flatten(1).sum(1) / area.clamp_min(1)  # 0 for an empty mask
-        return SegmentResult(masks.cpu().numpy(), scores.cpu().numpy().astype(np.float32), generation.text,
-                             logits.cpu().numpy())
+        masks, scores, logits = masks.cpu().numpy(), scores.cpu().numpy().astype(np.float32), logits.cpu().numpy()
+        results, first = [], 0
+        for generation, count in zip(generations, counts):
+            part = slice(first, first + count)
+            results.append(SegmentResult(masks[part], scores[part], generation.text, logits[part]))
+            first += count
+        return results
+
+
+@dataclass
+class _ImageFeatures:
+    """What ``set_image`` keeps: a key of the pixels, the pixels, vision features 1 x C_v x G x G and the SAM
+    image embedding 1 x C x g x g."""
+
+    key: str
+    pixels: np.ndarray
+    grid: torch.Tensor
+    sam: torch.Tensor
+
+
+def _pixel_key(pixels: np.ndarray) -> str:
+    return hashlib.sha1(np.ascontiguousarray(pixels).view(np.uint8)).hexdigest() + str(pixels.shape)
+
+
+def _references(ref) -> list:
+    if ref is None:
+        raise ValueError("no reference given: pass ref= a str, Box, ExampleImage, Audio, or a list of them")
+    return as_reference_list(ref)

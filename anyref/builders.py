@@ -19,7 +19,8 @@ from encoders.imagebind_audio import ImageBindAudioConfig, ImageBindAudioEncoder
 from encoders.llava import build_llava, load_llava, tiny_llava_config
 from encoders.sam import SamConfig, build_sam, load_sam_checkpoint
 
-__all__ = ["build_tiny", "build_from_weights", "template_corpus", "LLAVA_V1_SYSTEM"]
+__all__ = ["build_tiny", "build_from_weights", "template_corpus", "LLAVA_V1_SYSTEM", "full_size_parts",
+           "build_full_size_random", "full_size_llava_config"]
 
 LLAVA_V1_SYSTEM = ("A chat between a curious human and an artificial intelligence assistant. The assistant gives "
                    "helpful, detailed, and polite answers to the human's questions.")
@@ -86,6 +87,7 @@ def build_from_weights(llava_dir: str | Path, sam_checkpoint: str | Path, sam_ty
         vision_mean=mean,
         vision_std=std,
         system_prompt=LLAVA_V1_SYSTEM,
+        join_prompt_text=True,  # as LLaVA tokenizes its prompts
         untrained_references=("text", "box", "example", "audio"),
     )
     sam = build_sam(config.sam)
@@ -96,3 +98,45 @@ def build_from_weights(llava_dir: str | Path, sam_checkpoint: str | Path, sam_ty
         load_imagebind_audio(audio_encoder, imagebind_checkpoint)
     model = AnyRef(config, llava, sam, tokenizer, audio_encoder)
     return model.to(dtype).eval()
+
+
+def full_size_llava_config(vocab_size: int, image_token_id: int, pad_token_id: int) -> "LlavaConfig":
+    """LLaVA-1.5-7B's architecture: LLaMA-7B (4096 wide, 32 layers) and CLIP ViT-L/14 at 336 px (24 x 24 patches),
+    the two-layer GELU projector."""
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
+
+    vision = CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+                              image_size=336, patch_size=14, projection_dim=768)
+    text = LlamaConfig(vocab_size=vocab_size, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                       num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096,
+                       pad_token_id=pad_token_id, bos_token_id=None, eos_token_id=None, tie_word_embeddings=False)
+    return LlavaConfig(vision_config=vision, text_config=text, image_token_id=image_token_id, vision_feature_layer=-2,
+                       vision_feature_select_strategy="default", projector_hidden_act="gelu")
+
+
+def full_size_parts(vocab_size: int = 32000 + len(SPECIAL_TOKENS)) -> dict:
+    """The full-size modules (LLaVA-1.5-7B, SAM ViT-H, ImageBind-H audio) on the meta device: shapes and parameter
+    counts without memory."""
+    with torch.device("meta"):
+        llava = build_llava(full_size_llava_config(vocab_size, 32000, 0))
+        return {"llava": llava, "sam": build_sam(SamConfig.named("vit_h")),
+                "audio_encoder": ImageBindAudioEncoder(ImageBindAudioConfig.huge())}
+
+
+def build_full_size_random(device: str | torch.device = "cuda", dtype: torch.dtype = torch.bfloat16) -> AnyRef:
+    """The full-size architecture with random weights, built directly on ``device`` in ``dtype`` (for timing and
+    memory on a GPU). Its tokenizer is the tiny one, so the vocabulary is smaller than LLaMA's 32000."""
+    tokenizer = build_tiny_tokenizer(template_corpus())
+    llava_config = full_size_llava_config(len(tokenizer), tokenizer.convert_tokens_to_ids(SPECIAL_TOKENS["image"]),
+                                          tokenizer.pad_token_id)
+    config = AnyRefConfig(llava=llava_config.to_dict(), sam=SamConfig.named("vit_h"), audio=ImageBindAudioConfig.huge(),
+                          vision_resize="pad")
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = AnyRef(config, build_llava(llava_config), build_sam(config.sam), tokenizer,
+                           ImageBindAudioEncoder(config.audio))
+    finally:
+        torch.set_default_dtype(previous)
+    return model.to(device=device, dtype=dtype).eval()

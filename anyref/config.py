@@ -27,6 +27,10 @@ class AnyRefConfig:
     system_prompt: text before "USER:" (LLaVA-v1's long system prompt for real checkpoints; empty for tiny ones).
     image_wrap: put LISA's ``<im_start>``/``<im_end>`` around the image tokens.
     obj_token: text of the mask token (``[SEG]`` for converted LISA checkpoints).
+    join_prompt_text: encode each run of prompt text between special ids with ONE tokenizer call, as LLaVA and
+        LISA did ("\nCan you segment the dog in this image? ASSISTANT:" at once). Off, every template piece and
+        text reference is encoded alone, which with LLaMA's sentencepiece adds a "▁" piece at each start; the
+        tiny SynthRef models were trained that way, converted and real-weight models set it on.
     region_pool: side of the RoIAlign / example pooling grid (4 -> 16 tokens per box or example).
     refocus_lambda: weight of the attention-weighted answer states added to h_obj (paper: 0.1).
     refocus_learnable: make lambda a trained parameter (the paper found it unstable).
@@ -45,6 +49,7 @@ class AnyRefConfig:
     system_prompt: str = ""
     image_wrap: bool = False
     obj_token: str = "<obj>"
+    join_prompt_text: bool = False
     region_pool: int = 4
     refocus_lambda: float = 0.1
     refocus_learnable: bool = False

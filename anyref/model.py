@@ -115,16 +115,22 @@ class AnyRefModel(nn.Module):
         unused = [tokens.reshape(-1, hidden)[:0] for tokens in by_kind.values()]
         return torch.cat(pieces + unused) if pieces else torch.cat(unused)
 
-    def input_embeddings(self, batch: Batch) -> torch.Tensor:
+    def input_embeddings(self, batch: Batch, grids: torch.Tensor | None = None) -> torch.Tensor:
         """Token embeddings with image patches and reference features scattered into their placeholders.
 
+        grids: B x C_v x G x G vision features of the query images when already computed (``set_image``).
         Returns B x L x H. Raises if placeholder counts and feature counts differ.
         """
         ids = batch.input_ids
-        # query and example images in one vision pass (which also never runs the tower on zero images)
-        pixels = torch.cat([batch.clip_pixels, batch.examples]).to(self.dtype)
-        all_grids = vision_patch_grid(self.llava, pixels)
-        grids, example_grids = all_grids[:len(ids)], all_grids[len(ids):]
+        if grids is None:
+            # query and example images in one vision pass (which also never runs the tower on zero images)
+            pixels = torch.cat([batch.clip_pixels, batch.examples]).to(self.dtype)
+            all_grids = vision_patch_grid(self.llava, pixels)
+            grids, example_grids = all_grids[:len(ids)], all_grids[len(ids):]
+        elif len(batch.examples):
+            example_grids = vision_patch_grid(self.llava, batch.examples.to(self.dtype))
+        else:
+            example_grids = grids.new_zeros((0, *grids.shape[1:]))
         image_tokens = project_vision(self.llava, grids.flatten(2).transpose(1, 2))  # B x G*G x H
         reference_tokens = self.reference_tokens(batch, grids, example_grids)  # T x H
         placeholders = (ids == self.ids.image) | (ids == self.ids.ref_feature)
@@ -211,13 +217,19 @@ class AnyRefModel(nn.Module):
 
     # ------------------------------------------------------------------------------------------ inference
     @torch.no_grad()
-    def generate(self, batch: Batch, max_new_tokens: int | None = None) -> list[Generation]:
-        """Greedy decoding with a KV cache for a left-padded batch; refocused ``<obj>`` states on the fly."""
+    def generate(self, batch: Batch, max_new_tokens: int | None = None, grids: torch.Tensor | None = None,
+                 refocus: bool = True, stop_at_eos: bool = True) -> list[Generation]:
+        """Greedy decoding with a KV cache for a left-padded batch; refocused ``<obj>`` states on the fly.
+
+        grids: B x C_v x G x G precomputed vision features (``set_image``). refocus=False takes the raw ``<obj>``
+        states (for measuring what refocusing costs); stop_at_eos=False always generates ``max_new_tokens``
+        (fixed-length answers for benchmarks).
+        """
         max_new_tokens = max_new_tokens or self.config.max_new_tokens
         lm = self.llava.model.language_model
         attention = batch.attention_mask.clone()
         positions = (attention.cumsum(-1) - 1).clamp_min(0)
-        embeds = self.input_embeddings(batch)
+        embeds = self.input_embeddings(batch, grids)
         cache = DynamicCache()
         batch_size, prompt_length = attention.shape
         with LastLayerAttentionTap(self.language_model) as tap:
@@ -232,13 +244,17 @@ class AnyRefModel(nn.Module):
                 next_ids = self.llava.lm_head(step_hidden).argmax(-1)
                 next_ids = torch.where(done, torch.full_like(next_ids, self.ids.pad), next_ids)
                 emitting = (next_ids == self.ids.obj) & ~done
-                if emitting.any():
+                if emitting.any() and refocus:
                     self._collect_obj_states(tap, cache, attention, step_hidden, answer_hidden, emitting,
                                              prompt_length, states)
+                elif emitting.any():
+                    for row in emitting.nonzero(as_tuple=True)[0].tolist():
+                        states[row].append(step_hidden[row])
                 for row in range(batch_size):
                     if not done[row] and next_ids[row] != self.ids.eos:
                         tokens[row].append(int(next_ids[row]))
-                done |= next_ids == self.ids.eos
+                if stop_at_eos:
+                    done |= next_ids == self.ids.eos
                 if done.all():
                     break
                 attention = torch.cat([attention, attention.new_ones((batch_size, 1))], dim=1)

@@ -87,8 +87,9 @@ class PromptBuilder:
             return [self.ids.aud_ref_start, *feats, self.ids.aud_ref_end]
         return [self.ids.mask_ref_pre, *feats]
 
-    def question_ids(self, task: str, references: list[Reference]) -> tuple[list[int], list[Reference]]:
-        """The question's ids (template around the inline references) and its non-text references in order."""
+    def question_parts(self, task: str, references: list[Reference]) -> tuple[list, list[Reference]]:
+        """The question as parts (text strings and lists of special ids, template around the inline references)
+        and its non-text references in order."""
         if task == "describe":
             template = DESCRIBE_TEMPLATE
         elif task == "select":
@@ -97,19 +98,43 @@ class PromptBuilder:
             kinds = {reference_kind(r) for r in references}
             template = SEGMENT_TEMPLATES[kinds.pop()] if len(references) == 1 else SEGMENT_TEMPLATES["text"]
         before, after = template.split("{}")
-        ids = encode_text(self.tokenizer, before)
+        parts: list = [before]
         used: list[Reference] = []
         for index, ref in enumerate(references):
             sep = " " if index else ""
             if isinstance(ref, str):
-                ids += encode_text(self.tokenizer, sep + ref.strip())
+                parts.append(sep + ref.strip())
             else:
                 if sep:
-                    ids += encode_text(self.tokenizer, sep)
-                ids += self._reference_ids(ref)
+                    parts.append(sep)
+                parts.append(self._reference_ids(ref))
                 used.append(ref)
-        ids += encode_text(self.tokenizer, after)
-        return ids, used
+        parts.append(after)
+        return parts, used
+
+    def encode_parts(self, parts: list) -> list[int]:
+        """Text parts -> ids (no special-token parsing), id lists as they are. With ``join_prompt_text`` adjacent
+        text parts are encoded by one tokenizer call; otherwise each part by its own."""
+        ids: list[int] = []
+        pending: list[str] = []
+
+        def flush() -> None:
+            if pending:
+                ids.extend(encode_text(self.tokenizer, "".join(pending)))
+                pending.clear()
+
+        for part in parts:
+            if isinstance(part, str):
+                if not part:
+                    continue
+                pending.append(part)
+                if not self.config.join_prompt_text:
+                    flush()
+            else:
+                flush()
+                ids.extend(part)
+        flush()
+        return ids
 
     def answer_ids(self, answer: list[AnswerPart]) -> list[int]:
         """Answer parts -> ids (text encoded without special-token parsing, OBJ by id), then eos."""
@@ -131,15 +156,13 @@ class PromptBuilder:
 
     def encode(self, task: str, references: list[Reference], answer: list[AnswerPart] | None = None) -> EncodedPrompt:
         """The whole sequence: [bos] system "USER: " image "\\n" question " ASSISTANT:" [answer eos]."""
-        ids = [self.ids.bos] if self.ids.bos is not None else []
-        head = (self.config.system_prompt + " " if self.config.system_prompt else "") + "USER: "
-        ids += encode_text(self.tokenizer, head)
         image = [self.ids.image] * self.image_tokens
         if self.image_wrap_ids is not None:
             image = [self.image_wrap_ids[0], *image, self.image_wrap_ids[1]]
-        ids += image
-        question, used = self.question_ids(task, references)
-        ids += encode_text(self.tokenizer, "\n") + question + encode_text(self.tokenizer, " ASSISTANT:")
+        head = (self.config.system_prompt + " " if self.config.system_prompt else "") + "USER: "
+        question, used = self.question_parts(task, references)
+        ids = [self.ids.bos] if self.ids.bos is not None else []
+        ids += self.encode_parts([head, image, "\n", *question, " ASSISTANT:"])
         answer_start = len(ids)
         labels = [IGNORE_INDEX] * answer_start
         if answer is not None:

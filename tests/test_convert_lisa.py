@@ -328,6 +328,11 @@ def test_config_reproduces_lisa_prompting(converted, loaded):
     first = ids.index(start)
     assert ids[0] == 1 and ids[first + 1:first + 1 + grid * grid] == [loaded.ids.image] * grid * grid
     assert ids[first + 1 + grid * grid] == end
+    # after <im_end>, LISA's tokenizer_image_token encodes "\n{question} ASSISTANT:" in one call: so do we
+    question = "\nCan you segment the dog in this image? ASSISTANT:"
+    answer_start = int(batch.answer_starts[0])
+    pieces = spm.SentencePieceProcessor(model_file=str(converted[1] / "tokenizer.model"))
+    assert ids[first + 2 + grid * grid:answer_start] == encode_text(loaded.tokenizer, question) == pieces.encode(question)
     with pytest.raises(ValueError, match="never trained"):
         loaded.segment(np.zeros((32, 32, 3), np.uint8), Box(1, 1, 10, 10))
 

@@ -3,6 +3,16 @@ any position without replaying the stream.
 
 Sample ``i`` of the mixture is a pure function of (seed, i, stage mixture): the source is drawn with ratios from
 the config, then the source gives its sample for that draw.
+
+Sources (config ``mixture``: name -> {"ratio": r, ...options}):
+- synthref: SynthRef's endless stream (tasks, image_size, world_seed);
+- res: RefCOCO / RefCOCO+ / RefCOCOg / RefClef in refer's layout (data, dataset, split_by, images);
+- reg: region captions from the same refs: box -> the first sentence and the object's mask;
+- gres: gRefCOCO, multi-target and no-target expressions (data, split_by, images);
+- avs: AVSBench S4 / MS3 frames with their video's sound (data, subset);
+- semseg: ADE20K-layout semantic segmentation, one category per sample (data, classes).
+The public datasets are read by the evaluation readers (``eval.datasets``), from their released layouts
+(docs/evaluation.md); every source defaults to its train split.
 """
 from __future__ import annotations
 
@@ -33,8 +43,104 @@ class SynthRefSource:
         return kinds | ({"mask"} if tasks.get("group", 0) > 0 else set())
 
 
-# source name -> class taking (options, seed) with sample(index, stage_options)
-SOURCES = {"synthref": SynthRefSource}
+class _ReaderSource:
+    """A public dataset's split through its reader (random access by item), one uniformly drawn item per sample."""
+
+    kinds: set[str] = {"text"}
+
+    def __init__(self, options: dict, seed: int):
+        self.seed = seed
+        self.reader = self._reader(options)
+        if len(self.reader) == 0:
+            raise ValueError(f"{type(self).__name__}: the {options.get('split', 'train')} split has no items")
+
+    def _reader(self, options: dict):
+        raise NotImplementedError
+
+    def _item(self, index: int) -> int:
+        return int(np.random.default_rng([self.seed, index, 7]).integers(len(self.reader)))
+
+    def sample(self, index: int, options: dict) -> ReferringSample:
+        return self.reader[self._item(index)]
+
+    def reference_kinds(self) -> set[str]:
+        return set(self.kinds)
+
+
+def _need(options: dict, key: str, source: str) -> str:
+    if key not in options:
+        raise ValueError(f'mixture source {source!r} needs "{key}" (its dataset root; see docs/evaluation.md)')
+    return options[key]
+
+
+class ResSource(_ReaderSource):
+    def _reader(self, options):
+        from eval.datasets import ResReader
+
+        return ResReader(_need(options, "data", "res"), options.get("dataset", "refcoco"),
+                         options.get("split", "train"), options.get("split_by"), options.get("images"))
+
+
+class RegSource(_ReaderSource):
+    """Region captions: the box, answered with the ref's first sentence and the object's mask (as AnyRef trains)."""
+
+    kinds = {"box"}
+
+    def _reader(self, options):
+        from eval.datasets import RegReader
+
+        return RegReader(_need(options, "data", "reg"), options.get("dataset", "refcocog"),
+                         options.get("split", "train"), options.get("split_by"), options.get("images"))
+
+    def sample(self, index: int, options: dict) -> ReferringSample:
+        from anyref.samples import OBJ
+
+        sample = self.reader[self._item(index)]
+        mask = self.reader.index.mask(sample.meta["ann_id"])
+        sentence = sample.answer[0] if sample.answer else "the region"
+        return ReferringSample(image=sample.image, references=sample.references, task="describe",
+                               answer=[sentence, " ", OBJ, "."], masks=mask[None], source=sample.source,
+                               meta=sample.meta)
+
+
+class GresSource(_ReaderSource):
+    def _reader(self, options):
+        from eval.datasets import GrefReader
+
+        return GrefReader(_need(options, "data", "gres"), options.get("split", "train"),
+                          options.get("split_by", "unc"), options.get("images"))
+
+
+class AvsSource(_ReaderSource):
+    """One annotated frame of a random video, with the whole video's sound as the reference."""
+
+    kinds = {"audio"}
+
+    def _reader(self, options):
+        from eval.datasets import AvsReader
+
+        return AvsReader(_need(options, "data", "avs"), options.get("subset", "s4"), options.get("split", "train"))
+
+    def sample(self, index: int, options: dict) -> ReferringSample:
+        frames = self.reader[self._item(index)]
+        return frames[int(np.random.default_rng([self.seed, index, 8]).integers(len(frames)))]
+
+
+class SemSegSource(_ReaderSource):
+    """ADE20K-layout semantic segmentation: one category present in the image per sample."""
+
+    def _reader(self, options):
+        from train.semseg import SemSegReader
+
+        return SemSegReader(_need(options, "data", "semseg"), options.get("classes"), options.get("split", "train"))
+
+    def sample(self, index: int, options: dict) -> ReferringSample:
+        return self.reader.sample(self._item(index), np.random.default_rng([self.seed, index, 9]))
+
+
+# source name -> class taking (options, seed) with sample(index, stage_options) and reference_kinds()
+SOURCES = {"synthref": SynthRefSource, "res": ResSource, "reg": RegSource, "gres": GresSource, "avs": AvsSource,
+           "semseg": SemSegSource}
 
 
 class Mixture:

@@ -404,6 +404,7 @@ def convert_lisa(
         system_prompt=LLAVA_V1_SYSTEM,
         image_wrap=spec.image_wrap,
         obj_token=SEG_TOKEN,
+        join_prompt_text=True,  # LISA tokenized each text run between special tokens in one call
         refocus_lambda=refocus_lambda,
         untrained_references=tuple(untrained_references),
     )

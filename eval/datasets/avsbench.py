@@ -122,21 +122,24 @@ class AvsReader:
         return list(range(1, FRAMES_PER_VIDEO + 1))
 
     def __iter__(self) -> Iterator[list[ReferringSample]]:
-        for video in self.videos:
-            wav = self.wav_path(video)
-            waveform, sample_rate = read_audio(wav)
-            audio = Audio(waveform, sample_rate=sample_rate)
-            label = video["category"].replace("_", " ") or "the sounding object"
-            frames = []
-            for k in self._frames(video):
-                frame_path, mask_path = self._paths(video, k)
-                image, mask = read_image(frame_path), read_binary_mask(mask_path)
-                if mask.shape != image.shape[:2]:
-                    raise ValueError(f"mask {mask_path} is {mask.shape[::-1]} but frame {frame_path} is "
-                                     f"{image.shape[1::-1]}")
-                frames.append(ReferringSample(
-                    image=image, references=[audio], answer=[label, " ", OBJ, "."], masks=mask[None],
-                    source=self.dataset,
-                    meta={"video": video["name"], "frame": k, "category": video["category"], "split": self.split,
-                          "wav": str(wav)}))
-            yield frames
+        return (self[i] for i in range(len(self)))
+
+    def __getitem__(self, item: int) -> list[ReferringSample]:
+        video = self.videos[item]
+        wav = self.wav_path(video)
+        waveform, sample_rate = read_audio(wav)
+        audio = Audio(waveform, sample_rate=sample_rate)
+        label = video["category"].replace("_", " ") or "the sounding object"
+        frames = []
+        for k in self._frames(video):
+            frame_path, mask_path = self._paths(video, k)
+            image, mask = read_image(frame_path), read_binary_mask(mask_path)
+            if mask.shape != image.shape[:2]:
+                raise ValueError(f"mask {mask_path} is {mask.shape[::-1]} but frame {frame_path} is "
+                                 f"{image.shape[1::-1]}")
+            frames.append(ReferringSample(
+                image=image, references=[audio], answer=[label, " ", OBJ, "."], masks=mask[None],
+                source=self.dataset,
+                meta={"video": video["name"], "frame": k, "category": video["category"], "split": self.split,
+                      "wav": str(wav)}))
+        return frames

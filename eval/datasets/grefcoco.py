@@ -67,19 +67,21 @@ class GrefReader:
         return mask
 
     def __iter__(self) -> Iterator[ReferringSample]:
-        for ref, sent in self._items:
-            image = self.index.image(ref["image_id"])
-            expression = sent.get("sent") or sent.get("raw", "")
-            ann_ids = target_ann_ids(ref)
-            meta = {"ref_id": ref["ref_id"], "sent_id": sent.get("sent_id"), "image_id": ref["image_id"],
-                    "ann_ids": ann_ids, "category_ids": [c for c in _as_list(ref.get("category_id", []))
-                                                         if c is not None],
-                    "expression": expression, "no_target": not ann_ids,
-                    "file_name": self.index.image_info(ref["image_id"])["file_name"]}
-            if ann_ids:
-                mask = self._target_mask(ref, *image.shape[:2])
-                yield ReferringSample(image=image, references=[expression], answer=[expression, " ", OBJ, "."],
-                                      masks=mask[None], source=self.dataset, meta=meta)
-            else:
-                yield ReferringSample(image=image, references=[expression], answer=[NO_TARGET_ANSWER],
-                                      source=self.dataset, meta=meta)
+        return (self[i] for i in range(len(self)))
+
+    def __getitem__(self, item: int) -> ReferringSample:
+        ref, sent = self._items[item]
+        image = self.index.image(ref["image_id"])
+        expression = sent.get("sent") or sent.get("raw", "")
+        ann_ids = target_ann_ids(ref)
+        meta = {"ref_id": ref["ref_id"], "sent_id": sent.get("sent_id"), "image_id": ref["image_id"],
+                "ann_ids": ann_ids, "category_ids": [c for c in _as_list(ref.get("category_id", []))
+                                                     if c is not None],
+                "expression": expression, "no_target": not ann_ids,
+                "file_name": self.index.image_info(ref["image_id"])["file_name"]}
+        if ann_ids:
+            mask = self._target_mask(ref, *image.shape[:2])
+            return ReferringSample(image=image, references=[expression], answer=[expression, " ", OBJ, "."],
+                                   masks=mask[None], source=self.dataset, meta=meta)
+        return ReferringSample(image=image, references=[expression], answer=[NO_TARGET_ANSWER],
+                               source=self.dataset, meta=meta)

@@ -154,17 +154,20 @@ class ResReader(_ReferReader):
         return len(self._items)
 
     def __iter__(self) -> Iterator[ReferringSample]:
-        for ref, sent in self._items:
-            image = self.index.image(ref["image_id"])
-            expression = sent.get("sent") or sent.get("raw", "")
-            mask = self.index.mask(ref["ann_id"])
-            yield ReferringSample(
-                image=image, references=[expression], task="segment", answer=[expression, " ", OBJ, "."],
-                masks=mask[None], source=self.dataset,
-                meta={"ref_id": ref["ref_id"], "sent_id": sent.get("sent_id"), "ann_id": ref["ann_id"],
-                      "image_id": ref["image_id"], "category_id": ref.get("category_id"),
-                      "category": self._category(ref), "expression": expression,
-                      "file_name": self.index.image_info(ref["image_id"])["file_name"]})
+        return (self[i] for i in range(len(self)))
+
+    def __getitem__(self, item: int) -> ReferringSample:
+        ref, sent = self._items[item]
+        image = self.index.image(ref["image_id"])
+        expression = sent.get("sent") or sent.get("raw", "")
+        mask = self.index.mask(ref["ann_id"])
+        return ReferringSample(
+            image=image, references=[expression], task="segment", answer=[expression, " ", OBJ, "."],
+            masks=mask[None], source=self.dataset,
+            meta={"ref_id": ref["ref_id"], "sent_id": sent.get("sent_id"), "ann_id": ref["ann_id"],
+                  "image_id": ref["image_id"], "category_id": ref.get("category_id"),
+                  "category": self._category(ref), "expression": expression,
+                  "file_name": self.index.image_info(ref["image_id"])["file_name"]})
 
 
 class RegReader(_ReferReader):
@@ -176,13 +179,16 @@ class RegReader(_ReferReader):
         return len(self.refs)
 
     def __iter__(self) -> Iterator[ReferringSample]:
-        for ref in self.refs:
-            image = self.index.image(ref["image_id"])
-            sentences = [s.get("sent") or s.get("raw", "") for s in ref["sentences"]]
-            box = self.index.box(ref["ann_id"]).clipped(image.shape[1], image.shape[0])
-            yield ReferringSample(
-                image=image, references=[box], task="describe", answer=[sentences[0]] if sentences else [],
-                source=self.dataset,
-                meta={"ref_id": ref["ref_id"], "ann_id": ref["ann_id"], "image_id": ref["image_id"],
-                      "category": self._category(ref), "box": box.as_tuple(), "sentences": sentences,
-                      "file_name": self.index.image_info(ref["image_id"])["file_name"]})
+        return (self[i] for i in range(len(self)))
+
+    def __getitem__(self, item: int) -> ReferringSample:
+        ref = self.refs[item]
+        image = self.index.image(ref["image_id"])
+        sentences = [s.get("sent") or s.get("raw", "") for s in ref["sentences"]]
+        box = self.index.box(ref["ann_id"]).clipped(image.shape[1], image.shape[0])
+        return ReferringSample(
+            image=image, references=[box], task="describe", answer=[sentences[0]] if sentences else [],
+            source=self.dataset,
+            meta={"ref_id": ref["ref_id"], "ann_id": ref["ann_id"], "image_id": ref["image_id"],
+                  "category": self._category(ref), "box": box.as_tuple(), "sentences": sentences,
+                  "file_name": self.index.image_info(ref["image_id"])["file_name"]})
