@@ -9,7 +9,7 @@ from anyref.checkpoint import PRETRAINED_DIR
 from anyref.outputs import SegmentResult
 from anyref.synthref import SynthRef
 from eval import cli
-from eval.synthref_eval import SCORED_TASKS, evaluate_synthref, normalise_caption
+from eval.synthref_eval import SCORED_TASKS, evaluate_synthref, missed_targets, normalise_caption
 
 SHIPPED = PRETRAINED_DIR / "synthref-tiny"
 SHIPPED_FIGURES = SHIPPED / "synthref_results.json"  # `anyref eval synthref --out` of the shipped model
@@ -96,15 +96,36 @@ def test_cli_synthref(tiny_model, tmp_path, capsys):
     assert "cannot be scored yet" in capsys.readouterr().err
 
 
-@pytest.mark.slow  # the full fixed split: 200 samples per task
-@pytest.mark.skipif(not SHIPPED_FIGURES.is_file(), reason="no shipped synthref-tiny model with recorded figures")
-def test_shipped_model_reproduces_its_recorded_figures():
+# Targets of the training issue the shipped model does not reach, with what it measured (docs/training.md says
+# what limits it). The test below fails on any other miss, and when one of these is met (then remove it here).
+KNOWN_SHORTFALLS: set[str] = set()
+
+
+@pytest.fixture(scope="module")
+def shipped_figures():
+    """The shipped model on the full fixed test split (200 samples per task), as its results file records it."""
     from anyref import AnyRef
 
+    assert SHIPPED_FIGURES.is_file(), "the shipped synthref-tiny model must come with its synthref_results.json"
     recorded = json.loads(SHIPPED_FIGURES.read_text())
     settings = recorded["settings"]
     figures = evaluate_synthref(AnyRef.from_pretrained("synthref-tiny"), n=settings["n"], tasks=settings["tasks"],
                                 split=recorded["split"])
+    return recorded, figures
+
+
+@pytest.mark.slow
+def test_shipped_model_reproduces_its_recorded_figures(shipped_figures):
+    recorded, figures = shipped_figures
+    assert recorded["settings"]["n"] == 200 and set(recorded["metrics"]) == set(SCORED_TASKS)
     for task, metrics in recorded["metrics"].items():
         for name, value in metrics.items():
             assert figures["metrics"][task][name] == pytest.approx(value, abs=1e-6), (task, name)
+
+
+@pytest.mark.slow
+def test_shipped_model_meets_the_targets(shipped_figures):
+    _, figures = shipped_figures
+    missed = missed_targets(figures["metrics"])
+    names = {" ".join(line.split()[:2]) for line in missed}
+    assert names == KNOWN_SHORTFALLS, f"targets missed: {missed}; known shortfalls: {sorted(KNOWN_SHORTFALLS)}"
