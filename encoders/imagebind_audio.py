@@ -161,7 +161,8 @@ class ImageBindAudioEncoder(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, config.num_tokens, dim))
         # Per-block drop-path rates exactly as ImageBind computes them (float32 linspace read back as floats).
-        rates = [r.item() for r in torch.linspace(0, config.drop_path, config.depth)]
+        # On CPU explicitly, so that building under ``torch.device("meta")`` (parameter budgets) works too.
+        rates = [r.item() for r in torch.linspace(0, config.drop_path, config.depth, device="cpu")]
         self.blocks = nn.ModuleList(_Block(config, rate) for rate in rates)
         self.head_norm = nn.LayerNorm(dim, eps=1e-6)
         self.head_proj = nn.Linear(dim, config.out_dim, bias=False)

@@ -35,7 +35,7 @@ def _refs():
 
 
 def test_set_image_encodes_once_and_answers_as_segment(overfit_model):
-    model = overfit_model
+    model = overfit_model[0]
     image = scene(1)
     expected = [model.segment(image, ref, allow_untrained=True) for ref in _refs()]
     sam = CallCounter(model.sam.image_encoder)
@@ -56,7 +56,7 @@ def test_set_image_encodes_once_and_answers_as_segment(overfit_model):
 
 
 def test_segment_many_equals_one_at_a_time(overfit_model):
-    model = overfit_model
+    model = overfit_model[0]
     image = scene(2)
     refs = ["the two squares", "the purple moon", Box(5, 5, 40, 50), "the two squares"]
     one_by_one = [model.segment(image, ref, allow_untrained=True) for ref in refs]
