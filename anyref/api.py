@@ -1,4 +1,5 @@
-"""The public model: ``AnyRef.from_pretrained(dir)``, ``segment(image, ref)``, ``describe(image, box)``."""
+"""The public model: ``AnyRef.from_pretrained(dir)``, ``segment(image, ref)``, ``describe(image, box)``,
+``select(image, prompt, candidates)``."""
 from __future__ import annotations
 
 import hashlib
@@ -9,11 +10,12 @@ import numpy as np
 import torch
 
 from anyref.batching import collate, prepare
+from anyref.candidates import check_candidates, sam_candidates
 from anyref.checkpoint import load_directory, save_directory
 from anyref.heads import decode_masks, upscale_masks
 from anyref.images import load_image
 from anyref.model import AnyRefModel
-from anyref.outputs import Generation, SegmentResult
+from anyref.outputs import Generation, GroupResult, SegmentResult
 from anyref.prompts import reference_kind
 from anyref.references import Audio, MaskRef, as_reference_list
 from anyref.samples import ReferringSample
@@ -42,8 +44,6 @@ class AnyRef(AnyRefModel):
             if isinstance(ref, Audio) and self.audio_encoder is None:
                 raise ValueError("this model was built without an audio encoder, so it cannot take Audio "
                                  "references; load a model with audio support (config.audio set)")
-            if isinstance(ref, MaskRef):
-                raise ValueError("this model has no mask-reference encoder, so it cannot take MaskRef references")
             if kind in self.config.untrained_references and not allow_untrained:
                 raise ValueError(f"this model's {kind} reference encoder was never trained (config "
                                  f"untrained_references={self.config.untrained_references}); fine-tune it first, "
@@ -78,23 +78,38 @@ class AnyRef(AnyRefModel):
         return pixels, None
 
     # ---------------------------------------------------------------------------------------------- API
-    def _run(self, image, ref_lists: list[list], task: str, allow_untrained: bool, **generate_options):
-        """Generate answers for several reference lists on one image in one batch (left padded).
-        Returns (generations, batch, features or None)."""
-        pixels, features = self._pixels_and_features(image)
-        prepared = []
-        for refs in ref_lists:
-            self.check_references(refs, allow_untrained)
-            prepared.append(prepare(ReferringSample(image=pixels, references=refs, task=task), self.builder,
-                                    with_answer=False))
+    def _batch(self, pixels: np.ndarray, samples: list[ReferringSample], allow_untrained: bool, answer_tokens: int):
+        """Prepared, checked and left-padded inputs for several samples on one image."""
+        for sample in samples:
+            self.check_references(sample.references, allow_untrained)
+        prepared = [prepare(sample, self.builder, with_answer=False) for sample in samples]
         limit = self.llava.config.text_config.max_position_embeddings
         longest = max(len(p.input_ids) for p in prepared)
-        if longest + self.config.max_new_tokens > limit:
-            raise ValueError(f"prompt takes {longest} tokens + {self.config.max_new_tokens} for the answer, more "
-                             f"than this model's context of {limit} tokens; shorten the text")
-        batch = collate(prepared, self.ids.pad, padding_side="left").to(self.device, self.dtype)
-        grids = None if features is None else features.grid.expand(len(prepared), -1, -1, -1)
-        return self.generate(batch, grids=grids, **generate_options), batch, features
+        if longest + answer_tokens > limit:
+            raise ValueError(f"prompt takes {longest} tokens + {answer_tokens} for the answer, more than this "
+                             f"model's context of {limit} tokens; shorten the text (or pass fewer candidates)")
+        return collate(prepared, self.ids.pad, padding_side="left").to(self.device, self.dtype)
+
+    def _cached(self, batch, features: "_ImageFeatures | None") -> tuple:
+        """(grids, SAM embedding 1 x C x g x g or None) for a one-image batch: the cached ones, else the SAM
+        embedding only when mask tokens pool it (otherwise it is computed once masks are needed)."""
+        rows = len(batch.input_ids)
+        if features is not None:
+            return features.grid.expand(rows, -1, -1, -1), features.sam
+        sam = None
+        if "sam" in self.mask_sources and len(batch.mask_owners):
+            sam = self.sam_embeddings(batch.sam_pixels[:1])
+        return None, sam
+
+    def _run(self, image, ref_lists: list[list], task: str, allow_untrained: bool, **generate_options):
+        """Generate answers for several reference lists on one image in one batch (left padded).
+        Returns (generations, batch, SAM embedding 1 x C x g x g or None when not computed yet)."""
+        pixels, features = self._pixels_and_features(image)
+        samples = [ReferringSample(image=pixels, references=refs, task=task) for refs in ref_lists]
+        batch = self._batch(pixels, samples, allow_untrained, self.config.max_new_tokens)
+        grids, sam = self._cached(batch, features)
+        sams = None if sam is None else sam.expand(len(samples), -1, -1, -1)
+        return self.generate(batch, grids=grids, sam_embeddings=sams, **generate_options), batch, sam
 
     @torch.no_grad()
     def segment(self, image=None, ref=None, allow_untrained: bool = False) -> SegmentResult:
@@ -105,8 +120,8 @@ class AnyRef(AnyRefModel):
         right as one expression. Returns masks K x H x W bool at the image's size (K = the number of ``<obj>``
         in the answer, maybe 0).
         """
-        generations, batch, features = self._run(image, [_references(ref)], "segment", allow_untrained)
-        return self._masks_for(generations, batch, features)[0]
+        generations, batch, sam = self._run(image, [_references(ref)], "segment", allow_untrained)
+        return self._masks_for(generations, batch, sam)[0]
 
     @torch.no_grad()
     def segment_many(self, image, refs: list, allow_untrained: bool = False) -> list[SegmentResult]:
@@ -114,9 +129,8 @@ class AnyRef(AnyRefModel):
         LLM forward per generated token for all of them. refs: a list whose items are what ``segment`` takes."""
         if not isinstance(refs, (list, tuple)) or not refs:
             raise ValueError("refs must be a non-empty list of references (each a str, Box, ... or a list)")
-        generations, batch, features = self._run(image, [_references(r) for r in refs], "segment",
-                                                  allow_untrained)
-        return self._masks_for(generations, batch, features)
+        generations, batch, sam = self._run(image, [_references(r) for r in refs], "segment", allow_untrained)
+        return self._masks_for(generations, batch, sam)
 
     @torch.no_grad()
     def describe(self, image=None, ref=None, allow_untrained: bool = False,
@@ -126,23 +140,52 @@ class AnyRef(AnyRefModel):
         with_masks: return a SegmentResult instead, whose ``text`` is the caption and whose ``masks`` come from the
         ``<obj>`` tokens of the same answer (AnyRef answers a region caption with the region's mask).
         """
-        generations, batch, features = self._run(image, [_references(ref)], "describe", allow_untrained)
+        generations, batch, sam = self._run(image, [_references(ref)], "describe", allow_untrained)
         caption = " ".join(generations[0].text.replace(self.config.obj_token, " ").split()).replace(" .", ".")
         if not with_masks:
             return caption
-        result = self._masks_for(generations, batch, features)[0]
+        result = self._masks_for(generations, batch, sam)[0]
         result.text = caption
         return result
 
-    def _masks_for(self, generations: list[Generation], batch, features=None) -> list[SegmentResult]:
+    @torch.no_grad()
+    def select(self, image=None, prompt=None, candidates=None, allow_untrained: bool = False, threshold: float = 0.5,
+               sam_options: dict | None = None) -> GroupResult:
+        """The group of masks ``prompt`` refers to, chosen among candidates in ONE forward pass (RAS).
+
+        image: as in ``segment`` (None for the ``set_image`` image). prompt: a str, MaskRef, Box, ExampleImage,
+        Audio or a list of them ("everything the same colour as", MaskRef(mask)). candidates: N x H x W masks at
+        the image's size (an instance segmenter's, say), or None for SAM's automatic masks
+        (``SamAutomaticMaskGenerator`` on this model's SAM, with ``sam_options``). threshold: the membership
+        probability above which a candidate joins the group. Returns a GroupResult; the group may be empty.
+        """
+        if not 0.0 < threshold < 1.0:
+            raise ValueError(f"threshold must be a probability in (0, 1), got {threshold}")
+        pixels, features = self._pixels_and_features(image)
+        height, width = pixels.shape[:2]
+        source = "caller" if candidates is not None else "sam"
+        if candidates is None:
+            candidates = sam_candidates(self.sam, pixels, **(sam_options or {}))
+        candidates = check_candidates(candidates, height, width)
+        sample = ReferringSample(image=pixels, references=_references(prompt), task="select", candidates=candidates,
+                                 selected=np.zeros(len(candidates), dtype=bool))
+        self.check_references(sample.references + [MaskRef(candidates[0])], allow_untrained)
+        batch = self._batch(pixels, [sample], allow_untrained, 0)
+        grids, sam = self._cached(batch, features)
+        probs = self.select_logits(batch, grids, sam).float().sigmoid().cpu().numpy()
+        indices = np.flatnonzero(probs > threshold)
+        return GroupResult(candidates[indices], probs[indices].astype(np.float32), indices, candidates,
+                           probs.astype(np.float32), source)
+
+    def _masks_for(self, generations: list[Generation], batch, sam: torch.Tensor | None = None) -> list[SegmentResult]:
         """One SegmentResult per generation, all queries on the batch's one image: SAM's image encoder runs once
-        (not at all when ``features`` holds the cached embedding) and its mask decoder once for every mask."""
+        (not at all when ``sam``, 1 x C x g x g, is already computed) and its mask decoder once for every mask."""
         height, width = batch.image_sizes[0]
         counts = [len(g.obj_states) for g in generations]
         if sum(counts) == 0:
             return [SegmentResult(np.zeros((0, height, width), dtype=bool), np.zeros(0, dtype=np.float32), g.text,
                                   np.zeros((0, height, width), dtype=np.float32)) for g in generations]
-        embedding = features.sam if features is not None else self.sam_embeddings(batch.sam_pixels[:1])
+        embedding = sam if sam is not None else self.sam_embeddings(batch.sam_pixels[:1])
         prompts = self.obj_projection(torch.cat([g.obj_states for g in generations]))
         low = decode_masks(self.sam, embedding, prompts)  # every query is on the same image
         logits = upscale_masks(self.sam, low, batch.sam_sizes[0], batch.image_sizes[0]).float()

@@ -18,6 +18,7 @@ from anyref.tokens import SPECIAL_TOKENS, add_special_tokens, build_tiny_tokeniz
 from encoders.imagebind_audio import ImageBindAudioConfig, ImageBindAudioEncoder, load_imagebind_audio
 from encoders.llava import build_llava, load_llava, tiny_llava_config
 from encoders.sam import SamConfig, build_sam, load_sam_checkpoint
+from encoders.timm_features import TimmFeatures, timm_sources
 
 __all__ = ["build_tiny", "build_from_weights", "template_corpus", "LLAVA_V1_SYSTEM", "full_size_parts",
            "build_full_size_random", "full_size_llava_config"]
@@ -37,8 +38,9 @@ def build_tiny(corpus: list[str] | None = None, audio: bool = True, seed: int = 
     """A small AnyRef of the same upstream classes, randomly initialised (deterministic in ``seed``).
 
     corpus: extra text for the byte-level BPE tokenizer (e.g. SynthRef's vocabulary). sam: a SAM_SIZES name.
-    config_overrides: AnyRefConfig fields (refocus_lambda, loss weights...). sizes: keyword overrides of
-    :func:`encoders.llava.tiny_llava_config` (image_size, patch_size, vision_width, text_width, text_layers...).
+    config_overrides: AnyRefConfig fields (refocus_lambda, loss weights, mask_features...); "timm:NAME" mask
+    features get a random timm encoder. sizes: keyword overrides of :func:`encoders.llava.tiny_llava_config`
+    (image_size, patch_size, vision_width, text_width, text_layers...).
     """
     torch.manual_seed(seed)
     tokenizer = build_tiny_tokenizer(template_corpus() + list(corpus or []))
@@ -48,14 +50,18 @@ def build_tiny(corpus: list[str] | None = None, audio: bool = True, seed: int = 
         pad_token_id=tokenizer.pad_token_id,
         **sizes,
     )
+    # JSON configs (training presets) give lists where the config keeps tuples
+    overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in (config_overrides or {}).items()}
     config = AnyRefConfig(
         llava=llava_config.to_dict(),
         sam=SamConfig.named(sam),
         audio=ImageBindAudioConfig.tiny() if audio else None,
-        **(config_overrides or {}),
+        **overrides,
     )
     audio_encoder = ImageBindAudioEncoder(config.audio) if audio else None
-    return AnyRef(config, build_llava(llava_config), build_sam(config.sam), tokenizer, audio_encoder).eval()
+    mask_encoders = {name: TimmFeatures(name) for name in timm_sources(config.mask_features)}
+    return AnyRef(config, build_llava(llava_config), build_sam(config.sam), tokenizer, audio_encoder,
+                  mask_encoders).eval()
 
 
 def _vision_normalisation(llava_dir: Path) -> tuple[tuple, tuple]:
@@ -68,10 +74,11 @@ def _vision_normalisation(llava_dir: Path) -> tuple[tuple, tuple]:
 
 def build_from_weights(llava_dir: str | Path, sam_checkpoint: str | Path, sam_type: str = "vit_h",
                        imagebind_checkpoint: str | Path | None = None, dtype: torch.dtype = torch.bfloat16,
-                       vision_resize: str = "pad") -> AnyRef:
+                       vision_resize: str = "pad", mask_encoders: dict[str, str | Path] | None = None) -> AnyRef:
     """AnyRef assembled from released weights: an HF LLaVA directory, an official SAM checkpoint, and
-    optionally ImageBind-huge for audio. The new parts (gamma, audio projection, new token rows) are untrained
-    until fine-tuned, and the config says so."""
+    optionally ImageBind-huge for audio and further timm encoders for mask tokens (timm model name -> weights
+    file, e.g. {"vit_large_patch14_dinov2.lvd142m": "dinov2.safetensors"}). The new parts (gamma, audio
+    projection, mask projector, group head, new token rows) are untrained until fine-tuned, and the config says so."""
     llava_dir = Path(llava_dir)
     tokenizer = AutoTokenizer.from_pretrained(llava_dir)
     llava = load_llava(llava_dir, dtype=dtype)
@@ -88,7 +95,8 @@ def build_from_weights(llava_dir: str | Path, sam_checkpoint: str | Path, sam_ty
         vision_std=std,
         system_prompt=LLAVA_V1_SYSTEM,
         join_prompt_text=True,  # as LLaVA tokenizes its prompts
-        untrained_references=("text", "box", "example", "audio"),
+        mask_features=("vision", "position", *(f"timm:{name}" for name in mask_encoders or {})),
+        untrained_references=("text", "box", "example", "audio", "mask"),
     )
     sam = build_sam(config.sam)
     load_sam_checkpoint(sam, sam_checkpoint)
@@ -96,7 +104,8 @@ def build_from_weights(llava_dir: str | Path, sam_checkpoint: str | Path, sam_ty
     if imagebind_checkpoint:
         audio_encoder = ImageBindAudioEncoder(config.audio)
         load_imagebind_audio(audio_encoder, imagebind_checkpoint)
-    model = AnyRef(config, llava, sam, tokenizer, audio_encoder)
+    extra = {name: TimmFeatures(name, weights) for name, weights in (mask_encoders or {}).items()}
+    model = AnyRef(config, llava, sam, tokenizer, audio_encoder, extra)
     return model.to(dtype).eval()
 
 

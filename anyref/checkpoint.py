@@ -20,6 +20,7 @@ from encoders.checkpoints import CheckpointError, atomic_write_dir, load_state_d
 from encoders.imagebind_audio import ImageBindAudioEncoder
 from encoders.llava import build_llava
 from encoders.sam import build_sam
+from encoders.timm_features import TimmFeatures, timm_sources
 
 __all__ = ["save_directory", "load_directory", "resolve_model_path", "PRETRAINED_DIR"]
 
@@ -84,7 +85,9 @@ def load_directory(cls, name_or_path: str | Path, device: str | torch.device = "
     tokenizer = AutoTokenizer.from_pretrained(directory)
     llava = build_llava(LlavaConfig.from_dict(config.llava))
     audio = None if config.audio is None else ImageBindAudioEncoder(config.audio)
-    model = cls(config, llava, build_sam(config.sam), tokenizer, audio)
+    # further mask-token encoders are built random here; their weights are in the directory's safetensors
+    mask_encoders = {name: TimmFeatures(name) for name in timm_sources(config.mask_features)}
+    model = cls(config, llava, build_sam(config.sam), tokenizer, audio, mask_encoders)
     load_state_dict_strict(model, _read_weights(directory), what=f"AnyRef weights in {directory}")
     if (directory / "adapter").is_dir():
         lm = model.llava.model.language_model

@@ -12,7 +12,9 @@ __all__ = ["AnyRefConfig", "REFERENCE_KINDS", "CLIP_MEAN", "CLIP_STD"]
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 VISION_RESIZE_MODES = ("resize", "crop", "pad")
+# "mask" covers both uses of mask tokens: MaskRef references and the candidates of mask-group selection
 REFERENCE_KINDS = ("text", "box", "example", "audio", "mask")
+MASK_FEATURE_SOURCES = ("vision", "position", "sam")  # plus "timm:NAME" entries
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,11 @@ class AnyRefConfig:
     refocus_learnable: make lambda a trained parameter (the paper found it unstable).
     ce_weight, bce_weight, dice_weight: loss weights (paper: 1.0, 2.0, 0.5).
     max_new_tokens: generation limit for answers.
+    mask_features: the feature maps mask tokens pool, concatenated in this order ("vision" first and always;
+        "position", "sam", "timm:NAME"; see :mod:`anyref.mask_tokens`).
+    mask_position_grid, mask_position_channels: side and channels of the sinusoidal position map (RAS: 32 x 32).
+    group_weight: weight of the group classifier's BCE in the training loss; group_pos_weight: its positive-class
+        weight (RAS: 5.0).
     untrained_references: reference kinds whose encoders were never trained (e.g. after a LISA conversion);
         the model refuses them unless the caller insists.
     """
@@ -57,6 +64,11 @@ class AnyRefConfig:
     bce_weight: float = 2.0
     dice_weight: float = 0.5
     max_new_tokens: int = 32
+    mask_features: tuple[str, ...] = ("vision", "position")
+    mask_position_grid: int = 32
+    mask_position_channels: int = 32
+    group_weight: float = 1.0
+    group_pos_weight: float = 5.0
     untrained_references: tuple[str, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
@@ -66,7 +78,15 @@ class AnyRefConfig:
             raise ValueError(f"region_pool must be >= 1, got {self.region_pool}")
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        for name in ("ce_weight", "bce_weight", "dice_weight"):
+        if not self.mask_features or self.mask_features[0] != "vision":
+            raise ValueError(f"mask_features must start with 'vision', got {self.mask_features}")
+        odd = [m for m in self.mask_features if m not in MASK_FEATURE_SOURCES and not m.startswith("timm:")]
+        if odd or len(set(self.mask_features)) != len(self.mask_features):
+            raise ValueError(f"mask_features must be distinct entries of {MASK_FEATURE_SOURCES} or 'timm:NAME', "
+                             f"got {self.mask_features}")
+        if self.mask_position_grid < 1 or self.mask_position_channels < 4 or self.mask_position_channels % 4:
+            raise ValueError("mask_position_grid must be >= 1 and mask_position_channels a multiple of 4")
+        for name in ("ce_weight", "bce_weight", "dice_weight", "group_weight", "group_pos_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         unknown = set(self.untrained_references) - set(REFERENCE_KINDS)
@@ -104,7 +124,7 @@ class AnyRefConfig:
         data["sam"] = SamConfig.from_dict(data["sam"])
         if data.get("audio") is not None:
             data["audio"] = ImageBindAudioConfig(**data["audio"])
-        for name in ("vision_mean", "vision_std", "untrained_references"):
+        for name in ("vision_mean", "vision_std", "untrained_references", "mask_features"):
             if name in data:
                 data[name] = tuple(data[name])
         return cls(**data)

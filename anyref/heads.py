@@ -15,23 +15,31 @@ class ObjProjection(nn.Sequential):
         super().__init__(nn.Linear(hidden, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, prompt_dim))
 
 
-def decode_masks(sam: Sam, image_embedding: torch.Tensor, prompts: torch.Tensor) -> torch.Tensor:
-    """Low-resolution mask logits for N prompts on one image.
+def decode_masks(sam: Sam, image_embeddings: torch.Tensor, prompts: torch.Tensor) -> torch.Tensor:
+    """Low-resolution mask logits for N prompts, as SAM's mask decoder gives them with ``multimask_output=False``.
 
-    image_embedding: 1 x C x g x g (SAM image encoder output); prompts: N x C (gamma outputs) used as the sparse
-    prompt, the dense prompt being SAM's no-mask embedding; single-mask output. Returns N x 1 x 4g x 4g.
+    image_embeddings: 1 x C x g x g (every prompt on one image) or N x C x g x g (prompt i on image i: a whole
+    training batch in one call); prompts: N x C (gamma outputs) used as the sparse prompt, the dense prompt being
+    SAM's no-mask embedding. Returns N x 1 x 4g x 4g.
+
+    SAM's ``MaskDecoder.forward`` repeats ONE image embedding for all its prompts; for prompts on different images
+    this runs the same modules (its two-way transformer, upscaling and first hypernetwork MLP) on one embedding per
+    prompt. tests/test_heads.py checks it equals ``MaskDecoder.forward`` prompt by prompt.
     """
+    decoder = sam.mask_decoder
     count = prompts.shape[0]
-    grid = image_embedding.shape[-2:]
-    dense = sam.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(count, -1, *grid)
-    low_res, _ = sam.mask_decoder(
-        image_embeddings=image_embedding,
-        image_pe=sam.prompt_encoder.get_dense_pe(),
-        sparse_prompt_embeddings=prompts[:, None, :].to(image_embedding.dtype),
-        dense_prompt_embeddings=dense.to(image_embedding.dtype),
-        multimask_output=False,
-    )
-    return low_res
+    dtype = image_embeddings.dtype
+    dense = sam.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).to(dtype)
+    src = image_embeddings.expand(count, -1, -1, -1) + dense
+    positions = sam.prompt_encoder.get_dense_pe().to(dtype).expand(count, -1, -1, -1)
+    output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight]).to(dtype)
+    tokens = torch.cat([output_tokens[None].expand(count, -1, -1), prompts[:, None, :].to(dtype)], dim=1)
+    batch, channels, height, width = src.shape
+    states, src = decoder.transformer(src, positions, tokens)
+    upscaled = decoder.output_upscaling(src.transpose(1, 2).reshape(batch, channels, height, width))
+    # the single-mask output is mask token 0 (the first after the IoU token)
+    weights = decoder.output_hypernetworks_mlps[0](states[:, 1])  # N x C'
+    return torch.einsum("nc,nchw->nhw", weights, upscaled)[:, None]
 
 
 def upscale_masks(sam: Sam, low_res: torch.Tensor, sam_size: tuple[int, int], image_size: tuple[int, int]):

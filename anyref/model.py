@@ -1,8 +1,9 @@
 """AnyRef: a LLaVA whose answers can point at pixels.
 
-Any reference (text, box, example image, audio) becomes tokens in the prompt; each ``<obj>`` the model emits
+Any reference (text, box, example image, audio, mask) becomes tokens in the prompt; each ``<obj>`` the model emits
 becomes a mask: its last-layer state, refocused on the answer tokens before it, is projected (gamma) into SAM's
-mask decoder as a sparse prompt.
+mask decoder as a sparse prompt. For mask groups (RAS) the prompt also lists candidate masks as mask tokens, which
+the answer repeats; a classifier on those answer positions picks the group in one forward pass.
 """
 from __future__ import annotations
 
@@ -17,12 +18,14 @@ from anyref.batching import Batch
 from anyref.config import AnyRefConfig
 from anyref.heads import ObjProjection, decode_masks, upscale_masks
 from anyref.losses import mask_bce, mask_dice
+from anyref.mask_tokens import GroupHead, MaskProjector, MaskSource, group_loss, pool_masks, position_map
 from anyref.outputs import AnyRefOutput, Generation
 from anyref.prompts import IGNORE_INDEX, PromptBuilder
 from anyref.refocus import LastLayerAttentionTap, attention_rows, project_keys, refocus
 from anyref.tokens import SPECIAL_TOKENS, SpecialTokenIds
 from encoders.imagebind_audio import ImageBindAudioEncoder
 from encoders.llava import patch_grid_size, project_vision, vision_patch_grid
+from encoders.timm_features import TIMM_PREFIX, timm_sources
 
 __all__ = ["AnyRefModel"]
 
@@ -33,10 +36,13 @@ class AnyRefModel(nn.Module):
     llava: transformers LlavaForConditionalGeneration (LLM, CLIP vision tower, projector).
     sam: segment-anything Sam (image encoder and prompt encoder frozen; mask decoder trained).
     audio_encoder: ImageBind audio branch, or None for a model without audio references.
+    mask_encoders: timm name -> ``encoders.timm_features.TimmFeatures``, one per "timm:NAME" in
+        ``config.mask_features`` (frozen further encoders for mask tokens).
     """
 
     def __init__(self, config: AnyRefConfig, llava: LlavaForConditionalGeneration, sam: Sam,
-                 tokenizer: PreTrainedTokenizerBase, audio_encoder: ImageBindAudioEncoder | None = None):
+                 tokenizer: PreTrainedTokenizerBase, audio_encoder: ImageBindAudioEncoder | None = None,
+                 mask_encoders: dict[str, nn.Module] | None = None):
         super().__init__()
         self.config = config
         self.llava = llava
@@ -60,7 +66,35 @@ class AnyRefModel(nn.Module):
         if config.image_wrap:
             wrap = (tokenizer.convert_tokens_to_ids("<im_start>"), tokenizer.convert_tokens_to_ids("<im_end>"))
         self.grid = patch_grid_size(llava.config)
-        self.builder = PromptBuilder(config, tokenizer, self.ids, self.grid * self.grid, wrap)
+        wanted = timm_sources(config.mask_features)
+        mask_encoders = dict(mask_encoders or {})
+        if sorted(mask_encoders) != sorted(wanted):
+            raise ValueError(f"config.mask_features asks for timm encoders {wanted}, got {sorted(mask_encoders)}")
+        self.mask_encoders = nn.ModuleDict({name.replace(".", "_"): mask_encoders[name] for name in wanted})
+        self.mask_sources = self._mask_sources(mask_encoders)
+        self.register_buffer("mask_positions", position_map(config.mask_position_grid, config.mask_position_channels),
+                             persistent=False)
+        self.mask_projector = MaskProjector({n: s.channels for n, s in self.mask_sources.items()}, hidden)
+        self.group_head = GroupHead(hidden)
+        self.builder = PromptBuilder(config, tokenizer, self.ids, self.grid * self.grid, wrap, self.mask_sources)
+
+    def _mask_sources(self, mask_encoders: dict[str, nn.Module]) -> dict[str, MaskSource]:
+        """Every feature map mask tokens pool, in config order (see anyref.mask_tokens)."""
+        vision = self.llava.config.vision_config
+        sources = {}
+        for name in self.config.mask_features:
+            if name == "vision":
+                sources[name] = MaskSource(vision.hidden_size, vision.image_size, self.grid)
+            elif name == "position":
+                sources[name] = MaskSource(self.config.mask_position_channels, vision.image_size,
+                                           self.config.mask_position_grid)
+            elif name == "sam":
+                sam = self.config.sam
+                sources[name] = MaskSource(sam.prompt_dim, sam.image_size, sam.embedding_size)
+            else:
+                encoder = mask_encoders[name[len(TIMM_PREFIX):]]
+                sources[name] = MaskSource(encoder.channels, encoder.image_size, encoder.grid, encoder.preprocess)
+        return sources
 
     # ----------------------------------------------------------------------------------------------- parts
     @property
@@ -85,11 +119,43 @@ class AnyRefModel(nn.Module):
         with torch.set_grad_enabled(trainable):
             return encoder(sam_pixels)
 
-    def reference_tokens(self, batch: Batch, grids: torch.Tensor, example_grids: torch.Tensor) -> torch.Tensor:
-        """All reference feature tokens of the batch, sample by sample in prompt order: T x H.
+    def mask_tokens(self, batch: Batch, grids: torch.Tensor, sam_embeddings: torch.Tensor | None) -> torch.Tensor:
+        """Every mask token of the batch (MaskRefs, then candidates, sample by sample): M x H.
+
+        grids: B x C_v x G x G vision features; sam_embeddings: B x C x g x g (needed when "sam" is a source).
+        """
+        owners = batch.mask_owners
+        pooled = {}
+        for name in self.mask_sources:
+            weights = batch.mask_weights[name]
+            if name == "vision":
+                pooled[name] = pool_masks(grids, weights, owners)
+            elif name == "position":
+                pooled[name] = pool_masks(self.mask_positions.to(grids.dtype), weights, owners)
+            elif name == "sam":
+                if sam_embeddings is None:
+                    raise ValueError("mask tokens pool SAM's embedding: pass sam_embeddings")
+                pooled[name] = pool_masks(sam_embeddings.to(grids.dtype), weights, owners)
+            else:
+                pooled[name] = self._pool_timm(name, batch, weights, owners, grids.dtype)
+        return self.mask_projector(pooled)
+
+    def _pool_timm(self, name: str, batch: Batch, weights, owners, dtype) -> torch.Tensor:
+        encoder = self.mask_encoders[name[len(TIMM_PREFIX):].replace(".", "_")]
+        if not len(owners):
+            return weights.new_zeros((0, encoder.channels), dtype=dtype)
+        images = owners.unique()  # only the images that have masks run through the encoder
+        with torch.no_grad():
+            features = encoder(batch.extra_pixels[name][images].to(dtype))
+        return pool_masks(features, weights, torch.searchsorted(images, owners))
+
+    def reference_tokens(self, batch: Batch, grids: torch.Tensor, example_grids: torch.Tensor,
+                         sam_embeddings: torch.Tensor | None = None) -> torch.Tensor:
+        """All reference feature tokens of the batch, sample by sample in prompt order: T x H (a select sample's
+        candidates twice, after its references: once in the question, once in the answer).
 
         grids: B x C_v x G x G patch features of the query images (boxes are RoIAligned on them);
-        example_grids: Ne x C_v x G x G those of the example images.
+        example_grids: Ne x C_v x G x G those of the example images; sam_embeddings: B x C x g x g.
         Every branch the model has runs on every batch, on zero items when the batch has none of that kind: the
         autograd graph then has the same shape for every batch, which data-parallel training needs (DeepSpeed
         reduces gradients in the order they arrive, so ranks with different graphs would sum different tensors).
@@ -107,21 +173,31 @@ class AnyRefModel(nn.Module):
             by_kind["audio"] = self.audio_projection(embeddings.to(self.dtype))
         elif len(batch.audio):
             raise ValueError("this model has no audio encoder; it cannot take Audio references")
-        if batch.mask_refs:
-            raise ValueError("this model has no mask-reference encoder; it cannot take MaskRef references")
-        pieces = [by_kind[kind][index] for order in batch.reference_order for kind, index in order]
+        by_kind["mask"] = self.mask_tokens(batch, grids, sam_embeddings)
+        pieces = []
+        for order, (first, count) in zip(batch.reference_order, batch.candidate_spans):
+            for kind, index in order:
+                piece = by_kind[kind][index]
+                pieces.append(piece[None] if kind == "mask" else piece)  # one token per mask
+            if count:
+                candidates = by_kind["mask"][first:first + count]
+                pieces += [candidates, candidates]
         hidden = self.llava.config.text_config.hidden_size
         # the empty branches join the result with zero rows, so that they stay in the graph
         unused = [tokens.reshape(-1, hidden)[:0] for tokens in by_kind.values()]
         return torch.cat(pieces + unused) if pieces else torch.cat(unused)
 
-    def input_embeddings(self, batch: Batch, grids: torch.Tensor | None = None) -> torch.Tensor:
+    def input_embeddings(self, batch: Batch, grids: torch.Tensor | None = None,
+                         sam_embeddings: torch.Tensor | None = None) -> torch.Tensor:
         """Token embeddings with image patches and reference features scattered into their placeholders.
 
-        grids: B x C_v x G x G vision features of the query images when already computed (``set_image``).
-        Returns B x L x H. Raises if placeholder counts and feature counts differ.
+        grids: B x C_v x G x G vision features of the query images when already computed (``set_image``);
+        sam_embeddings: B x C x g x g SAM image embeddings when already computed (computed here when mask tokens
+        pool them). Returns B x L x H. Raises if placeholder counts and feature counts differ.
         """
         ids = batch.input_ids
+        if sam_embeddings is None and "sam" in self.mask_sources and len(batch.mask_owners):
+            sam_embeddings = self.sam_embeddings(batch.sam_pixels.to(self.dtype))
         if grids is None:
             # query and example images in one vision pass (which also never runs the tower on zero images)
             pixels = torch.cat([batch.clip_pixels, batch.examples]).to(self.dtype)
@@ -132,7 +208,7 @@ class AnyRefModel(nn.Module):
         else:
             example_grids = grids.new_zeros((0, *grids.shape[1:]))
         image_tokens = project_vision(self.llava, grids.flatten(2).transpose(1, 2))  # B x G*G x H
-        reference_tokens = self.reference_tokens(batch, grids, example_grids)  # T x H
+        reference_tokens = self.reference_tokens(batch, grids, example_grids, sam_embeddings)  # T x H
         placeholders = (ids == self.ids.image) | (ids == self.ids.ref_feature)
         embeds = self.llava.get_input_embeddings()(ids.masked_fill(placeholders, self.ids.pad))
         for token_id, features, what in ((self.ids.image, image_tokens, "Image"),
@@ -146,11 +222,11 @@ class AnyRefModel(nn.Module):
         return embeds
 
     # ------------------------------------------------------------------------------------------- training
-    def answer_states(self, batch: Batch):
+    def answer_states(self, batch: Batch, sam_embeddings: torch.Tensor | None = None):
         """Teacher-forced LLM pass. Returns (hidden B x L x H, CE over answer tokens, rows N, cols N, refocused
         ``<obj>`` states N x H), where (rows, cols) are the positions that emit ``<obj>``."""
         ids, labels, attention = batch.input_ids, batch.labels, batch.attention_mask
-        embeds = self.input_embeddings(batch)
+        embeds = self.input_embeddings(batch, sam_embeddings=sam_embeddings)
         positions = (attention.cumsum(-1) - 1).clamp_min(0)
         with LastLayerAttentionTap(self.language_model) as tap:
             hidden = self.llava.model.language_model(
@@ -168,28 +244,29 @@ class AnyRefModel(nn.Module):
         return hidden, ce, rows, cols, states
 
     def forward(self, batch: Batch) -> AnyRefOutput:
-        """Teacher-forced forward: text CE on answer tokens, BCE and dice on one mask per ``<obj>``."""
-        _, ce, rows, _, states = self.answer_states(batch)
+        """Teacher-forced forward: text CE on answer tokens, BCE and dice on one mask per ``<obj>``, and the group
+        classifier's weighted BCE on the candidates of "select" samples."""
+        embeddings = self.sam_embeddings(batch.sam_pixels.to(self.dtype))
+        hidden, ce, rows, _, states = self.answer_states(batch, embeddings)
         ids = batch.input_ids
         prompts = self.obj_projection(states)
-        embeddings = self.sam_embeddings(batch.sam_pixels.to(self.dtype))
+        group = self._group_loss(batch, hidden)
+        # every mask of the batch in ONE decoder call (prompt i on its own image's embedding), plus a zero prompt
+        # weighted 0, so that the decoder is in the graph even for a batch without masks (see reference_tokens)
+        zero = prompts.new_zeros((1, prompts.shape[1]))
+        low = decode_masks(self.sam, torch.cat([embeddings[rows], embeddings[:1]]), torch.cat([prompts, zero]))
+        bce = dice = low[-1].sum() * 0.0 + embeddings.sum() * 0.0
         mask_logits = []
-        bce = dice = prompts.sum() * 0.0 + embeddings.sum() * 0.0  # keeps the graph connected with no masks
         n_masks = 0
         for row in range(len(ids)):
-            mine = rows == row
+            mine = (rows == row).nonzero(as_tuple=True)[0]
             target = batch.masks[row]
-            if int(mine.sum()) != target.shape[0]:
-                raise ValueError(f"sample {row} emits {int(mine.sum())} <obj> but has {target.shape[0]} target masks")
+            if len(mine) != target.shape[0]:
+                raise ValueError(f"sample {row} emits {len(mine)} <obj> but has {target.shape[0]} target masks")
             if target.shape[0] == 0:
-                # a zero prompt decoded and weighted 0: every row runs the decoder, so that every batch has the
-                # same graph (see reference_tokens); SAM's decoder cannot run on zero prompts
-                low = decode_masks(self.sam, embeddings[row:row + 1], prompts.new_zeros((1, prompts.shape[1])))
-                bce = bce + low.sum() * 0.0
                 mask_logits.append(embeddings.new_zeros((0, *batch.image_sizes[row])))
                 continue
-            low = decode_masks(self.sam, embeddings[row:row + 1], prompts[mine])
-            full = upscale_masks(self.sam, low, batch.sam_sizes[row], batch.image_sizes[row])
+            full = upscale_masks(self.sam, low[mine], batch.sam_sizes[row], batch.image_sizes[row])
             mask_logits.append(full)
             # per-mask means, summed here and divided by the mask count below: every mask weighs the same
             bce = bce + mask_bce(full, target) * target.shape[0]
@@ -198,9 +275,25 @@ class AnyRefModel(nn.Module):
         if n_masks:
             bce, dice = bce / n_masks, dice / n_masks
         config = self.config
-        loss = config.ce_weight * ce + config.bce_weight * bce + config.dice_weight * dice
+        loss = (config.ce_weight * ce + config.bce_weight * bce + config.dice_weight * dice
+                + config.group_weight * group)
         return AnyRefOutput(loss=loss, ce=ce.detach(), bce=bce.detach(), dice=dice.detach(), n_masks=n_masks,
-                            mask_logits=mask_logits)
+                            mask_logits=mask_logits, terms={"group": group.detach()}, hidden=hidden, obj_rows=rows,
+                            obj_states=states)
+
+    def group_logits(self, hidden: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """Membership logits of every candidate of the batch (sample by sample, in candidate order): N.
+        hidden: B x L x H last-layer states of a forward over ``batch``."""
+        return self.group_head(hidden[batch.candidate_slots])
+
+    def _group_loss(self, batch: Batch, hidden: torch.Tensor) -> torch.Tensor:
+        logits = self.group_logits(hidden, batch)  # zero rows without select samples: still in the graph
+        if not len(logits):
+            return logits.sum() * 0.0
+        targets = torch.cat([s for s, (_, n) in zip(batch.selected, batch.candidate_spans) if n])
+        owners = torch.cat([torch.full((n,), row, dtype=torch.long)
+                            for row, (_, n) in enumerate(batch.candidate_spans) if n]).to(logits.device)
+        return group_loss(logits, targets.to(logits.device), owners, self.config.group_pos_weight)
 
     def _obj_states(self, tap, hidden, attention, answer_starts, rows, cols, keys) -> torch.Tensor:
         """Refocused states for the ``<obj>``-emitting positions (rows, cols) of a full (uncached) forward.
@@ -217,11 +310,25 @@ class AnyRefModel(nn.Module):
 
     # ------------------------------------------------------------------------------------------ inference
     @torch.no_grad()
+    def select_logits(self, batch: Batch, grids: torch.Tensor | None = None,
+                      sam_embeddings: torch.Tensor | None = None) -> torch.Tensor:
+        """The group of each "select" sample in ONE forward pass, whatever the number of candidates: membership
+        logits N (all candidates, sample by sample). grids, sam_embeddings: cached image features, as in generate."""
+        attention = batch.attention_mask
+        embeds = self.input_embeddings(batch, grids, sam_embeddings)
+        hidden = self.llava.model.language_model(
+            inputs_embeds=embeds, attention_mask=attention, position_ids=(attention.cumsum(-1) - 1).clamp_min(0),
+            use_cache=False).last_hidden_state
+        return self.group_logits(hidden, batch)
+
+    @torch.no_grad()
     def generate(self, batch: Batch, max_new_tokens: int | None = None, grids: torch.Tensor | None = None,
-                 refocus: bool = True, stop_at_eos: bool = True) -> list[Generation]:
+                 refocus: bool = True, stop_at_eos: bool = True,
+                 sam_embeddings: torch.Tensor | None = None) -> list[Generation]:
         """Greedy decoding with a KV cache for a left-padded batch; refocused ``<obj>`` states on the fly.
 
-        grids: B x C_v x G x G precomputed vision features (``set_image``). refocus=False takes the raw ``<obj>``
+        grids: B x C_v x G x G precomputed vision features (``set_image``); sam_embeddings: B x C x g x g
+        precomputed SAM embeddings (used by mask tokens when SAM is one of their sources). refocus=False takes the raw ``<obj>``
         states (for measuring what refocusing costs); stop_at_eos=False always generates ``max_new_tokens``
         (fixed-length answers for benchmarks).
         """
@@ -229,7 +336,7 @@ class AnyRefModel(nn.Module):
         lm = self.llava.model.language_model
         attention = batch.attention_mask.clone()
         positions = (attention.cumsum(-1) - 1).clamp_min(0)
-        embeds = self.input_embeddings(batch, grids)
+        embeds = self.input_embeddings(batch, grids, sam_embeddings)
         cache = DynamicCache()
         batch_size, prompt_length = attention.shape
         with LastLayerAttentionTap(self.language_model) as tap:

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-__all__ = ["AnyRefOutput", "SegmentResult", "Generation"]
+__all__ = ["AnyRefOutput", "SegmentResult", "Generation", "GroupResult"]
 
 
 @dataclass
@@ -14,6 +14,9 @@ class AnyRefOutput:
     """The training forward's result. loss = ce_weight * ce + bce_weight * bce + dice_weight * dice.
 
     mask_logits: per sample, K x H x W logits at the original image size (K = the sample's ``<obj>`` count).
+    terms: further detached loss terms by name (e.g. the group head's BCE), for logs.
+    hidden: B x L x H last-layer states; obj_rows: N, the sample of each ``<obj>`` (in order); obj_states: N x H,
+    their refocused states (for auxiliary objectives of a trainer).
     """
 
     loss: torch.Tensor
@@ -22,6 +25,10 @@ class AnyRefOutput:
     dice: torch.Tensor
     n_masks: int
     mask_logits: list[torch.Tensor] = field(default_factory=list)
+    terms: dict[str, torch.Tensor] = field(default_factory=dict)
+    hidden: torch.Tensor | None = None
+    obj_rows: torch.Tensor | None = None
+    obj_states: torch.Tensor | None = None
 
 
 @dataclass
@@ -61,3 +68,35 @@ class SegmentResult:
 
     def __repr__(self) -> str:
         return f"SegmentResult(text={self.text!r}, {self.note}, size={self.masks.shape[1:] or None})"
+
+
+@dataclass
+class GroupResult:
+    """The answer to ``AnyRef.select``: the group of candidate masks the prompt refers to (maybe empty).
+
+    masks: K x H x W bool, the selected candidates at the image's own size; scores: K membership probabilities;
+    indices: K, their positions among the candidates; candidates: N x H x W bool, every candidate considered;
+    candidate_scores: N membership probabilities (a candidate is selected when its probability exceeds the
+    threshold ``select`` was given); source: "caller" or "sam" (SAM's automatic mask generator).
+    """
+
+    masks: np.ndarray
+    scores: np.ndarray
+    indices: np.ndarray
+    candidates: np.ndarray
+    candidate_scores: np.ndarray
+    source: str = "caller"
+
+    @property
+    def found(self) -> bool:
+        """Whether the group has at least one member (False: a no-target answer)."""
+        return len(self.indices) > 0
+
+    @property
+    def union(self) -> np.ndarray:
+        """H x W bool: the union of the selected masks (all False for an empty group)."""
+        return self.masks.any(0) if self.found else np.zeros(self.candidates.shape[1:], dtype=bool)
+
+    def __repr__(self) -> str:
+        return (f"GroupResult({len(self.indices)} of {len(self.candidates)} {self.source} candidates selected: "
+                f"{self.indices.tolist()})")

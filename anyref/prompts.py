@@ -5,6 +5,8 @@ The paper's templates (anyref-paper.md):
   example  Q "Can you find similar object of <img.ref>{feats}</img.ref> in this image?"  A "{class} <obj>."
   audio    Q "Can you segment the object(s) that produce sound of <aud.ref>{feats}</aud.ref> in this image?"
   caption  Q "Can you provide a description of <img.ref>{feats}</img.ref> in this image?" A the expression
+  select   Q "Can you select {exp} in this image?" + every candidate as <mask-pool-pre>{feat}, A every candidate's
+           {feat} once more (RAS's non-autoregressive group selection; a classifier reads those positions)
 A list of references is read inline, left to right, as one expression: ["the object left of", Box(...)] asks
 "Can you segment the object left of <img.ref>{feats}</img.ref> in this image?".
 
@@ -52,25 +54,28 @@ class EncodedPrompt:
     input_ids: L ids, placeholders expanded (image patches, reference features).
     labels: L ids, IGNORE_INDEX outside the answer (teacher forcing targets, unshifted).
     answer_start: index of the first answer token (== L for a prompt to generate from).
-    references: the non-text references in the order their feature tokens appear.
+    references: the non-text references in the order their feature tokens appear (candidates come after them).
+    candidate_slots: positions of the answer's candidate tokens (task "select"), whose output states are classified.
     """
 
     input_ids: list[int]
     labels: list[int]
     answer_start: int
     references: list[Reference]
+    candidate_slots: list[int]
 
 
 class PromptBuilder:
     """Builds EncodedPrompts for one tokenizer and configuration."""
 
     def __init__(self, config: AnyRefConfig, tokenizer: PreTrainedTokenizerBase, ids: SpecialTokenIds,
-                 image_tokens: int, image_wrap_ids: tuple[int, int] | None = None):
+                 image_tokens: int, image_wrap_ids: tuple[int, int] | None = None, mask_sources: dict | None = None):
         self.config = config
         self.tokenizer = tokenizer
         self.ids = ids
         self.image_tokens = image_tokens
         self.image_wrap_ids = image_wrap_ids
+        self.mask_sources = mask_sources or {}  # name -> anyref.mask_tokens.MaskSource, for mask pooling weights
 
     def feature_count(self, ref: Reference) -> int:
         """Feature tokens a reference takes: the one place these counts are decided."""
@@ -154,19 +159,33 @@ class PromptBuilder:
             ids += encode_text(self.tokenizer, text)
         return ids + [self.ids.eos]
 
-    def encode(self, task: str, references: list[Reference], answer: list[AnswerPart] | None = None) -> EncodedPrompt:
-        """The whole sequence: [bos] system "USER: " image "\\n" question " ASSISTANT:" [answer eos]."""
+    def encode(self, task: str, references: list[Reference], answer: list[AnswerPart] | None = None,
+               candidates: int = 0) -> EncodedPrompt:
+        """The whole sequence: [bos] system "USER: " image "\\n" question [candidates] " ASSISTANT:" answer.
+
+        The answer is the answer's tokens and eos (when given), or for task "select" the ``candidates`` feature
+        tokens again (never predicted: their labels are ignored).
+        """
+        if (task == "select") != (candidates > 0):
+            raise ValueError("task 'select' needs at least one candidate, and only it takes candidates")
         image = [self.ids.image] * self.image_tokens
         if self.image_wrap_ids is not None:
             image = [self.image_wrap_ids[0], *image, self.image_wrap_ids[1]]
         head = (self.config.system_prompt + " " if self.config.system_prompt else "") + "USER: "
         question, used = self.question_parts(task, references)
+        listed = [self.ids.mask_pool_pre, self.ids.ref_feature] * candidates
         ids = [self.ids.bos] if self.ids.bos is not None else []
-        ids += self.encode_parts([head, image, "\n", *question, " ASSISTANT:"])
+        # an empty id list would split the text around it into two tokenizer calls: leave it out
+        ids += self.encode_parts([head, image, "\n", *question, *([listed] if listed else []), " ASSISTANT:"])
         answer_start = len(ids)
         labels = [IGNORE_INDEX] * answer_start
-        if answer is not None:
+        slots = []
+        if candidates:
+            slots = list(range(answer_start, answer_start + candidates))
+            ids += [self.ids.ref_feature] * candidates
+            labels += [IGNORE_INDEX] * candidates
+        elif answer is not None:
             answer_ids = self.answer_ids(answer)
             ids += answer_ids
             labels += answer_ids
-        return EncodedPrompt(ids, labels, answer_start, used)
+        return EncodedPrompt(ids, labels, answer_start, used, slots)

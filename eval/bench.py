@@ -193,9 +193,9 @@ def run_bench(model_name: str, device: str = "cpu", repeats: int = 15, full: boo
 
     def segment_with(refocus: bool):
         def fn():
-            generations, batch, features = model._run(query.image, [query.references], "segment", True,
+            generations, batch, sam = model._run(query.image, [query.references], "segment", True,
                                                       refocus=refocus, **fixed)
-            model._masks_for(generations, batch, features)
+            model._masks_for(generations, batch, sam)
         return fn
 
     times = _interleaved({"on": segment_with(True), "off": segment_with(False)}, repeats, device)
@@ -214,8 +214,8 @@ def run_bench(model_name: str, device: str = "cpu", repeats: int = 15, full: boo
     def engine():
         model.set_image(image)
         for refs in queries:
-            generations, batch, features = model._run(None, [refs], "segment", True, **fixed)
-            model._masks_for(generations, batch, features)
+            generations, batch, sam = model._run(None, [refs], "segment", True, **fixed)
+            model._masks_for(generations, batch, sam)
         model.set_image(None)
 
     def reference():

@@ -2,6 +2,7 @@
 
     anyref eval res      --model M --data refer_data --dataset refcoco --split val --out refcoco_val.json
     anyref eval gres     --model M --data refer_data --split val --out grefcoco_val.json
+    anyref eval groups   --model M --data refer_data --dataset grefcoco --split val --out groups_val.json
     anyref eval avs      --model M --data AVSBench --subset s4 --split test --out s4.json
     anyref eval fewshot  --model M --data Datasets_HSN --dataset pascal --fold 0 --shot 1 --out pascal_f0.json
     anyref eval reg      --model M --data refer_data --dataset refcocog --split val --out reg.json
@@ -25,6 +26,8 @@ __all__ = ["register", "main"]
 _BENCHMARK_HELP = {
     "res": "referring segmentation on RefCOCO / RefCOCO+ / RefCOCOg / RefClef (gIoU, cIoU)",
     "gres": "generalised referring segmentation on gRefCOCO (gIoU, cIoU, N-acc, T-acc)",
+    "groups": "mask-group selection among the image's instances for gRefCOCO / RefCOCO-family expressions "
+              "(group gIoU, cIoU, N-acc, T-acc)",
     "avs": "audio-visual segmentation on AVSBench S4 / MS3 (mIoU, F-score per video)",
     "fewshot": "few-shot segmentation on PASCAL-5i / COCO-20i episodes (mIoU, FB-IoU)",
     "reg": "referring expression generation on RefCOCO-family boxes (METEOR, CIDEr)",
@@ -77,6 +80,12 @@ def register(subparsers) -> None:
     gres.add_argument("--split-by", default="unc")
     gres.add_argument("--images", help="COCO train2014 image folder (default: found below --data)")
 
+    groups = add("groups")
+    _common(groups, "val")
+    groups.add_argument("--dataset", default="grefcoco", choices=["grefcoco", *sorted(REFER_DATASETS)])
+    groups.add_argument("--split-by", help="splitBy (default: unc; umd for refcocog)")
+    groups.add_argument("--images", help="COCO train2014 image folder (default: found below --data)")
+
     avs = add("avs")
     _common(avs, "test")
     avs.add_argument("--subset", default="s4", choices=AVS_SUBSETS)
@@ -119,6 +128,12 @@ def _reader(args):
         return datasets.RegReader(args.data, args.dataset, args.split, args.split_by, args.images)
     if name == "gres":
         return datasets.GrefReader(args.data, args.split, args.split_by, args.images)
+    if name == "groups":
+        if args.dataset == "grefcoco":
+            expressions = datasets.GrefReader(args.data, args.split, args.split_by or "unc", args.images)
+        else:
+            expressions = datasets.ResReader(args.data, args.dataset, args.split, args.split_by, args.images)
+        return datasets.ExpressionGroupReader(expressions)
     if name == "avs":
         return datasets.AvsReader(args.data, args.subset, args.split)
     if name == "fewshot":
@@ -185,7 +200,7 @@ def _run_benchmark(args) -> int:
         reader = _reader(args)  # before the model: a bad --data fails fast
         model = _load_model(args)
         start = time.perf_counter()
-        runner = {"res": runners.run_res, "gres": runners.run_gres, "avs": runners.run_avs,
+        runner = {"res": runners.run_res, "gres": runners.run_gres, "groups": runners.run_groups, "avs": runners.run_avs,
                   "fewshot": runners.run_fewshot, "reg": runners.run_reg}[args.benchmark]
         run = runner(model, reader, limit=args.limit, overlays=args.save_overlays, progress=progress,
                      allow_untrained=args.allow_untrained)

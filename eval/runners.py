@@ -12,6 +12,8 @@ Every runner takes the model (anything with ``segment`` / ``describe`` as :class
 
 - RES (RefCOCO family): the union of the answer's masks (none: empty) vs the ref's mask, LISA's gIoU / cIoU;
 - GRES (gRefCOCO): the same union, and "no target" = the answer has no mask (``not result.found``), ReLA's scores;
+- groups: ``select`` among the image's instances; the union of the selected masks vs the union of the group's,
+  "no target" = nothing selected, ReLA's scores;
 - AVS: per frame, the max over the answer's mask logits (no mask: a very negative map); each video scored alone;
 - few-shot: one ``segment`` per support, the K masks combined by HSNet's vote (below), HSNet's mIoU / FB-IoU;
 - REG: ``describe(image, box)``; CIDEr-D and METEOR over the whole run in one call.
@@ -28,7 +30,7 @@ from eval.metrics import AvsAccumulator, FewShotAccumulator, GresAccumulator, Re
 from eval.overlays import OverlayWriter, describe_references
 from eval.results import RunOutput
 
-__all__ = ["run_res", "run_gres", "run_avs", "run_fewshot", "run_reg", "union_mask", "logit_map", "vote_masks",
+__all__ = ["run_res", "run_gres", "run_groups", "run_avs", "run_fewshot", "run_reg", "union_mask", "logit_map", "vote_masks",
            "NO_MASK_LOGIT"]
 
 # the logit of every pixel of a frame the model answered without a mask (sigmoid rounds it to exactly 0)
@@ -125,6 +127,31 @@ def run_gres(model, reader, limit: Optional[int] = None, overlays=None, progress
                         f"{describe_references(sample.references)} -> {result.text}", pred, gt)
     counts.update(acc.cases)
     return RunOutput(acc.result(), counts, {"split_by": getattr(reader, "split_by", None)})
+
+
+def run_groups(model, reader, limit: Optional[int] = None, overlays=None, progress: bool = True,
+               allow_untrained: bool = False) -> RunOutput:
+    """Mask-group selection (ReLA's gIoU / cIoU / N-acc / T-acc on the groups' unions) over an
+    ExpressionGroupReader (or any reader of "select" samples)."""
+    acc, writer = GresAccumulator(), _writer(overlays)
+    counts = {"samples": 0, "candidates": 0, "empty_groups_gt": 0, "empty_groups_predicted": 0}
+    for index, sample in enumerate(_items(reader, limit, f"groups {reader.dataset} {reader.split}", progress)):
+        result = model.select(sample.image, sample.references, candidates=sample.candidates,
+                              allow_untrained=allow_untrained)
+        shape = sample.image.shape[:2]
+        pred, gt = result.union, union_mask(sample.candidates[sample.selected], shape)
+        empty = not sample.selected.any()
+        acc.add(pred, gt, pred_no_target=not result.found, gt_no_target=empty)
+        counts["samples"] += 1
+        counts["candidates"] += len(sample.candidates)
+        counts["empty_groups_gt"] += empty
+        counts["empty_groups_predicted"] += not result.found
+        if writer:
+            writer.save(index, f"group{index}", sample.image, f"{describe_references(sample.references)} -> "
+                        f"{len(result.indices)} of {len(sample.candidates)}", pred, gt)
+    counts.update(acc.cases)
+    return RunOutput(acc.result(), counts, {"split_by": getattr(reader.reader, "split_by", None)
+                                            if hasattr(reader, "reader") else None})
 
 
 def run_avs(model, reader, limit: Optional[int] = None, overlays=None, progress: bool = True,

@@ -16,7 +16,10 @@ Per task (the first ``n`` samples of ``SynthRef(config).split(split, task, n)``;
 - audio1, audio2: AVSBench mIoU (and F-score), each sample a one-frame "video" whose logit map is the max over the
   answer's masks (no mask: a very negative map) against the union of the sample's masks;
 - no_target: the share of samples answered without a mask (no_mask_rate);
-- group: not scored yet (it needs the ``select`` API); the table has room for it under the same keys.
+- mask_caption: ``describe(image, MaskRef(mask))``, the caption exact as for box -> caption_acc;
+- group: ``select(image, prompt, candidates=the sample's candidates)``; the union of the selected masks against
+  the union of the group's, with ReLA's gRefCOCO rules (an empty group is a "no target" sample: the model must
+  select nothing) -> cIoU, gIoU, N-acc (empty groups answered empty), T-acc.
 """
 from __future__ import annotations
 
@@ -24,11 +27,12 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from anyref.synthref import SYNTHREF_TASKS, SynthRefConfig
 from eval.datasets.synthref import SynthRefReader
-from eval.metrics import AvsAccumulator, RefSegAccumulator
+from eval.metrics import AvsAccumulator, GresAccumulator, RefSegAccumulator
 from eval.overlays import OverlayWriter, describe_references
 from eval.runners import logit_map, union_mask
 
@@ -37,12 +41,13 @@ __all__ = ["evaluate_synthref", "normalise_caption", "missed_targets", "PRIMARY"
 
 # task -> the metric a table shows for it
 PRIMARY = {"text": "ciou", "box": "caption_acc", "example": "ciou", "example_masked": "ciou", "audio1": "miou",
-           "audio2": "miou", "no_target": "no_mask_rate", "group": "ciou"}
+           "audio2": "miou", "no_target": "no_mask_rate", "group": "ciou", "mask_caption": "caption_acc"}
 # what the shipped demo model must reach on the full test split (n=200): task -> [(metric, lowest value)]
 SYNTHREF_TARGETS = {"text": [("ciou", 0.80)], "box": [("ciou", 0.85), ("caption_acc", 0.90)],
                     "example": [("ciou", 0.70)], "example_masked": [("ciou", 0.70)], "audio1": [("miou", 0.75)],
-                    "audio2": [("miou", 0.55)], "no_target": [("no_mask_rate", 0.90)]}
-UNSCORED_TASKS = {"group": "needs AnyRef.select (mask-group prompts), which this model API does not offer yet"}
+                    "audio2": [("miou", 0.55)], "no_target": [("no_mask_rate", 0.90)],
+                    "group": [("ciou", 0.75), ("n_acc", 0.85)]}
+UNSCORED_TASKS: dict[str, str] = {}  # task -> why it cannot be scored (none at present)
 SCORED_TASKS = tuple(t for t in SYNTHREF_TASKS if t not in UNSCORED_TASKS)
 _SEGMENT_TASKS = ("text", "example", "example_masked")
 _AUDIO_TASKS = ("audio1", "audio2")
@@ -71,7 +76,7 @@ def _check_tasks(tasks: Optional[Sequence[str]]) -> list[str]:
 def _score_task(model, task: str, reader: SynthRefReader, writer: Optional[OverlayWriter], progress: bool,
                 allow_untrained: bool) -> tuple[dict, dict]:
     """(metrics, counts) of one task."""
-    refseg, avs = RefSegAccumulator(), AvsAccumulator()
+    refseg, avs, groups = RefSegAccumulator(), AvsAccumulator(), GresAccumulator()
     counts = {"samples": 0, "no_mask": 0}
     exact = 0
     for index, sample in enumerate(tqdm(reader, total=len(reader), desc=f"synthref {task}", disable=not progress,
@@ -79,7 +84,18 @@ def _score_task(model, task: str, reader: SynthRefReader, writer: Optional[Overl
         shape = sample.image.shape[:2]
         gt = union_mask(sample.masks, shape)
         pred, answer = None, ""
-        if task == "box":
+        if task == "mask_caption":
+            answer = model.describe(sample.image, sample.references, allow_untrained=allow_untrained)
+            exact += normalise_caption(answer) == normalise_caption(sample.meta["caption"])
+        elif task == "group":
+            result = model.select(sample.image, sample.references, candidates=sample.candidates,
+                                  allow_untrained=allow_untrained)
+            gt = union_mask(sample.candidates[sample.selected], shape)
+            pred = result.union
+            answer = f"selected {result.indices.tolist()} of {len(sample.candidates)} (truth {np.flatnonzero(sample.selected).tolist()})"
+            groups.add(pred, gt, not result.found, not sample.selected.any())
+            counts["no_mask"] += not result.found
+        elif task == "box":
             result = model.describe(sample.image, sample.references, allow_untrained=allow_untrained,
                                     with_masks=True)
             answer, pred = result.text, union_mask(result.masks, shape)
@@ -106,6 +122,14 @@ def _score_task(model, task: str, reader: SynthRefReader, writer: Optional[Overl
     elif task == "box":
         metrics = {"caption_acc": exact / n, **refseg.result()}
         counts["exact_captions"] = exact
+        del counts["no_mask"]
+    elif task == "mask_caption":
+        metrics = {"caption_acc": exact / n}
+        counts["exact_captions"] = exact
+        del counts["no_mask"]
+    elif task == "group":
+        metrics = groups.result()
+        counts.update(empty_groups=groups.cases["tp"] + groups.cases["fn"], cases=dict(groups.cases))
         del counts["no_mask"]
     else:  # no_target
         metrics = {"no_mask_rate": counts["no_mask"] / n}

@@ -89,12 +89,12 @@ def test_reference_types_the_model_lacks():
     model = build_tiny(audio=False)
     with pytest.raises(ValueError, match="without an audio encoder"):
         model.segment(scene(0), Audio(np.zeros(16000, dtype=np.float32), sample_rate=16000))
-    with pytest.raises(ValueError, match="mask-reference"):
-        model.segment(scene(0), MaskRef(np.ones((96, 112), dtype=bool)))
     untrained = build_tiny(audio=False)
-    untrained.config = untrained.config.replace(untrained_references=("box",))
+    untrained.config = untrained.config.replace(untrained_references=("box", "mask"))
     with pytest.raises(ValueError, match="never trained"):
         untrained.segment(scene(0), Box(1, 1, 9, 9))
+    with pytest.raises(ValueError, match="mask reference encoder was never trained"):
+        untrained.segment(scene(0), MaskRef(np.ones((96, 112), dtype=bool)))
     assert untrained.segment(scene(0), Box(1, 1, 9, 9), allow_untrained=True).masks.ndim == 3
 
 

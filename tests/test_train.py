@@ -27,11 +27,11 @@ def _env() -> dict:
 
 
 def _config(tmp_path: Path, name: str, **changes) -> Path:
-    """The smoke preset with ``changes`` (e.g. steps=12), written to tmp_path/name.json."""
+    """The smoke preset with ``changes`` (steps=12: the last stage's steps), written to tmp_path/name.json."""
     data = json.loads((PRESETS_DIR / "smoke.json").read_text())
     steps = changes.pop("steps", None)
     if steps is not None:
-        data["stages"] = [{**data["stages"][0], "steps": steps}]
+        data["stages"] = [*data["stages"][:-1], {**data["stages"][-1], "steps": steps}]
     data.update(changes)
     path = tmp_path / f"{name}.json"
     path.write_text(json.dumps(data))
@@ -54,7 +54,7 @@ def _weights(out: Path) -> dict:
 
 
 def test_killed_run_resumes_exactly(tmp_path):
-    config = _config(tmp_path, "run", steps=16, checkpoint_every=2, log_every=1)
+    config = _config(tmp_path, "run", steps=14, checkpoint_every=2, log_every=1)
     _train(config, tmp_path / "straight")
 
     killed = tmp_path / "killed"
@@ -78,8 +78,10 @@ def test_killed_run_resumes_exactly(tmp_path):
         assert torch.equal(straight[key], again[key]), key
     model = AnyRef.from_pretrained(killed / "model")
     assert model.segment(np.zeros((64, 64, 3), np.uint8), "the red circle").masks.shape[1:] == (64, 64)
-    steps = [json.loads(line)["step"] for line in (killed / "log.jsonl").read_text().splitlines()]
-    assert steps[-1] == 16 and '"lr"' in (killed / "log.jsonl").read_text()
+    entries = [json.loads(line) for line in (killed / "log.jsonl").read_text().splitlines()]
+    assert entries[-1]["step"] == 2 + 14 and '"lr"' in (killed / "log.jsonl").read_text()
+    assert {e["stage"] for e in entries} == {"warm-up", "all"}
+    assert "dense_sam" in entries[0] and "pointer" in entries[-1] and "group" in entries[-1]
 
 
 def test_two_ranks_zero2_over_gloo(tmp_path):
@@ -95,7 +97,7 @@ def test_two_ranks_zero2_over_gloo(tmp_path):
     assert len(shards) == 2 and shards[0].startswith("zero_pp_rank_0") and shards[1].startswith("zero_pp_rank_1")
     assert {p.name for p in checkpoint.glob("rng_rank*.pt")} == {"rng_rank0.pt", "rng_rank1.pt"}
     config = json.loads((out / "train_config.json").read_text())
-    assert len((out / "log.jsonl").read_text().splitlines()) == config["stages"][0]["steps"]
+    assert len((out / "log.jsonl").read_text().splitlines()) == sum(stage["steps"] for stage in config["stages"])
     model = AnyRef.from_pretrained(out / "model")
     assert model.segment(np.zeros((48, 64, 3), np.uint8), "the red circle").masks.shape[1:] == (48, 64)
 

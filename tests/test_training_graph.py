@@ -1,6 +1,7 @@
 """Data-parallel training needs every rank's backward to produce gradients for the same parameters in the same
 order (DeepSpeed ZeRO-2 reduces them in arrival order). The training forward must therefore build the same graph
-whatever a batch holds: text only, no target at all, boxes, example images, one or two sounds."""
+whatever a batch holds: text only, no target at all, boxes, example images, one or two sounds, mask references and
+mask-group candidates."""
 
 from anyref.batching import collate, prepare
 from anyref.builders import build_tiny
@@ -29,10 +30,11 @@ def test_every_batch_builds_the_same_graph():
     for p in model.parameters():
         p.requires_grad_(True)
     compositions = [["text", "no_target"], ["no_target", "no_target"], ["audio2", "box"], ["example", "text"],
-                    ["example_masked", "audio1"]]
+                    ["example_masked", "audio1"], ["group", "text"], ["mask_caption", "group"]]
     orders = [_gradient_order(model, world, tasks) for tasks in compositions]
     for tasks, order in zip(compositions[1:], orders[1:]):
         assert order == orders[0], f"{tasks} reaches the parameters in another order than {compositions[0]}"
     used = set(orders[0])
-    for branch in ("audio_projection.weight", "audio_encoder.", "mask_decoder.", "multi_modal_projector."):
+    for branch in ("audio_projection.weight", "audio_encoder.", "mask_decoder.", "multi_modal_projector.",
+                   "mask_projector.", "group_head."):
         assert any(branch in name for name in used), branch

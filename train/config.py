@@ -9,36 +9,58 @@ from pathlib import Path
 __all__ = ["TrainConfig", "load_config", "PRESETS_DIR"]
 
 PRESETS_DIR = Path(__file__).parent / "presets"
-TRAINABLE_POLICIES = ("paper", "all", "heads")
+TRAINABLE_POLICIES = ("paper", "all", "heads", "encoders", "mask_projector", "all_but_encoders")
+OBJECTIVES = ("anyref", "synthref_dense")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
 
 @dataclass(frozen=True)
 class Stage:
-    """One stage of a schedule: ``steps`` optimiser steps with this trainable policy and task mixture.
+    """One stage of a schedule: ``steps`` optimiser steps with this trainable policy, objective and task mixture.
 
     trainable: "paper" (LoRA, mask decoder, gamma, audio projection, new-token embeddings and lm_head; encoders
     frozen), "all" (every parameter: for tiny models that start from random weights), "heads" (mask decoder,
-    gamma and projections only).
+    gamma and projections only), "encoders" (vision tower, SAM image encoder, audio encoder and the warm-up heads),
+    "mask_projector" (RAS stage 1), "all_but_encoders" (RAS stage 2: everything but the vision, SAM image, audio
+    and further mask encoders). See train/trainable.py.
+    objective: "anyref" (the model's loss) or "synthref_dense" (the encoder warm-up of train/objectives.py).
+    lr, warmup_steps: this stage's peak learning rate and warmup (default: the config's); each stage warms up
+    and then decays on a cosine of its own.
+    pointer_weight: weight of the trainer's pointer loss (train/objectives.py) in this stage; 0 for the paper's
+    loss alone.
     """
 
     name: str
     steps: int
     trainable: str = "paper"
+    objective: str = "anyref"
     mixture: dict = field(default_factory=dict)
+    lr: float | None = None
+    warmup_steps: int | None = None
+    pointer_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.steps < 1:
             raise ValueError(f"stage {self.name!r}: steps must be >= 1")
         if self.trainable not in TRAINABLE_POLICIES:
             raise ValueError(f"stage {self.name!r}: trainable must be one of {TRAINABLE_POLICIES}")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"stage {self.name!r}: objective must be one of {OBJECTIVES}")
+        if self.objective == "synthref_dense" and self.trainable != "encoders":
+            raise ValueError(f"stage {self.name!r}: the synthref_dense objective trains the encoders only "
+                             '(trainable "encoders")')
+        if self.lr is not None and self.lr <= 0:
+            raise ValueError(f"stage {self.name!r}: lr must be > 0")
+        if self.warmup_steps is not None and self.warmup_steps < 0:
+            raise ValueError(f"stage {self.name!r}: warmup_steps must be >= 0")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """model: {"tiny": {sizes...}} to build a tiny model, or {"init_from": DIR} to start from an AnyRef directory.
     mixture: source name -> {"ratio": r, ...source options}; sources: "synthref" (options: tasks weights,
-    image_size, seed). stages: the schedule; the learning-rate schedule spans all stages.
+    image_size, seed). stages: the schedule; each stage has its own warmup and cosine decay (lr, warmup_steps
+    and min_lr_ratio here are the defaults of every stage).
     """
 
     model: dict
@@ -59,6 +81,9 @@ class TrainConfig:
     seed: int = 0
     refocus_lambda: float | None = None  # override the model's lambda (refocusing ablations)
     num_threads: int | None = None
+    eval_every: int = 0                # SynthRef val figures every N steps into val.jsonl (0: never)
+    eval_n: int = 50                   # val samples per task
+    eval_tasks: tuple[str, ...] | None = None  # default: every scored SynthRef task
 
     def __post_init__(self) -> None:
         if not self.stages:
@@ -71,6 +96,8 @@ class TrainConfig:
             raise ValueError('model needs exactly one of "tiny" (build) or "init_from" (an AnyRef directory)')
         if not self.mixture or any(float(v.get("ratio", 0)) < 0 for v in self.mixture.values()):
             raise ValueError("mixture needs at least one source with a ratio >= 0")
+        if self.eval_every < 0 or self.eval_n < 1:
+            raise ValueError("eval_every must be >= 0 and eval_n >= 1")
 
     @property
     def total_steps(self) -> int:
@@ -78,11 +105,18 @@ class TrainConfig:
 
     def stage_at(self, step: int) -> Stage:
         """The stage that optimiser step ``step`` (0-based) belongs to."""
+        return self.stage_position(step)[0]
+
+    def stage_position(self, step: int) -> tuple[Stage, int]:
+        """(stage, step within it) of optimiser step ``step`` (0-based); past the end, the last stage's end."""
         for stage in self.stages:
             if step < stage.steps:
-                return stage
+                return stage, step
             step -= stage.steps
-        return self.stages[-1]
+        return self.stages[-1], self.stages[-1].steps
+
+    def stage_lr(self, stage: Stage) -> float:
+        return self.lr if stage.lr is None else stage.lr
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -96,6 +130,8 @@ class TrainConfig:
             raise ValueError(f"unknown training config fields {sorted(unknown)}")
         data.pop("description", None)
         data["stages"] = tuple(Stage(**s) for s in data["stages"])
+        if data.get("eval_tasks") is not None:
+            data["eval_tasks"] = tuple(data["eval_tasks"])
         return cls(**data)
 
 

@@ -10,7 +10,9 @@ Sources (config ``mixture``: name -> {"ratio": r, ...options}):
 - reg: region captions from the same refs: box -> the first sentence and the object's mask;
 - gres: gRefCOCO, multi-target and no-target expressions (data, split_by, images);
 - avs: AVSBench S4 / MS3 frames with their video's sound (data, subset);
-- semseg: ADE20K-layout semantic segmentation, one category per sample (data, classes).
+- semseg: ADE20K-layout semantic segmentation, one category per sample (data, classes);
+- groups: mask groups drawn by rule from a COCO-format instances.json (instances, images, rules, margin);
+- expression_groups: (G)RES expressions as groups over the image's instances (data, dataset, split_by, images).
 The public datasets are read by the evaluation readers (``eval.datasets``), from their released layouts
 (docs/evaluation.md); every source defaults to its train split.
 """
@@ -40,7 +42,8 @@ class SynthRefSource:
         """Reference kinds its tasks train (text, box, example, audio; mask with the group task)."""
         kinds = {"text", "box", "example", "audio"}
         tasks = self.tasks or {"group": 1}
-        return kinds | ({"mask"} if tasks.get("group", 0) > 0 else set())
+        mask_tasks = tasks.get("group", 0) + tasks.get("mask_caption", 0)
+        return kinds | ({"mask"} if mask_tasks > 0 else set())
 
 
 class _ReaderSource:
@@ -138,9 +141,41 @@ class SemSegSource(_ReaderSource):
         return self.reader.sample(self._item(index), np.random.default_rng([self.seed, index, 9]))
 
 
+class GroupSource(_ReaderSource):
+    """RAS-style groups from COCO instances by category and by absolute / relative position (eval.datasets.groups)."""
+
+    kinds = {"text", "mask"}
+
+    def _reader(self, options):
+        from eval.datasets import CocoGroupReader
+
+        rules = tuple(options.get("rules", ())) or None
+        extra = {"rules": rules} if rules else {}
+        return CocoGroupReader(_need(options, "instances", "groups"), options.get("images"), seed=self.seed,
+                               margin=float(options.get("margin", 0.05)), **extra)
+
+    def sample(self, index: int, options: dict) -> ReferringSample:
+        return self.reader[index]  # the reader draws by index itself
+
+
+class ExpressionGroupSource(_ReaderSource):
+    """gRefCOCO (dataset "grefcoco", the default) or RefCOCO-family expressions as groups over all instances."""
+
+    kinds = {"text", "mask"}
+
+    def _reader(self, options):
+        from eval.datasets import ExpressionGroupReader, GrefReader, ResReader
+
+        data, dataset = _need(options, "data", "expression_groups"), options.get("dataset", "grefcoco")
+        split = options.get("split", "train")
+        if dataset == "grefcoco":
+            return ExpressionGroupReader(GrefReader(data, split, options.get("split_by", "unc"), options.get("images")))
+        return ExpressionGroupReader(ResReader(data, dataset, split, options.get("split_by"), options.get("images")))
+
+
 # source name -> class taking (options, seed) with sample(index, stage_options) and reference_kinds()
 SOURCES = {"synthref": SynthRefSource, "res": ResSource, "reg": RegSource, "gres": GresSource, "avs": AvsSource,
-           "semseg": SemSegSource}
+           "semseg": SemSegSource, "groups": GroupSource, "expression_groups": ExpressionGroupSource}
 
 
 class Mixture:

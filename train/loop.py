@@ -27,7 +27,9 @@ from train.checkpointing import latest_tag, load_latest, save_checkpoint
 from train.config import PRESETS_DIR, TrainConfig, load_config
 from train.data import Mixture
 from train.model_factory import build_model
+from train.objectives import TrainingObjective, dense_targets
 from train.trainable import apply_policies, describe_groups
+from train.validation import validate
 
 __all__ = ["main", "TrainingDiverged"]
 
@@ -77,19 +79,22 @@ def deepspeed_config(config: TrainConfig, world_size: int) -> dict:
 
 
 def lr_multipliers(config: TrainConfig, group_names: list[str]):
-    """One LambdaLR function per parameter group: warmup then cosine over all steps, times 0 while the current
-    stage does not train that group."""
+    """One LambdaLR function per parameter group: within each stage, warmup then cosine to min_lr_ratio, scaled to
+    the stage's lr; 0 while the current stage does not train that group."""
     from train.trainable import POLICIES
 
     def schedule(name: str):
         def factor(step: int) -> float:
-            if name not in POLICIES[config.stage_at(step).trainable]:
+            stage, within = config.stage_position(step)
+            if name not in POLICIES[stage.trainable]:
                 return 0.0
-            if step < config.warmup_steps:
-                return (step + 1) / config.warmup_steps
-            progress = (step - config.warmup_steps) / max(1, config.total_steps - config.warmup_steps)
+            scale = config.stage_lr(stage) / config.lr
+            warmup = config.warmup_steps if stage.warmup_steps is None else stage.warmup_steps
+            if within < warmup:
+                return scale * (within + 1) / warmup
+            progress = (within - warmup) / max(1, stage.steps - warmup)
             cosine = 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-            return config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine
+            return scale * (config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine)
         return factor
 
     return [schedule(name) for name in group_names]
@@ -153,12 +158,14 @@ def run(args: argparse.Namespace) -> int:
         enable_lora(model, **config.lora)
     if config.refocus_lambda is not None:
         model.refocus_lambda.data.fill_(config.refocus_lambda)
-    groups = apply_policies(model, {stage.trainable for stage in config.stages})
+    objective = TrainingObjective(model)
+    heads = objective.trainer_heads()
+    groups = apply_policies(model, {stage.trainable for stage in config.stages}, heads)
     if rank == 0:
-        print(describe_groups(model), flush=True)
+        print(describe_groups(model, heads), flush=True)
     param_groups, group_names = _optimizer_groups(groups, config.weight_decay)
     engine, _, _, scheduler = deepspeed.initialize(
-        model=model.train(), model_parameters=param_groups, config=deepspeed_config(config, world),
+        model=objective.train(), model_parameters=param_groups, config=deepspeed_config(config, world),
         lr_scheduler=lambda optimizer: torch.optim.lr_scheduler.LambdaLR(
             optimizer, lr_multipliers(config, group_names)),
     )
@@ -170,6 +177,7 @@ def run(args: argparse.Namespace) -> int:
     builder = model.builder
     last_step = min(config.total_steps, args.steps or config.total_steps)
     dtype = next(p for p in engine.module.parameters() if p.is_floating_point()).dtype
+    grids = (model.grid, model.config.sam.embedding_size)
     log = open(out / "log.jsonl", "a") if rank == 0 else None
     bar = tqdm(total=last_step, initial=step, disable=rank != 0 or args.no_progress, desc="train", unit="step")
     window: dict[str, float] = {}
@@ -181,12 +189,16 @@ def run(args: argparse.Namespace) -> int:
                 first = ((step * config.grad_accumulation + micro) * world + rank) * config.micro_batch
                 samples = [mixture.sample(first + j, stage.mixture) for j in range(config.micro_batch)]
                 batch = collate([prepare(s, builder) for s in samples], model.ids.pad).to(engine.device, dtype)
-                output = engine(batch)
+                dense = None
+                if stage.objective == "synthref_dense":
+                    dense = dense_targets(samples, *grids).to(engine.device)
+                output = engine(batch, dense=dense, objective=stage.objective, pointer_weight=stage.pointer_weight)
                 _check_finite(output, step, checkpoints)
                 engine.backward(output.loss)
                 engine.step()
-                for key in ("loss", "ce", "bce", "dice"):
-                    window[key] = window.get(key, 0.0) + float(getattr(output, key).detach()) / config.grad_accumulation
+                terms = {"loss": output.loss, "ce": output.ce, "bce": output.bce, "dice": output.dice, **output.terms}
+                for key, value in terms.items():
+                    window[key] = window.get(key, 0.0) + float(value.detach()) / config.grad_accumulation
             step += 1
             window["steps"] = window.get("steps", 0) + 1
             bar.update(1)
@@ -200,6 +212,8 @@ def run(args: argparse.Namespace) -> int:
                 window = {}
             if step % config.checkpoint_every == 0 or step == last_step:
                 save_checkpoint(engine, checkpoints, step)
+            if config.eval_every and (step % config.eval_every == 0 or step == last_step):
+                validate(model, config, step, out / "val.jsonl", rank)
     except TrainingDiverged as error:
         print(f"error: {error}", file=sys.stderr, flush=True)
         return 3

@@ -7,22 +7,33 @@ __all__ = ["parameter_groups", "POLICIES", "apply_policies", "describe_groups"]
 
 # policy -> groups it trains (see train.config.Stage)
 POLICIES = {
-    "paper": ("lora", "token_rows", "mask_decoder", "heads"),
-    "heads": ("mask_decoder", "heads"),
-    "all": ("lora", "token_rows", "llm", "vision", "sam_encoder", "mask_decoder", "heads", "audio_encoder"),
+    "paper": ("lora", "token_rows", "mask_decoder", "heads", "mask_projector"),
+    "heads": ("mask_decoder", "heads", "mask_projector"),
+    "all": ("lora", "token_rows", "llm", "vision", "vision_projector", "sam_encoder", "mask_decoder", "heads",
+            "mask_projector", "audio_encoder", "pointer_heads"),
+    "encoders": ("vision", "sam_encoder", "audio_encoder", "warmup_heads"),
+    # RAS's two stages: the mask projector alone (captioning from mask tokens), then all but the encoders
+    "mask_projector": ("mask_projector",),
+    "all_but_encoders": ("lora", "token_rows", "llm", "vision_projector", "mask_decoder", "heads", "mask_projector"),
 }
 
 
-def parameter_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
-    """Every parameter of an AnyRef model in exactly one named group, chosen by module handles."""
+def parameter_groups(model: nn.Module, trainer_heads: dict[str, list[nn.Module]] | None = None
+                     ) -> dict[str, list[nn.Parameter]]:
+    """Every parameter of an AnyRef model (and of the trainer-only heads, group -> modules) in exactly one named
+    group, chosen by module handles."""
     llava = model.llava
     handles = {
         "token_rows": [llava.get_input_embeddings(), llava.lm_head],
-        "vision": [llava.model.vision_tower, llava.model.multi_modal_projector],
+        "vision": [llava.model.vision_tower],
+        "vision_projector": [llava.model.multi_modal_projector],
         "sam_encoder": [model.sam.image_encoder, model.sam.prompt_encoder],
         "mask_decoder": [model.sam.mask_decoder],
-        "heads": [m for m in (model.obj_projection, model.audio_projection) if m is not None],
+        "heads": [m for m in (model.obj_projection, model.audio_projection, model.group_head) if m is not None],
+        "mask_projector": [model.mask_projector],
         "audio_encoder": [model.audio_encoder] if model.audio_encoder is not None else [],
+        "mask_encoders": [model.mask_encoders],
+        **{name: list(modules) for name, modules in (trainer_heads or {}).items()},
     }
     groups: dict[str, list[nn.Parameter]] = {name: [] for name in (*handles, "lora", "llm")}
     seen: set[int] = set()
@@ -32,7 +43,7 @@ def parameter_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
                 if id(param) not in seen:
                     seen.add(id(param))
                     groups[name].append(param)
-    for name, param in model.named_parameters():
+    for name, param in model.named_parameters():  # what no handle holds: LoRA, the decoder stack
         if id(param) in seen:
             continue
         seen.add(id(param))
@@ -45,19 +56,20 @@ def parameter_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
     return groups
 
 
-def apply_policies(model: nn.Module, policies: set[str]) -> dict[str, list[nn.Parameter]]:
+def apply_policies(model: nn.Module, policies: set[str], trainer_heads: dict[str, list[nn.Module]] | None = None
+                   ) -> dict[str, list[nn.Parameter]]:
     """Set requires_grad to the union of the given policies' groups; returns only the groups that train."""
     wanted = {group for policy in policies for group in POLICIES[policy]}
-    groups = parameter_groups(model)
+    groups = parameter_groups(model, trainer_heads)
     for name, params in groups.items():
         for param in params:
             param.requires_grad_(name in wanted)
     return {name: params for name, params in groups.items() if name in wanted and params}
 
 
-def describe_groups(model: nn.Module) -> str:
+def describe_groups(model: nn.Module, trainer_heads: dict[str, list[nn.Module]] | None = None) -> str:
     """A table of parameter counts per group, trainable or frozen, for the training log."""
-    groups = parameter_groups(model)
+    groups = parameter_groups(model, trainer_heads)
     total = sum(p.numel() for params in groups.values() for p in params)
     lines = [f"{'group':<14}{'params':>14}{'trainable':>14}"]
     trainable_total = 0

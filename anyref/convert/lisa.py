@@ -54,6 +54,7 @@ from anyref.api import AnyRef
 from anyref.builders import LLAVA_V1_SYSTEM
 from anyref.config import CLIP_MEAN, CLIP_STD, AnyRefConfig
 from anyref.convert.shards import iter_shards
+from anyref.mask_tokens import GroupHead, MaskProjector, position_map
 from anyref.tokens import SPECIAL_TOKENS, add_special_tokens
 from encoders.checkpoints import CheckpointError
 from encoders.imagebind_audio import ImageBindAudioConfig, ImageBindAudioEncoder, load_imagebind_audio
@@ -416,8 +417,14 @@ def convert_lisa(
     if audio_encoder is not None:
         # a real (not meta) projection, default nn.Linear init; listed as untrained in the config
         model.audio_projection = nn.Linear(audio_config.out_dim, spec.hidden_size)
+    # AnyRef's mask-token heads, which LISA lacks: real modules with their default init, untrained ("mask")
+    model.mask_projector = MaskProjector({n: s.channels for n, s in model.mask_sources.items()}, spec.hidden_size)
+    model.group_head = GroupHead(spec.hidden_size)
+    model.mask_positions = position_map(config.mask_position_grid, config.mask_position_channels)
 
     filler = _Filler(model)
+    filler.filled.update(dict.fromkeys((k for k in filler.shapes if k.startswith(("mask_projector.", "group_head."))),
+                                       "AnyRef's default initialisation"))
     if audio_encoder is not None:
         filler.filled.update(dict.fromkeys((k for k in filler.shapes if k.startswith("audio_")), str(imagebind)))
     filler.put({VISION_TOWER + k: v for k, v in clip.state_dict().items()}, f"CLIP {clip_dir}")

@@ -245,7 +245,20 @@ def build_group(cfg: SynthRefConfig, rng: np.random.Generator) -> ReferringSampl
     raise RuntimeError("SynthRef group: found no unambiguous group rule")
 
 
+def build_mask_caption(cfg: SynthRefConfig, rng: np.random.Generator) -> ReferringSample:
+    """One object's visible mask as a MaskRef; the answer is its exact caption "the {size} {colour} {shape}." with
+    no mask (the mask tokens' alignment task of RAS's first stage, "describe" with a mask reference)."""
+    scene = _scene(cfg, rng, min_objects=2)
+    target = int(rng.integers(len(scene.objects)))
+    obj = scene.objects[target]
+    text = caption(obj.shape, obj.colour, obj.size)
+    return ReferringSample(image=scene.image, references=[MaskRef(obj.mask.copy())], task="describe",
+                           answer=[text + "."], source="mask_caption",
+                           meta=_meta(scene, [], caption=text, target_ids=[target]))
+
+
 TASK_BUILDERS: dict[str, Callable[[SynthRefConfig, np.random.Generator], ReferringSample]] = {
     "text": build_text, "box": build_box, "example": build_example, "example_masked": build_example_masked,
     "audio1": build_audio1, "audio2": build_audio2, "no_target": build_no_target, "group": build_group,
+    "mask_caption": build_mask_caption,
 }

@@ -23,7 +23,9 @@ from anyref.synthref.vocabulary import vocabulary_words
 
 __all__ = ["SYNTHREF_TASKS", "SynthRefConfig", "SynthRef"]
 
-SYNTHREF_TASKS = ("text", "box", "example", "example_masked", "audio1", "audio2", "no_target", "group")
+# appended tasks keep the splits of the earlier ones (a split's generators are keyed by the task's index here)
+SYNTHREF_TASKS = ("text", "box", "example", "example_masked", "audio1", "audio2", "no_target", "group",
+                  "mask_caption")
 assert set(SYNTHREF_TASKS) == set(TASK_BUILDERS)
 
 _PURPOSE = {"train": 0, "val": 1, "test": 2}

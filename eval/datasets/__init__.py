@@ -2,6 +2,7 @@
 
 - :mod:`eval.datasets.refer`: RefCOCO / RefCOCO+ / RefCOCOg / RefClef (``ResReader``; ``RegReader`` for captions);
 - :mod:`eval.datasets.grefcoco`: gRefCOCO, with no-target expressions (``GrefReader``);
+- :mod:`eval.datasets.groups`: mask groups over COCO instances (``ExpressionGroupReader``, ``CocoGroupReader``);
 - :mod:`eval.datasets.avsbench`: AVSBench S4 and MS3, one item per video (``AvsReader``);
 - :mod:`eval.datasets.fewshot`: PASCAL-5i and COCO-20i episodes, HSNet's protocol (``FewShotReader``);
 - :mod:`eval.datasets.synthref`: SynthRef's fixed splits (``SynthRefReader``).
@@ -11,8 +12,9 @@ Readers are sized (``len``) and iterable; they load images lazily, while iterati
 from eval.datasets.avsbench import AVS_SUBSETS, AvsReader
 from eval.datasets.fewshot import FEWSHOT_BENCHMARKS, FewShotReader, fold_classes
 from eval.datasets.grefcoco import GrefReader
+from eval.datasets.groups import CocoGroupReader, ExpressionGroupReader
 from eval.datasets.refer import DEFAULT_SPLIT_BY, REFER_DATASETS, RegReader, ResReader
 from eval.datasets.synthref import SynthRefReader
 
-__all__ = ["AVS_SUBSETS", "AvsReader", "FEWSHOT_BENCHMARKS", "FewShotReader", "fold_classes", "GrefReader",
+__all__ = ["AVS_SUBSETS", "AvsReader", "CocoGroupReader", "ExpressionGroupReader", "FEWSHOT_BENCHMARKS", "FewShotReader", "fold_classes", "GrefReader",
            "DEFAULT_SPLIT_BY", "REFER_DATASETS", "RegReader", "ResReader", "SynthRefReader"]

@@ -1,0 +1,44 @@
+"""Candidate masks for mask-group selection: the caller's (e.g. an instance segmenter's), or SAM's automatic ones."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+__all__ = ["check_candidates", "sam_candidates"]
+
+
+def check_candidates(candidates, height: int, width: int) -> np.ndarray:
+    """The caller's candidates as N x H x W bool; a clear error for anything that cannot be one."""
+    if isinstance(candidates, torch.Tensor):
+        candidates = candidates.detach().cpu().numpy()
+    if isinstance(candidates, (list, tuple)):
+        if not candidates:
+            raise ValueError("candidates is empty: pass at least one H x W mask, or candidates=None for SAM's "
+                             "automatic masks")
+        candidates = np.stack([np.asarray(c) for c in candidates])
+    candidates = np.asarray(candidates)
+    if candidates.ndim != 3 or candidates.shape[1:] != (height, width):
+        raise ValueError(f"candidates must be N x {height} x {width} masks (the image's size), got shape "
+                         f"{candidates.shape}")
+    if len(candidates) == 0:
+        raise ValueError("candidates is empty: pass at least one mask, or candidates=None for SAM's automatic masks")
+    masks = candidates > 0 if candidates.dtype != np.bool_ else candidates
+    empty = [i for i, m in enumerate(masks) if not m.any()]
+    if empty:
+        raise ValueError(f"candidate masks {empty[:10]} are empty (no pixel set); drop them")
+    return np.ascontiguousarray(masks)
+
+
+def sam_candidates(sam, image: np.ndarray, **options) -> np.ndarray:
+    """N x H x W bool masks from ``segment_anything.SamAutomaticMaskGenerator`` on ``sam`` (its keyword options,
+    e.g. points_per_side, pred_iou_thresh), largest first; raises if it finds none."""
+    from segment_anything import SamAutomaticMaskGenerator
+
+    generator = SamAutomaticMaskGenerator(sam, **options)
+    with torch.no_grad():
+        records = generator.generate(image)
+    masks = [r["segmentation"] for r in sorted(records, key=lambda r: -r["area"]) if r["segmentation"].any()]
+    if not masks:
+        raise ValueError("SAM's automatic mask generator found no masks in this image; pass candidates= yourself, or "
+                         "loosen its filters (e.g. sam_options={'pred_iou_thresh': 0.5, 'stability_score_thresh': 0.5})")
+    return np.stack(masks).astype(bool)

@@ -1,0 +1,149 @@
+"""Mask groups (RAS): MaskRef references in ``segment`` and ``select``, caller and SAM candidates, empty groups, one
+forward pass whatever the number of candidates, the group loss, further timm encoders, and bad input."""
+import numpy as np
+import pytest
+import torch
+
+from anyref import MaskRef
+from anyref.batching import collate, prepare
+from anyref.builders import build_tiny
+from anyref.mask_tokens import group_loss, pool_masks, pooling_weights, position_map
+from anyref.samples import ReferringSample
+from tests.conftest import rect_mask, scene
+
+SHAPE = (96, 112)
+
+
+def _candidates() -> np.ndarray:
+    return np.stack([rect_mask(SHAPE, 10, 40, 10, 40), rect_mask(SHAPE, 50, 90, 60, 100),
+                     rect_mask(SHAPE, 5, 30, 70, 110)])
+
+
+class ForwardCounter:
+    def __init__(self, module):
+        self.calls = 0
+        self._handle = module.register_forward_hook(lambda *_: setattr(self, "calls", self.calls + 1))
+
+    def remove(self):
+        self._handle.remove()
+
+
+def test_pooling_weights_are_area_fractions_in_each_frame():
+    mask = np.zeros((64, 32), dtype=bool)
+    mask[:32, :16] = True  # the top-left quarter
+    frames = {"stretched": ((1.0, 0.5), (0.0, 0.0), 32, 2),     # 32 x 64 -> 32 x 32
+              "padded": ((0.5, 0.5), (8.0, 0.0), 32, 4)}        # longest side 64 -> 32, centred with 8 px of pad
+    weights = pooling_weights(mask, frames)
+    torch.testing.assert_close(weights["stretched"], torch.tensor([[1.0, 0.0], [0.0, 0.0]]))
+    assert weights["padded"][:, 0].sum() == 0 and weights["padded"][:, 3].sum() == 0  # padding holds no mask
+    torch.testing.assert_close(weights["padded"][:2, 1], torch.ones(2))
+    features = torch.arange(2 * 4 * 4, dtype=torch.float32).view(1, 2, 4, 4)
+    pooled = pool_masks(features, weights["padded"][None], torch.tensor([0]))
+    torch.testing.assert_close(pooled, features[0, :, :2, 1].mean(-1)[None])
+    positions = position_map(4, 8)
+    assert positions.shape == (16, 8) and positions.abs().max() <= 1
+
+
+def test_group_loss_is_a_per_sample_mean_with_positive_weight():
+    logits = torch.tensor([0.0, 0.0, 0.0])
+    targets = torch.tensor([1.0, 0.0, 0.0])
+    owners = torch.tensor([0, 0, 1])
+    log2 = float(np.log(2))
+    expected = ((5.0 * log2 + log2) / 2 + log2) / 2
+    assert float(group_loss(logits, targets, owners, 5.0)) == pytest.approx(expected)
+    empty = group_loss(torch.zeros(0, requires_grad=True), torch.zeros(0), torch.zeros(0, dtype=torch.long), 5.0)
+    assert float(empty) == 0.0 and empty.requires_grad
+
+
+def test_select_is_one_forward_pass_and_returns_the_group(tiny_model):
+    image = scene(0)
+    lm = ForwardCounter(tiny_model.llava.model.language_model)
+    try:
+        result = tiny_model.select(image, "all squares", candidates=_candidates())
+        more = tiny_model.select(image, "all squares", candidates=np.concatenate([_candidates()] * 8))
+    finally:
+        lm.remove()
+    assert lm.calls == 2  # one LLM forward per call, for 3 and for 24 candidates
+    assert result.candidates.shape == (3, *SHAPE) and result.candidate_scores.shape == (3,)
+    assert ((result.candidate_scores > 0) & (result.candidate_scores < 1)).all()
+    assert result.masks.shape == (len(result.indices), *SHAPE) and result.source == "caller"
+    np.testing.assert_array_equal(result.indices, np.flatnonzero(result.candidate_scores > 0.5))
+    np.testing.assert_allclose(more.candidate_scores[:3], result.candidate_scores[:3], atol=0.2)  # same masks
+    nothing = tiny_model.select(image, "all squares", candidates=_candidates(), threshold=0.999999)
+    assert not nothing.found and nothing.masks.shape == (0, *SHAPE) and not nothing.union.any()
+
+
+def test_mask_references_in_segment_and_select(tiny_model):
+    image = scene(1)
+    ref = MaskRef(rect_mask(SHAPE, 10, 40, 10, 40))
+    result = tiny_model.segment(image, ["the object left of", ref])
+    assert result.masks.shape[1:] in ((), SHAPE) or len(result.masks) == 0
+    group = tiny_model.select(image, ["everything the same colour as", ref], candidates=_candidates())
+    assert group.candidates.shape[0] == 3
+    # the MaskRef becomes one token after <mask-ref-pre>; candidates one after <mask-pool-pre>, then again
+    sample = ReferringSample(image, ["same as", ref], task="select", candidates=_candidates(),
+                             selected=np.zeros(3, dtype=bool))
+    ids = prepare(sample, tiny_model.builder, with_answer=False).input_ids.tolist()
+    assert ids.count(tiny_model.ids.mask_ref_pre) == 1 and ids.count(tiny_model.ids.mask_pool_pre) == 3
+    assert ids.count(tiny_model.ids.ref_feature) == 1 + 3 + 3
+
+
+def test_sam_generated_candidates(tiny_model):
+    result = tiny_model.select(scene(2), "all squares", sam_options={
+        "points_per_side": 4, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0, "box_nms_thresh": 1.0})
+    assert result.source == "sam" and len(result.candidates) > 0
+    assert result.candidates.shape[1:] == SHAPE and result.candidates.dtype == bool
+
+
+def test_bad_group_inputs_say_what_to_fix(tiny_model):
+    image = scene(0)
+    with pytest.raises(ValueError, match="reference mask has shape"):
+        tiny_model.segment(image, MaskRef(np.ones((10, 10), dtype=bool)))
+    with pytest.raises(ValueError, match="reference mask is empty"):
+        tiny_model.select(image, ["same as", MaskRef(np.zeros(SHAPE, dtype=bool))], candidates=_candidates())
+    with pytest.raises(ValueError, match="candidates is empty"):
+        tiny_model.select(image, "all squares", candidates=[])
+    with pytest.raises(ValueError, match="candidates is empty"):
+        tiny_model.select(image, "all squares", candidates=np.zeros((0, *SHAPE), dtype=bool))
+    with pytest.raises(ValueError, match="N x 96 x 112"):
+        tiny_model.select(image, "all squares", candidates=np.ones((2, 10, 10), dtype=bool))
+    with pytest.raises(ValueError, match=r"candidate masks \[1\] are empty"):
+        tiny_model.select(image, "all squares", candidates=np.stack([_candidates()[0], np.zeros(SHAPE, bool)]))
+    with pytest.raises(ValueError, match="threshold"):
+        tiny_model.select(image, "all squares", candidates=_candidates(), threshold=1.0)
+    with pytest.raises(ValueError, match="no reference given"):
+        tiny_model.select(image, None, candidates=_candidates())
+    limit = tiny_model.llava.config.text_config.max_position_embeddings
+    many = np.repeat(_candidates()[:1], limit // 2, axis=0)
+    with pytest.raises(ValueError, match="fewer candidates"):
+        tiny_model.select(image, "all squares", candidates=many)
+
+
+def test_group_head_learns_a_fixed_group():
+    """The group loss reaches the classifier, the mask projector and the LLM: a few steps fit one group."""
+    torch.manual_seed(0)
+    model = build_tiny(seed=2).train()
+    image = scene(4)
+    selected = np.array([True, False, True])
+    sample = ReferringSample(image, ["all squares"], task="select", candidates=_candidates(), selected=selected)
+    batch = collate([prepare(sample, model.builder)], model.ids.pad)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    for _ in range(40):
+        output = model(batch)
+        output.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad()
+    assert float(output.terms["group"]) < 0.1
+    result = model.eval().select(image, "all squares", candidates=_candidates())
+    np.testing.assert_array_equal(result.indices, np.flatnonzero(selected))
+
+
+def test_timm_encoder_as_a_further_mask_source(tmp_path):
+    model = build_tiny(seed=3, config_overrides={"mask_features": ("vision", "position", "sam", "timm:test_vit")})
+    assert list(model.mask_sources) == ["vision", "position", "sam", "timm:test_vit"]
+    assert model.mask_projector.mlp[0].in_features == sum(s.channels for s in model.mask_sources.values())
+    result = model.select(scene(5), "all squares", candidates=_candidates())
+    again = type(model).from_pretrained(model.save_pretrained(tmp_path / "m")).select(
+        scene(5), "all squares", candidates=_candidates())
+    np.testing.assert_allclose(result.candidate_scores, again.candidate_scores, atol=1e-6)

@@ -1,0 +1,233 @@
+"""What a training step optimises: AnyRef's own loss, or SynthRef's dense encoder warm-up.
+
+A tiny model starts from random weights, where the paper starts from CLIP, SAM and ImageBind. The warm-up stage
+of the SynthRef presets gives the encoders what pretraining would: on the vision tower's patch grid and on SAM's
+image embedding, per-cell supervision of what lies in each cell (background or an object's colour and size) and
+per-object supervision of shape, colour and size from the features mask-pooled under each object (a ViT from
+scratch learns shapes far faster as "what its cells hold together" than cell by cell), and the sounding shapes from
+the audio embeddings. Its heads live here, in the trainer, and are never exported: the shipped model is AnyRef
+alone.
+
+A second, optional help for from-scratch runs is the pointer loss (a stage's ``pointer_weight``): a small head reads
+each ``<obj>`` state against the LLM's last-layer states of the image tokens and is trained to point at the target
+mask's cells - a direct signal of WHERE the answer is, which the mask loss gives only through SAM's decoder. Its
+head is trainer-only too.
+
+The module DeepSpeed wraps is :class:`TrainingObjective`:
+``forward(batch, dense=None, objective="anyref", pointer_weight=0.0)``.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from anyref.mask_tokens import pool_masks
+from anyref.outputs import AnyRefOutput
+from anyref.references import Audio
+from anyref.samples import ReferringSample
+from anyref.synthref.vocabulary import COLOURS, SHAPES, SIZES
+from encoders.llava import vision_patch_grid
+
+__all__ = ["OBJECTIVES", "TrainingObjective", "DenseTargets", "dense_targets", "pointer_targets"]
+
+OBJECTIVES = ("anyref", "synthref_dense")
+# class 0 of every attribute is "background" (no object in the cell)
+_ATTRIBUTES = (("shape", SHAPES), ("colour", COLOURS), ("size", SIZES))
+_CLASSES = [len(values) + 1 for _, values in _ATTRIBUTES]
+
+
+class DenseTargets:
+    """Warm-up targets of a batch.
+
+    vision: B x (sum of classes) x G x G, each attribute's block a distribution over cells' pixels (background
+    first); sam: the same on SAM's g x g embedding grid. Objects (M of them, sample by sample): labels M x 3
+    (shape, colour, size indices), owners M (sample index), vision_weights M x G x G and sam_weights M x g x g
+    (area fractions, for mask pooling). audio: Na x len(SHAPES) {0, 1}, one row per Audio reference in batch order.
+    """
+
+    def __init__(self, vision, sam, labels, owners, vision_weights, sam_weights, audio):
+        self.vision, self.sam, self.audio = vision, sam, audio
+        self.labels, self.owners, self.vision_weights, self.sam_weights = labels, owners, vision_weights, sam_weights
+
+    def to(self, device) -> "DenseTargets":
+        return DenseTargets(*(t.to(device) for t in (self.vision, self.sam, self.labels, self.owners,
+                                                     self.vision_weights, self.sam_weights, self.audio)))
+
+
+def _attribute_maps(sample: ReferringSample) -> torch.Tensor:
+    """(sum of classes) x H x W one-hot attribute maps of the sample's visible objects (background where none)."""
+    if "object_masks" not in sample.meta or "objects" not in sample.meta:
+        raise ValueError("the synthref_dense objective needs SynthRef samples (object masks and attributes in meta); "
+                         f"got a sample from {sample.source or 'an unnamed source'}")
+    masks = torch.from_numpy(np.asarray(sample.meta["object_masks"], dtype=bool))
+    height, width = sample.image.shape[:2]
+    blocks = []
+    for (key, values), classes in zip(_ATTRIBUTES, _CLASSES):
+        block = torch.zeros((classes, height, width))
+        for obj, mask in zip(sample.meta["objects"], masks):
+            block[1 + values.index(obj[key])] += mask.float()
+        block[0] = 1.0 - block[1:].sum(0).clamp(max=1.0)
+        blocks.append(block)
+    return torch.cat(blocks)
+
+
+def _sounding_shapes(sample: ReferringSample) -> list[torch.Tensor]:
+    rows = []
+    for ref in sample.references:
+        if isinstance(ref, Audio):
+            shapes = sample.meta.get("shapes") or [sample.meta["shape"]]
+            row = torch.zeros(len(SHAPES))
+            row[[SHAPES.index(s) for s in shapes]] = 1.0
+            rows.append(row)
+    return rows
+
+
+def dense_targets(samples: list[ReferringSample], vision_grid: int, sam_grid: int) -> DenseTargets:
+    """Targets for ``samples`` (SynthRef, square images that both encoders see whole, as the "resize" mode and
+    SAM's longest-side resize of a square image give)."""
+    maps, labels, owners, masks = [], [], [], []
+    for row, sample in enumerate(samples):
+        height, width = sample.image.shape[:2]
+        if height != width:
+            raise ValueError(f"the synthref_dense objective needs square images, got {height} x {width}")
+        maps.append(_attribute_maps(sample))
+        for obj, mask in zip(sample.meta["objects"], sample.meta["object_masks"]):
+            labels.append([values.index(obj[key]) for key, values in _ATTRIBUTES])
+            owners.append(row)
+            masks.append(torch.from_numpy(np.asarray(mask, dtype=np.float32)))
+    stacked = torch.stack(maps)
+    objects = torch.stack(masks)[:, None]
+    audio = [row for sample in samples for row in _sounding_shapes(sample)]
+    return DenseTargets(vision=F.adaptive_avg_pool2d(stacked, vision_grid), sam=F.adaptive_avg_pool2d(stacked, sam_grid),
+                        labels=torch.tensor(labels, dtype=torch.long), owners=torch.tensor(owners, dtype=torch.long),
+                        vision_weights=F.adaptive_avg_pool2d(objects, vision_grid)[:, 0],
+                        sam_weights=F.adaptive_avg_pool2d(objects, sam_grid)[:, 0],
+                        audio=torch.stack(audio) if audio else torch.zeros((0, len(SHAPES))))
+
+
+def _object_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """(mean over attributes of the cross-entropy of M x (6 + 6 + 2) pooled-object logits, accuracy per
+    attribute)."""
+    total, accuracy = logits.new_zeros(()), {}
+    sizes = [len(values) for _, values in _ATTRIBUTES]
+    for index, ((name, _), part) in enumerate(zip(_ATTRIBUTES, logits.split(sizes, 1))):
+        total = total + F.cross_entropy(part, labels[:, index])
+        accuracy[name] = (part.argmax(1) == labels[:, index]).float().mean().detach()
+    return total / len(_ATTRIBUTES), accuracy
+
+
+def pointer_targets(batch, grid: int) -> torch.Tensor:
+    """N x grid*grid: each ``<obj>``'s target mask as a distribution over the vision grid's cells (area fractions,
+    normalised), in the order the model lists ``<obj>`` (sample by sample). Needs the "resize" vision mode, where
+    the grid covers the whole image."""
+    rows = [F.adaptive_avg_pool2d(masks.float()[:, None], grid).flatten(1) for masks in batch.masks if len(masks)]
+    if not rows:
+        return torch.zeros((0, grid * grid))
+    cells = torch.cat(rows)
+    return cells / cells.sum(1, keepdim=True).clamp_min(1e-6)
+
+
+def _soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """(mean over cells and attributes of the cross-entropy of B x C x G x G logits against soft targets, per
+    attribute the accuracy of the arg-max on cells that are mostly one object, for the log)."""
+    total, accuracy = logits.new_zeros(()), {}
+    for (name, _), part_logits, part_targets in zip(_ATTRIBUTES, logits.split(_CLASSES, 1), targets.split(_CLASSES, 1)):
+        total = total - (part_targets * part_logits.log_softmax(1)).sum(1).mean()
+        confident, label = part_targets.max(1)
+        on_object = (confident > 0.5) & (label > 0)
+        hits = ((part_logits.argmax(1) == label) & on_object).sum()
+        accuracy[name] = (hits / on_object.sum().clamp_min(1)).detach().float()
+    return total / len(_CLASSES), accuracy
+
+
+class TrainingObjective(nn.Module):
+    """The AnyRef model plus the warm-up heads; ``objective`` picks the loss of this step.
+
+    "anyref": the model's own forward (text CE, mask BCE and dice). "synthref_dense": the encoders only, through
+    1x1 heads on the vision grid and on SAM's embedding and a linear head on the audio embeddings. Every
+    parameter that trains in any stage joins each step's graph (unused ones at zero weight), so that ZeRO-2 ranks
+    always reduce the same gradients.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        classes, attributes = sum(_CLASSES), sum(len(values) for _, values in _ATTRIBUTES)
+        vision_width, sam_width = model.llava.config.vision_config.hidden_size, model.config.sam.prompt_dim
+        self.vision_head = nn.Conv2d(vision_width, classes, 1)
+        self.sam_head = nn.Conv2d(sam_width, classes, 1)
+        self.vision_object_head = nn.Linear(vision_width, attributes)
+        self.sam_object_head = nn.Linear(sam_width, attributes)
+        self.audio_head = None if model.audio_encoder is None else nn.Linear(model.config.audio.out_dim, len(SHAPES))
+        hidden = model.llava.config.text_config.hidden_size
+        self.pointer_query, self.pointer_key = nn.Linear(hidden, 64), nn.Linear(hidden, 64)
+
+    def warmup_heads(self) -> list[nn.Module]:
+        heads = (self.vision_head, self.sam_head, self.vision_object_head, self.sam_object_head, self.audio_head)
+        return [m for m in heads if m is not None]
+
+    def trainer_heads(self) -> dict[str, list[nn.Module]]:
+        """The heads that exist only in training, by parameter group (see train.trainable)."""
+        return {"warmup_heads": self.warmup_heads(), "pointer_heads": [self.pointer_query, self.pointer_key]}
+
+    def forward(self, batch, dense: DenseTargets | None = None, objective: str = "anyref",
+                pointer_weight: float = 0.0) -> AnyRefOutput:
+        if objective == "anyref":
+            output = self.model(batch)
+            pointer = self._pointer_loss(batch, output)
+            output.terms["pointer"] = pointer.detach()
+            unused = self.warmup_heads() + ([] if pointer_weight else [self.pointer_query, self.pointer_key])
+            output.loss = output.loss + pointer_weight * pointer + self._untouched(unused)
+            return output
+        if objective != "synthref_dense":
+            raise ValueError(f"unknown objective {objective!r}; choose one of {OBJECTIVES}")
+        if dense is None:
+            raise ValueError("the synthref_dense objective needs dense targets")
+        return self._dense(batch, dense)
+
+    def _pointer_loss(self, batch, output: AnyRefOutput) -> torch.Tensor:
+        """Cross-entropy of each <obj> state's pointer over the image tokens against its target's cells."""
+        model = self.model
+        image = batch.input_ids == model.ids.image  # every row holds the grid's G*G image tokens
+        keys = self.pointer_key(output.hidden[image].view(len(image), -1, output.hidden.shape[-1]))  # B x G^2 x 64
+        queries = self.pointer_query(output.obj_states)  # N x 64
+        logits = torch.einsum("nd,ngd->ng", queries, keys[output.obj_rows]) / 8.0
+        targets = pointer_targets(batch, model.grid).to(logits.device)
+        return -(targets * logits.float().log_softmax(-1)).sum(-1).mean() if len(logits) else logits.sum() * 0.0
+
+    @staticmethod
+    def _untouched(modules: list[nn.Module]) -> torch.Tensor:
+        """0 * (a sum over the parameters of modules this step does not use), to keep them in the graph."""
+        return sum(p.sum() * 0.0 for module in modules for p in module.parameters())
+
+    def _dense(self, batch, dense: DenseTargets) -> AnyRefOutput:
+        model = self.model
+        grids = vision_patch_grid(model.llava, batch.clip_pixels.to(model.dtype))
+        embeddings = model.sam.image_encoder(batch.sam_pixels.to(model.dtype))
+        vision_loss, _ = _soft_cross_entropy(self.vision_head(grids), dense.vision)
+        sam_loss, _ = _soft_cross_entropy(self.sam_head(embeddings), dense.sam)
+        pooled_vision = pool_masks(grids, dense.vision_weights, dense.owners)
+        pooled_sam = pool_masks(embeddings, dense.sam_weights, dense.owners)
+        vision_objects, vision_acc = _object_cross_entropy(self.vision_object_head(pooled_vision), dense.labels)
+        sam_objects, sam_acc = _object_cross_entropy(self.sam_object_head(pooled_sam), dense.labels)
+        loss = vision_loss + sam_loss + vision_objects + sam_objects
+        audio_loss = loss.new_zeros(())
+        if self.audio_head is not None:
+            clips = batch.audio.flatten(0, 1)
+            embedded = model.audio_encoder(clips).view(*batch.audio.shape[:2], model.config.audio.out_dim).mean(1)
+            logits = self.audio_head(embedded)
+            if len(logits):
+                audio_loss = F.binary_cross_entropy_with_logits(logits, dense.audio)
+            loss = loss + audio_loss + logits.sum() * 0.0
+        used = {id(p) for m in [model.llava.model.vision_tower, model.sam.image_encoder, model.audio_encoder,
+                                *self.warmup_heads()] if m is not None for p in m.parameters()}
+        rest = sum(p.sum() * 0.0 for p in self.parameters() if p.requires_grad and id(p) not in used)
+        zero = loss.new_zeros(())
+        return AnyRefOutput(loss=loss + rest, ce=zero, bce=zero, dice=zero, n_masks=0,
+                            terms={"dense_vision": vision_loss.detach(), "dense_sam": sam_loss.detach(),
+                                   "object_vision": vision_objects.detach(), "object_sam": sam_objects.detach(),
+                                   "dense_audio": audio_loss.detach(),
+                                   **{f"vision_acc_{k}": v for k, v in vision_acc.items()},
+                                   **{f"sam_acc_{k}": v for k, v in sam_acc.items()}})
