@@ -14,8 +14,9 @@ from anyref.candidates import check_candidates, sam_candidates
 from anyref.checkpoint import load_directory, save_directory
 from anyref.heads import decode_masks, upscale_masks
 from anyref.images import load_image
-from anyref.model import AnyRefModel
+from anyref.model import AnyRefModel, unique_rows
 from anyref.outputs import Generation, GroupResult, SegmentResult
+from anyref.prefix import PrefixCache
 from anyref.prompts import reference_kind
 from anyref.references import Audio, MaskRef, as_reference_list
 from anyref.samples import ReferringSample
@@ -78,8 +79,8 @@ class AnyRef(AnyRefModel):
         return pixels, None
 
     # ---------------------------------------------------------------------------------------------- API
-    def _batch(self, pixels: np.ndarray, samples: list[ReferringSample], allow_untrained: bool, answer_tokens: int):
-        """Prepared, checked and left-padded inputs for several samples on one image."""
+    def _batch(self, samples: list[ReferringSample], allow_untrained: bool, answer_tokens: int):
+        """Prepared, checked and left-padded inputs for several samples."""
         for sample in samples:
             self.check_references(sample.references, allow_untrained)
         prepared = [prepare(sample, self.builder, with_answer=False) for sample in samples]
@@ -106,9 +107,11 @@ class AnyRef(AnyRefModel):
         Returns (generations, batch, SAM embedding 1 x C x g x g or None when not computed yet)."""
         pixels, features = self._pixels_and_features(image)
         samples = [ReferringSample(image=pixels, references=refs, task=task) for refs in ref_lists]
-        batch = self._batch(pixels, samples, allow_untrained, self.config.max_new_tokens)
+        batch = self._batch(samples, allow_untrained, self.config.max_new_tokens)
         grids, sam = self._cached(batch, features)
         sams = None if sam is None else sam.expand(len(samples), -1, -1, -1)
+        if features is not None:  # the image's shared prompt prefix runs once, then comes from its cache
+            generate_options.update(prefix=features.prefix, keep_prefix=features.keep_prefix)
         return self.generate(batch, grids=grids, sam_embeddings=sams, **generate_options), batch, sam
 
     @torch.no_grad()
@@ -131,6 +134,20 @@ class AnyRef(AnyRefModel):
             raise ValueError("refs must be a non-empty list of references (each a str, Box, ... or a list)")
         generations, batch, sam = self._run(image, [_references(r) for r in refs], "segment", allow_untrained)
         return self._masks_for(generations, batch, sam)
+
+    @torch.no_grad()
+    def segment_batch(self, images: list, refs: list, allow_untrained: bool = False) -> list[SegmentResult]:
+        """``segment`` for several (image, reference) pairs in ONE batch: each distinct image is encoded once (vision
+        tower and SAM), one LLM forward per generated token serves every pair, all masks in one decoder call.
+        images, refs: lists of equal length, items as ``segment`` takes them."""
+        if not isinstance(images, (list, tuple)) or not isinstance(refs, (list, tuple)) or len(images) != len(refs):
+            raise ValueError("images and refs must be lists of the same length, one image per reference")
+        if not images:
+            raise ValueError("images and refs are empty: give at least one (image, reference) pair")
+        samples = [ReferringSample(image=load_image(image), references=_references(ref), task="segment")
+                   for image, ref in zip(images, refs)]
+        batch = self._batch(samples, allow_untrained, self.config.max_new_tokens)
+        return self._masks_for(self.generate(batch), batch)
 
     @torch.no_grad()
     def describe(self, image=None, ref=None, allow_untrained: bool = False,
@@ -170,7 +187,7 @@ class AnyRef(AnyRefModel):
         sample = ReferringSample(image=pixels, references=_references(prompt), task="select", candidates=candidates,
                                  selected=np.zeros(len(candidates), dtype=bool))
         self.check_references(sample.references + [MaskRef(candidates[0])], allow_untrained)
-        batch = self._batch(pixels, [sample], allow_untrained, 0)
+        batch = self._batch([sample], allow_untrained, 0)
         grids, sam = self._cached(batch, features)
         probs = self.select_logits(batch, grids, sam).float().sigmoid().cpu().numpy()
         indices = np.flatnonzero(probs > threshold)
@@ -178,39 +195,45 @@ class AnyRef(AnyRefModel):
                            probs.astype(np.float32), source)
 
     def _masks_for(self, generations: list[Generation], batch, sam: torch.Tensor | None = None) -> list[SegmentResult]:
-        """One SegmentResult per generation, all queries on the batch's one image: SAM's image encoder runs once
-        (not at all when ``sam``, 1 x C x g x g, is already computed) and its mask decoder once for every mask."""
-        height, width = batch.image_sizes[0]
+        """One SegmentResult per generation (row of ``batch``): SAM's image encoder runs once per distinct image
+        (not at all when ``sam``, 1 x C x g x g for a one-image batch, is already computed) and its mask decoder
+        once for every mask of the batch."""
         counts = [len(g.obj_states) for g in generations]
         if sum(counts) == 0:
-            return [SegmentResult(np.zeros((0, height, width), dtype=bool), np.zeros(0, dtype=np.float32), g.text,
-                                  np.zeros((0, height, width), dtype=np.float32)) for g in generations]
-        embedding = sam if sam is not None else self.sam_embeddings(batch.sam_pixels[:1])
+            return [SegmentResult(np.zeros((0, *size), dtype=bool), np.zeros(0, dtype=np.float32), g.text,
+                                  np.zeros((0, *size), dtype=np.float32))
+                    for g, size in zip(generations, batch.image_sizes)]
+        owners = torch.cat([torch.full((n,), row) for row, n in enumerate(counts)]).to(self.device)
+        if sam is None:
+            unique, inverse = unique_rows(batch.sam_pixels)
+            sam = self.sam_embeddings(unique)[inverse]  # B x C x g x g
+        embeddings = sam if len(sam) == 1 else sam[owners]
         prompts = self.obj_projection(torch.cat([g.obj_states for g in generations]))
-        low = decode_masks(self.sam, embedding, prompts)  # every query is on the same image
-        logits = upscale_masks(self.sam, low, batch.sam_sizes[0], batch.image_sizes[0]).float()
-        masks = logits > 0
-        probs = logits.sigmoid()
-        area = masks.flatten(1).sum(1)
-        scores = (probs * masks).flatten(1).sum(1) / area.clamp_min(1)  # 0 for an empty mask
-        masks, scores, logits = masks.cpu().numpy(), scores.cpu().numpy().astype(np.float32), logits.cpu().numpy()
-        results, first = [], 0
-        for generation, count in zip(generations, counts):
-            part = slice(first, first + count)
-            results.append(SegmentResult(masks[part], scores[part], generation.text, logits[part]))
-            first += count
+        low = decode_masks(self.sam, embeddings, prompts)
+        results = []
+        for row, generation in enumerate(generations):
+            logits = upscale_masks(self.sam, low[owners == row], batch.sam_sizes[row], batch.image_sizes[row]).float()
+            masks = logits > 0
+            area = masks.flatten(1).sum(1)
+            scores = (logits.sigmoid() * masks).flatten(1).sum(1) / area.clamp_min(1)  # 0 for an empty mask
+            results.append(SegmentResult(masks.cpu().numpy(), scores.cpu().numpy().astype(np.float32), generation.text,
+                                         logits.cpu().numpy()))
         return results
 
 
 @dataclass
 class _ImageFeatures:
-    """What ``set_image`` keeps: a key of the pixels, the pixels, vision features 1 x C_v x G x G and the SAM
-    image embedding 1 x C x g x g."""
+    """What ``set_image`` keeps: a key of the pixels, the pixels, vision features 1 x C_v x G x G, the SAM image
+    embedding 1 x C x g x g, and the KV cache of the prompt prefix every query on the image starts with."""
 
     key: str
     pixels: np.ndarray
     grid: torch.Tensor
     sam: torch.Tensor
+    prefix: PrefixCache | None = None
+
+    def keep_prefix(self, prefix: PrefixCache) -> None:
+        self.prefix = prefix
 
 
 def _pixel_key(pixels: np.ndarray) -> str:

@@ -20,6 +20,7 @@ from anyref.heads import ObjProjection, decode_masks, upscale_masks
 from anyref.losses import mask_bce, mask_dice
 from anyref.mask_tokens import GroupHead, MaskProjector, MaskSource, group_loss, pool_masks, position_map
 from anyref.outputs import AnyRefOutput, Generation
+from anyref.prefix import PrefixCache, split_prefix
 from anyref.prompts import IGNORE_INDEX, PromptBuilder
 from anyref.refocus import LastLayerAttentionTap, attention_rows, project_keys, refocus
 from anyref.tokens import SPECIAL_TOKENS, SpecialTokenIds
@@ -27,7 +28,21 @@ from encoders.imagebind_audio import ImageBindAudioEncoder
 from encoders.llava import patch_grid_size, project_vision, vision_patch_grid
 from encoders.timm_features import TIMM_PREFIX, timm_sources
 
-__all__ = ["AnyRefModel"]
+__all__ = ["AnyRefModel", "unique_rows"]
+
+
+def unique_rows(pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the distinct images of a B x ... batch, B indices into them): a batch of queries on one image encodes it
+    once."""
+    keys, first, inverse = {}, [], []
+    for row in range(len(pixels)):
+        key = pixels[row].detach().cpu().numpy().tobytes()
+        if key not in keys:
+            keys[key] = len(first)
+            first.append(row)
+        inverse.append(keys[key])
+    index = torch.tensor(inverse, device=pixels.device)
+    return pixels[first], index
 
 
 class AnyRefModel(nn.Module):
@@ -133,9 +148,11 @@ class AnyRefModel(nn.Module):
             elif name == "position":
                 pooled[name] = pool_masks(self.mask_positions.to(grids.dtype), weights, owners)
             elif name == "sam":
-                if sam_embeddings is None:
+                if sam_embeddings is None and len(owners):
                     raise ValueError("mask tokens pool SAM's embedding: pass sam_embeddings")
-                pooled[name] = pool_masks(sam_embeddings.to(grids.dtype), weights, owners)
+                pooled[name] = (weights.new_zeros((0, self.mask_sources[name].channels), dtype=grids.dtype)
+                                if sam_embeddings is None else pool_masks(sam_embeddings.to(grids.dtype), weights,
+                                                                          owners))
             else:
                 pooled[name] = self._pool_timm(name, batch, weights, owners, grids.dtype)
         return self.mask_projector(pooled)
@@ -197,11 +214,12 @@ class AnyRefModel(nn.Module):
         """
         ids = batch.input_ids
         if sam_embeddings is None and "sam" in self.mask_sources and len(batch.mask_owners):
-            sam_embeddings = self.sam_embeddings(batch.sam_pixels.to(self.dtype))
+            unique, inverse = unique_rows(batch.sam_pixels.to(self.dtype))
+            sam_embeddings = self.sam_embeddings(unique)[inverse]
         if grids is None:
-            # query and example images in one vision pass (which also never runs the tower on zero images)
-            pixels = torch.cat([batch.clip_pixels, batch.examples]).to(self.dtype)
-            all_grids = vision_patch_grid(self.llava, pixels)
+            # query and example images in one vision pass, each distinct image once (never the tower on zero)
+            unique, inverse = unique_rows(torch.cat([batch.clip_pixels, batch.examples]).to(self.dtype))
+            all_grids = vision_patch_grid(self.llava, unique)[inverse]
             grids, example_grids = all_grids[:len(ids)], all_grids[len(ids):]
         elif len(batch.examples):
             example_grids = vision_patch_grid(self.llava, batch.examples.to(self.dtype))
@@ -323,25 +341,42 @@ class AnyRefModel(nn.Module):
 
     @torch.no_grad()
     def generate(self, batch: Batch, max_new_tokens: int | None = None, grids: torch.Tensor | None = None,
-                 refocus: bool = True, stop_at_eos: bool = True,
-                 sam_embeddings: torch.Tensor | None = None) -> list[Generation]:
+                 refocus: bool = True, stop_at_eos: bool = True, sam_embeddings: torch.Tensor | None = None,
+                 prefix: PrefixCache | None = None, keep_prefix=None, share_prefix: bool = True
+                 ) -> list[Generation]:
         """Greedy decoding with a KV cache for a left-padded batch; refocused ``<obj>`` states on the fly.
 
         grids: B x C_v x G x G precomputed vision features (``set_image``); sam_embeddings: B x C x g x g
-        precomputed SAM embeddings (used by mask tokens when SAM is one of their sources). refocus=False takes the raw ``<obj>``
-        states (for measuring what refocusing costs); stop_at_eos=False always generates ``max_new_tokens``
-        (fixed-length answers for benchmarks).
+        precomputed SAM embeddings (used by mask tokens when SAM is one of their sources). The tokens all rows
+        start with run once (anyref.prefix); ``prefix`` is a PrefixCache of them computed before (used when its
+        ids match), ``keep_prefix`` is called with a newly computed one, share_prefix=False runs every row whole.
+        refocus=False takes the raw ``<obj>`` states (for measuring what refocusing costs); stop_at_eos=False
+        always generates ``max_new_tokens`` (fixed-length answers for benchmarks).
         """
         max_new_tokens = max_new_tokens or self.config.max_new_tokens
         lm = self.llava.model.language_model
         attention = batch.attention_mask.clone()
-        positions = (attention.cumsum(-1) - 1).clamp_min(0)
         embeds = self.input_embeddings(batch, grids, sam_embeddings)
-        cache = DynamicCache()
         batch_size, prompt_length = attention.shape
+        shared = 0
+        if share_prefix:
+            image_ids = (self.ids.image,) + (() if self.builder.image_wrap_ids is None else self.builder.image_wrap_ids)
+            shared, order = split_prefix(batch.input_ids, attention, embeds, image_ids)
+        cache = DynamicCache()
+        if shared:
+            embeds = embeds.gather(1, order[..., None].expand_as(embeds))
+            attention = attention.gather(1, order)
+            ids = tuple(batch.input_ids.gather(1, order)[0, :shared].tolist())
+            if prefix is None or prefix.ids != ids:
+                prefix = PrefixCache.run(lm, ids, embeds[:1, :shared])
+                if keep_prefix is not None:
+                    keep_prefix(prefix)
+            cache = prefix.expanded(batch_size)
+        positions = (attention.cumsum(-1) - 1).clamp_min(0)
         with LastLayerAttentionTap(self.language_model) as tap:
-            step_hidden = lm(inputs_embeds=embeds, attention_mask=attention, position_ids=positions,
-                             past_key_values=cache, use_cache=True).last_hidden_state[:, -1]
+            step_hidden = lm(inputs_embeds=embeds[:, shared:], attention_mask=attention,
+                             position_ids=positions[:, shared:], past_key_values=cache,
+                             use_cache=True).last_hidden_state[:, -1]
             answer_hidden: list[torch.Tensor] = []  # B x H per generated position (prompt_length + i)
             tokens = [[] for _ in range(batch_size)]
             states = [[] for _ in range(batch_size)]

@@ -12,7 +12,10 @@ Measured (SynthRef test scenes; medians over ``--repeats`` timed runs after a wa
 - 8 references on one image vs 1 (``segment_many`` vs ``segment``, nothing cached);
 - engine vs the reference approach for a 20-token answer: the reference approach re-encodes the image for every
   query, decodes without a KV cache, and runs eager attention returning every layer's attention maps (how the
-  public AnyRef code refocuses); ours caches the image, decodes with a KV cache and computes one attention row.
+  public AnyRef code refocuses); ours caches the image and its prompt prefix, decodes with a KV cache and computes
+  one attention row;
+- ``select`` latency with 50 / 100 / 200 candidates on one image (one LLM forward each; set_image first), and how
+  it grows: the ratio of the time per extra candidate between the two steps (1 = linear).
 Full-size figures (LLaMA-7B + CLIP-L/336 + SAM-H + ImageBind-H, random weights, bf16) need a GPU (``--full``);
 their parameter and memory budget is computed on every run (docs/performance.md).
 """
@@ -242,11 +245,43 @@ def run_bench(model_name: str, device: str = "cpu", repeats: int = 15, full: boo
                                             "approach time / engine time"},
         },
         "answer_tokens": ANSWER_TOKENS,
+        "select_scaling": _select_scaling(model, repeats, device),
         "full_size_budget": full_size_budget(),
     }
     if full:
         results["full_size"] = _full_size(device, repeats)
     return results
+
+
+def _select_scaling(model, repeats: int, device: torch.device) -> dict:
+    """``select`` on one SynthRef group scene with its candidates repeated to 50 / 100 / 200 masks."""
+    from anyref.synthref import SynthRef
+
+    sample = SynthRef().split("test", "group", 1)[0]
+    limit = model.llava.config.text_config.max_position_embeddings
+    counts = [c for c in (50, 100, 200) if 3 * c + model.grid ** 2 + 64 < limit]
+    model.set_image(sample.image)
+    lm = model.llava.model.language_model
+    forwards = []
+    handle = lm.register_forward_hook(lambda *_: forwards.append(1))
+    out: dict = {"candidates": counts, "latency": {}, "llm_forwards_per_call": {}}
+    try:
+        for count in counts:
+            candidates = np.resize(sample.candidates, (count, *sample.candidates.shape[1:]))
+            forwards.clear()
+            model.select(None, sample.references, candidates=candidates, allow_untrained=True)
+            out["llm_forwards_per_call"][str(count)] = len(forwards)
+            out["latency"][str(count)] = _summary(_times(
+                lambda c=candidates: model.select(None, sample.references, candidates=c, allow_untrained=True),
+                max(3, repeats // 3), device))
+    finally:
+        handle.remove()
+        model.set_image(None)
+    if len(counts) == 3:
+        t = [out["latency"][str(c)]["p50_ms"] for c in counts]
+        out["ms_per_candidate"] = [(t[1] - t[0]) / (counts[1] - counts[0]), (t[2] - t[1]) / (counts[2] - counts[1])]
+        out["growth"] = out["ms_per_candidate"][1] / out["ms_per_candidate"][0]
+    return out
 
 
 # --------------------------------------------------------------------------------------------- full size

@@ -26,4 +26,6 @@ def test_bench_writes_every_figure(tiny_model, tmp_path, capsys):
     assert set(results["throughput_one_image"]) == {"1", "8", "32"}
     assert set(results["ratios"]) == {"refocus_overhead", "eight_refs_vs_one", "engine_vs_reference"}
     assert all(v["value"] > -1 for v in results["ratios"].values()) and results["peak_memory_mb"] > 0
+    scaling = results["select_scaling"]  # the tiny test model's 512-token context fits 50 and 100 candidates
+    assert scaling["candidates"] == [50, 100] and set(scaling["llm_forwards_per_call"].values()) == {1}
     assert "engine_vs_reference" in capsys.readouterr().out

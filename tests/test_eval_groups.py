@@ -75,11 +75,32 @@ def test_run_groups_and_cli(tiny_model, root, tmp_path):
 
 
 def test_group_sources_feed_the_collator(tiny_model, root):
-    mixture = Mixture({"groups": {"ratio": 1.0, "instances": str(root / "refcoco" / "instances.json")},
-                       "expression_groups": {"ratio": 1.0, "data": str(root), "split": "val"}}, seed=0)
-    samples = [mixture.sample(i) for i in range(6)]
-    assert all(s.task == "select" for s in samples) and mixture.reference_kinds() == {"text", "mask"}
+    instances = str(root / "refcoco" / "instances.json")
+    mixture = Mixture({"groups": {"ratio": 1.0, "instances": instances},
+                       "expression_groups": {"ratio": 1.0, "data": str(root), "split": "val"},
+                       "image_referring": {"ratio": 0.5, "instances": instances}}, seed=0)
+    samples = [mixture.sample(i) for i in range(8)]
+    assert {s.task for s in samples} == {"select", "segment"}
+    assert mixture.reference_kinds() == {"text", "mask", "example"}
     batch = collate([prepare(s, tiny_model.builder) for s in samples], tiny_model.ids.pad)
-    assert int(batch.candidate_slots.sum()) == sum(len(s.candidates) for s in samples)
+    assert int(batch.candidate_slots.sum()) == sum(len(s.candidates) for s in samples if s.task == "select")
     output = tiny_model(batch)
-    assert float(output.terms["group"]) > 0 and output.n_masks == 0
+    assert float(output.terms["group"]) > 0 and output.n_masks == sum(s.task == "segment" for s in samples)
+
+
+def test_image_referring_points_from_one_image_at_another(root):
+    from eval.datasets import ImageReferringReader
+
+    reader = ImageReferringReader(root / "refcoco" / "instances.json", items=6, masked=1.0)
+    assert reader.categories == [1]  # person is in both images; the dog's second annotation is a crowd
+    for sample in reader:
+        meta = sample.meta
+        assert meta["category"] == "person" and meta["query_image_id"] != meta["example_image_id"]
+        (example,) = sample.references
+        assert example.mask is not None and example.mask.shape == example.image.shape[:2]
+        assert sample.answer[0] == "person" and sample.masks.shape == (1, *sample.image.shape[:2])
+        assert sample.masks[0].any()
+    whole = ImageReferringReader(root / "refcoco" / "instances.json", items=3, masked=0.0)
+    assert all(s.references[0].mask is None for s in whole)
+    with pytest.raises(ValueError, match="probability"):
+        ImageReferringReader(root / "refcoco" / "instances.json", masked=2.0)

@@ -144,6 +144,7 @@ def test_timm_encoder_as_a_further_mask_source(tmp_path):
     assert list(model.mask_sources) == ["vision", "position", "sam", "timm:test_vit"]
     assert model.mask_projector.mlp[0].in_features == sum(s.channels for s in model.mask_sources.values())
     result = model.select(scene(5), "all squares", candidates=_candidates())
+    assert model.segment(scene(5), "the red circle").text is not None  # no mask token: SAM's embedding not needed
     again = type(model).from_pretrained(model.save_pretrained(tmp_path / "m")).select(
         scene(5), "all squares", candidates=_candidates())
     np.testing.assert_allclose(result.candidate_scores, again.candidate_scores, atol=1e-6)

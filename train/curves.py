@@ -1,4 +1,5 @@
-"""Learning curves from training logs: the loss terms of one or more runs' log.jsonl against step, as one PNG.
+"""Learning curves from training logs: the loss terms of one or more runs' log.jsonl against step and, where the run
+wrote one beside it, each validated task's primary metric from val.jsonl, as one PNG.
 
     python -m train.curves runs/synthref-tiny/log.jsonl --out docs/figures/synthref-tiny-curves.png
     python -m train.curves runs/lambda-0/log.jsonl runs/lambda-0.1/log.jsonl --labels "λ 0" "λ 0.1" --out ablation.png
@@ -10,9 +11,10 @@ import json
 import sys
 from pathlib import Path
 
-__all__ = ["read_log", "plot_curves", "main"]
+__all__ = ["read_log", "read_validation", "plot_curves", "main"]
 
-TERMS = ("loss", "ce", "bce", "dice")
+TERMS = ("loss", "ce", "bce", "dice", "group")
+COLUMNS = 5
 
 
 def read_log(path: str | Path) -> list[dict]:
@@ -36,6 +38,13 @@ def read_log(path: str | Path) -> list[dict]:
     return entries
 
 
+def read_validation(path: Path) -> list[dict]:
+    """The entries of a run's val.jsonl (train/validation.py), or [] when the run validated nothing."""
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def plot_curves(logs: list[str | Path], out: str | Path, labels: list[str] | None = None,
                 title: str = "") -> Path:
     """One panel per loss term, one line per log; writes ``out`` (PNG) atomically and returns its path."""
@@ -48,15 +57,29 @@ def plot_curves(logs: list[str | Path], out: str | Path, labels: list[str] | Non
     if len(labels) != len(logs):
         raise ValueError(f"{len(labels)} labels for {len(logs)} logs")
     runs = [read_log(p) for p in logs]
-    figure, axes = plt.subplots(1, len(TERMS), figsize=(4 * len(TERMS), 3.4))
-    for axis, term in zip(axes, TERMS):
+    vals = [read_validation(Path(p).with_name("val.jsonl")) for p in logs]
+    tasks = list(dict.fromkeys(task for entries in vals for e in entries for task in e["primary"]))
+    rows = 1 + -(-len(tasks) // COLUMNS)
+    figure, axes = plt.subplots(rows, COLUMNS, figsize=(3.6 * COLUMNS, 3.0 * rows), squeeze=False)
+    for axis, term in zip(axes[0], TERMS):
         for label, entries in zip(labels, runs):
-            axis.plot([e["step"] for e in entries], [e[term] for e in entries], label=label, linewidth=1.2)
-        axis.set_title(term)
-        axis.set_xlabel("optimiser step")
+            points = [(e["step"], e[term]) for e in entries if e.get(term, 0) > 0]  # stages without the term
+            axis.plot([p[0] for p in points], [p[1] for p in points], label=label, linewidth=1.2)
+        axis.set_title(f"train {term}")
         axis.set_yscale("log")
+    for axis, task in zip(axes[1:].flat, tasks):
+        for label, entries in zip(labels, vals):
+            points = [(e["step"], e["metrics"][task][e["primary"][task]]) for e in entries if task in e["primary"]]
+            axis.plot([p[0] for p in points], [p[1] for p in points], marker=".", label=label, linewidth=1.2)
+        names = {e["primary"][task] for entries in vals for e in entries if task in e["primary"]}
+        axis.set_title(f"val {task} {'/'.join(sorted(names))}")
+        axis.set_ylim(0, 1)
+    for axis in axes.flat:
+        axis.set_xlabel("optimiser step")
         axis.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+    for axis in list(axes[1:].flat)[len(tasks):]:
+        axis.set_visible(False)
+    axes[0][0].legend(fontsize=8)
     if title:
         figure.suptitle(title)
     figure.tight_layout()

@@ -11,6 +11,7 @@ Sources (config ``mixture``: name -> {"ratio": r, ...options}):
 - gres: gRefCOCO, multi-target and no-target expressions (data, split_by, images);
 - avs: AVSBench S4 / MS3 frames with their video's sound (data, subset);
 - semseg: ADE20K-layout semantic segmentation, one category per sample (data, classes);
+- image_referring: an example of a category from another image -> all its objects (instances, images, masked);
 - groups: mask groups drawn by rule from a COCO-format instances.json (instances, images, rules, margin);
 - expression_groups: (G)RES expressions as groups over the image's instances (data, dataset, split_by, images).
 The public datasets are read by the evaluation readers (``eval.datasets``), from their released layouts
@@ -141,6 +142,21 @@ class SemSegSource(_ReaderSource):
         return self.reader.sample(self._item(index), np.random.default_rng([self.seed, index, 9]))
 
 
+class ImageReferringSource(_ReaderSource):
+    """AnyRef's image-level referring from COCO instances (eval.datasets.image_referring)."""
+
+    kinds = {"example"}
+
+    def _reader(self, options):
+        from eval.datasets import ImageReferringReader
+
+        return ImageReferringReader(_need(options, "instances", "image_referring"), options.get("images"),
+                                    seed=self.seed, masked=float(options.get("masked", 0.5)))
+
+    def sample(self, index: int, options: dict) -> ReferringSample:
+        return self.reader[index]  # the reader draws by index itself
+
+
 class GroupSource(_ReaderSource):
     """RAS-style groups from COCO instances by category and by absolute / relative position (eval.datasets.groups)."""
 
@@ -175,7 +191,8 @@ class ExpressionGroupSource(_ReaderSource):
 
 # source name -> class taking (options, seed) with sample(index, stage_options) and reference_kinds()
 SOURCES = {"synthref": SynthRefSource, "res": ResSource, "reg": RegSource, "gres": GresSource, "avs": AvsSource,
-           "semseg": SemSegSource, "groups": GroupSource, "expression_groups": ExpressionGroupSource}
+           "semseg": SemSegSource, "image_referring": ImageReferringSource, "groups": GroupSource,
+           "expression_groups": ExpressionGroupSource}
 
 
 class Mixture:

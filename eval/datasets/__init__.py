@@ -3,6 +3,7 @@
 - :mod:`eval.datasets.refer`: RefCOCO / RefCOCO+ / RefCOCOg / RefClef (``ResReader``; ``RegReader`` for captions);
 - :mod:`eval.datasets.grefcoco`: gRefCOCO, with no-target expressions (``GrefReader``);
 - :mod:`eval.datasets.groups`: mask groups over COCO instances (``ExpressionGroupReader``, ``CocoGroupReader``);
+- :mod:`eval.datasets.image_referring`: example-image referring over COCO instances (``ImageReferringReader``);
 - :mod:`eval.datasets.avsbench`: AVSBench S4 and MS3, one item per video (``AvsReader``);
 - :mod:`eval.datasets.fewshot`: PASCAL-5i and COCO-20i episodes, HSNet's protocol (``FewShotReader``);
 - :mod:`eval.datasets.synthref`: SynthRef's fixed splits (``SynthRefReader``).
@@ -13,8 +14,9 @@ from eval.datasets.avsbench import AVS_SUBSETS, AvsReader
 from eval.datasets.fewshot import FEWSHOT_BENCHMARKS, FewShotReader, fold_classes
 from eval.datasets.grefcoco import GrefReader
 from eval.datasets.groups import CocoGroupReader, ExpressionGroupReader
+from eval.datasets.image_referring import ImageReferringReader
 from eval.datasets.refer import DEFAULT_SPLIT_BY, REFER_DATASETS, RegReader, ResReader
 from eval.datasets.synthref import SynthRefReader
 
-__all__ = ["AVS_SUBSETS", "AvsReader", "CocoGroupReader", "ExpressionGroupReader", "FEWSHOT_BENCHMARKS", "FewShotReader", "fold_classes", "GrefReader",
+__all__ = ["AVS_SUBSETS", "AvsReader", "CocoGroupReader", "ExpressionGroupReader", "ImageReferringReader", "FEWSHOT_BENCHMARKS", "FewShotReader", "fold_classes", "GrefReader",
            "DEFAULT_SPLIT_BY", "REFER_DATASETS", "RegReader", "ResReader", "SynthRefReader"]

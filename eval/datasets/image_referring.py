@@ -1,0 +1,78 @@
+"""Image referring from COCO-format instance annotations (AnyRef's "image-level referring" training data): an
+example of a category from one image points at every object of that category in another.
+
+    reader = ImageReferringReader("coco/annotations/instances_train2014.json", images="coco/train2014")
+    sample = reader[i]   # references [ExampleImage(other image, mask=one instance)], answer ["dog", " ", OBJ, "."]
+
+Item ``i`` is drawn deterministically from (seed, i): a query image and one of its categories, then another image
+holding that category and one of its instances as the example; with probability ``masked`` the example carries
+the instance's mask (the model crops to it and blacks out the background, as AnyRef's supplementary does),
+otherwise the whole example image is given. The target is the union of the category's non-crowd instances in the
+query image.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator, Optional
+
+import numpy as np
+
+from anyref.references import ExampleImage
+from anyref.samples import OBJ, ReferringSample
+from eval.datasets._common import require_file
+from eval.datasets.refer import COCO_IMAGE_DIRS, ReferIndex, find_image_dir
+
+__all__ = ["ImageReferringReader"]
+
+
+class ImageReferringReader:
+    """Example-image referring samples over an instances.json (``items`` draws). meta: query_image_id,
+    example_image_id, example_ann_id, category, target_ann_ids, masked."""
+
+    def __init__(self, instances: str | Path, images: Optional[str | Path] = None, items: int = 100_000,
+                 seed: int = 0, masked: float = 0.5) -> None:
+        path = require_file(instances, "COCO instances file", "pass the path of a COCO-format instances.json")
+        if not 0.0 <= masked <= 1.0:
+            raise ValueError(f"masked must be a probability in [0, 1], got {masked}")
+        self.index = ReferIndex(path, [path.parent, path.parent.parent], images, COCO_IMAGE_DIRS, None)
+        self.by_category: dict[int, dict[int, list[int]]] = {}  # category -> image -> its non-crowd annotations
+        for ann_id, ann in self.index.annotations.items():
+            if not ann.get("iscrowd", 0):
+                self.by_category.setdefault(ann["category_id"], {}).setdefault(ann["image_id"], []).append(ann_id)
+        # a category can be referred to only when two different images show it
+        self.categories = sorted(c for c, images in self.by_category.items() if len(images) >= 2)
+        if not self.categories:
+            raise ValueError(f"{path} has no category with instances in two images; image referring needs both")
+        some_image = next(iter(self.by_category[self.categories[0]]))
+        self.index.image_dir = find_image_dir([path.parent, path.parent.parent], images, COCO_IMAGE_DIRS,
+                                              self.index.image_info(some_image)["file_name"])
+        self.items, self.seed, self.masked = items, seed, masked
+        self.dataset, self.split = "coco-image-referring", "train"
+
+    def __len__(self) -> int:
+        return self.items
+
+    def __iter__(self) -> Iterator[ReferringSample]:
+        return (self[i] for i in range(len(self)))
+
+    def __getitem__(self, item: int) -> ReferringSample:
+        rng = np.random.default_rng([self.seed, item, 13])
+        category = self.categories[int(rng.integers(len(self.categories)))]
+        images = sorted(self.by_category[category])
+        query, example = (images[int(i)] for i in rng.choice(len(images), size=2, replace=False))
+        example_ann = self.by_category[category][example][int(rng.integers(len(self.by_category[category][example])))]
+        masked = bool(rng.random() < self.masked)
+        example_pixels = self.index.image(example).copy()  # the index caches one image: copy before the next
+        mask = self.index.mask(example_ann)
+        if not mask.any():
+            masked = False
+        targets = self.by_category[category][query]
+        target = np.zeros_like(self.index.mask(targets[0]))
+        for ann_id in targets:
+            target |= self.index.mask(ann_id)
+        name = self.index.categories.get(category, str(category))
+        return ReferringSample(
+            image=self.index.image(query), references=[ExampleImage(example_pixels, mask=mask if masked else None)],
+            answer=[name, " ", OBJ, "."], masks=target[None], source=self.dataset,
+            meta={"query_image_id": query, "example_image_id": example, "example_ann_id": example_ann,
+                  "category": name, "target_ann_ids": list(targets), "masked": masked})
