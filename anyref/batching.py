@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from anyref.candidates import check_candidates
 from anyref.config import AnyRefConfig
 from anyref.images import VisionTransform, load_image, load_mask, vision_input
 from anyref.mask_tokens import pooling_weights
@@ -157,10 +158,7 @@ def _reference_tensor(ref, image_size: tuple[int, int], transform, config: AnyRe
 
 def _candidate_weights(candidates: np.ndarray, frames: dict) -> dict[str, torch.Tensor]:
     """{source: N x g x g} pooling weights of N x H x W bool candidate masks; refuses empty ones."""
-    empty = [i for i, m in enumerate(candidates) if not m.any()]
-    if empty:
-        raise ValueError(f"candidate masks {empty[:10]} are empty (no pixel set); drop them or pass real masks")
-    per_mask = [pooling_weights(m, frames) for m in candidates]
+    per_mask = [pooling_weights(m, frames) for m in check_candidates(candidates, *candidates.shape[1:])]
     return {name: torch.stack([w[name] for w in per_mask]) for name in frames}
 
 

@@ -47,17 +47,19 @@ def _outline(mask: np.ndarray) -> np.ndarray:
 
 
 def render_overlay(image: np.ndarray, text: str, pred: Optional[np.ndarray] = None,
-                   gt: Optional[np.ndarray] = None, boxes: Sequence[Box] = ()) -> Image.Image:
-    """image: H x W x 3 uint8; pred, gt: H x W bool or None. Returns the picture with a text band on top."""
+                   gt: Optional[np.ndarray] = None, boxes: Sequence[Box] = (),
+                   reference_masks: Sequence[np.ndarray] = ()) -> Image.Image:
+    """image: H x W x 3 uint8; pred, gt: H x W bool or None; boxes and reference masks (H x W bool, outlined in
+    the box colour) of the prompt. Returns the picture with a text band on top."""
     canvas = image.astype(np.float32)
     if pred is not None and pred.any():
         canvas[pred] = 0.5 * canvas[pred] + 0.5 * _PRED
-    picture = Image.fromarray(canvas.round().clip(0, 255).astype(np.uint8))
+    pixels = canvas.round().clip(0, 255).astype(np.uint8)
     if gt is not None and gt.any():
-        outline = _outline(gt)
-        pixels = np.asarray(picture).copy()
-        pixels[outline] = _GT
-        picture = Image.fromarray(pixels)
+        pixels[_outline(gt)] = _GT
+    for mask in reference_masks:
+        pixels[_outline(np.asarray(mask, dtype=bool))] = _BOX
+    picture = Image.fromarray(pixels)
     draw = ImageDraw.Draw(picture)
     for box in boxes:
         draw.rectangle(box.as_tuple(), outline=_BOX, width=2)
@@ -81,9 +83,10 @@ class OverlayWriter:
         self.written = 0
 
     def save(self, index: int, name: str, image: np.ndarray, text: str, pred: Optional[np.ndarray] = None,
-             gt: Optional[np.ndarray] = None, boxes: Sequence[Box] = ()) -> Path:
+             gt: Optional[np.ndarray] = None, boxes: Sequence[Box] = (),
+             reference_masks: Sequence[np.ndarray] = ()) -> Path:
         safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name))[:60].strip("_") or "sample"
         path = self.directory / f"{index:05d}_{safe}.png"
-        render_overlay(image, text, pred, gt, boxes).save(path)
+        render_overlay(image, text, pred, gt, boxes, reference_masks).save(path)
         self.written += 1
         return path

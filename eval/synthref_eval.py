@@ -30,6 +30,7 @@ from typing import Optional, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
+from anyref.references import Box, MaskRef
 from anyref.synthref import SYNTHREF_TASKS, SynthRefConfig
 from eval.datasets.synthref import SynthRefReader
 from eval.metrics import AvsAccumulator, GresAccumulator, RefSegAccumulator
@@ -113,7 +114,8 @@ def _score_task(model, task: str, reader: SynthRefReader, writer: Optional[Overl
         if writer:
             text = f"{task}: {describe_references(sample.references)} -> {answer}"
             writer.save(index, f"{task}_{index}", sample.image, text, pred, gt,
-                        boxes=[r for r in sample.references if hasattr(r, "as_tuple")])
+                        boxes=[r for r in sample.references if isinstance(r, Box)],
+                        reference_masks=[r.mask for r in sample.references if isinstance(r, MaskRef)])
     n = counts["samples"]
     if task in _SEGMENT_TASKS:
         metrics = refseg.result()

@@ -57,3 +57,21 @@ def test_reference_placeholders_are_expanded_with_their_counts(tiny_model):
     assert int((prepared.input_ids == ids.ref_feature).sum()) == tiny_model.config.region_tokens == 16
     assert int((prepared.input_ids == ids.img_ref_start).sum()) == 1
     assert prepared.references[0][0] == "box"
+
+
+def test_tiny_tokenizer_keeps_every_synthref_word_whole():
+    """A word tokenised differently by context ("Ġs ma ll" vs "small") is what kept tiny models from copying
+    expressions and naming colours: every SynthRef word is one token, alone and after a space."""
+    from anyref.builders import template_corpus
+    from anyref.synthref import SynthRef
+    from anyref.synthref.vocabulary import words_of
+    from anyref.tokens import build_tiny_tokenizer, encode_text
+
+    words = SynthRef().vocabulary()
+    tokenizer = build_tiny_tokenizer(template_corpus() + words)
+    for word in words + words_of(" ".join(template_corpus())):
+        for text in (word, " " + word):
+            assert len(encode_text(tokenizer, text)) == 1, (text, tokenizer.tokenize(text))
+    question = encode_text(tokenizer, "Can you segment the small red circle in this image?")
+    answer = encode_text(tokenizer, " the small red circle")
+    assert answer == question[3:7]  # the expression's tokens are the same in the question and the answer

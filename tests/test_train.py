@@ -78,6 +78,17 @@ def test_killed_run_resumes_exactly(tmp_path):
         assert torch.equal(straight[key], again[key]), key
     model = AnyRef.from_pretrained(killed / "model")
     assert model.segment(np.zeros((64, 64, 3), np.uint8), "the red circle").masks.shape[1:] == (64, 64)
+
+    # the warm-up stage's end is kept beside the two latest; a run branched from it ends where the straight one did
+    warm_end = tmp_path / "straight" / "checkpoints" / "step-000002"
+    assert warm_end.is_dir() and (tmp_path / "straight" / "checkpoints" / "step-000016").is_dir()
+    branched = tmp_path / "branched"
+    result = subprocess.run(_command(config, branched, "--branch-from", str(warm_end)), cwd=ROOT, env=_env(),
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0 and "resumed from" in result.stdout, result.stderr[-3000:]
+    again = _weights(branched)
+    for key in straight:
+        assert torch.equal(straight[key], again[key]), key
     entries = [json.loads(line) for line in (killed / "log.jsonl").read_text().splitlines()]
     assert entries[-1]["step"] == 2 + 14 and '"lr"' in (killed / "log.jsonl").read_text()
     assert {e["stage"] for e in entries} == {"warm-up", "all"}

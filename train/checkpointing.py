@@ -1,6 +1,7 @@
 """Training checkpoints: DeepSpeed's engine state plus each rank's RNG, published atomically.
 
 Layout: OUT/checkpoints/step-000500/ (DeepSpeed files + rng_rank{r}.pt) and OUT/checkpoints/latest (the tag).
+The two latest are kept, and every ``keep_tags`` one (the trainer's stage ends, which later runs can branch from).
 A checkpoint is written into a staging directory and renamed into place only when every rank has finished, so a
 run killed mid-save leaves the previous checkpoint as ``latest``.
 """
@@ -15,7 +16,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-__all__ = ["save_checkpoint", "load_latest", "latest_tag"]
+__all__ = ["save_checkpoint", "load_latest", "latest_tag", "checkpoint_tag"]
 
 
 def _rank() -> int:
@@ -32,9 +33,14 @@ def latest_tag(root: Path) -> str | None:
     return marker.read_text().strip() if marker.is_file() else None
 
 
-def save_checkpoint(engine, root: Path, step: int, keep: int = 2) -> str:
-    """Save the engine and RNG states as tag ``step-{step:06d}``; returns the tag."""
-    tag = f"step-{step:06d}"
+def checkpoint_tag(step: int) -> str:
+    return f"step-{step:06d}"
+
+
+def save_checkpoint(engine, root: Path, step: int, keep: int = 2, keep_tags: frozenset[str] = frozenset()) -> str:
+    """Save the engine and RNG states as tag ``step-{step:06d}``; returns the tag. Older checkpoints beyond the
+    ``keep`` latest are deleted, except those named in ``keep_tags``."""
+    tag = checkpoint_tag(step)
     staging = root / f".staging-{tag}"
     if _rank() == 0:
         shutil.rmtree(staging, ignore_errors=True)
@@ -51,7 +57,8 @@ def save_checkpoint(engine, root: Path, step: int, keep: int = 2) -> str:
         marker.write_text(tag)
         os.replace(marker, root / "latest")
         for old in sorted(p for p in root.glob("step-*") if p.is_dir())[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+            if old.name not in keep_tags:
+                shutil.rmtree(old, ignore_errors=True)
     _barrier()
     return tag
 

@@ -23,7 +23,7 @@ import torch.distributed as dist
 
 from anyref.batching import collate, prepare
 from anyref.lora import enable_lora, merge_lora
-from train.checkpointing import latest_tag, load_latest, save_checkpoint
+from train.checkpointing import checkpoint_tag, latest_tag, load_latest, save_checkpoint
 from train.config import PRESETS_DIR, TrainConfig, load_config
 from train.data import Mixture
 from train.model_factory import build_model
@@ -125,6 +125,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="run folder: checkpoints, log.jsonl, model/")
     parser.add_argument("--steps", type=int, help="stop after this many optimiser steps (the schedule is unchanged)")
     parser.add_argument("--refocus-lambda", type=float, help="override the refocusing lambda (ablations)")
+    parser.add_argument("--branch-from", metavar="CHECKPOINT",
+                        help="start from another run's checkpoint folder (e.g. its warm-up stage's end, "
+                             "OTHER/checkpoints/step-002000) instead of from scratch; the config must match its model")
     parser.add_argument("--seed", type=int, help="override the config's seed")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -169,15 +172,21 @@ def run(args: argparse.Namespace) -> int:
         lr_scheduler=lambda optimizer: torch.optim.lr_scheduler.LambdaLR(
             optimizer, lr_multipliers(config, group_names)),
     )
+    if args.branch_from and latest_tag(checkpoints) is None:
+        branch(Path(args.branch_from), checkpoints, rank)
     step = load_latest(engine, checkpoints)
     if rank == 0 and step:
         print(f"resumed from {checkpoints / latest_tag(checkpoints)} at step {step}", flush=True)
+    if config.refocus_lambda is not None:  # again: a loaded checkpoint brings the lambda it was saved with
+        model.refocus_lambda.data.fill_(config.refocus_lambda)
 
     mixture = Mixture(config.mixture, config.seed)
     builder = model.builder
     last_step = min(config.total_steps, args.steps or config.total_steps)
     dtype = next(p for p in engine.module.parameters() if p.is_floating_point()).dtype
     grids = (model.grid, model.config.sam.embedding_size)
+    ends = [sum(s.steps for s in config.stages[:i + 1]) for i in range(len(config.stages))]
+    stage_ends = frozenset(checkpoint_tag(e) for e in ends[:-1])  # kept: later runs can branch from them
     log = open(out / "log.jsonl", "a") if rank == 0 else None
     bar = tqdm(total=last_step, initial=step, disable=rank != 0 or args.no_progress, desc="train", unit="step")
     window: dict[str, float] = {}
@@ -210,8 +219,8 @@ def run(args: argparse.Namespace) -> int:
                 log.flush()
                 bar.set_postfix(loss=f"{entry['loss']:.3f}", ce=f"{entry['ce']:.3f}", bce=f"{entry['bce']:.3f}")
                 window = {}
-            if step % config.checkpoint_every == 0 or step == last_step:
-                save_checkpoint(engine, checkpoints, step)
+            if step % config.checkpoint_every == 0 or step == last_step or step in ends:
+                save_checkpoint(engine, checkpoints, step, keep_tags=stage_ends)
             if config.eval_every and (step % config.eval_every == 0 or step == last_step):
                 validate(model, config, step, out / "val.jsonl", rank)
     except TrainingDiverged as error:
@@ -225,6 +234,21 @@ def run(args: argparse.Namespace) -> int:
         export(model, out / "model", trained_kinds=mixture.reference_kinds())
         print(f"wrote {out / 'model'} (load it with AnyRef.from_pretrained)", flush=True)
     return 0
+
+
+def branch(source: Path, checkpoints: Path, rank: int) -> None:
+    """Copy another run's checkpoint folder into this run's checkpoints as its latest (rank 0; the others wait)."""
+    import shutil
+
+    if not (source / f"rng_rank{rank}.pt").is_file():
+        raise FileNotFoundError(f"--branch-from {source} is not a trainer checkpoint folder with rng_rank{rank}.pt "
+                                "(one of OTHER/checkpoints/step-*)")
+    if rank == 0:
+        shutil.copytree(source, checkpoints / source.name)
+        (checkpoints / ".latest.tmp").write_text(source.name)
+        os.replace(checkpoints / ".latest.tmp", checkpoints / "latest")
+    if dist.is_initialized():
+        dist.barrier()
 
 
 def _check_finite(output, step: int, checkpoints: Path) -> None:
