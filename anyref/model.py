@@ -7,18 +7,21 @@ the answer repeats; a classifier on those answer positions picks the group in on
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from segment_anything.modeling import Sam
 from torch import nn
 from torchvision.ops import roi_align
-from transformers import DynamicCache, LlavaForConditionalGeneration, PreTrainedTokenizerBase
+from transformers import LlavaForConditionalGeneration, PreTrainedTokenizerBase
 
 from anyref.batching import Batch
 from anyref.config import AnyRefConfig
 from anyref.heads import ObjProjection, decode_masks, upscale_masks
 from anyref.losses import mask_bce, mask_dice
 from anyref.mask_tokens import GroupHead, MaskProjector, MaskSource, group_loss, pool_masks, position_map
+from anyref.kv_cache import preallocated_cache
 from anyref.outputs import AnyRefOutput, Generation
 from anyref.prefix import PrefixCache, split_prefix
 from anyref.prompts import IGNORE_INDEX, PromptBuilder
@@ -43,6 +46,20 @@ def unique_rows(pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         inverse.append(keys[key])
     index = torch.tensor(inverse, device=pixels.device)
     return pixels[first], index
+
+
+@dataclass
+class _Emission:
+    """The ``<obj>`` tokens one decoding step emitted: their batch rows (N), raw last-layer states (N x H), the
+    last layer's normed input and rotary embeddings at that step (N x H, N x D, N x D), and how many key positions
+    the cache held then (``reach``)."""
+
+    rows: torch.Tensor
+    states: torch.Tensor
+    query: torch.Tensor
+    cos: torch.Tensor
+    sin: torch.Tensor
+    reach: int
 
 
 class AnyRefModel(nn.Module):
@@ -362,7 +379,8 @@ class AnyRefModel(nn.Module):
         if share_prefix:
             image_ids = (self.ids.image,) + (() if self.builder.image_wrap_ids is None else self.builder.image_wrap_ids)
             shared, order = split_prefix(batch.input_ids, attention, embeds, image_ids)
-        cache = DynamicCache()
+        capacity = prompt_length + max_new_tokens
+        cache = preallocated_cache(lm.config.num_hidden_layers, capacity)
         if shared:
             embeds = embeds.gather(1, order[..., None].expand_as(embeds))
             attention = attention.gather(1, order)
@@ -371,7 +389,7 @@ class AnyRefModel(nn.Module):
                 prefix = PrefixCache.run(lm, ids, embeds[:1, :shared])
                 if keep_prefix is not None:
                     keep_prefix(prefix)
-            cache = prefix.expanded(batch_size)
+            cache = prefix.expanded(batch_size, capacity)
         positions = (attention.cumsum(-1) - 1).clamp_min(0)
         with LastLayerAttentionTap(self.language_model) as tap:
             step_hidden = lm(inputs_embeds=embeds[:, shared:], attention_mask=attention,
@@ -379,19 +397,19 @@ class AnyRefModel(nn.Module):
                              use_cache=True).last_hidden_state[:, -1]
             answer_hidden: list[torch.Tensor] = []  # B x H per generated position (prompt_length + i)
             tokens = [[] for _ in range(batch_size)]
-            states = [[] for _ in range(batch_size)]
+            emitted: list[_Emission] = []
             done = torch.zeros(batch_size, dtype=torch.bool, device=attention.device)
             position = positions[:, -1]
             for _ in range(max_new_tokens):
                 next_ids = self.llava.lm_head(step_hidden).argmax(-1)
                 next_ids = torch.where(done, torch.full_like(next_ids, self.ids.pad), next_ids)
                 emitting = (next_ids == self.ids.obj) & ~done
-                if emitting.any() and refocus:
-                    self._collect_obj_states(tap, cache, attention, step_hidden, answer_hidden, emitting,
-                                             prompt_length, states)
-                elif emitting.any():
-                    for row in emitting.nonzero(as_tuple=True)[0].tolist():
-                        states[row].append(step_hidden[row])
+                if emitting.any():
+                    rows = emitting.nonzero(as_tuple=True)[0]
+                    # refocusing needs this step's query (the tap) and how far the cache reaches now; it runs
+                    # once for all <obj> of the answers after decoding, since no <obj> state feeds back
+                    emitted.append(_Emission(rows, step_hidden[rows], tap.hidden[rows, -1], tap.cos[rows, -1],
+                                             tap.sin[rows, -1], attention.shape[1]))
                 for row in range(batch_size):
                     if not done[row] and next_ids[row] != self.ids.eos:
                         tokens[row].append(int(next_ids[row]))
@@ -405,31 +423,42 @@ class AnyRefModel(nn.Module):
                                  attention_mask=attention, position_ids=position[:, None],
                                  past_key_values=cache, use_cache=True).last_hidden_state[:, -1]
                 answer_hidden.append(step_hidden)
+        states = [[] for _ in range(batch_size)]
+        if emitted:
+            final = (self._emitted_obj_states(emitted, cache, attention, answer_hidden, prompt_length) if refocus
+                     else torch.cat([e.states for e in emitted]))
+            for row, state in zip(torch.cat([e.rows for e in emitted]).tolist(), final):
+                states[row].append(state)
         hidden_size = step_hidden.shape[-1]
         return [Generation(tokens[row],
                            torch.stack(states[row]) if states[row] else step_hidden.new_zeros((0, hidden_size)),
                            self.decode_text(tokens[row]))
                 for row in range(batch_size)]
 
-    def _collect_obj_states(self, tap, cache, attention, step_hidden, answer_hidden, emitting, prompt_length,
-                            states) -> None:
-        """Refocus the state of each row that just emitted ``<obj>``; keys come from the KV cache."""
-        rows = emitting.nonzero(as_tuple=True)[0]
-        keys = cache.layers[-1].keys[rows]  # N x KVH x K x D, rotary already applied
+    def _emitted_obj_states(self, emitted: list[_Emission], cache, attention, answer_hidden,
+                            prompt_length: int) -> torch.Tensor:
+        """Refocused states of every emitted ``<obj>`` (E x H, in emission order), in one batched computation:
+        each one's attention row over the keys the cache held when it was emitted (rotary keys from the cache)."""
+        rows = torch.cat([e.rows for e in emitted])
+        keys = cache.layers[-1].keys[rows]  # E x KVH x K x D, K = every position of the finished decode
         total = keys.shape[2]
-        key_mask = attention[rows].bool()
-        weights = attention_rows(tap.attention, tap.hidden[rows, -1], tap.cos[rows, -1], tap.sin[rows, -1],
-                                 keys, key_mask)
-        # key positions prompt_length .. total-1 are the answer tokens generated so far (the last is this step's)
         span = torch.arange(total, device=keys.device)
-        answer_mask = (span >= prompt_length)[None, :].expand(len(rows), -1)
+        reach = torch.cat([torch.full_like(e.rows, e.reach) for e in emitted])[:, None]  # keys visible then
+        padded_attention = torch.zeros((len(rows), total), dtype=torch.bool, device=keys.device)
+        padded_attention[:, :attention.shape[1]] = attention[rows].bool()
+        key_mask = padded_attention & (span[None] < reach)
+        weights = attention_rows(self.language_model.layers[-1].self_attn, torch.cat([e.query for e in emitted]),
+                                 torch.cat([e.cos for e in emitted]), torch.cat([e.sin for e in emitted]), keys,
+                                 key_mask)
+        # key positions prompt_length .. reach-1 are the answer tokens generated before each <obj>
+        answer = weights[:, prompt_length:]
+        answer_mask = (span[None, prompt_length:] < reach).expand(len(rows), -1)
         history = torch.stack(answer_hidden, dim=1)[rows] if answer_hidden else None
-        padded = step_hidden.new_zeros((len(rows), total, step_hidden.shape[-1]))
-        if history is not None:
-            padded[:, prompt_length:prompt_length + history.shape[1]] = history
-        refocused = refocus(step_hidden[rows], padded, weights, answer_mask, self.refocus_lambda)
-        for index, row in enumerate(rows.tolist()):
-            states[row].append(refocused[index])
+        states = torch.cat([e.states for e in emitted])
+        if history is None:
+            return states
+        answer, answer_mask = answer[:, :history.shape[1]], answer_mask[:, :history.shape[1]]
+        return refocus(states, history, answer, answer_mask, self.refocus_lambda)
 
     def decode_text(self, token_ids: list[int]) -> str:
         """Answer text with ``<obj>`` marking each mask; other special tokens dropped."""

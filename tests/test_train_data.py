@@ -1,5 +1,7 @@
 """The training mixture over public datasets' own layouts (small fixtures of each), sampled by index: every source
 gives samples the collator takes, the draw is a pure function of (seed, index), and bad options say what to fix."""
+import json
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -8,6 +10,7 @@ from anyref.batching import collate, prepare
 from anyref.samples import OBJ
 from tests.test_eval_avsbench import write_s4
 from tests.test_eval_grefcoco import write_grefcoco
+from train.config import PRESETS_DIR, load_config
 from train.data import Mixture
 from train.semseg import read_class_names
 
@@ -70,3 +73,16 @@ def test_source_options_are_checked(tmp_path):
         Mixture({"res": {"ratio": 1}}, seed=0)
     with pytest.raises(FileNotFoundError):
         Mixture({"semseg": {"ratio": 1, "data": str(tmp_path / "missing")}}, seed=0)
+
+
+def test_every_preset_loads_and_the_ablation_matches_the_shipped_model():
+    """The ablation branches from synthref-tiny's warm-up end, so everything but its joint stage must agree with it
+    (a different model or prompt layout would silently change what the branch continues)."""
+    for path in PRESETS_DIR.glob("*.json"):
+        load_config(path.stem)
+    tiny = json.loads((PRESETS_DIR / "synthref-tiny.json").read_text())
+    ablation = json.loads((PRESETS_DIR / "synthref-ablation.json").read_text())
+    run_settings = {"description", "stages", "eval_n", "eval_every", "checkpoint_every"}
+    assert {k: v for k, v in tiny.items() if k not in run_settings} == \
+        {k: v for k, v in ablation.items() if k not in run_settings}
+    assert ablation["stages"][0] == tiny["stages"][0]

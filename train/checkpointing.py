@@ -7,6 +7,7 @@ run killed mid-save leaves the previous checkpoint as ``latest``.
 """
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-__all__ = ["save_checkpoint", "load_latest", "latest_tag", "checkpoint_tag"]
+__all__ = ["save_checkpoint", "load_latest", "latest_tag", "checkpoint_tag", "truncate_logs"]
 
 
 def _rank() -> int:
@@ -90,3 +91,25 @@ def _set_rng_state(state: dict) -> None:
     np.random.set_state((kind, state["numpy_keys"].numpy().astype(np.uint32), pos, has_gauss, gauss))
     version, internal, gauss_next = state["python"]
     random.setstate((version, tuple(internal), gauss_next))
+
+
+def truncate_logs(paths: list[Path], step: int) -> None:
+    """Drop the JSONL entries logged after ``step`` (a run killed after its last checkpoint logged steps that the
+    resumed run logs again, and maybe half a line), each file rewritten atomically; missing files are left alone."""
+    for path in paths:
+        if not path.is_file():
+            continue
+        lines = path.read_text().splitlines(keepends=True)
+        kept = [line for line in lines if _step_of(line) is not None and _step_of(line) <= step]
+        if len(kept) == len(lines):
+            continue
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text("".join(kept))
+        os.replace(tmp, path)
+
+
+def _step_of(line: str) -> int | None:
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):  # a line cut short by the kill, or not an entry
+        return None

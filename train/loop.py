@@ -23,7 +23,7 @@ import torch.distributed as dist
 
 from anyref.batching import collate, prepare
 from anyref.lora import enable_lora, merge_lora
-from train.checkpointing import checkpoint_tag, latest_tag, load_latest, save_checkpoint
+from train.checkpointing import checkpoint_tag, latest_tag, load_latest, save_checkpoint, truncate_logs
 from train.config import PRESETS_DIR, TrainConfig, load_config
 from train.data import Mixture
 from train.model_factory import build_model
@@ -187,6 +187,8 @@ def run(args: argparse.Namespace) -> int:
     grids = (model.grid, model.config.sam.embedding_size)
     ends = [sum(s.steps for s in config.stages[:i + 1]) for i in range(len(config.stages))]
     stage_ends = frozenset(checkpoint_tag(e) for e in ends[:-1])  # kept: later runs can branch from them
+    if rank == 0:
+        truncate_logs([out / "log.jsonl", out / "val.jsonl"], step)
     log = open(out / "log.jsonl", "a") if rank == 0 else None
     bar = tqdm(total=last_step, initial=step, disable=rank != 0 or args.no_progress, desc="train", unit="step")
     window: dict[str, float] = {}
