@@ -30,16 +30,19 @@ class PreallocatedLayer(DynamicLayer):
             self.is_initialized = True
         end = self.length + key_states.shape[-2]
         if end > self._keys.shape[-2]:  # longer than planned: grow (once per doubling, not once per token)
-            extra = max(end, 2 * self._keys.shape[-2]) - self._keys.shape[-2]
-            self._keys = torch.cat([self._keys, self._keys.new_empty((*self._keys.shape[:2], extra,
-                                                                      self._keys.shape[-1]))], dim=-2)
-            self._values = torch.cat([self._values, self._values.new_empty((*self._values.shape[:2], extra,
-                                                                            self._values.shape[-1]))], dim=-2)
+            size = max(end, 2 * self._keys.shape[-2])
+            self._keys, self._values = _grown(self._keys, size), _grown(self._values, size)
         self._keys[:, :, self.length:end] = key_states
         self._values[:, :, self.length:end] = value_states
         self.length = end
         self.keys, self.values = self._keys[:, :, :end], self._values[:, :, :end]
         return self.keys, self.values
+
+
+def _grown(buffer: torch.Tensor, size: int) -> torch.Tensor:
+    """``buffer`` (B x KVH x T x D) with room for ``size`` positions, its contents kept."""
+    spare = buffer.new_empty((*buffer.shape[:2], size - buffer.shape[2], buffer.shape[3]))
+    return torch.cat([buffer, spare], dim=2)
 
 
 def preallocated_cache(num_layers: int, capacity: int) -> Cache:

@@ -441,12 +441,9 @@ class AnyRefModel(nn.Module):
         each one's attention row over the keys the cache held when it was emitted (rotary keys from the cache)."""
         rows = torch.cat([e.rows for e in emitted])
         keys = cache.layers[-1].keys[rows]  # E x KVH x K x D, K = every position of the finished decode
-        total = keys.shape[2]
-        span = torch.arange(total, device=keys.device)
+        span = torch.arange(keys.shape[2], device=keys.device)
         reach = torch.cat([torch.full_like(e.rows, e.reach) for e in emitted])[:, None]  # keys visible then
-        padded_attention = torch.zeros((len(rows), total), dtype=torch.bool, device=keys.device)
-        padded_attention[:, :attention.shape[1]] = attention[rows].bool()
-        key_mask = padded_attention & (span[None] < reach)
+        key_mask = attention[rows].bool() & (span[None] < reach)  # attention: B x K, the final decode's
         weights = attention_rows(self.language_model.layers[-1].self_attn, torch.cat([e.query for e in emitted]),
                                  torch.cat([e.cos for e in emitted]), torch.cat([e.sin for e in emitted]), keys,
                                  key_mask)
@@ -455,9 +452,8 @@ class AnyRefModel(nn.Module):
         answer_mask = (span[None, prompt_length:] < reach).expand(len(rows), -1)
         history = torch.stack(answer_hidden, dim=1)[rows] if answer_hidden else None
         states = torch.cat([e.states for e in emitted])
-        if history is None:
+        if history is None:  # every <obj> came first in its answer: nothing to refocus on
             return states
-        answer, answer_mask = answer[:, :history.shape[1]], answer_mask[:, :history.shape[1]]
         return refocus(states, history, answer, answer_mask, self.refocus_lambda)
 
     def decode_text(self, token_ids: list[int]) -> str:

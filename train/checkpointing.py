@@ -100,7 +100,7 @@ def truncate_logs(paths: list[Path], step: int) -> None:
         if not path.is_file():
             continue
         lines = path.read_text().splitlines(keepends=True)
-        kept = [line for line in lines if _step_of(line) is not None and _step_of(line) <= step]
+        kept = [line for line, logged in zip(lines, map(_step_of, lines)) if logged is not None and logged <= step]
         if len(kept) == len(lines):
             continue
         tmp = path.with_name(f".{path.name}.tmp")

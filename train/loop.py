@@ -14,6 +14,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -240,8 +241,6 @@ def run(args: argparse.Namespace) -> int:
 
 def branch(source: Path, checkpoints: Path, rank: int) -> None:
     """Copy another run's checkpoint folder into this run's checkpoints as its latest (rank 0; the others wait)."""
-    import shutil
-
     if not (source / f"rng_rank{rank}.pt").is_file():
         raise FileNotFoundError(f"--branch-from {source} is not a trainer checkpoint folder with rng_rank{rank}.pt "
                                 "(one of OTHER/checkpoints/step-*)")
