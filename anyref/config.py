@@ -43,6 +43,10 @@ class AnyRefConfig:
     mask_position_grid, mask_position_channels: side and channels of the sinusoidal position map (RAS: 32 x 32).
     group_weight: weight of the group classifier's BCE in the training loss; group_pos_weight: its positive-class
         weight (RAS: 5.0).
+    group_head_reads_token: the group classifier reads each candidate's own mask token next to its last-layer
+        state (RAS reads the state alone). On the shipped tiny SynthRef model a linear probe finds a candidate's
+        colour in 97% of its mask tokens but in 34% of its last-layer states: the LLM's output keeps what the
+        prompt asks and loses what the candidate is (``python -m eval.group_probe``, docs/mask-groups.md).
     untrained_references: reference kinds whose encoders were never trained (e.g. after a LISA conversion);
         the model refuses them unless the caller insists.
     """
@@ -69,6 +73,7 @@ class AnyRefConfig:
     mask_position_channels: int = 32
     group_weight: float = 1.0
     group_pos_weight: float = 5.0
+    group_head_reads_token: bool = False
     untrained_references: tuple[str, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:

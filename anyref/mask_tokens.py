@@ -111,14 +111,21 @@ class MaskProjector(nn.Module):
 
 
 class GroupHead(nn.Module):
-    """The binary classifier of RAS: Linear -> GELU -> Linear(1) on each candidate's output hidden state."""
+    """The binary classifier of RAS: Linear -> GELU -> Linear(1) on each candidate's output hidden state, or (with
+    ``reads_token``) on that state concatenated with the candidate's own input mask token."""
 
-    def __init__(self, hidden: int):
+    def __init__(self, hidden: int, reads_token: bool = False):
         super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, 1))
+        self.reads_token = reads_token
+        self.mlp = nn.Sequential(nn.Linear(hidden * (2 if reads_token else 1), hidden), nn.GELU(), nn.Linear(hidden, 1))
 
-    def forward(self, states: torch.Tensor) -> torch.Tensor:
-        """states: N x hidden -> N membership logits."""
+    def forward(self, states: torch.Tensor, tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """states: N x hidden; tokens: N x hidden, the candidates' mask tokens (needed with ``reads_token``).
+        Returns N membership logits."""
+        if self.reads_token:
+            if tokens is None:
+                raise ValueError("this group head reads the candidates' mask tokens: pass tokens")
+            states = torch.cat([states, tokens.to(states.dtype)], dim=-1)
         return self.mlp(states).squeeze(-1)
 
 

@@ -107,7 +107,7 @@ class AnyRefModel(nn.Module):
         self.register_buffer("mask_positions", position_map(config.mask_position_grid, config.mask_position_channels),
                              persistent=False)
         self.mask_projector = MaskProjector({n: s.channels for n, s in self.mask_sources.items()}, hidden)
-        self.group_head = GroupHead(hidden)
+        self.group_head = GroupHead(hidden, config.group_head_reads_token)
         self.builder = PromptBuilder(config, tokenizer, self.ids, self.grid * self.grid, wrap, self.mask_sources)
 
     def _mask_sources(self, mask_encoders: dict[str, nn.Module]) -> dict[str, MaskSource]:
@@ -257,11 +257,14 @@ class AnyRefModel(nn.Module):
         return embeds
 
     # ------------------------------------------------------------------------------------------- training
-    def answer_states(self, batch: Batch, sam_embeddings: torch.Tensor | None = None):
-        """Teacher-forced LLM pass. Returns (hidden B x L x H, CE over answer tokens, rows N, cols N, refocused
-        ``<obj>`` states N x H), where (rows, cols) are the positions that emit ``<obj>``."""
+    def answer_states(self, batch: Batch, sam_embeddings: torch.Tensor | None = None,
+                      embeds: torch.Tensor | None = None):
+        """Teacher-forced LLM pass (over ``embeds``, B x L x H input embeddings, when already computed). Returns
+        (hidden B x L x H, CE over answer tokens, rows N, cols N, refocused ``<obj>`` states N x H), where
+        (rows, cols) are the positions that emit ``<obj>``."""
         ids, labels, attention = batch.input_ids, batch.labels, batch.attention_mask
-        embeds = self.input_embeddings(batch, sam_embeddings=sam_embeddings)
+        if embeds is None:
+            embeds = self.input_embeddings(batch, sam_embeddings=sam_embeddings)
         positions = (attention.cumsum(-1) - 1).clamp_min(0)
         with LastLayerAttentionTap(self.language_model) as tap:
             hidden = self.llava.model.language_model(
@@ -282,10 +285,11 @@ class AnyRefModel(nn.Module):
         """Teacher-forced forward: text CE on answer tokens, BCE and dice on one mask per ``<obj>``, and the group
         classifier's weighted BCE on the candidates of "select" samples."""
         embeddings = self.sam_embeddings(batch.sam_pixels.to(self.dtype))
-        hidden, ce, rows, _, states = self.answer_states(batch, embeddings)
+        embeds = self.input_embeddings(batch, sam_embeddings=embeddings)
+        hidden, ce, rows, _, states = self.answer_states(batch, embeds=embeds)
         ids = batch.input_ids
         prompts = self.obj_projection(states)
-        group = self._group_loss(batch, hidden)
+        group = self._group_loss(batch, hidden, embeds)
         # every mask of the batch in ONE decoder call (prompt i on its own image's embedding), plus a zero prompt
         # weighted 0, so that the decoder is in the graph even for a batch without masks (see reference_tokens)
         zero = prompts.new_zeros((1, prompts.shape[1]))
@@ -316,13 +320,15 @@ class AnyRefModel(nn.Module):
                             mask_logits=mask_logits, terms={"group": group.detach()}, hidden=hidden, obj_rows=rows,
                             obj_states=states)
 
-    def group_logits(self, hidden: torch.Tensor, batch: Batch) -> torch.Tensor:
+    def group_logits(self, hidden: torch.Tensor, embeds: torch.Tensor, batch: Batch) -> torch.Tensor:
         """Membership logits of every candidate of the batch (sample by sample, in candidate order): N.
-        hidden: B x L x H last-layer states of a forward over ``batch``."""
-        return self.group_head(hidden[batch.candidate_slots])
+        hidden: B x L x H last-layer states of a forward over ``embeds`` (B x L x H, its input embeddings: at the
+        answer's candidate slots, the candidates' mask tokens)."""
+        slots = batch.candidate_slots
+        return self.group_head(hidden[slots], embeds[slots])
 
-    def _group_loss(self, batch: Batch, hidden: torch.Tensor) -> torch.Tensor:
-        logits = self.group_logits(hidden, batch)  # zero rows without select samples: still in the graph
+    def _group_loss(self, batch: Batch, hidden: torch.Tensor, embeds: torch.Tensor) -> torch.Tensor:
+        logits = self.group_logits(hidden, embeds, batch)  # zero rows without select samples: still in the graph
         if not len(logits):
             return logits.sum() * 0.0
         targets = torch.cat([s for s, (_, n) in zip(batch.selected, batch.candidate_spans) if n])
@@ -354,7 +360,7 @@ class AnyRefModel(nn.Module):
         hidden = self.llava.model.language_model(
             inputs_embeds=embeds, attention_mask=attention, position_ids=(attention.cumsum(-1) - 1).clamp_min(0),
             use_cache=False).last_hidden_state
-        return self.group_logits(hidden, batch)
+        return self.group_logits(hidden, embeds, batch)
 
     @torch.no_grad()
     def generate(self, batch: Batch, max_new_tokens: int | None = None, grids: torch.Tensor | None = None,

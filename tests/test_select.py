@@ -119,10 +119,13 @@ def test_bad_group_inputs_say_what_to_fix(tiny_model):
         tiny_model.select(image, "all squares", candidates=many)
 
 
-def test_group_head_learns_a_fixed_group():
-    """The group loss reaches the classifier, the mask projector and the LLM: a few steps fit one group."""
+@pytest.mark.parametrize("reads_token", [False, True])
+def test_group_head_learns_a_fixed_group(reads_token):
+    """The group loss reaches the classifier, the mask projector and the LLM: a few steps fit one group, whether
+    the head reads the candidates' last-layer states alone (RAS) or next to their mask tokens."""
     torch.manual_seed(0)
-    model = build_tiny(seed=2).train()
+    model = build_tiny(seed=2, config_overrides={"group_head_reads_token": reads_token}).train()
+    assert model.group_head.mlp[0].in_features == model.config.llava["text_config"]["hidden_size"] * (1 + reads_token)
     image = scene(4)
     selected = np.array([True, False, True])
     sample = ReferringSample(image, ["all squares"], task="select", candidates=_candidates(), selected=selected)
@@ -137,6 +140,18 @@ def test_group_head_learns_a_fixed_group():
     assert float(output.terms["group"]) < 0.1
     result = model.eval().select(image, "all squares", candidates=_candidates())
     np.testing.assert_array_equal(result.indices, np.flatnonzero(selected))
+
+
+def test_a_group_head_that_reads_tokens_saves_loads_and_needs_them(tmp_path):
+    model = build_tiny(seed=4, config_overrides={"group_head_reads_token": True}).eval()
+    result = model.select(scene(6), "all squares", candidates=_candidates())
+    again = type(model).from_pretrained(model.save_pretrained(tmp_path / "m"))
+    assert again.config.group_head_reads_token
+    np.testing.assert_allclose(result.candidate_scores,
+                               again.select(scene(6), "all squares", candidates=_candidates()).candidate_scores,
+                               atol=1e-6)
+    with pytest.raises(ValueError, match="pass tokens"):
+        model.group_head(torch.zeros(2, model.group_head.mlp[0].in_features // 2))
 
 
 def test_timm_encoder_as_a_further_mask_source(tmp_path):
