@@ -119,6 +119,33 @@ def test_bad_group_inputs_say_what_to_fix(tiny_model):
         tiny_model.select(image, "all squares", candidates=many)
 
 
+def test_candidate_slots_hold_each_sample_s_candidates_in_order(tiny_model):
+    """The group head reads the answer's copy of every candidate: the slots must be the answer's placeholders, and
+    their inputs each sample's candidate tokens in the question's order (a shifted slot would still fit one
+    memorised group, but could never learn a rule)."""
+    image = scene(7)
+    ref = MaskRef(_candidates()[1])
+    samples = [ReferringSample(image, ["all squares"], task="select", candidates=_candidates(),
+                               selected=np.array([True, False, True])),
+               ReferringSample(image, ["everything left of", ref], task="select", candidates=_candidates()[::2],
+                               selected=np.array([False, True]))]
+    batch = collate([prepare(s, tiny_model.builder) for s in samples], tiny_model.ids.pad)
+    with torch.no_grad():
+        embeds = tiny_model.input_embeddings(batch, sam_embeddings=tiny_model.sam_embeddings(batch.sam_pixels))
+    ids = batch.input_ids
+    for row, sample in enumerate(samples):
+        answer = batch.candidate_slots[row].nonzero().flatten()
+        assert len(answer) == len(sample.candidates) and bool((answer >= batch.answer_starts[row]).all())
+        assert bool((ids[row, answer] == tiny_model.ids.ref_feature).all())
+        question = (ids[row, :batch.answer_starts[row]] == tiny_model.ids.ref_feature).nonzero().flatten()
+        torch.testing.assert_close(embeds[row, answer], embeds[row, question[-len(answer):]])
+    other = collate([prepare(samples[1], tiny_model.builder)], tiny_model.ids.pad)
+    with torch.no_grad():
+        alone = tiny_model.input_embeddings(other, sam_embeddings=tiny_model.sam_embeddings(other.sam_pixels))
+    torch.testing.assert_close(embeds[1, batch.candidate_slots[1]], alone[0, other.candidate_slots[0]], atol=1e-5,
+                               rtol=1e-5)
+
+
 @pytest.mark.parametrize("reads_token", [False, True])
 def test_group_head_learns_a_fixed_group(reads_token):
     """The group loss reaches the classifier, the mask projector and the LLM: a few steps fit one group, whether
