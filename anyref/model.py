@@ -351,15 +351,23 @@ class AnyRefModel(nn.Module):
 
     # ------------------------------------------------------------------------------------------ inference
     @torch.no_grad()
-    def select_logits(self, batch: Batch, grids: torch.Tensor | None = None,
-                      sam_embeddings: torch.Tensor | None = None) -> torch.Tensor:
-        """The group of each "select" sample in ONE forward pass, whatever the number of candidates: membership
-        logits N (all candidates, sample by sample). grids, sam_embeddings: cached image features, as in generate."""
+    def select_states(self, batch: Batch, grids: torch.Tensor | None = None,
+                      sam_embeddings: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """ONE forward pass over a batch of "select" samples: (last-layer states, input embeddings), both
+        B x L x H. grids, sam_embeddings: cached image features, as in generate."""
         attention = batch.attention_mask
         embeds = self.input_embeddings(batch, grids, sam_embeddings)
         hidden = self.llava.model.language_model(
             inputs_embeds=embeds, attention_mask=attention, position_ids=(attention.cumsum(-1) - 1).clamp_min(0),
             use_cache=False).last_hidden_state
+        return hidden, embeds
+
+    @torch.no_grad()
+    def select_logits(self, batch: Batch, grids: torch.Tensor | None = None,
+                      sam_embeddings: torch.Tensor | None = None) -> torch.Tensor:
+        """The group of each "select" sample in ONE forward pass, whatever the number of candidates: membership
+        logits N (all candidates, sample by sample)."""
+        hidden, embeds = self.select_states(batch, grids, sam_embeddings)
         return self.group_logits(hidden, embeds, batch)
 
     @torch.no_grad()

@@ -37,12 +37,7 @@ def candidate_vectors(model, samples, chunk: int = 8) -> dict:
     for start in range(0, len(samples), chunk):
         part = samples[start:start + chunk]
         batch = collate([prepare(s, model.builder) for s in part], model.ids.pad)
-        sam = model.sam_embeddings(batch.sam_pixels.to(model.dtype)) if "sam" in model.mask_sources else None
-        embeds = model.input_embeddings(batch, sam_embeddings=sam)
-        attention = batch.attention_mask
-        hidden = model.llava.model.language_model(
-            inputs_embeds=embeds, attention_mask=attention, position_ids=(attention.cumsum(-1) - 1).clamp_min(0),
-            use_cache=False).last_hidden_state
+        hidden, embeds = model.select_states(batch)
         slots = batch.candidate_slots
         probability = model.group_logits(hidden, embeds, batch).float().sigmoid()
         slot_tokens, slot_states = embeds[slots].float().numpy(), hidden[slots].float().numpy()
