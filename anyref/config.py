@@ -36,6 +36,8 @@ class AnyRefConfig:
     region_pool: side of the RoIAlign / example pooling grid (4 -> 16 tokens per box or example).
     refocus_lambda: weight of the attention-weighted answer states added to h_obj (paper: 0.1).
     refocus_learnable: make lambda a trained parameter (the paper found it unstable).
+    refocus_answer_grad: scale of the gradient the mask loss sends into the answer tokens' states through
+        refocusing (1.0: the paper; 0.0: detached). The forward value is unchanged; it only matters in training.
     ce_weight, bce_weight, dice_weight: loss weights (paper: 1.0, 2.0, 0.5).
     max_new_tokens: generation limit for answers.
     mask_features: the feature maps mask tokens pool, concatenated in this order ("vision" first and always;
@@ -64,6 +66,7 @@ class AnyRefConfig:
     region_pool: int = 4
     refocus_lambda: float = 0.1
     refocus_learnable: bool = False
+    refocus_answer_grad: float = 1.0
     ce_weight: float = 1.0
     bce_weight: float = 2.0
     dice_weight: float = 0.5
@@ -91,6 +94,8 @@ class AnyRefConfig:
                              f"got {self.mask_features}")
         if self.mask_position_grid < 1 or self.mask_position_channels < 4 or self.mask_position_channels % 4:
             raise ValueError("mask_position_grid must be >= 1 and mask_position_channels a multiple of 4")
+        if not 0.0 <= self.refocus_answer_grad <= 1.0:
+            raise ValueError(f"refocus_answer_grad must be in [0, 1], got {self.refocus_answer_grad}")
         for name in ("ce_weight", "bce_weight", "dice_weight", "group_weight", "group_pos_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")

@@ -347,7 +347,8 @@ class AnyRefModel(nn.Module):
         weights = attention_rows(tap.attention, tap.hidden[rows, cols], tap.cos[rows, cols], tap.sin[rows, cols],
                                  keys[rows], key_mask)
         answer_mask = before & (span[None, :] >= answer_starts[rows, None])
-        return refocus(hidden[rows, cols], hidden[rows], weights, answer_mask, self.refocus_lambda)
+        return refocus(hidden[rows, cols], hidden[rows], weights, answer_mask, self.refocus_lambda,
+                       self.config.refocus_answer_grad)
 
     # ------------------------------------------------------------------------------------------ inference
     @torch.no_grad()

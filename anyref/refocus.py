@@ -84,13 +84,18 @@ def attention_rows(
 
 def refocus(
     h_obj: torch.Tensor, answer_states: torch.Tensor, weights: torch.Tensor, answer_mask: torch.Tensor,
-    lam: torch.Tensor | float,
+    lam: torch.Tensor | float, answer_grad: float = 1.0,
 ) -> torch.Tensor:
     """h_obj + lam * sum_i a_i h_i with a renormalised over the answer tokens before ``<obj>``.
 
     h_obj: N x H; answer_states: N x K x H (last-layer states at the key positions); weights: N x K (attention
     row); answer_mask: N x K bool (answer tokens before the ``<obj>``). Rows with no such token are unchanged.
+    answer_grad scales the gradient that reaches ``answer_states`` through this sum (the forward value is the
+    same): 1.0 is the paper, 0.0 detaches them. With a large lam the mask loss would otherwise pull the answer
+    tokens' states lam times over, against their own next-token loss (a caption before ``<obj>``).
     """
+    if answer_grad != 1.0:
+        answer_states = answer_grad * answer_states + (1.0 - answer_grad) * answer_states.detach()
     masked = weights * answer_mask
     total = masked.sum(dim=-1, keepdim=True)
     normalised = torch.where(total > 0, masked / total.clamp_min(1e-12), torch.zeros_like(masked))

@@ -1,10 +1,13 @@
 """Refocusing computed from one attention row equals the eager-attention computation, in training and generation."""
 import numpy as np
+import pytest
 import torch
 
 from anyref import OBJ, ReferringSample
 from anyref.batching import collate, prepare
 from anyref.builders import build_tiny
+from anyref.config import AnyRefConfig
+from anyref.refocus import refocus
 from tests.conftest import rect_mask, scene
 
 
@@ -59,6 +62,33 @@ def test_refocus_equals_eager_attention():
     with torch.no_grad():
         plain = model.answer_states(batch)[4]
     assert (plain - states).abs().max() > 1e-2
+
+
+def test_answer_grad_scales_only_the_gradient_into_answer_states():
+    torch.manual_seed(0)
+    h_obj, weights = torch.randn(2, 8), torch.rand(2, 5)
+    answer_mask = torch.tensor([[1, 1, 1, 0, 0], [0, 1, 1, 1, 1]], dtype=torch.bool)
+    answers = torch.randn(2, 5, 8)
+
+    def run(answer_grad):
+        states = answers.clone().requires_grad_()
+        out = refocus(h_obj, states, weights, answer_mask, 1.0, answer_grad)
+        out.square().sum().backward()
+        return out.detach(), states.grad
+
+    paper, paper_grad = run(1.0)
+    scaled, scaled_grad = run(0.1)
+    detached, detached_grad = run(0.0)
+    torch.testing.assert_close(scaled, paper)  # the forward value is the paper's
+    torch.testing.assert_close(detached, paper)
+    assert paper_grad.abs().max() > 1e-3
+    torch.testing.assert_close(scaled_grad, 0.1 * paper_grad)
+    assert detached_grad is None or detached_grad.abs().max() == 0
+
+
+def test_answer_grad_must_be_a_fraction():
+    with pytest.raises(ValueError, match="refocus_answer_grad"):
+        AnyRefConfig(llava={"text_config": {}, "vision_config": {}}, refocus_answer_grad=1.5)
 
 
 def test_generation_states_equal_teacher_forcing(overfit_model):

@@ -75,14 +75,29 @@ def test_source_options_are_checked(tmp_path):
         Mixture({"semseg": {"ratio": 1, "data": str(tmp_path / "missing")}}, seed=0)
 
 
-def test_every_preset_loads_and_the_ablation_matches_the_shipped_model():
-    """The ablation branches from synthref-tiny's warm-up end, so everything but its joint stage must agree with it
-    (a different model or prompt layout would silently change what the branch continues)."""
+def _warm_up_relevant(preset: dict) -> dict:
+    """What a branch from another run's warm-up end must share with it: everything but the run settings and
+    refocusing (which acts in the joint stage only; the ablation sets its lambda on the command line)."""
+    run_settings = {"description", "stages", "eval_n", "eval_every", "checkpoint_every", "refocus_lambda"}
+    kept = {k: v for k, v in preset.items() if k not in run_settings}
+    tiny = dict(kept["model"]["tiny"])
+    tiny["config_overrides"] = {k: v for k, v in tiny.get("config_overrides", {}).items()
+                                if not k.startswith("refocus_")}
+    return {**kept, "model": {"tiny": tiny}, "warm_up": preset["stages"][0]}
+
+
+def test_every_preset_loads_and_the_branching_presets_match_the_shipped_model():
+    """The ablation (and the answer-gradient candidate) branch from synthref-tiny's warm-up end, so everything their
+    joint stage does not change must agree with it (a different model or prompt layout would silently change what
+    the branch continues)."""
     for path in PRESETS_DIR.glob("*.json"):
         load_config(path.stem)
-    tiny = json.loads((PRESETS_DIR / "synthref-tiny.json").read_text())
-    ablation = json.loads((PRESETS_DIR / "synthref-ablation.json").read_text())
-    run_settings = {"description", "stages", "eval_n", "eval_every", "checkpoint_every"}
-    assert {k: v for k, v in tiny.items() if k not in run_settings} == \
-        {k: v for k, v in ablation.items() if k not in run_settings}
-    assert ablation["stages"][0] == tiny["stages"][0]
+    tiny = _warm_up_relevant(json.loads((PRESETS_DIR / "synthref-tiny.json").read_text()))
+    for name in ("synthref-ablation", "synthref-tiny-answer-grad"):
+        path = PRESETS_DIR / f"{name}.json"
+        if path.exists():
+            assert _warm_up_relevant(json.loads(path.read_text())) == tiny, name
+    # and the comparison can fail: a different model width is caught
+    wider = json.loads((PRESETS_DIR / "synthref-tiny.json").read_text())
+    wider["model"]["tiny"]["text_width"] *= 2
+    assert _warm_up_relevant(wider) != tiny
