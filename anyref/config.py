@@ -49,6 +49,10 @@ class AnyRefConfig:
         state (RAS reads the state alone). On the shipped tiny SynthRef model a linear probe finds a candidate's
         colour in 97% of its mask tokens but in 34% of its last-layer states: the LLM's output keeps what the
         prompt asks and loses what the candidate is (``python -m eval.group_probe``, docs/mask-groups.md).
+    mask_token_norm: if > 0, every mask token (candidates and ``MaskRef``) is rescaled to this L2 norm. Off (0),
+        the tiny SynthRef model's mask tokens came out 150-350x the norm of its text embeddings, and a candidate
+        slot's last-layer state was the same whatever the prompt (cosine 0.98-0.9998 between "all yellow objects"
+        and "all blue objects"): the layers' updates were too small against the token to add the prompt to it.
     untrained_references: reference kinds whose encoders were never trained (e.g. after a LISA conversion);
         the model refuses them unless the caller insists.
     """
@@ -77,6 +81,7 @@ class AnyRefConfig:
     group_weight: float = 1.0
     group_pos_weight: float = 5.0
     group_head_reads_token: bool = False
+    mask_token_norm: float = 0.0
     untrained_references: tuple[str, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
@@ -94,6 +99,8 @@ class AnyRefConfig:
                              f"got {self.mask_features}")
         if self.mask_position_grid < 1 or self.mask_position_channels < 4 or self.mask_position_channels % 4:
             raise ValueError("mask_position_grid must be >= 1 and mask_position_channels a multiple of 4")
+        if self.mask_token_norm < 0:
+            raise ValueError(f"mask_token_norm must be >= 0 (0: off), got {self.mask_token_norm}")
         if not 0.0 <= self.refocus_answer_grad <= 1.0:
             raise ValueError(f"refocus_answer_grad must be in [0, 1], got {self.refocus_answer_grad}")
         for name in ("ce_weight", "bce_weight", "dice_weight", "group_weight", "group_pos_weight"):

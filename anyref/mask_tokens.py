@@ -95,11 +95,14 @@ def pool_masks(features: torch.Tensor, weights: torch.Tensor, owners: torch.Tens
 class MaskProjector(nn.Module):
     """Per-source LayerNorm (the sources' scales differ), concatenation, Linear -> GELU -> Linear to the LLM width.
 
-    source_dims: source name -> channels, in concatenation order.
+    source_dims: source name -> channels, in concatenation order. token_norm > 0 rescales every output token to
+    that L2 norm (no parameters): a token far larger than the text embeddings keeps its residual stream to itself,
+    so the LLM's layers cannot add the prompt to it (see AnyRefConfig.mask_token_norm).
     """
 
-    def __init__(self, source_dims: dict[str, int], hidden: int):
+    def __init__(self, source_dims: dict[str, int], hidden: int, token_norm: float = 0.0):
         super().__init__()
+        self.token_norm = token_norm
         self.sources = list(source_dims)
         self.norms = nn.ModuleDict({name.replace(".", "_"): nn.LayerNorm(dim) for name, dim in source_dims.items()})
         self.mlp = nn.Sequential(nn.Linear(sum(source_dims.values()), hidden), nn.GELU(), nn.Linear(hidden, hidden))
@@ -107,7 +110,10 @@ class MaskProjector(nn.Module):
     def forward(self, pooled: dict[str, torch.Tensor]) -> torch.Tensor:
         """pooled: source name -> M x C_source. Returns M x hidden."""
         parts = [self.norms[name.replace(".", "_")](pooled[name]) for name in self.sources]
-        return self.mlp(torch.cat(parts, dim=-1))
+        tokens = self.mlp(torch.cat(parts, dim=-1))
+        if self.token_norm > 0:
+            tokens = F.normalize(tokens, dim=-1) * self.token_norm
+        return tokens
 
 
 class GroupHead(nn.Module):

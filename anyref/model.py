@@ -106,7 +106,8 @@ class AnyRefModel(nn.Module):
         self.mask_sources = self._mask_sources(mask_encoders)
         self.register_buffer("mask_positions", position_map(config.mask_position_grid, config.mask_position_channels),
                              persistent=False)
-        self.mask_projector = MaskProjector({n: s.channels for n, s in self.mask_sources.items()}, hidden)
+        self.mask_projector = MaskProjector({n: s.channels for n, s in self.mask_sources.items()}, hidden,
+                                            config.mask_token_norm)
         self.group_head = GroupHead(hidden, config.group_head_reads_token)
         self.builder = PromptBuilder(config, tokenizer, self.ids, self.grid * self.grid, wrap, self.mask_sources)
 

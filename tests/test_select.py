@@ -181,6 +181,25 @@ def test_a_group_head_that_reads_tokens_saves_loads_and_needs_them(tmp_path):
         model.group_head(torch.zeros(2, model.group_head.mlp[0].in_features // 2))
 
 
+def test_mask_token_norm_rescales_candidate_and_reference_tokens(tmp_path):
+    image, ref = scene(7), MaskRef(_candidates()[1])
+    sample = ReferringSample(image, ["everything left of", ref], task="select", candidates=_candidates(),
+                             selected=np.array([True, False, False]))
+    for norm in (0.0, 0.5):
+        model = build_tiny(seed=3, config_overrides={"mask_token_norm": norm}).eval()
+        batch = collate([prepare(sample, model.builder)], model.ids.pad)
+        with torch.no_grad():
+            embeds = model.input_embeddings(batch, sam_embeddings=model.sam_embeddings(batch.sam_pixels))
+        tokens = embeds[batch.input_ids == model.ids.ref_feature]  # the reference and the candidates, twice
+        assert len(tokens) == 1 + 2 * len(_candidates())
+        if norm:
+            torch.testing.assert_close(tokens.norm(dim=-1), torch.full((len(tokens),), norm))
+            again = type(model).from_pretrained(model.save_pretrained(tmp_path / "m"))
+            assert again.mask_projector.token_norm == norm
+        else:
+            assert not torch.allclose(tokens.norm(dim=-1), tokens.norm(dim=-1)[:1].expand(len(tokens)), atol=1e-3)
+
+
 def test_timm_encoder_as_a_further_mask_source(tmp_path):
     model = build_tiny(seed=3, config_overrides={"mask_features": ("vision", "position", "sam", "timm:test_vit")})
     assert list(model.mask_sources) == ["vision", "position", "sam", "timm:test_vit"]

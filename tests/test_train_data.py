@@ -75,29 +75,35 @@ def test_source_options_are_checked(tmp_path):
         Mixture({"semseg": {"ratio": 1, "data": str(tmp_path / "missing")}}, seed=0)
 
 
-def _warm_up_relevant(preset: dict) -> dict:
-    """What a branch from another run's warm-up end must share with it: everything but the run settings and
-    refocusing (which acts in the joint stage only; the ablation sets its lambda on the command line)."""
+def _shared_part(preset: dict, stages: int, free: tuple[str, ...]) -> dict:
+    """What a run branched from another's checkpoint after its first ``stages`` stages must share with it:
+    everything but the run settings, the later stages and the model settings named in ``free`` (settings that act
+    only after the branch point)."""
     run_settings = {"description", "stages", "eval_n", "eval_every", "checkpoint_every", "refocus_lambda"}
     kept = {k: v for k, v in preset.items() if k not in run_settings}
     tiny = dict(kept["model"]["tiny"])
-    tiny["config_overrides"] = {k: v for k, v in tiny.get("config_overrides", {}).items()
-                                if not k.startswith("refocus_")}
-    return {**kept, "model": {"tiny": tiny}, "warm_up": preset["stages"][0]}
+    tiny["config_overrides"] = {k: v for k, v in tiny.get("config_overrides", {}).items() if k not in free}
+    return {**kept, "model": {"tiny": tiny}, "stages": preset["stages"][:stages]}
+
+
+# preset -> (stages of synthref-tiny it branches after, settings it may change); refocusing acts in the joint stage
+# only (the ablation sets its lambda on the command line), the mask-token rescaling in the continued stage only
+BRANCHING_PRESETS = {"synthref-ablation": (1, ("refocus_answer_grad",)),
+                     "synthref-tiny-answer-grad": (1, ("refocus_answer_grad",)),
+                     "synthref-token-norm": (2, ("mask_token_norm",)),
+                     "synthref-token-norm-baseline": (2, ())}
 
 
 def test_every_preset_loads_and_the_branching_presets_match_the_shipped_model():
-    """The ablation (and the answer-gradient candidate) branch from synthref-tiny's warm-up end, so everything their
-    joint stage does not change must agree with it (a different model or prompt layout would silently change what
-    the branch continues)."""
+    """Presets whose runs branch from a checkpoint of the shipped synthref-tiny run must agree with it on everything
+    up to the branch point (a different model or prompt layout would silently change what the branch continues)."""
     for path in PRESETS_DIR.glob("*.json"):
         load_config(path.stem)
-    tiny = _warm_up_relevant(json.loads((PRESETS_DIR / "synthref-tiny.json").read_text()))
-    for name in ("synthref-ablation", "synthref-tiny-answer-grad"):
-        path = PRESETS_DIR / f"{name}.json"
-        if path.exists():
-            assert _warm_up_relevant(json.loads(path.read_text())) == tiny, name
+    tiny = json.loads((PRESETS_DIR / "synthref-tiny.json").read_text())
+    for name, (stages, free) in BRANCHING_PRESETS.items():
+        preset = json.loads((PRESETS_DIR / f"{name}.json").read_text())
+        assert _shared_part(preset, stages, free) == _shared_part(tiny, stages, free), name
     # and the comparison can fail: a different model width is caught
-    wider = json.loads((PRESETS_DIR / "synthref-tiny.json").read_text())
+    wider = json.loads(json.dumps(tiny))
     wider["model"]["tiny"]["text_width"] *= 2
-    assert _warm_up_relevant(wider) != tiny
+    assert _shared_part(wider, 1, ()) != _shared_part(tiny, 1, ())
