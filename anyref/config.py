@@ -49,10 +49,10 @@ class AnyRefConfig:
         state (RAS reads the state alone). On the shipped tiny SynthRef model a linear probe finds a candidate's
         colour in 97% of its mask tokens but in 34% of its last-layer states: the LLM's output keeps what the
         prompt asks and loses what the candidate is (``python -m eval.group_probe``, docs/mask-groups.md).
-    mask_token_norm: if > 0, every mask token (candidates and ``MaskRef``) is rescaled to this L2 norm. Off (0),
-        the tiny SynthRef model's mask tokens came out 150-350x the norm of its text embeddings, and a candidate
-        slot's last-layer state was the same whatever the prompt (cosine 0.98-0.9998 between "all yellow objects"
-        and "all blue objects"): the layers' updates were too small against the token to add the prompt to it.
+    mask_token_norm: if > 0, every mask token (candidates and ``MaskRef``) is rescaled to this L2 norm (off: 0).
+        The tiny SynthRef model's mask tokens are 150-350x the norm of its text embeddings, and a candidate slot's
+        last-layer state is nearly the same whatever the prompt; rescaling them to 1.0 (a 1,000-step continuation,
+        docs/mask-groups.md) did not change that, so it is an option to measure with, not a fix.
     untrained_references: reference kinds whose encoders were never trained (e.g. after a LISA conversion);
         the model refuses them unless the caller insists.
     """

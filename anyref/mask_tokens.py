@@ -96,8 +96,8 @@ class MaskProjector(nn.Module):
     """Per-source LayerNorm (the sources' scales differ), concatenation, Linear -> GELU -> Linear to the LLM width.
 
     source_dims: source name -> channels, in concatenation order. token_norm > 0 rescales every output token to
-    that L2 norm (no parameters): a token far larger than the text embeddings keeps its residual stream to itself,
-    so the LLM's layers cannot add the prompt to it (see AnyRefConfig.mask_token_norm).
+    that L2 norm, without parameters, so that it can be switched on in a run that continues another
+    (AnyRefConfig.mask_token_norm).
     """
 
     def __init__(self, source_dims: dict[str, int], hidden: int, token_norm: float = 0.0):

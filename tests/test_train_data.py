@@ -90,8 +90,7 @@ def _shared_part(preset: dict, stages: int, free: tuple[str, ...]) -> dict:
 # only (the ablation sets its lambda on the command line), the mask-token rescaling in the continued stage only
 BRANCHING_PRESETS = {"synthref-ablation": (1, ("refocus_answer_grad",)),
                      "synthref-tiny-answer-grad": (1, ("refocus_answer_grad",)),
-                     "synthref-token-norm": (2, ("mask_token_norm",)),
-                     "synthref-token-norm-baseline": (2, ())}
+                     "synthref-token-norm": (2, ("mask_token_norm",))}
 
 
 def test_every_preset_loads_and_the_branching_presets_match_the_shipped_model():
