@@ -87,10 +87,11 @@ def _shared_part(preset: dict, stages: int, free: tuple[str, ...]) -> dict:
 
 
 # preset -> (stages of synthref-tiny it branches after, settings it may change); refocusing acts in the joint stage
-# only (the ablation sets its lambda on the command line), the mask-token rescaling in the continued stage only
+# only (the ablation sets its lambda on the command line); the continuations change their settings after step 8,500
 BRANCHING_PRESETS = {"synthref-ablation": (1, ("refocus_answer_grad",)),
                      "synthref-tiny-answer-grad": (1, ("refocus_answer_grad",)),
-                     "synthref-token-norm": (2, ("mask_token_norm",))}
+                     "synthref-token-norm": (2, ("mask_token_norm",)),
+                     "synthref-group-focus": (2, ("group_weight",))}
 
 
 def test_every_preset_loads_and_the_branching_presets_match_the_shipped_model():
