@@ -91,8 +91,8 @@ def refocus(
     h_obj: N x H; answer_states: N x K x H (last-layer states at the key positions); weights: N x K (attention
     row); answer_mask: N x K bool (answer tokens before the ``<obj>``). Rows with no such token are unchanged.
     answer_grad scales the gradient that reaches ``answer_states`` through this sum (the forward value is the
-    same): 1.0 is the paper, 0.0 detaches them. With a large lam the mask loss would otherwise pull the answer
-    tokens' states lam times over, against their own next-token loss (a caption before ``<obj>``).
+    same): 1.0 is the paper, 0.0 detaches them. At 1.0 the mask loss reaches those states lam times over, next to
+    their own next-token loss; scaling it down did not restore the tiny model's captions (docs/training.md).
     """
     if answer_grad != 1.0:
         answer_states = answer_grad * answer_states + (1.0 - answer_grad) * answer_states.detach()
