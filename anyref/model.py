@@ -258,14 +258,13 @@ class AnyRefModel(nn.Module):
         return embeds
 
     # ------------------------------------------------------------------------------------------- training
-    def answer_states(self, batch: Batch, sam_embeddings: torch.Tensor | None = None,
-                      embeds: torch.Tensor | None = None):
+    def answer_states(self, batch: Batch, embeds: torch.Tensor | None = None):
         """Teacher-forced LLM pass (over ``embeds``, B x L x H input embeddings, when already computed). Returns
         (hidden B x L x H, CE over answer tokens, rows N, cols N, refocused ``<obj>`` states N x H), where
         (rows, cols) are the positions that emit ``<obj>``."""
         ids, labels, attention = batch.input_ids, batch.labels, batch.attention_mask
         if embeds is None:
-            embeds = self.input_embeddings(batch, sam_embeddings=sam_embeddings)
+            embeds = self.input_embeddings(batch)
         positions = (attention.cumsum(-1) - 1).clamp_min(0)
         with LastLayerAttentionTap(self.language_model) as tap:
             hidden = self.llava.model.language_model(
