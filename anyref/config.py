@@ -49,6 +49,10 @@ class AnyRefConfig:
         state (RAS reads the state alone). On the shipped tiny SynthRef model a linear probe finds a candidate's
         colour in 97% of its mask tokens but in 34% of its last-layer states: the LLM's output keeps what the
         prompt asks and loses what the candidate is (``python -m eval.group_probe``, docs/mask-groups.md).
+    group_head_attends_prompt: the group classifier compares each candidate (its state and mask token) with the
+        prompt's positions through an attention of its own (:class:`anyref.group_heads.PromptGroupHead`) instead
+        of reading the candidate alone. RAS's head learned nothing in the tiny SynthRef runs: a candidate slot's
+        state there hardly depends on the prompt (docs/mask-groups.md).
     mask_token_norm: if > 0, every mask token (candidates and ``MaskRef``) is rescaled to this L2 norm (off: 0).
         The tiny SynthRef model's mask tokens are 150-350x the norm of its text embeddings, and a candidate slot's
         last-layer state is nearly the same whatever the prompt; rescaling them to 1.0 (a 1,000-step continuation,
@@ -81,6 +85,7 @@ class AnyRefConfig:
     group_weight: float = 1.0
     group_pos_weight: float = 5.0
     group_head_reads_token: bool = False
+    group_head_attends_prompt: bool = False
     mask_token_norm: float = 0.0
     untrained_references: tuple[str, ...] = field(default_factory=tuple)
 
@@ -99,6 +104,9 @@ class AnyRefConfig:
                              f"got {self.mask_features}")
         if self.mask_position_grid < 1 or self.mask_position_channels < 4 or self.mask_position_channels % 4:
             raise ValueError("mask_position_grid must be >= 1 and mask_position_channels a multiple of 4")
+        if self.group_head_attends_prompt and self.group_head_reads_token:
+            raise ValueError("group_head_attends_prompt already reads each candidate's mask token: leave "
+                             "group_head_reads_token off")
         if self.mask_token_norm < 0:
             raise ValueError(f"mask_token_norm must be >= 0 (0: off), got {self.mask_token_norm}")
         if not 0.0 <= self.refocus_answer_grad <= 1.0:

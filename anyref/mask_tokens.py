@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["MaskSource", "position_map", "pooling_weights", "pool_masks", "MaskProjector", "GroupHead", "group_loss"]
+__all__ = ["MaskSource", "position_map", "pooling_weights", "pool_masks", "MaskProjector"]
 
 
 @dataclass(frozen=True)
@@ -114,38 +114,3 @@ class MaskProjector(nn.Module):
         if self.token_norm > 0:
             tokens = F.normalize(tokens, dim=-1) * self.token_norm
         return tokens
-
-
-class GroupHead(nn.Module):
-    """The binary classifier of RAS: Linear -> GELU -> Linear(1) on each candidate's output hidden state, or (with
-    ``reads_token``) on that state concatenated with the candidate's own input mask token."""
-
-    def __init__(self, hidden: int, reads_token: bool = False):
-        super().__init__()
-        self.reads_token = reads_token
-        self.mlp = nn.Sequential(nn.Linear(hidden * (2 if reads_token else 1), hidden), nn.GELU(), nn.Linear(hidden, 1))
-
-    def forward(self, states: torch.Tensor, tokens: torch.Tensor | None = None) -> torch.Tensor:
-        """states: N x hidden; tokens: N x hidden, the candidates' mask tokens (needed with ``reads_token``).
-        Returns N membership logits."""
-        if self.reads_token:
-            if tokens is None:
-                raise ValueError("this group head reads the candidates' mask tokens: pass tokens")
-            states = torch.cat([states, tokens.to(states.dtype)], dim=-1)
-        return self.mlp(states).squeeze(-1)
-
-
-def group_loss(logits: torch.Tensor, targets: torch.Tensor, owners: torch.Tensor, pos_weight: float) -> torch.Tensor:
-    """Mean over samples of each sample's mean BCE over its candidates (positives weighted ``pos_weight``).
-
-    logits, targets: N (all candidates of the batch); owners: N sample indices. Returns a scalar (0 without
-    candidates, still in the graph).
-    """
-    if logits.numel() == 0:
-        return logits.sum() * 0.0
-    weight = torch.tensor(pos_weight, dtype=torch.float32, device=logits.device)
-    per = F.binary_cross_entropy_with_logits(logits.float(), targets.float(), pos_weight=weight, reduction="none")
-    counts = torch.zeros(int(owners.max()) + 1, device=logits.device).index_add_(0, owners, torch.ones_like(per))
-    sums = torch.zeros_like(counts).index_add_(0, owners, per)
-    present = counts > 0
-    return (sums[present] / counts[present]).mean()

@@ -18,9 +18,10 @@ from transformers import LlavaForConditionalGeneration, PreTrainedTokenizerBase
 
 from anyref.batching import Batch
 from anyref.config import AnyRefConfig
+from anyref.group_heads import PromptGroupHead, build_group_head, group_loss, pad_rows
 from anyref.heads import ObjProjection, decode_masks, upscale_masks
 from anyref.losses import mask_bce, mask_dice
-from anyref.mask_tokens import GroupHead, MaskProjector, MaskSource, group_loss, pool_masks, position_map
+from anyref.mask_tokens import MaskProjector, MaskSource, pool_masks, position_map
 from anyref.kv_cache import preallocated_cache
 from anyref.outputs import AnyRefOutput, Generation
 from anyref.prefix import PrefixCache, split_prefix
@@ -108,7 +109,7 @@ class AnyRefModel(nn.Module):
                              persistent=False)
         self.mask_projector = MaskProjector({n: s.channels for n, s in self.mask_sources.items()}, hidden,
                                             config.mask_token_norm)
-        self.group_head = GroupHead(hidden, config.group_head_reads_token)
+        self.group_head = build_group_head(config, hidden)
         self.builder = PromptBuilder(config, tokenizer, self.ids, self.grid * self.grid, wrap, self.mask_sources)
 
     def _mask_sources(self, mask_encoders: dict[str, nn.Module]) -> dict[str, MaskSource]:
@@ -128,6 +129,17 @@ class AnyRefModel(nn.Module):
                 encoder = mask_encoders[name[len(TIMM_PREFIX):]]
                 sources[name] = MaskSource(encoder.channels, encoder.image_size, encoder.grid, encoder.preprocess)
         return sources
+
+    def replace_group_head(self, **changes) -> None:
+        """Swap in a new, untrained group head of the kind ``changes`` ask for (the config's ``group_head_*``
+        fields), e.g. to train one alone on a finished model (train/presets/synthref-tiny-groups.json)."""
+        odd = [name for name in changes if not name.startswith("group_head_")]
+        if odd:
+            raise ValueError(f"replace_group_head takes the config's group_head_* fields only, got {odd}")
+        self.config = self.builder.config = self.config.replace(**changes)
+        reference = next(self.obj_projection.parameters())
+        head = build_group_head(self.config, self.llava.config.text_config.hidden_size)
+        self.group_head = head.to(device=reference.device, dtype=reference.dtype)
 
     # ----------------------------------------------------------------------------------------------- parts
     @property
@@ -325,7 +337,25 @@ class AnyRefModel(nn.Module):
         hidden: B x L x H last-layer states of a forward over ``embeds`` (B x L x H, its input embeddings: at the
         answer's candidate slots, the candidates' mask tokens)."""
         slots = batch.candidate_slots
-        return self.group_head(hidden[slots], embeds[slots])
+        if not isinstance(self.group_head, PromptGroupHead):
+            return self.group_head(hidden[slots], embeds[slots])
+        rows = slots.any(1)  # only "select" samples have candidates (and a prompt the head must read)
+        both = torch.cat([hidden, embeds.to(hidden.dtype)], dim=-1)[rows]
+        candidates, candidate_mask = pad_rows(both, slots[rows])
+        prompt, prompt_mask = pad_rows(both, self.prompt_positions(batch)[rows])
+        return self.group_head(candidates, prompt, prompt_mask)[candidate_mask]
+
+    def prompt_positions(self, batch: Batch) -> torch.Tensor:
+        """B x L bool: the question's positions after its image, candidates excluded (each ``<mask-pool-pre>`` and
+        the mask token after it): the prompt's words and reference tokens, what a group is asked by."""
+        ids = batch.input_ids
+        span = torch.arange(ids.shape[1], device=ids.device)
+        is_image = ids == self.ids.image
+        last_image = torch.where(is_image, span[None, :], -1).max(1).values
+        pre = ids == self.ids.mask_pool_pre
+        candidate = pre | F.pad(pre[:, :-1], (1, 0))
+        question = (span[None, :] > last_image[:, None]) & (span[None, :] < batch.answer_starts[:, None])
+        return question & batch.attention_mask.bool() & ~candidate
 
     def _group_loss(self, batch: Batch, hidden: torch.Tensor, embeds: torch.Tensor) -> torch.Tensor:
         logits = self.group_logits(hidden, embeds, batch)  # zero rows without select samples: still in the graph

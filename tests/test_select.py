@@ -7,7 +7,8 @@ import torch
 from anyref import MaskRef
 from anyref.batching import collate, prepare
 from anyref.builders import build_tiny
-from anyref.mask_tokens import group_loss, pool_masks, pooling_weights, position_map
+from anyref.group_heads import group_loss
+from anyref.mask_tokens import pool_masks, pooling_weights, position_map
 from anyref.samples import ReferringSample
 from tests.conftest import rect_mask, scene
 

@@ -2,6 +2,7 @@
 order (DeepSpeed ZeRO-2 reduces them in arrival order). The training forward must therefore build the same graph
 whatever a batch holds: text only, no target at all, boxes, example images, one or two sounds, mask references and
 mask-group candidates."""
+import pytest
 
 from anyref.batching import collate, prepare
 from anyref.builders import build_tiny
@@ -24,9 +25,10 @@ def _gradient_order(model, world, tasks: list[str]) -> list[str]:
     return arrived
 
 
-def test_every_batch_builds_the_same_graph():
+@pytest.mark.parametrize("group_head", [{}, {"group_head_attends_prompt": True}], ids=["ras-head", "prompt-head"])
+def test_every_batch_builds_the_same_graph(group_head):
     world = SynthRef()
-    model = build_tiny(corpus=world.vocabulary(), seed=0).train()
+    model = build_tiny(corpus=world.vocabulary(), seed=0, config_overrides=group_head).train()
     for p in model.parameters():
         p.requires_grad_(True)
     compositions = [["text", "no_target"], ["no_target", "no_target"], ["audio2", "box"], ["example", "text"],

@@ -6,10 +6,12 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from train.trainable import POLICIES
+
 __all__ = ["TrainConfig", "load_config", "PRESETS_DIR"]
 
 PRESETS_DIR = Path(__file__).parent / "presets"
-TRAINABLE_POLICIES = ("paper", "all", "heads", "encoders", "mask_projector", "all_but_encoders")
+TRAINABLE_POLICIES = tuple(POLICIES)
 OBJECTIVES = ("anyref", "synthref_dense")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
@@ -22,7 +24,7 @@ class Stage:
     frozen), "all" (every parameter: for tiny models that start from random weights), "heads" (mask decoder,
     gamma and projections only), "encoders" (vision tower, SAM image encoder, audio encoder and the warm-up heads),
     "mask_projector" (RAS stage 1), "all_but_encoders" (RAS stage 2: everything but the vision, SAM image, audio
-    and further mask encoders). See train/trainable.py.
+    and further mask encoders), "group_head" (a prompt-attending group head alone). See train/trainable.py.
     objective: "anyref" (the model's loss) or "synthref_dense" (the encoder warm-up of train/objectives.py).
     lr, warmup_steps: this stage's peak learning rate and warmup (default: the config's); each stage warms up
     and then decays on a cosine of its own.
@@ -57,7 +59,8 @@ class Stage:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """model: {"tiny": {sizes...}} to build a tiny model, or {"init_from": DIR} to start from an AnyRef directory.
+    """model: {"tiny": {sizes...}} to build a tiny model, or {"init_from": DIR} to start from an AnyRef directory
+    (with "new_group_head": {group_head_* fields of AnyRefConfig}, DIR's model gets a new, untrained group head).
     mixture: source name -> {"ratio": r, ...source options}; sources: "synthref" (options: tasks weights,
     image_size, seed). stages: the schedule; each stage has its own warmup and cosine decay (lr, warmup_steps
     and min_lr_ratio here are the defaults of every stage).
@@ -94,6 +97,9 @@ class TrainConfig:
             raise ValueError("micro_batch and grad_accumulation must be >= 1")
         if ("tiny" in self.model) == ("init_from" in self.model):
             raise ValueError('model needs exactly one of "tiny" (build) or "init_from" (an AnyRef directory)')
+        if "new_group_head" in self.model and "init_from" not in self.model:
+            raise ValueError('"new_group_head" replaces the group head of an "init_from" model; a "tiny" model '
+                             'takes group_head_* fields in its config_overrides')
         if not self.mixture or any(float(v.get("ratio", 0)) < 0 for v in self.mixture.values()):
             raise ValueError("mixture needs at least one source with a ratio >= 0")
         if self.eval_every < 0 or self.eval_n < 1:

@@ -1,6 +1,8 @@
 """The model a training run starts from: a tiny AnyRef built from scratch, or an AnyRef directory."""
 from __future__ import annotations
 
+import torch
+
 from anyref.api import AnyRef
 from anyref.builders import build_tiny
 from anyref.synthref import SynthRef
@@ -9,7 +11,13 @@ __all__ = ["build_model"]
 
 
 def build_model(config) -> AnyRef:
-    """config.model = {"tiny": {sizes, "refocus_lambda"...}} or {"init_from": DIR}."""
+    """config.model = {"tiny": {sizes, "refocus_lambda"...}} or {"init_from": DIR} (optionally with
+    "new_group_head": {group_head_* config fields}: DIR's model with a new, untrained group head of that kind,
+    initialised from the run's seed)."""
     if "init_from" in config.model:
-        return AnyRef.from_pretrained(config.model["init_from"])
+        model = AnyRef.from_pretrained(config.model["init_from"])
+        if "new_group_head" in config.model:
+            torch.manual_seed(config.seed)
+            model.replace_group_head(**config.model["new_group_head"])
+        return model
     return build_tiny(corpus=SynthRef().vocabulary(), seed=config.seed, **config.model["tiny"])

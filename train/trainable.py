@@ -3,18 +3,23 @@ from __future__ import annotations
 
 from torch import nn
 
+from anyref.group_heads import PromptGroupHead
+
 __all__ = ["parameter_groups", "POLICIES", "apply_policies", "describe_groups"]
 
 # policy -> groups it trains (see train.config.Stage)
 POLICIES = {
-    "paper": ("lora", "token_rows", "mask_decoder", "heads", "mask_projector"),
-    "heads": ("mask_decoder", "heads", "mask_projector"),
+    "paper": ("lora", "token_rows", "mask_decoder", "heads", "group_head", "mask_projector"),
+    "heads": ("mask_decoder", "heads", "group_head", "mask_projector"),
     "all": ("lora", "token_rows", "llm", "vision", "vision_projector", "sam_encoder", "mask_decoder", "heads",
-            "mask_projector", "audio_encoder", "pointer_heads"),
+            "group_head", "mask_projector", "audio_encoder", "pointer_heads"),
     "encoders": ("vision", "sam_encoder", "audio_encoder", "warmup_heads"),
     # RAS's two stages: the mask projector alone (captioning from mask tokens), then all but the encoders
     "mask_projector": ("mask_projector",),
-    "all_but_encoders": ("lora", "token_rows", "llm", "vision_projector", "mask_decoder", "heads", "mask_projector"),
+    "all_but_encoders": ("lora", "token_rows", "llm", "vision_projector", "mask_decoder", "heads", "group_head",
+                         "mask_projector"),
+    # a prompt-attending group head alone, on a model whose other parts are finished
+    "group_head": ("group_head",),
 }
 
 
@@ -29,7 +34,11 @@ def parameter_groups(model: nn.Module, trainer_heads: dict[str, list[nn.Module]]
         "vision_projector": [llava.model.multi_modal_projector],
         "sam_encoder": [model.sam.image_encoder, model.sam.prompt_encoder],
         "mask_decoder": [model.sam.mask_decoder],
-        "heads": [m for m in (model.obj_projection, model.audio_projection, model.group_head) if m is not None],
+        # a prompt-attending group head is a group of its own, so that a stage can train it alone; RAS's head
+        # stays among the heads, so runs with it keep their optimizer layout (and their checkpoints load)
+        "heads": [m for m in (model.obj_projection, model.audio_projection, model.group_head)
+                  if m is not None and not isinstance(m, PromptGroupHead)],
+        "group_head": [model.group_head] if isinstance(model.group_head, PromptGroupHead) else [],
         "mask_projector": [model.mask_projector],
         "audio_encoder": [model.audio_encoder] if model.audio_encoder is not None else [],
         "mask_encoders": [model.mask_encoders],
@@ -61,6 +70,10 @@ def apply_policies(model: nn.Module, policies: set[str], trainer_heads: dict[str
     """Set requires_grad to the union of the given policies' groups; returns only the groups that train."""
     wanted = {group for policy in policies for group in POLICIES[policy]}
     groups = parameter_groups(model, trainer_heads)
+    for policy in policies:
+        if not any(groups[name] for name in POLICIES[policy] if name in groups):
+            raise ValueError(f"stage policy {policy!r} trains no parameter of this model (its groups "
+                             f"{POLICIES[policy]} are empty; 'group_head' needs a prompt-attending group head)")
     for name, params in groups.items():
         for param in params:
             param.requires_grad_(name in wanted)

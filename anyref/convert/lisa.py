@@ -54,7 +54,8 @@ from anyref.api import AnyRef
 from anyref.builders import LLAVA_V1_SYSTEM
 from anyref.config import CLIP_MEAN, CLIP_STD, AnyRefConfig
 from anyref.convert.shards import iter_shards
-from anyref.mask_tokens import GroupHead, MaskProjector, position_map
+from anyref.group_heads import GroupHead
+from anyref.mask_tokens import MaskProjector, position_map
 from anyref.tokens import SPECIAL_TOKENS, add_special_tokens
 from encoders.checkpoints import CheckpointError
 from encoders.imagebind_audio import ImageBindAudioConfig, ImageBindAudioEncoder, load_imagebind_audio

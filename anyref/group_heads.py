@@ -1,0 +1,111 @@
+"""Group heads: which candidate masks belong to the group a prompt asks for, from one forward pass (RAS).
+
+- :class:`GroupHead` is RAS's binary classifier: an MLP on each candidate's last-layer state (optionally next to its
+  own input mask token).
+- :class:`PromptGroupHead` also compares each candidate with the prompt itself: the candidate (its state and mask
+  token) attends over the prompt's positions (their states and input embeddings: the words, the ``MaskRef``
+  token) and the classifier reads the candidate, what it attended to, and their product. Why it exists: in the
+  tiny SynthRef model a candidate slot's last-layer state hardly depends on the prompt (docs/mask-groups.md), so
+  RAS's head had nothing to compare; this head makes the comparison itself.
+
+:func:`group_loss` is RAS's loss: the mean over samples of each sample's mean weighted BCE over its candidates.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["GroupHead", "PromptGroupHead", "build_group_head", "group_loss", "pad_rows"]
+
+
+class GroupHead(nn.Module):
+    """The binary classifier of RAS: Linear -> GELU -> Linear(1) on each candidate's output hidden state, or (with
+    ``reads_token``) on that state concatenated with the candidate's own input mask token."""
+
+    def __init__(self, hidden: int, reads_token: bool = False):
+        super().__init__()
+        self.reads_token = reads_token
+        self.mlp = nn.Sequential(nn.Linear(hidden * (2 if reads_token else 1), hidden), nn.GELU(), nn.Linear(hidden, 1))
+
+    def forward(self, states: torch.Tensor, tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """states: N x hidden; tokens: N x hidden, the candidates' mask tokens (needed with ``reads_token``).
+        Returns N membership logits."""
+        if self.reads_token:
+            if tokens is None:
+                raise ValueError("this group head reads the candidates' mask tokens: pass tokens")
+            states = torch.cat([states, tokens.to(states.dtype)], dim=-1)
+        return self.mlp(states).squeeze(-1)
+
+
+class PromptGroupHead(nn.Module):
+    """Membership logits from each candidate compared with its prompt.
+
+    Candidate vectors are [last-layer state, mask token] (2H), prompt vectors [last-layer state, input embedding]
+    (2H) at the prompt's positions; each is layer-normed (mask tokens are far larger than word embeddings). The
+    candidate's query attends (``heads`` heads, width ``width``) over its own sample's prompt; the classifier,
+    Linear -> GELU -> Linear(1), reads [c, a, c * a] with c the candidate's projection and a what it attended to:
+    the product lets one layer test "has the asked attribute" or "matches the reference mask".
+    """
+
+    def __init__(self, hidden: int, width: int = 64, heads: int = 4):
+        super().__init__()
+        if width % heads:
+            raise ValueError(f"group head width {width} must be a multiple of its heads {heads}")
+        self.heads = heads
+        self.candidate_norm, self.prompt_norm = nn.LayerNorm(2 * hidden), nn.LayerNorm(2 * hidden)
+        self.query, self.candidate = nn.Linear(2 * hidden, width), nn.Linear(2 * hidden, width)
+        self.key, self.value = nn.Linear(2 * hidden, width), nn.Linear(2 * hidden, width)
+        self.mlp = nn.Sequential(nn.Linear(3 * width, hidden), nn.GELU(), nn.Linear(hidden, 1))
+
+    def forward(self, candidates: torch.Tensor, prompt: torch.Tensor, prompt_mask: torch.Tensor) -> torch.Tensor:
+        """candidates: B x C x 2H; prompt: B x P x 2H; prompt_mask: B x P bool (True: a prompt position; every
+        sample needs at least one). Returns B x C logits."""
+        if not bool(prompt_mask.any(1).all()):
+            raise ValueError("every sample needs at least one prompt position for the group head to attend to")
+        batch, count, _ = candidates.shape
+        c = self.candidate_norm(candidates)
+        p = self.prompt_norm(prompt.to(c.dtype))
+
+        def split(x: torch.Tensor) -> torch.Tensor:  # B x N x width -> B x heads x N x width/heads
+            return x.view(batch, x.shape[1], self.heads, x.shape[2] // self.heads).transpose(1, 2)
+
+        attended = F.scaled_dot_product_attention(split(self.query(c)), split(self.key(p)), split(self.value(p)),
+                                                  attn_mask=prompt_mask[:, None, None, :])
+        attended = attended.transpose(1, 2).reshape(batch, count, self.value.out_features)
+        own = self.candidate(c)
+        return self.mlp(torch.cat([own, attended, own * attended], dim=-1)).squeeze(-1)
+
+
+def build_group_head(config, hidden: int) -> nn.Module:
+    """The group head an ``AnyRefConfig`` asks for, for an LLM of width ``hidden``."""
+    if config.group_head_attends_prompt:
+        return PromptGroupHead(hidden)
+    return GroupHead(hidden, config.group_head_reads_token)
+
+
+def pad_rows(values: torch.Tensor, chosen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The chosen positions of each row, left-aligned and zero-padded: values B x L x D, chosen B x L bool ->
+    (B x N x D, B x N bool), N the most any row has; row b's chosen positions in their order."""
+    counts = chosen.sum(1)
+    width = int(counts.max()) if len(counts) else 0
+    out = values.new_zeros((values.shape[0], width, values.shape[2]))
+    mask = torch.arange(width, device=values.device)[None, :] < counts[:, None]
+    out[mask] = values[chosen]
+    return out, mask
+
+
+def group_loss(logits: torch.Tensor, targets: torch.Tensor, owners: torch.Tensor, pos_weight: float) -> torch.Tensor:
+    """Mean over samples of each sample's mean BCE over its candidates (positives weighted ``pos_weight``).
+
+    logits, targets: N (all candidates of the batch); owners: N sample indices. Returns a scalar (0 without
+    candidates, still in the graph).
+    """
+    if logits.numel() == 0:
+        return logits.sum() * 0.0
+    weight = torch.tensor(pos_weight, dtype=torch.float32, device=logits.device)
+    per = F.binary_cross_entropy_with_logits(logits.float(), targets.float(), pos_weight=weight, reduction="none")
+    counts = torch.zeros(int(owners.max()) + 1, device=logits.device).index_add_(0, owners, torch.ones_like(per))
+    sums = torch.zeros_like(counts).index_add_(0, owners, per)
+    present = counts > 0
+    return (sums[present] / counts[present]).mean()
