@@ -132,7 +132,8 @@ class AnyRefModel(nn.Module):
 
     def replace_group_head(self, **changes) -> None:
         """Swap in a new, untrained group head of the kind ``changes`` ask for (the config's ``group_head_*``
-        fields), e.g. to train one alone on a finished model (train/presets/synthref-tiny-groups.json)."""
+        fields), e.g. to train one alone on a finished model (a training config's "new_group_head",
+        docs/mask-groups.md)."""
         odd = [name for name in changes if not name.startswith("group_head_")]
         if odd:
             raise ValueError(f"replace_group_head takes the config's group_head_* fields only, got {odd}")
@@ -350,8 +351,7 @@ class AnyRefModel(nn.Module):
         the mask token after it): the prompt's words and reference tokens, what a group is asked by."""
         ids = batch.input_ids
         span = torch.arange(ids.shape[1], device=ids.device)
-        is_image = ids == self.ids.image
-        last_image = torch.where(is_image, span[None, :], -1).max(1).values
+        last_image = torch.where(ids == self.ids.image, span[None, :], -1).max(1).values
         pre = ids == self.ids.mask_pool_pre
         candidate = pre | F.pad(pre[:, :-1], (1, 0))
         question = (span[None, :] > last_image[:, None]) & (span[None, :] < batch.answer_starts[:, None])
