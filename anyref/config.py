@@ -33,6 +33,9 @@ class AnyRefConfig:
         LISA did ("\nCan you segment the dog in this image? ASSISTANT:" at once). Off, every template piece and
         text reference is encoded alone, which with LLaMA's sentencepiece adds a "▁" piece at each start; the
         tiny SynthRef models were trained that way, converted and real-weight models set it on.
+    image_token_merge: merge each k x k block of image tokens into one before the LLM (1: off, LLaVA's own
+        layout). The tiny SynthRef model's LLM spends most of its time on its 256 image tokens; with k = 2 it reads
+        64 (:class:`anyref.image_tokens.ImageTokenMerger`). References still pool the full patch grid.
     region_pool: side of the RoIAlign / example pooling grid (4 -> 16 tokens per box or example).
     refocus_lambda: weight of the attention-weighted answer states added to h_obj (paper: 0.1).
     refocus_learnable: make lambda a trained parameter (the paper found it unstable).
@@ -71,6 +74,7 @@ class AnyRefConfig:
     image_wrap: bool = False
     obj_token: str = "<obj>"
     join_prompt_text: bool = False
+    image_token_merge: int = 1
     region_pool: int = 4
     refocus_lambda: float = 0.1
     refocus_learnable: bool = False
@@ -92,6 +96,8 @@ class AnyRefConfig:
     def __post_init__(self) -> None:
         if self.vision_resize not in VISION_RESIZE_MODES:
             raise ValueError(f"vision_resize must be one of {VISION_RESIZE_MODES}, got {self.vision_resize!r}")
+        if self.image_token_merge < 1:
+            raise ValueError(f"image_token_merge must be >= 1 (1: off), got {self.image_token_merge}")
         if self.region_pool < 1:
             raise ValueError(f"region_pool must be >= 1, got {self.region_pool}")
         if self.max_new_tokens < 1:

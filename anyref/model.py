@@ -22,6 +22,7 @@ from anyref.group_heads import PromptGroupHead, build_group_head, group_loss, pa
 from anyref.heads import ObjProjection, decode_masks, upscale_masks
 from anyref.losses import mask_bce, mask_dice
 from anyref.mask_tokens import MaskProjector, MaskSource, pool_masks, position_map
+from anyref.image_tokens import ImageTokenMerger
 from anyref.kv_cache import preallocated_cache
 from anyref.outputs import AnyRefOutput, Generation
 from anyref.prefix import PrefixCache, split_prefix
@@ -99,6 +100,12 @@ class AnyRefModel(nn.Module):
         if config.image_wrap:
             wrap = (tokenizer.convert_tokens_to_ids("<im_start>"), tokenizer.convert_tokens_to_ids("<im_end>"))
         self.grid = patch_grid_size(llava.config)
+        if self.grid % config.image_token_merge:
+            raise ValueError(f"image_token_merge {config.image_token_merge} does not divide the {self.grid} x "
+                             f"{self.grid} patch grid")
+        self.llm_grid = self.grid // config.image_token_merge  # side of the image-token grid the LLM reads
+        self.image_merger = (ImageTokenMerger(config.image_token_merge, hidden) if config.image_token_merge > 1
+                             else None)
         wanted = timm_sources(config.mask_features)
         mask_encoders = dict(mask_encoders or {})
         if sorted(mask_encoders) != sorted(wanted):
@@ -110,7 +117,7 @@ class AnyRefModel(nn.Module):
         self.mask_projector = MaskProjector({n: s.channels for n, s in self.mask_sources.items()}, hidden,
                                             config.mask_token_norm)
         self.group_head = build_group_head(config, hidden)
-        self.builder = PromptBuilder(config, tokenizer, self.ids, self.grid * self.grid, wrap, self.mask_sources)
+        self.builder = PromptBuilder(config, tokenizer, self.ids, self.llm_grid ** 2, wrap, self.mask_sources)
 
     def _mask_sources(self, mask_encoders: dict[str, nn.Module]) -> dict[str, MaskSource]:
         """Every feature map mask tokens pool, in config order (see anyref.mask_tokens)."""
@@ -257,6 +264,8 @@ class AnyRefModel(nn.Module):
         else:
             example_grids = grids.new_zeros((0, *grids.shape[1:]))
         image_tokens = project_vision(self.llava, grids.flatten(2).transpose(1, 2))  # B x G*G x H
+        if self.image_merger is not None:
+            image_tokens = self.image_merger(image_tokens)  # B x (G/k)^2 x H
         reference_tokens = self.reference_tokens(batch, grids, example_grids, sam_embeddings)  # T x H
         placeholders = (ids == self.ids.image) | (ids == self.ids.ref_feature)
         embeds = self.llava.get_input_embeddings()(ids.masked_fill(placeholders, self.ids.pad))

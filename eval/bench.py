@@ -263,7 +263,7 @@ def _select_scaling(model, repeats: int, device: torch.device) -> dict:
 
     sample = SynthRef().split("test", "group", 1)[0]
     limit = model.llava.config.text_config.max_position_embeddings
-    counts = [c for c in (50, 100, 200) if 3 * c + model.grid ** 2 + 64 < limit]
+    counts = [c for c in (50, 100, 200) if 3 * c + model.llm_grid ** 2 + 64 < limit]
     model.set_image(sample.image)
     lm = model.llava.model.language_model
     forwards = []

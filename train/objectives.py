@@ -119,9 +119,9 @@ def _object_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[t
 
 
 def pointer_targets(batch, grid: int) -> torch.Tensor:
-    """N x grid*grid: each ``<obj>``'s target mask as a distribution over the vision grid's cells (area fractions,
-    normalised), in the order the model lists ``<obj>`` (sample by sample). Needs the "resize" vision mode, where
-    the grid covers the whole image."""
+    """N x grid*grid: each ``<obj>``'s target mask as a distribution over the cells of the image-token grid the
+    LLM reads (area fractions, normalised), in the order the model lists ``<obj>`` (sample by sample). Needs the
+    "resize" vision mode, where the grid covers the whole image."""
     rows = [F.adaptive_avg_pool2d(masks.float()[:, None], grid).flatten(1) for masks in batch.masks if len(masks)]
     if not rows:
         return torch.zeros((0, grid * grid))
@@ -190,11 +190,11 @@ class TrainingObjective(nn.Module):
     def _pointer_loss(self, batch, output: AnyRefOutput) -> torch.Tensor:
         """Cross-entropy of each <obj> state's pointer over the image tokens against its target's cells."""
         model = self.model
-        image = batch.input_ids == model.ids.image  # every row holds the grid's G*G image tokens
+        image = batch.input_ids == model.ids.image  # every row holds the LLM grid's image tokens
         keys = self.pointer_key(output.hidden[image].view(len(image), -1, output.hidden.shape[-1]))  # B x G^2 x 64
         queries = self.pointer_query(output.obj_states)  # N x 64
         logits = torch.einsum("nd,ngd->ng", queries, keys[output.obj_rows]) / 8.0
-        targets = pointer_targets(batch, model.grid).to(logits.device)
+        targets = pointer_targets(batch, model.llm_grid).to(logits.device)
         return -(targets * logits.float().log_softmax(-1)).sum(-1).mean() if len(logits) else logits.sum() * 0.0
 
     @staticmethod

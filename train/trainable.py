@@ -36,7 +36,8 @@ def parameter_groups(model: nn.Module, trainer_heads: dict[str, list[nn.Module]]
         "mask_decoder": [model.sam.mask_decoder],
         # a prompt-attending group head is a group of its own, so that a stage can train it alone; RAS's head
         # stays among the heads, so runs with it keep their optimizer layout (and their checkpoints load)
-        "heads": [m for m in (model.obj_projection, model.audio_projection, model.group_head)
+        # the image-token merger is new even on a pretrained LLaVA, so it trains wherever the heads do
+        "heads": [m for m in (model.obj_projection, model.audio_projection, model.group_head, model.image_merger)
                   if m is not None and not isinstance(m, PromptGroupHead)],
         "group_head": [model.group_head] if isinstance(model.group_head, PromptGroupHead) else [],
         "mask_projector": [model.mask_projector],

@@ -1,0 +1,73 @@
+"""Merging image tokens before the LLM: which patches each merged token holds, its average-pooling start, and a
+model built with it (prompt length, training gradients, save/load)."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from anyref import OBJ, AnyRef, Box, ReferringSample
+from anyref.batching import collate, prepare
+from anyref.builders import build_tiny
+from anyref.image_tokens import ImageTokenMerger
+from tests.conftest import rect_mask, scene
+
+MERGE = {"image_token_merge": 2}
+
+
+@pytest.fixture(scope="module")
+def merged_model():
+    return build_tiny(seed=3, config_overrides=MERGE).eval()
+
+
+def test_each_merged_token_reads_exactly_its_block():
+    merger = ImageTokenMerger(2, hidden=8)
+    torch.nn.init.normal_(merger.linear.weight)  # away from the mean start, so any patch it reads shows
+    base = merger(torch.zeros(1, 36, 8))
+    for row, col in ((0, 0), (1, 4), (5, 5), (3, 2)):
+        tokens = torch.zeros(1, 36, 8)
+        tokens[0, row * 6 + col] = 1.0
+        changed = (merger(tokens) - base).abs().sum(-1)[0] > 0  # over the 3 x 3 merged grid
+        assert changed.nonzero().flatten().tolist() == [(row // 2) * 3 + col // 2]
+
+
+def test_an_untrained_merger_is_block_average_pooling():
+    tokens = torch.randn(2, 64, 5)
+    grid = tokens.transpose(1, 2).reshape(2, 5, 8, 8)
+    pooled = F.avg_pool2d(grid, 2).flatten(2).transpose(1, 2)  # 2 x 16 x 5
+    assert torch.allclose(ImageTokenMerger(2, hidden=5)(tokens), pooled, atol=1e-6)
+
+
+def test_merge_must_divide_the_patch_grid():
+    with pytest.raises(ValueError, match="does not divide"):
+        build_tiny(config_overrides={"image_token_merge": 3})  # the default tiny grid is 8 x 8
+    with pytest.raises(ValueError, match="image_token_merge must be >= 1"):
+        build_tiny(config_overrides={"image_token_merge": 0})
+    with pytest.raises(ValueError, match="multiple of 2"):
+        ImageTokenMerger(2, hidden=4)(torch.zeros(1, 9, 4))
+
+
+def test_the_prompt_quotes_the_merged_grid_and_training_reaches_the_merger(merged_model):
+    assert merged_model.llm_grid * 2 == merged_model.grid
+    image = scene(1)
+    sample_mask = rect_mask(image.shape[:2], 20, 60, 10, 50)
+    from anyref import OBJ, ReferringSample
+    sample = ReferringSample(image, ["the box", Box(10, 20, 50, 60)], "segment", ["it ", OBJ, "."],
+                             sample_mask[None])
+    batch = collate([prepare(sample, merged_model.builder)], merged_model.ids.pad)
+    assert int((batch.input_ids == merged_model.ids.image).sum()) == merged_model.llm_grid ** 2
+    model = build_tiny(seed=3, config_overrides=MERGE).train()
+    model(batch).loss.backward()
+    assert model.image_merger.linear.weight.grad.abs().sum() > 0
+    assert model.llava.model.multi_modal_projector.linear_1.weight.grad.abs().sum() > 0
+
+
+def test_a_merged_model_survives_save_and_load(tmp_path):
+    model = build_tiny(seed=4, config_overrides=MERGE)
+    with torch.no_grad():
+        model.image_merger.linear.weight.mul_(1.5)  # not the start value, so loading must restore it
+    loaded = AnyRef.from_pretrained(model.save_pretrained(tmp_path / "merged"))
+    assert loaded.config.image_token_merge == 2 and loaded.llm_grid == model.llm_grid
+    assert torch.equal(loaded.image_merger.linear.weight, model.image_merger.linear.weight)
+    image = scene(2)
+    first, again = model.segment(image, "the square"), loaded.segment(image, "the square")
+    assert first.text == again.text and np.array_equal(first.masks, again.masks)
