@@ -1,0 +1,126 @@
+"""Where a model's referring masks go wrong: the wrong object, or a poor mask of the right one.
+
+    python -m eval.mask_errors --model synthref-tiny --tasks text box --n 200 --out errors.json
+
+For SynthRef samples whose answer is masks (text, box, example, example_masked, audio1, audio2; each asked as
+``anyref eval synthref`` asks it, box samples through ``describe(..., with_masks=True)``), the union of the
+predicted masks is matched to the scene's objects (visible pixels): the object it overlaps best (IoU) is its
+object. A sample is then "right object" (that object is a target), "wrong object", or "no mask". The figures:
+- the share of samples in each case, their mean IoU with the target union, and for right-object samples the
+  mean precision and recall of the mask against the target union (too large, or too small);
+- ``iou_lost``: 1 - mean IoU, split into what each case loses (sum of 1 - IoU over its samples / n), so the
+  three parts add up to the whole gap. It says whether choosing the object or drawing it limits a model.
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+
+import numpy as np
+
+from anyref.synthref import SynthRef, SynthRefConfig
+from eval.results import RunOutput, make_results, write_results
+
+__all__ = ["MASK_TASKS", "classify_prediction", "summarise", "mask_errors"]
+
+MASK_TASKS = ("text", "box", "example", "example_masked", "audio1", "audio2")
+CASES = ("right_object", "wrong_object", "no_mask")
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 1.0
+
+
+def classify_prediction(predicted: np.ndarray, objects: np.ndarray, target_ids: list[int]) -> dict:
+    """One sample. predicted: H x W bool (the union of the answer's masks); objects: M x H x W bool visible masks
+    of the scene's objects; target_ids: the indices of the targets among them. Returns {"case", "iou",
+    "precision", "recall"}, IoU / precision / recall against the targets' union."""
+    target = objects[list(target_ids)].any(0)
+    hit = float(np.logical_and(predicted, target).sum())
+    area = float(predicted.sum())
+    scores = {"iou": _iou(predicted, target), "precision": hit / area if area else 0.0,
+              "recall": hit / float(target.sum()) if target.any() else 0.0}
+    if not predicted.any():
+        return {"case": "no_mask", **scores}
+    best = int(np.argmax([_iou(predicted, mask) for mask in objects]))
+    return {"case": "right_object" if best in target_ids else "wrong_object", **scores}
+
+
+def summarise(rows: list[dict]) -> dict:
+    """The figures of the module docstring over ``rows`` (classify_prediction's dicts)."""
+    n = len(rows)
+    if n == 0:
+        raise ValueError("no samples to summarise")
+    out: dict = {"mean_iou": float(np.mean([r["iou"] for r in rows])), "share": {}, "case_iou": {}, "iou_lost": {}}
+    for case in CASES:
+        picked = [r for r in rows if r["case"] == case]
+        out["share"][case] = len(picked) / n
+        out["case_iou"][case] = float(np.mean([r["iou"] for r in picked])) if picked else None
+        out["iou_lost"][case] = float(sum(1.0 - r["iou"] for r in picked) / n)
+    right = [r for r in rows if r["case"] == "right_object"]
+    out["right_object_precision"] = float(np.mean([r["precision"] for r in right])) if right else None
+    out["right_object_recall"] = float(np.mean([r["recall"] for r in right])) if right else None
+    return out
+
+
+def mask_errors(model, tasks: tuple[str, ...] = MASK_TASKS, n: int = 200, split: str = "test", chunk: int = 8,
+                world_seed: int = 0) -> RunOutput:
+    """summarise() per task over the first ``n`` samples of the SynthRef split."""
+    unknown = set(tasks) - set(MASK_TASKS)
+    if unknown:
+        raise ValueError(f"mask_errors scores tasks whose answer is masks {MASK_TASKS}, not {sorted(unknown)}")
+    world = SynthRef(SynthRefConfig(image_size=model.config.llava["vision_config"]["image_size"], seed=world_seed))
+    metrics, counts = {}, {}
+    for task in tasks:
+        samples = world.split(split, task, n)
+        rows = []
+        for start in range(0, len(samples), chunk):
+            part = samples[start:start + chunk]
+            if part[0].task == "describe":  # box samples: the caption prompt, whose answer carries the mask
+                results = [model.describe(s.image, s.references, with_masks=True) for s in part]
+            else:
+                results = model.segment_batch([s.image for s in part], [s.references for s in part])
+            for sample, result in zip(part, results):
+                predicted = (result.masks.any(0) if len(result.masks)
+                             else np.zeros(sample.image.shape[:2], dtype=bool))
+                rows.append(classify_prediction(predicted, sample.meta["object_masks"], sample.meta["target_ids"]))
+        metrics[task] = summarise(rows)
+        counts[task] = {"samples": len(rows)}
+    return RunOutput(metrics=metrics, counts=counts, settings={"n": n, "split": split, "tasks": list(tasks),
+                                                               "world_seed": world_seed})
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="synthref-tiny", help="a shipped model name or an AnyRef directory")
+    parser.add_argument("--tasks", nargs="+", default=list(MASK_TASKS), choices=MASK_TASKS)
+    parser.add_argument("--n", type=int, default=200, help="samples per task")
+    parser.add_argument("--split", default="test", choices=("val", "test"))
+    parser.add_argument("--out", help="write a results JSON here")
+    args = parser.parse_args(argv)
+    from anyref import AnyRef
+
+    started = time.time()
+    run = mask_errors(AnyRef.from_pretrained(args.model).eval(), tuple(args.tasks), args.n, args.split)
+    print(f"{'task':>15} {'IoU':>6} | share right / wrong / none | IoU right | lost: right / wrong / none"
+          " | right P / R")
+    for task, m in run.metrics.items():
+        share, lost = m["share"], m["iou_lost"]
+        right_iou = m["case_iou"]["right_object"]
+        print(f"{task:>15} {m['mean_iou']:6.3f} | {share['right_object']:.2f} / {share['wrong_object']:.2f} / "
+              f"{share['no_mask']:.2f}        | {right_iou if right_iou is None else round(right_iou, 3)!s:>9} | "
+              f"{lost['right_object']:.3f} / {lost['wrong_object']:.3f} / {lost['no_mask']:.3f}   | "
+              f"{m['right_object_precision'] or 0:.2f} / {m['right_object_recall'] or 0:.2f}")
+    if args.out:
+        write_results(args.out, make_results("mask_errors", run, model=args.model, dataset="synthref",
+                                             split=args.split, seconds=time.time() - started,
+                                             command=shlex.join(["python", "-m", "eval.mask_errors",
+                                                                 *(sys.argv[1:] if argv is None else argv)])))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
