@@ -86,7 +86,8 @@ def _shared_part(preset: dict, stages: int, free: tuple[str, ...]) -> dict:
     return {**kept, "model": {"tiny": tiny}, "stages": preset["stages"][:stages]}
 
 
-# preset -> (stages of synthref-tiny it branches after, settings it may change); refocusing acts in the joint stage
+# preset -> (stages of synthref-tiny-full-grid it branches after, settings it may change; their runs branched from
+# that preset's run, the model shipped before image_token_merge); refocusing acts in the joint stage
 # only (the ablation sets its lambda on the command line); the continuations change their settings after step 8,500
 BRANCHING_PRESETS = {"synthref-ablation": (1, ("refocus_answer_grad",)),
                      "synthref-tiny-answer-grad": (1, ("refocus_answer_grad",)),
@@ -94,12 +95,12 @@ BRANCHING_PRESETS = {"synthref-ablation": (1, ("refocus_answer_grad",)),
                      "synthref-group-focus": (2, ("group_weight",))}
 
 
-def test_every_preset_loads_and_the_branching_presets_match_the_shipped_model():
-    """Presets whose runs branch from a checkpoint of the shipped synthref-tiny run must agree with it on everything
+def test_every_preset_loads_and_the_branching_presets_match_the_run_they_branch_from():
+    """Presets whose runs branch from a checkpoint of the synthref-tiny-full-grid run must agree with it on everything
     up to the branch point (a different model or prompt layout would silently change what the branch continues)."""
     for path in PRESETS_DIR.glob("*.json"):
         load_config(path.stem)
-    tiny = json.loads((PRESETS_DIR / "synthref-tiny.json").read_text())
+    tiny = json.loads((PRESETS_DIR / "synthref-tiny-full-grid.json").read_text())
     for name, (stages, free) in BRANCHING_PRESETS.items():
         preset = json.loads((PRESETS_DIR / f"{name}.json").read_text())
         assert _shared_part(preset, stages, free) == _shared_part(tiny, stages, free), name
