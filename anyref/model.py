@@ -20,9 +20,9 @@ from anyref.batching import Batch
 from anyref.config import AnyRefConfig
 from anyref.group_heads import PromptGroupHead, build_group_head, group_loss, pad_rows
 from anyref.heads import ObjProjection, decode_masks, upscale_masks
+from anyref.image_tokens import ImageTokenMerger
 from anyref.losses import mask_bce, mask_dice
 from anyref.mask_tokens import MaskProjector, MaskSource, pool_masks, position_map
-from anyref.image_tokens import ImageTokenMerger
 from anyref.kv_cache import preallocated_cache
 from anyref.outputs import AnyRefOutput, Generation
 from anyref.prefix import PrefixCache, split_prefix

@@ -55,12 +55,12 @@ def summarise(rows: list[dict]) -> dict:
     if n == 0:
         raise ValueError("no samples to summarise")
     out: dict = {"mean_iou": float(np.mean([r["iou"] for r in rows])), "share": {}, "case_iou": {}, "iou_lost": {}}
-    for case in CASES:
-        picked = [r for r in rows if r["case"] == case]
+    by_case = {case: [r for r in rows if r["case"] == case] for case in CASES}
+    for case, picked in by_case.items():
         out["share"][case] = len(picked) / n
         out["case_iou"][case] = float(np.mean([r["iou"] for r in picked])) if picked else None
         out["iou_lost"][case] = float(sum(1.0 - r["iou"] for r in picked) / n)
-    right = [r for r in rows if r["case"] == "right_object"]
+    right = by_case["right_object"]
     out["right_object_precision"] = float(np.mean([r["precision"] for r in right])) if right else None
     out["right_object_recall"] = float(np.mean([r["recall"] for r in right])) if right else None
     return out
@@ -107,13 +107,15 @@ def main(argv: list[str] | None = None) -> int:
     run = mask_errors(AnyRef.from_pretrained(args.model).eval(), tuple(args.tasks), args.n, args.split)
     print(f"{'task':>15} {'IoU':>6} | share right / wrong / none | IoU right | lost: right / wrong / none"
           " | right P / R")
+    def figure(value, digits: int) -> str:  # a case no sample fell into has no figure
+        return "-" if value is None else f"{value:.{digits}f}"
+
     for task, m in run.metrics.items():
         share, lost = m["share"], m["iou_lost"]
-        right_iou = m["case_iou"]["right_object"]
         print(f"{task:>15} {m['mean_iou']:6.3f} | {share['right_object']:.2f} / {share['wrong_object']:.2f} / "
-              f"{share['no_mask']:.2f}        | {right_iou if right_iou is None else round(right_iou, 3)!s:>9} | "
+              f"{share['no_mask']:.2f}        | {figure(m['case_iou']['right_object'], 3):>9} | "
               f"{lost['right_object']:.3f} / {lost['wrong_object']:.3f} / {lost['no_mask']:.3f}   | "
-              f"{m['right_object_precision'] or 0:.2f} / {m['right_object_recall'] or 0:.2f}")
+              f"{figure(m['right_object_precision'], 2)} / {figure(m['right_object_recall'], 2)}")
     if args.out:
         write_results(args.out, make_results("mask_errors", run, model=args.model, dataset="synthref",
                                              split=args.split, seconds=time.time() - started,

@@ -50,7 +50,6 @@ def test_the_prompt_quotes_the_merged_grid_and_training_reaches_the_merger(merge
     assert merged_model.llm_grid * 2 == merged_model.grid
     image = scene(1)
     sample_mask = rect_mask(image.shape[:2], 20, 60, 10, 50)
-    from anyref import OBJ, ReferringSample
     sample = ReferringSample(image, ["the box", Box(10, 20, 50, 60)], "segment", ["it ", OBJ, "."],
                              sample_mask[None])
     batch = collate([prepare(sample, merged_model.builder)], merged_model.ids.pad)
