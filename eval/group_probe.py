@@ -13,8 +13,6 @@ between the two rows means the LLM's output lost what the candidate is.
 from __future__ import annotations
 
 import argparse
-import shlex
-import sys
 import time
 from collections import defaultdict
 
@@ -24,7 +22,7 @@ import torch
 from anyref.batching import collate, prepare
 from anyref.synthref import SynthRef, SynthRefConfig
 from anyref.synthref.vocabulary import COLOURS, SHAPES
-from eval.results import RunOutput, make_results, write_results
+from eval.results import RunOutput, write_module_results
 
 __all__ = ["candidate_vectors", "ridge_probe_accuracy", "probe_group_head"]
 
@@ -106,10 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{rule:>12}: member {means.get('member', float('nan')):.3f}  "
               f"non-member {means.get('non_member', float('nan')):.3f}")
     if args.out:
-        write_results(args.out, make_results("group_probe", run, model=args.model, dataset="synthref",
-                                             split="val->test", seconds=time.time() - started,
-                                             command=shlex.join(["python", "-m", "eval.group_probe",
-                                                                 *(sys.argv[1:] if argv is None else argv)])))
+        write_module_results(args.out, "group_probe", run, args.model, "val->test", started,
+                             "eval.group_probe", argv)
     return 0
 
 

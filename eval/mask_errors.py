@@ -14,14 +14,12 @@ object. A sample is then "right object" (that object is a target), "wrong object
 from __future__ import annotations
 
 import argparse
-import shlex
-import sys
 import time
 
 import numpy as np
 
 from anyref.synthref import SynthRef, SynthRefConfig
-from eval.results import RunOutput, make_results, write_results
+from eval.results import RunOutput, write_module_results
 
 __all__ = ["MASK_TASKS", "classify_prediction", "summarise", "mask_errors"]
 
@@ -117,10 +115,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{lost['right_object']:.3f} / {lost['wrong_object']:.3f} / {lost['no_mask']:.3f}   | "
               f"{figure(m['right_object_precision'], 2)} / {figure(m['right_object_recall'], 2)}")
     if args.out:
-        write_results(args.out, make_results("mask_errors", run, model=args.model, dataset="synthref",
-                                             split=args.split, seconds=time.time() - started,
-                                             command=shlex.join(["python", "-m", "eval.mask_errors",
-                                                                 *(sys.argv[1:] if argv is None else argv)])))
+        write_module_results(args.out, "mask_errors", run, args.model, args.split, started,
+                             "eval.mask_errors", argv)
     return 0
 
 

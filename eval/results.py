@@ -12,12 +12,15 @@ import datetime as _dt
 import json
 import math
 import os
+import shlex
+import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-__all__ = ["RunOutput", "make_results", "write_results", "read_results"]
+__all__ = ["RunOutput", "make_results", "write_results", "write_module_results", "read_results"]
 
 
 @dataclass
@@ -69,6 +72,15 @@ def write_results(path: str | Path, results: dict) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+def write_module_results(path: str | Path, benchmark: str, run: RunOutput, model: str, split: str,
+                         started: float, module: str, argv: Optional[list[str]] = None) -> Path:
+    """write_results for a ``python -m MODULE`` diagnostic (eval.mask_errors...): SynthRef results whose command
+    is that module with ``argv`` (the process's own arguments when None), timed from ``started``."""
+    words = ["python", "-m", module, *(sys.argv[1:] if argv is None else argv)]
+    return write_results(path, make_results(benchmark, run, model=model, dataset="synthref", split=split,
+                                            seconds=time.time() - started, command=shlex.join(words)))
 
 
 def read_results(path: str | Path) -> dict:

@@ -68,3 +68,16 @@ def test_sam_config_validation():
     with pytest.raises(ValueError, match="unknown SAM type"):
         SamConfig.named("vit_x")
     assert SamConfig.from_dict(SAM_SIZES["vit_h"].to_dict()) == SAM_SIZES["vit_h"]
+
+
+def test_tiny_fine_sam_draws_masks_at_its_input_resolution():
+    """tiny-fine's 32 x 32 embedding grid: the decoder's 4x upscaling gives low-res masks of the full 128 px."""
+    config = SAM_SIZES["tiny-fine"]
+    sam = build_sam(config)
+    embedding = sam.image_encoder(torch.zeros(1, 3, config.image_size, config.image_size))
+    assert embedding.shape == (1, config.prompt_dim, 32, 32) and config.embedding_size == 32
+    sparse, dense = sam.prompt_encoder(points=None, boxes=torch.tensor([[10.0, 10.0, 60.0, 60.0]]), masks=None)
+    masks, _ = sam.mask_decoder(image_embeddings=embedding, image_pe=sam.prompt_encoder.get_dense_pe(),
+                                sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+                                multimask_output=False)
+    assert masks.shape == (1, 1, config.image_size, config.image_size)

@@ -1,0 +1,89 @@
+"""Does a model know when the referred object is absent, or only fail to say so? A probe of the refusal decision.
+
+    python -m eval.no_target_probe --model synthref-tiny --n 100 --split val --out probe.json
+
+Greedy decoding refuses ("there is no such object.") exactly when the refusal's first token is the most likely
+first answer token, so that token's probability at the answer start decides every no-target prompt. The probe
+reads it, teacher-forced, on SynthRef no_target prompts (nothing matches) and text prompts (an object matches):
+- mean / median probability on each, and the AUC of telling them apart by it (0.5: the model cannot tell);
+- for thresholds t, the share of each answered with a refusal if the refusal were taken whenever p > t. A high
+  AUC with low refusal rates at 0.5 would be a calibration problem a threshold could fix; a low AUC is not.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import replace
+
+import numpy as np
+import torch
+
+from anyref.batching import collate, prepare
+from anyref.synthref import NO_TARGET_ANSWER, SynthRef, SynthRefConfig
+from eval.results import RunOutput, write_module_results
+
+__all__ = ["refusal_probabilities", "separation_auc", "no_target_probe"]
+
+THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5)
+
+
+@torch.no_grad()
+def refusal_probabilities(model, samples: list, chunk: int = 8) -> np.ndarray:
+    """N: for each sample's prompt, the probability of the refusal answer's first token as the first answer token."""
+    out = []
+    for start in range(0, len(samples), chunk):
+        part = [replace(s, answer=[NO_TARGET_ANSWER], masks=np.zeros((0, *s.image.shape[:2]), dtype=bool))
+                for s in samples[start:start + chunk]]
+        batch = collate([prepare(s, model.builder) for s in part], model.ids.pad).to(model.device, model.dtype)
+        hidden = model.answer_states(batch)[0]
+        rows = torch.arange(len(part), device=hidden.device)
+        starts = batch.answer_starts.to(hidden.device)
+        logits = model.llava.lm_head(hidden[rows, starts - 1]).float()  # the state that predicts the answer's start
+        out.append(torch.softmax(logits, -1)[rows, batch.labels[rows, starts]].cpu().numpy())
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def separation_auc(positives: np.ndarray, negatives: np.ndarray) -> float:
+    """P(a random positive scores above a random negative), ties counted half."""
+    if len(positives) == 0 or len(negatives) == 0:
+        raise ValueError("the AUC needs at least one sample on each side")
+    diff = positives[:, None] - negatives[None, :]
+    return float((diff > 0).mean() + 0.5 * (diff == 0).mean())
+
+
+def no_target_probe(model, n: int = 100, split: str = "val", world_seed: int = 0) -> RunOutput:
+    world = SynthRef(SynthRefConfig(image_size=model.config.llava["vision_config"]["image_size"], seed=world_seed))
+    probs = {task: refusal_probabilities(model, world.split(split, task, n)) for task in ("no_target", "text")}
+    metrics = {task: {"mean": float(p.mean()), "median": float(np.median(p)),
+                      "refused_at": {str(t): float((p > t).mean()) for t in THRESHOLDS}}
+               for task, p in probs.items()}
+    metrics["auc"] = separation_auc(probs["no_target"], probs["text"])
+    return RunOutput(metrics=metrics, counts={task: {"samples": len(p)} for task, p in probs.items()},
+                     settings={"n": n, "split": split, "world_seed": world_seed, "refusal": NO_TARGET_ANSWER})
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="synthref-tiny", help="a shipped model name or an AnyRef directory")
+    parser.add_argument("--n", type=int, default=100, help="samples per task")
+    parser.add_argument("--split", default="val", choices=("val", "test"))
+    parser.add_argument("--out", help="write a results JSON here")
+    args = parser.parse_args(argv)
+    from anyref import AnyRef
+
+    started = time.time()
+    run = no_target_probe(AnyRef.from_pretrained(args.model).eval(), args.n, args.split)
+    print(f"AUC (no_target above text): {run.metrics['auc']:.3f}")
+    print(f"{'prompts':>10} {'mean':>6} {'median':>6} | refused if p > " + " / ".join(map(str, THRESHOLDS)))
+    for task in ("no_target", "text"):
+        m = run.metrics[task]
+        print(f"{task:>10} {m['mean']:6.3f} {m['median']:6.3f} | "
+              + " / ".join(f"{m['refused_at'][str(t)]:.2f}" for t in THRESHOLDS))
+    if args.out:
+        write_module_results(args.out, "no_target_probe", run, args.model, args.split, started,
+                             "eval.no_target_probe", argv)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,42 @@
+"""The refusal probe (eval/no_target_probe.py): its probability is the one greedy decoding acts on, and its AUC."""
+import numpy as np
+import pytest
+import torch
+
+from anyref import AnyRef
+from anyref.samples import ReferringSample
+from anyref.synthref import SynthRef
+from eval.no_target_probe import main, refusal_probabilities, separation_auc
+from eval.results import read_results
+
+
+def test_the_probe_reads_the_first_answer_step_of_greedy_decoding(tmp_path):
+    model = AnyRef.from_pretrained("synthref-tiny").eval()
+    samples = SynthRef().split("val", "no_target", 2) + SynthRef().split("val", "text", 1)
+    probs = refusal_probabilities(model, samples, chunk=2)
+    refusal_first = model.tokenizer.encode(" there", add_special_tokens=False)[-1]
+    seen = []
+    hook = model.llava.lm_head.register_forward_hook(lambda module, args, out: seen.append(out.detach()))
+    try:
+        for sample, prob in zip(samples, probs):
+            prompt = ReferringSample(image=sample.image, references=sample.references, task=sample.task)
+            seen.clear()
+            with torch.no_grad():
+                model.generate(model._batch([prompt], False, 1), max_new_tokens=1)
+            first_step = torch.softmax(seen[0].reshape(-1, seen[0].shape[-1])[-1].float(), -1)
+            assert prob == pytest.approx(first_step[refusal_first].item(), abs=1e-4)
+    finally:
+        hook.remove()
+    assert main(["--n", "2", "--out", str(tmp_path / "probe.json")]) == 0
+    written = read_results(tmp_path / "probe.json")
+    assert written["counts"] == {"no_target": {"samples": 2}, "text": {"samples": 2}}
+    assert 0 <= written["metrics"]["auc"] <= 1
+    assert written["command"] == "python -m eval.no_target_probe --n 2 --out " + str(tmp_path / "probe.json")
+
+
+def test_separation_auc():
+    assert separation_auc(np.array([0.9, 0.8]), np.array([0.1, 0.2])) == 1.0
+    assert separation_auc(np.array([0.1]), np.array([0.9])) == 0.0
+    assert separation_auc(np.array([0.5, 0.5]), np.array([0.5])) == 0.5
+    with pytest.raises(ValueError, match="at least one"):
+        separation_auc(np.array([]), np.array([0.5]))
