@@ -43,8 +43,9 @@ def _command(config: Path, out: Path, *extra: str) -> list[str]:
             "--no-progress", *extra]
 
 
-def _train(config: Path, out: Path, expect: int = 0) -> subprocess.CompletedProcess:
-    result = subprocess.run(_command(config, out), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+def _train(config: Path, out: Path, *extra: str, expect: int = 0) -> subprocess.CompletedProcess:
+    result = subprocess.run(_command(config, out, *extra), cwd=ROOT, env=_env(), capture_output=True, text=True,
+                            timeout=600)
     assert result.returncode == expect, result.stderr[-3000:]
     return result
 
@@ -69,6 +70,15 @@ def test_killed_run_resumes_exactly(tmp_path):
     assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed; give it more steps"
     assert not (killed / "model").exists()
     stopped_at = marker.read_text()
+
+    # --export at the checkpoint's own step trains nothing and writes the checkpoint's weights as a model
+    exported = _train(config, killed, "--steps", stopped_at.split("-")[1], "--export")
+    assert f"wrote {killed / f'model-{stopped_at}'}" in exported.stdout and not (killed / "model").exists()
+    saved = torch.load(killed / "checkpoints" / stopped_at / "mp_rank_00_model_states.pt", map_location="cpu",
+                       weights_only=False)["module"]  # DeepSpeed's own file, written by this test's run
+    weights = load_file(killed / f"model-{stopped_at}" / "model.safetensors")
+    assert weights and all(torch.equal(weights[k], saved["model." + k]) for k in weights if "model." + k in saved)
+    assert sum("model." + k in saved for k in weights) > len(weights) // 2
 
     resumed = _train(config, killed)
     assert f"resumed from {killed / 'checkpoints' / stopped_at}" in resumed.stdout

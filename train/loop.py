@@ -132,6 +132,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, help="override the config's seed")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--export", action="store_true",
+                        help="also write a model where a --steps run stops, as OUT/model-step-NNNNNN (to evaluate a "
+                             "checkpoint: --steps at its step resumes it and trains nothing); a finished run always "
+                             "writes OUT/model")
     parser.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)  # passed by the deepspeed launcher
 
 
@@ -233,9 +237,10 @@ def run(args: argparse.Namespace) -> int:
         bar.close()
         if log:
             log.close()
-    if step == config.total_steps and rank == 0:
-        export(model, out / "model", trained_kinds=mixture.reference_kinds())
-        print(f"wrote {out / 'model'} (load it with AnyRef.from_pretrained)", flush=True)
+    if rank == 0 and (step == config.total_steps or args.export):
+        target = out / ("model" if step == config.total_steps else f"model-{checkpoint_tag(step)}")
+        export(model, target, trained_kinds=mixture.reference_kinds())
+        print(f"wrote {target} (load it with AnyRef.from_pretrained)", flush=True)
     return 0
 
 
