@@ -72,7 +72,7 @@ SAM_SIZES = {
     ),
     # a 32 x 32 embedding grid at 128 px (patch 4), so the decoder's 4x upscaling draws masks at full input
     # resolution where tiny's 16 x 16 grid leaves 8 px cells for small objects' outlines. Windowed attention only
-    # and a narrower encoder keep its cost near tiny's: global attention over 1,024 tokens cost 6x tiny's encoder
+    # and a narrower encoder keep its cost near tiny's (global attention over 1,024 tokens made it 8x tiny's)
     "tiny-fine": SamConfig(
         image_size=128, patch_size=4, encoder_width=32, encoder_depth=2, encoder_heads=1,
         encoder_global_attn=(), window_size=8, prompt_dim=64, decoder_mlp_dim=256, decoder_heads=4,

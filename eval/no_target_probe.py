@@ -52,6 +52,7 @@ def separation_auc(positives: np.ndarray, negatives: np.ndarray) -> float:
 
 
 def no_target_probe(model, n: int = 100, split: str = "val", world_seed: int = 0) -> RunOutput:
+    """The module docstring's figures over the first ``n`` no_target and text samples of the SynthRef split."""
     world = SynthRef(SynthRefConfig(image_size=model.config.llava["vision_config"]["image_size"], seed=world_seed))
     probs = {task: refusal_probabilities(model, world.split(split, task, n)) for task in ("no_target", "text")}
     metrics = {task: {"mean": float(p.mean()), "median": float(np.median(p)),
