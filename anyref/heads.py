@@ -19,8 +19,9 @@ def decode_masks(sam: Sam, image_embeddings: torch.Tensor, prompts: torch.Tensor
     """Low-resolution mask logits for N prompts, as SAM's mask decoder gives them with ``multimask_output=False``.
 
     image_embeddings: 1 x C x g x g (every prompt on one image) or N x C x g x g (prompt i on image i: a whole
-    training batch in one call); prompts: N x C (gamma outputs) used as the sparse prompt, the dense prompt being
-    SAM's no-mask embedding. Returns N x 1 x 4g x 4g.
+    training batch in one call); prompts: N x C (gamma outputs: one token each) or N x T x C (T tokens each, e.g.
+    SAM's prompt encoder's box corners) used as the sparse prompt, the dense prompt being SAM's no-mask embedding.
+    Returns N x 1 x 4g x 4g.
 
     SAM's ``MaskDecoder.forward`` repeats ONE image embedding for all its prompts; for prompts on different images
     this runs the same modules (its two-way transformer, upscaling and first hypernetwork MLP) on one embedding per
@@ -33,7 +34,8 @@ def decode_masks(sam: Sam, image_embeddings: torch.Tensor, prompts: torch.Tensor
     src = image_embeddings.expand(count, -1, -1, -1) + dense
     positions = sam.prompt_encoder.get_dense_pe().to(dtype).expand(count, -1, -1, -1)
     output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight]).to(dtype)
-    tokens = torch.cat([output_tokens[None].expand(count, -1, -1), prompts[:, None, :].to(dtype)], dim=1)
+    sparse = prompts[:, None, :] if prompts.dim() == 2 else prompts
+    tokens = torch.cat([output_tokens[None].expand(count, -1, -1), sparse.to(dtype)], dim=1)
     batch, channels, height, width = src.shape
     states, src = decoder.transformer(src, positions, tokens)
     upscaled = decoder.output_upscaling(src.transpose(1, 2).reshape(batch, channels, height, width))

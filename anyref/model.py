@@ -340,7 +340,7 @@ class AnyRefModel(nn.Module):
                 + config.group_weight * group)
         return AnyRefOutput(loss=loss, ce=ce.detach(), bce=bce.detach(), dice=dice.detach(), n_masks=n_masks,
                             mask_logits=mask_logits, terms={"group": group.detach()}, hidden=hidden, obj_rows=rows,
-                            obj_states=states)
+                            obj_states=states, sam_embeddings=embeddings)
 
     def group_logits(self, hidden: torch.Tensor, embeds: torch.Tensor, batch: Batch) -> torch.Tensor:
         """Membership logits of every candidate of the batch (sample by sample, in candidate order): N.

@@ -16,7 +16,8 @@ class AnyRefOutput:
     mask_logits: per sample, K x H x W logits at the original image size (K = the sample's ``<obj>`` count).
     terms: further detached loss terms by name (e.g. the group head's BCE), for logs.
     hidden: B x L x H last-layer states; obj_rows: N, the sample of each ``<obj>`` (in order); obj_states: N x H,
-    their refocused states (for auxiliary objectives of a trainer).
+    their refocused states; sam_embeddings: B x C x g x g, SAM's image embeddings of the batch (the last three
+    for auxiliary objectives of a trainer).
     """
 
     loss: torch.Tensor
@@ -29,6 +30,7 @@ class AnyRefOutput:
     hidden: torch.Tensor | None = None
     obj_rows: torch.Tensor | None = None
     obj_states: torch.Tensor | None = None
+    sam_embeddings: torch.Tensor | None = None
 
 
 @dataclass

@@ -23,6 +23,7 @@ class Stage:
     trainable: "paper" (LoRA, mask decoder, gamma, audio projection, new-token embeddings and lm_head; encoders
     frozen), "all" (every parameter: for tiny models that start from random weights), "heads" (mask decoder,
     gamma and projections only), "encoders" (vision tower, SAM image encoder, audio encoder and the warm-up heads),
+    "encoders_promptable" (the same plus SAM's mask decoder),
     "mask_projector" (RAS stage 1), "all_but_encoders" (RAS stage 2: everything but the vision, SAM image, audio
     and further mask encoders), "group_head" (a prompt-attending group head alone). See train/trainable.py.
     objective: "anyref" (the model's loss) or "synthref_dense" (the encoder warm-up of train/objectives.py).
@@ -30,6 +31,8 @@ class Stage:
     and then decays on a cosine of its own.
     pointer_weight: weight of the trainer's pointer loss (train/objectives.py) in this stage; 0 for the paper's
     loss alone.
+    sam_prompt_weight: weight of SAM's box-prompted mask loss (train/sam_prompts.py): on every object of a scene
+    in a synthref_dense stage, on the target masks in an anyref stage; needs a policy that trains the mask decoder.
     """
 
     name: str
@@ -40,6 +43,7 @@ class Stage:
     lr: float | None = None
     warmup_steps: int | None = None
     pointer_weight: float = 0.0
+    sam_prompt_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -48,9 +52,14 @@ class Stage:
             raise ValueError(f"stage {self.name!r}: trainable must be one of {TRAINABLE_POLICIES}")
         if self.objective not in OBJECTIVES:
             raise ValueError(f"stage {self.name!r}: objective must be one of {OBJECTIVES}")
-        if self.objective == "synthref_dense" and self.trainable != "encoders":
+        if self.objective == "synthref_dense" and self.trainable not in ("encoders", "encoders_promptable"):
             raise ValueError(f"stage {self.name!r}: the synthref_dense objective trains the encoders only "
-                             '(trainable "encoders")')
+                             '(trainable "encoders", or "encoders_promptable" with SAM\'s decoder)')
+        if self.sam_prompt_weight < 0 or self.pointer_weight < 0:
+            raise ValueError(f"stage {self.name!r}: pointer_weight and sam_prompt_weight must be >= 0")
+        if self.sam_prompt_weight and "mask_decoder" not in POLICIES[self.trainable]:
+            raise ValueError(f"stage {self.name!r}: sam_prompt_weight trains SAM's mask decoder, which policy "
+                             f"{self.trainable!r} freezes; use one that trains it (e.g. \"encoders_promptable\")")
         if self.lr is not None and self.lr <= 0:
             raise ValueError(f"stage {self.name!r}: lr must be > 0")
         if self.warmup_steps is not None and self.warmup_steps < 0:

@@ -208,7 +208,8 @@ def run(args: argparse.Namespace) -> int:
                 dense = None
                 if stage.objective == "synthref_dense":
                     dense = dense_targets(samples, *grids).to(engine.device)
-                output = engine(batch, dense=dense, objective=stage.objective, pointer_weight=stage.pointer_weight)
+                output = engine(batch, dense=dense, objective=stage.objective, pointer_weight=stage.pointer_weight,
+                                sam_prompt_weight=stage.sam_prompt_weight)
                 _check_finite(output, step, checkpoints)
                 engine.backward(output.loss)
                 engine.step()

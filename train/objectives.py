@@ -13,8 +13,11 @@ each ``<obj>`` state against the LLM's last-layer states of the image tokens and
 mask's cells - a direct signal of WHERE the answer is, which the mask loss gives only through SAM's decoder. Its
 head is trainer-only too.
 
+A third is SAM's own promptable segmentation (a stage's ``sam_prompt_weight``, train/sam_prompts.py): SAM's decoder
+draws each object (warm-up) or each target mask (joint stage) from a box, as SAM is pretrained to.
+
 The module DeepSpeed wraps is :class:`TrainingObjective`:
-``forward(batch, dense=None, objective="anyref", pointer_weight=0.0)``.
+``forward(batch, dense=None, objective="anyref", pointer_weight=0.0, sam_prompt_weight=0.0)``.
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ from anyref.references import Audio
 from anyref.samples import ReferringSample
 from anyref.synthref.vocabulary import COLOURS, SHAPES, SIZES
 from encoders.llava import vision_patch_grid
+from train.sam_prompts import box_prompt_loss
 
 __all__ = ["OBJECTIVES", "TrainingObjective", "DenseTargets", "dense_targets", "pointer_targets"]
 
@@ -45,15 +49,18 @@ class DenseTargets:
     first); sam: the same on SAM's g x g embedding grid. Objects (M of them, sample by sample): labels M x 3
     (shape, colour, size indices), owners M (sample index), vision_weights M x G x G and sam_weights M x g x g
     (area fractions, for mask pooling). audio: Na x len(SHAPES) {0, 1}, one row per Audio reference in batch order.
+    object_masks: per sample, its objects' K_i x H x W bool visible masks (the box prompts' targets).
     """
 
-    def __init__(self, vision, sam, labels, owners, vision_weights, sam_weights, audio):
+    def __init__(self, vision, sam, labels, owners, vision_weights, sam_weights, audio, object_masks):
         self.vision, self.sam, self.audio = vision, sam, audio
         self.labels, self.owners, self.vision_weights, self.sam_weights = labels, owners, vision_weights, sam_weights
+        self.object_masks = object_masks
 
     def to(self, device) -> "DenseTargets":
         return DenseTargets(*(t.to(device) for t in (self.vision, self.sam, self.labels, self.owners,
-                                                     self.vision_weights, self.sam_weights, self.audio)))
+                                                     self.vision_weights, self.sam_weights, self.audio)),
+                            [m.to(device) for m in self.object_masks])
 
 
 def _attribute_maps(sample: ReferringSample) -> torch.Tensor:
@@ -87,12 +94,13 @@ def _sounding_shapes(sample: ReferringSample) -> list[torch.Tensor]:
 def dense_targets(samples: list[ReferringSample], vision_grid: int, sam_grid: int) -> DenseTargets:
     """Targets for ``samples`` (SynthRef, square images that both encoders see whole, as the "resize" mode and
     SAM's longest-side resize of a square image give)."""
-    maps, labels, owners, masks = [], [], [], []
+    maps, labels, owners, masks, per_sample = [], [], [], [], []
     for row, sample in enumerate(samples):
         height, width = sample.image.shape[:2]
         if height != width:
             raise ValueError(f"the synthref_dense objective needs square images, got {height} x {width}")
         maps.append(_attribute_maps(sample))
+        per_sample.append(torch.from_numpy(np.asarray(sample.meta["object_masks"], dtype=bool)))
         for obj, mask in zip(sample.meta["objects"], sample.meta["object_masks"]):
             labels.append([values.index(obj[key]) for key, values in _ATTRIBUTES])
             owners.append(row)
@@ -104,7 +112,7 @@ def dense_targets(samples: list[ReferringSample], vision_grid: int, sam_grid: in
                         labels=torch.tensor(labels, dtype=torch.long), owners=torch.tensor(owners, dtype=torch.long),
                         vision_weights=F.adaptive_avg_pool2d(objects, vision_grid)[:, 0],
                         sam_weights=F.adaptive_avg_pool2d(objects, sam_grid)[:, 0],
-                        audio=torch.stack(audio) if audio else torch.zeros((0, len(SHAPES))))
+                        audio=torch.stack(audio) if audio else torch.zeros((0, len(SHAPES))), object_masks=per_sample)
 
 
 def _object_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict]:
@@ -173,19 +181,30 @@ class TrainingObjective(nn.Module):
         return {"warmup_heads": self.warmup_heads(), "pointer_heads": [self.pointer_query, self.pointer_key]}
 
     def forward(self, batch, dense: DenseTargets | None = None, objective: str = "anyref",
-                pointer_weight: float = 0.0) -> AnyRefOutput:
+                pointer_weight: float = 0.0, sam_prompt_weight: float = 0.0) -> AnyRefOutput:
         if objective == "anyref":
             output = self.model(batch)
             pointer = self._pointer_loss(batch, output)
             output.terms["pointer"] = pointer.detach()
             unused = self.warmup_heads() + ([] if pointer_weight else [self.pointer_query, self.pointer_key])
             output.loss = output.loss + pointer_weight * pointer + self._untouched(unused)
+            if sam_prompt_weight:
+                output.loss = output.loss + sam_prompt_weight * self._box_prompts(
+                    batch, output.sam_embeddings, batch.masks, output.terms)
             return output
         if objective != "synthref_dense":
             raise ValueError(f"unknown objective {objective!r}; choose one of {OBJECTIVES}")
         if dense is None:
             raise ValueError("the synthref_dense objective needs dense targets")
-        return self._dense(batch, dense)
+        return self._dense(batch, dense, sam_prompt_weight)
+
+    def _box_prompts(self, batch, embeddings: torch.Tensor, masks: list[torch.Tensor], terms: dict) -> torch.Tensor:
+        """SAM's box-prompted mask loss on ``masks`` (per sample), weighted as the model weighs its own masks;
+        its terms go to ``terms`` for the log."""
+        config = self.model.config
+        bce, dice, iou = box_prompt_loss(self.model.sam, embeddings, masks, batch.sam_sizes, batch.image_sizes)
+        terms.update(prompt_bce=bce.detach(), prompt_dice=dice.detach(), prompt_iou=iou)
+        return config.bce_weight * bce + config.dice_weight * dice
 
     def _pointer_loss(self, batch, output: AnyRefOutput) -> torch.Tensor:
         """Cross-entropy of each <obj> state's pointer over the image tokens against its target's cells."""
@@ -202,7 +221,7 @@ class TrainingObjective(nn.Module):
         """0 * (a sum over the parameters of modules this step does not use), to keep them in the graph."""
         return sum(p.sum() * 0.0 for module in modules for p in module.parameters())
 
-    def _dense(self, batch, dense: DenseTargets) -> AnyRefOutput:
+    def _dense(self, batch, dense: DenseTargets, sam_prompt_weight: float = 0.0) -> AnyRefOutput:
         model = self.model
         grids = vision_patch_grid(model.llava, batch.clip_pixels.to(model.dtype))
         embeddings = model.sam.image_encoder(batch.sam_pixels.to(model.dtype))
@@ -221,12 +240,17 @@ class TrainingObjective(nn.Module):
             if len(logits):
                 audio_loss = F.binary_cross_entropy_with_logits(logits, dense.audio)
             loss = loss + audio_loss + logits.sum() * 0.0
-        used = {id(p) for m in [model.llava.model.vision_tower, model.sam.image_encoder, model.audio_encoder,
-                                *self.warmup_heads()] if m is not None for p in m.parameters()}
+        used_modules = [model.llava.model.vision_tower, model.sam.image_encoder, model.audio_encoder,
+                        *self.warmup_heads()]
+        terms = {}
+        if sam_prompt_weight:
+            loss = loss + sam_prompt_weight * self._box_prompts(batch, embeddings, dense.object_masks, terms)
+            used_modules += [model.sam.prompt_encoder, model.sam.mask_decoder]
+        used = {id(p) for m in used_modules if m is not None for p in m.parameters()}
         rest = sum(p.sum() * 0.0 for p in self.parameters() if p.requires_grad and id(p) not in used)
         zero = loss.new_zeros(())
         return AnyRefOutput(loss=loss + rest, ce=zero, bce=zero, dice=zero, n_masks=0,
-                            terms={"dense_vision": vision_loss.detach(), "dense_sam": sam_loss.detach(),
+                            terms={**terms, "dense_vision": vision_loss.detach(), "dense_sam": sam_loss.detach(),
                                    "object_vision": vision_objects.detach(), "object_sam": sam_objects.detach(),
                                    "dense_audio": audio_loss.detach(),
                                    **{f"vision_acc_{k}": v for k, v in vision_acc.items()},

@@ -14,6 +14,8 @@ POLICIES = {
     "all": ("lora", "token_rows", "llm", "vision", "vision_projector", "sam_encoder", "mask_decoder", "heads",
             "group_head", "mask_projector", "audio_encoder", "pointer_heads"),
     "encoders": ("vision", "sam_encoder", "audio_encoder", "warmup_heads"),
+    # the same plus SAM's mask decoder, for a warm-up that also trains SAM on box prompts (sam_prompt_weight)
+    "encoders_promptable": ("vision", "sam_encoder", "mask_decoder", "audio_encoder", "warmup_heads"),
     # RAS's two stages: the mask projector alone (captioning from mask tokens), then all but the encoders
     "mask_projector": ("mask_projector",),
     "all_but_encoders": ("lora", "token_rows", "llm", "vision_projector", "mask_decoder", "heads", "group_head",
