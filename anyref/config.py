@@ -36,6 +36,8 @@ class AnyRefConfig:
     image_token_merge: merge each k x k block of image tokens into one before the LLM (1: off, LLaVA's own
         layout). The tiny SynthRef model's LLM spends most of its time on its 256 image tokens; with k = 2 it reads
         64 (:class:`anyref.image_tokens.ImageTokenMerger`). References still pool the full patch grid.
+    image_positions: add a learned 2-D position map to the image tokens the LLM reads and, RoIAligned with each
+        box, to box references' tokens (:class:`anyref.image_tokens.ImageTokenPositions`; off: LLaVA's layout).
     region_pool: side of the RoIAlign / example pooling grid (4 -> 16 tokens per box or example).
     refocus_lambda: weight of the attention-weighted answer states added to h_obj (paper: 0.1).
     refocus_learnable: make lambda a trained parameter (the paper found it unstable).
@@ -75,6 +77,7 @@ class AnyRefConfig:
     obj_token: str = "<obj>"
     join_prompt_text: bool = False
     image_token_merge: int = 1
+    image_positions: bool = False
     region_pool: int = 4
     refocus_lambda: float = 0.1
     refocus_learnable: bool = False

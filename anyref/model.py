@@ -20,7 +20,7 @@ from anyref.batching import Batch
 from anyref.config import AnyRefConfig
 from anyref.group_heads import PromptGroupHead, build_group_head, group_loss, pad_rows
 from anyref.heads import ObjProjection, decode_masks, upscale_masks
-from anyref.image_tokens import ImageTokenMerger
+from anyref.image_tokens import ImageTokenMerger, ImageTokenPositions
 from anyref.losses import mask_bce, mask_dice
 from anyref.mask_tokens import MaskProjector, MaskSource, pool_masks, position_map
 from anyref.kv_cache import preallocated_cache
@@ -106,6 +106,8 @@ class AnyRefModel(nn.Module):
         self.llm_grid = self.grid // config.image_token_merge  # side of the image-token grid the LLM reads
         self.image_merger = (ImageTokenMerger(config.image_token_merge, hidden) if config.image_token_merge > 1
                              else None)
+        cell = llava.config.vision_config.patch_size * config.image_token_merge
+        self.image_positions = ImageTokenPositions(self.llm_grid, hidden, cell) if config.image_positions else None
         wanted = timm_sources(config.mask_features)
         mask_encoders = dict(mask_encoders or {})
         if sorted(mask_encoders) != sorted(wanted):
@@ -220,6 +222,8 @@ class AnyRefModel(nn.Module):
         regions = roi_align(grids, batch.boxes.to(grids.dtype), output_size=pool, spatial_scale=1.0 / patch,
                             sampling_ratio=2, aligned=True)  # Nb x C_v x pool x pool
         by_kind = {"box": project_vision(self.llava, regions.flatten(2).transpose(1, 2))}
+        if self.image_positions is not None:
+            by_kind["box"] = by_kind["box"] + self.image_positions.at_boxes(batch.boxes, pool).to(grids.dtype)
         pooled = F.adaptive_avg_pool2d(example_grids, pool)  # 2-D blocks of the patch grid
         by_kind["example"] = project_vision(self.llava, pooled.flatten(2).transpose(1, 2))
         if self.audio_encoder is not None:
@@ -266,6 +270,8 @@ class AnyRefModel(nn.Module):
         image_tokens = project_vision(self.llava, grids.flatten(2).transpose(1, 2))  # B x G*G x H
         if self.image_merger is not None:
             image_tokens = self.image_merger(image_tokens)  # B x (G/k)^2 x H
+        if self.image_positions is not None:
+            image_tokens = self.image_positions.add_to_image(image_tokens)
         reference_tokens = self.reference_tokens(batch, grids, example_grids, sam_embeddings)  # T x H
         placeholders = (ids == self.ids.image) | (ids == self.ids.ref_feature)
         embeds = self.llava.get_input_embeddings()(ids.masked_fill(placeholders, self.ids.pad))

@@ -1,5 +1,6 @@
 """Merging image tokens before the LLM: which patches each merged token holds, its average-pooling start, and a
-model built with it (prompt length, training gradients, save/load)."""
+model built with it (prompt length, training gradients, save/load). The learned position map: where image and box
+tokens read it, its no-op start, and a model built with it."""
 import numpy as np
 import pytest
 import torch
@@ -8,7 +9,7 @@ import torch.nn.functional as F
 from anyref import OBJ, AnyRef, Box, ReferringSample
 from anyref.batching import collate, prepare
 from anyref.builders import build_tiny
-from anyref.image_tokens import ImageTokenMerger
+from anyref.image_tokens import ImageTokenMerger, ImageTokenPositions
 from tests.conftest import rect_mask, scene
 
 MERGE = {"image_token_merge": 2}
@@ -69,4 +70,61 @@ def test_a_merged_model_survives_save_and_load(tmp_path):
     assert torch.equal(loaded.image_merger.linear.weight, model.image_merger.linear.weight)
     image = scene(2)
     first, again = model.segment(image, "the square"), loaded.segment(image, "the square")
+    assert first.text == again.text and np.array_equal(first.masks, again.masks)
+
+
+def test_each_image_token_gets_its_cells_position():
+    positions = ImageTokenPositions(grid=3, hidden=4, cell=16)
+    torch.nn.init.normal_(positions.table)
+    tokens = torch.randn(2, 9, 4)
+    added = positions.add_to_image(tokens) - tokens
+    for row in range(3):
+        for col in range(3):
+            assert torch.allclose(added[:, row * 3 + col], positions.table[:, row, col].expand(2, 4))
+    with pytest.raises(ValueError, match="position map"):
+        positions.add_to_image(torch.zeros(1, 16, 4))
+
+
+def test_a_boxs_tokens_read_the_map_where_the_box_lies():
+    """With a map linear in x and y (which bilinear sampling keeps exact), a box token's position is the map's
+    value at its sample points: box tokens on the left read smaller x than on the right, and their mean is the
+    value at the box's centre."""
+    grid, cell = 8, 16
+    positions = ImageTokenPositions(grid=grid, hidden=2, cell=cell)
+    with torch.no_grad():
+        centres = torch.arange(grid, dtype=torch.float32)  # cell i's centre lies at (i + 0.5) * cell pixels
+        positions.table[0] = centres[None, :].expand(grid, grid)  # channel 0: x in cells
+        positions.table[1] = centres[:, None].expand(grid, grid)  # channel 1: y in cells
+    boxes = torch.tensor([[0.0, 16.0, 24.0, 48.0, 72.0], [1.0, 80.0, 40.0, 112.0, 56.0]])
+    with torch.no_grad():
+        sampled = positions.at_boxes(boxes, pool=4)  # 2 x 16 x 2
+    assert sampled.shape == (2, 16, 2)
+    for box, tokens in zip(boxes, sampled):
+        x_centre, y_centre = (box[1] + box[3]) / 2 / cell - 0.5, (box[2] + box[4]) / 2 / cell - 0.5
+        assert tokens[:, 0].mean() == pytest.approx(float(x_centre), abs=1e-4)
+        assert tokens[:, 1].mean() == pytest.approx(float(y_centre), abs=1e-4)
+        grid_x = tokens[:, 0].view(4, 4)  # the tokens' raster order: x grows along each row
+        assert (grid_x[:, 1:] > grid_x[:, :-1]).all()
+
+
+def test_a_position_map_starts_as_a_no_op_and_trains_and_survives_save_and_load(tmp_path):
+    image = scene(5)
+    sample = ReferringSample(image, ["the thing in", Box(10, 20, 50, 60)], "segment", ["it ", OBJ, "."],
+                             rect_mask(image.shape[:2], 20, 60, 10, 50)[None])
+    plain = build_tiny(seed=6, config_overrides=MERGE).train()
+    placed = build_tiny(seed=6, config_overrides={**MERGE, "image_positions": True}).train()
+    placed.load_state_dict(plain.state_dict(), strict=False)  # the same weights, the map at its zero start
+    batch = collate([prepare(sample, placed.builder)], placed.ids.pad)
+    torch.manual_seed(0)
+    before = plain(batch).loss
+    torch.manual_seed(0)
+    loss = placed(batch).loss
+    assert torch.allclose(loss, before)
+    loss.backward()
+    assert placed.image_positions.table.grad.abs().sum() > 0
+    with torch.no_grad():
+        placed.image_positions.table.normal_()
+    loaded = AnyRef.from_pretrained(placed.eval().save_pretrained(tmp_path / "placed"))
+    assert loaded.config.image_positions and torch.equal(loaded.image_positions.table, placed.image_positions.table)
+    first, again = placed.segment(image, "the square"), loaded.segment(image, "the square")
     assert first.text == again.text and np.array_equal(first.masks, again.masks)

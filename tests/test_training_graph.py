@@ -29,10 +29,12 @@ def _gradient_order(model, world, tasks: list[str], module=None, **kwargs) -> li
     return arrived
 
 
-@pytest.mark.parametrize("group_head", [{}, {"group_head_attends_prompt": True}], ids=["ras-head", "prompt-head"])
-def test_every_batch_builds_the_same_graph(group_head):
+@pytest.mark.parametrize("overrides", [{}, {"group_head_attends_prompt": True},
+                                       {"image_token_merge": 2, "image_positions": True}],
+                         ids=["ras-head", "prompt-head", "positions"])
+def test_every_batch_builds_the_same_graph(overrides):
     world = SynthRef()
-    model = build_tiny(corpus=world.vocabulary(), seed=0, config_overrides=group_head).train()
+    model = build_tiny(corpus=world.vocabulary(), seed=0, config_overrides=overrides).train()
     for p in model.parameters():
         p.requires_grad_(True)
     compositions = [["text", "no_target"], ["no_target", "no_target"], ["audio2", "box"], ["example", "text"],
