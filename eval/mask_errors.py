@@ -10,6 +10,8 @@ object. A sample is then "right object" (that object is a target), "wrong object
   mean precision and recall of the mask against the target union (too large, or too small);
 - ``iou_lost``: 1 - mean IoU, split into what each case loses (sum of 1 - IoU over its samples / n), so the
   three parts add up to the whole gap. It says whether choosing the object or drawing it limits a model.
+Text prompts are also split by their kind (``by_kind``: "relational" - "the square left of the blue star" - or
+the attributes they name, "size_colour_shape" ...), each with the same figures.
 """
 from __future__ import annotations
 
@@ -87,6 +89,11 @@ def mask_errors(model, tasks: tuple[str, ...] = MASK_TASKS, n: int = 200, split:
                 rows.append(classify_prediction(predicted, sample.meta["object_masks"], sample.meta["target_ids"]))
         metrics[task] = summarise(rows)
         counts[task] = {"samples": len(rows)}
+        kinds = [s.meta.get("kind") for s in samples]
+        if all(kinds):
+            metrics[task]["by_kind"] = {kind: summarise([r for r, k in zip(rows, kinds) if k == kind])
+                                        for kind in sorted(set(kinds))}
+            counts[task]["by_kind"] = {kind: kinds.count(kind) for kind in sorted(set(kinds))}
     return RunOutput(metrics=metrics, counts=counts, settings={"n": n, "split": split, "tasks": list(tasks),
                                                                "world_seed": world_seed})
 
@@ -108,12 +115,20 @@ def main(argv: list[str] | None = None) -> int:
     def figure(value, digits: int) -> str:  # a case no sample fell into has no figure
         return "-" if value is None else f"{value:.{digits}f}"
 
-    for task, m in run.metrics.items():
+    def line(name: str, m: dict) -> str:
         share, lost = m["share"], m["iou_lost"]
-        print(f"{task:>15} {m['mean_iou']:6.3f} | {share['right_object']:.2f} / {share['wrong_object']:.2f} / "
-              f"{share['no_mask']:.2f}        | {figure(m['case_iou']['right_object'], 3):>9} | "
-              f"{lost['right_object']:.3f} / {lost['wrong_object']:.3f} / {lost['no_mask']:.3f}   | "
-              f"{figure(m['right_object_precision'], 2)} / {figure(m['right_object_recall'], 2)}")
+        return (f"{name:>15} {m['mean_iou']:6.3f} | {share['right_object']:.2f} / {share['wrong_object']:.2f} / "
+                f"{share['no_mask']:.2f}        | {figure(m['case_iou']['right_object'], 3):>9} | "
+                f"{lost['right_object']:.3f} / {lost['wrong_object']:.3f} / {lost['no_mask']:.3f}   | "
+                f"{figure(m['right_object_precision'], 2)} / {figure(m['right_object_recall'], 2)}")
+
+    for task, m in run.metrics.items():
+        print(line(task, m))
+    for task, m in run.metrics.items():
+        if "by_kind" in m:
+            print(f"{task} prompts by kind (samples: {run.counts[task]['by_kind']}); iou_lost is per kind")
+            for kind, figures in m["by_kind"].items():
+                print(line(kind[:15], figures))
     if args.out:
         write_module_results(args.out, "mask_errors", run, args.model, args.split, started,
                              "eval.mask_errors", argv)

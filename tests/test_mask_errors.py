@@ -43,5 +43,9 @@ def test_a_run_on_the_shipped_model_covers_its_samples():
     for task in ("text", "box"):
         assert run.counts[task]["samples"] == 3
         assert sum(run.metrics[task]["share"].values()) == pytest.approx(1.0)
+    # text prompts are split by kind: the kinds' sample counts add up, each kind's shares too
+    assert sum(run.counts["text"]["by_kind"].values()) == 3 and "by_kind" not in run.metrics["box"]
+    for figures in run.metrics["text"]["by_kind"].values():
+        assert sum(figures["share"].values()) == pytest.approx(1.0)
     with pytest.raises(ValueError, match="whose answer is masks"):
         mask_errors(None, ("no_target",))
