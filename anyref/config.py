@@ -38,6 +38,7 @@ class AnyRefConfig:
         64 (:class:`anyref.image_tokens.ImageTokenMerger`). References still pool the full patch grid.
     image_positions: add a learned 2-D position map to the image tokens the LLM reads and, RoIAligned with each
         box, to box references' tokens (:class:`anyref.image_tokens.ImageTokenPositions`; off: LLaVA's layout).
+        On SynthRef it was learned but changed no target figure in one 2-hour run (docs/training.md).
     region_pool: side of the RoIAlign / example pooling grid (4 -> 16 tokens per box or example).
     refocus_lambda: weight of the attention-weighted answer states added to h_obj (paper: 0.1).
     refocus_learnable: make lambda a trained parameter (the paper found it unstable).
