@@ -9,7 +9,7 @@ from anyref.builders import build_tiny
 from anyref.synthref import SynthRef
 from encoders.sam import SamConfig, build_sam, sam_preprocess
 from train.config import Stage
-from train.objectives import TrainingObjective
+from train.objectives import TrainingObjective, dense_targets
 from train.sam_prompts import box_prompt_loss, jitter_boxes, mask_boxes
 
 
@@ -88,7 +88,6 @@ def test_the_objective_adds_the_loss_in_both_stage_kinds():
     added = 0.5 * (model.config.bce_weight * prompted.terms["prompt_bce"]
                    + model.config.dice_weight * prompted.terms["prompt_dice"])
     torch.testing.assert_close(prompted.loss, plain.loss + added)
-    from train.objectives import dense_targets
     dense = dense_targets(samples, model.grid, model.config.sam.embedding_size)
     assert [len(m) for m in dense.object_masks] == [len(s.meta["objects"]) for s in samples]
     warm = objective(batch, dense=dense, objective="synthref_dense", sam_prompt_weight=1.0)
