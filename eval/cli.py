@@ -8,6 +8,7 @@
     anyref eval reg      --model M --data refer_data --dataset refcocog --split val --out reg.json
     anyref eval synthref --model synthref-tiny --out synthref.json
     anyref eval summary  *.json --out table.md
+    anyref eval compare  shipped.json other.json --out compare.json
 
 Every benchmark takes ``--limit N`` (score the first N items), ``--save-overlays DIR`` (overlay PNGs) and
 ``--no-progress``. See docs/evaluation.md for the layouts each ``--data`` must have.
@@ -117,6 +118,19 @@ def register(subparsers) -> None:
     summary.add_argument("--out", help="markdown file to write (the table is printed too)")
     summary.set_defaults(func=_run_summary)
 
+    compare = commands.add_parser(
+        "compare", help="bootstrap confidence intervals of results' figures and of their differences",
+        description="Paired bootstrap over the per-sample records of results files scored on the same samples "
+                    "(SynthRef): each file's figures with their intervals, and each file's difference to the first.")
+    compare.add_argument("results", nargs="+", help="results JSON files (`anyref eval synthref --out`); the first "
+                                                    "is the baseline")
+    compare.add_argument("--labels", nargs="+", help="a column name per file (default: the file names)")
+    compare.add_argument("--resamples", type=_positive, default=2000, help="bootstrap resamples (default 2000)")
+    compare.add_argument("--level", type=float, default=0.95, help="interval level (default 0.95)")
+    compare.add_argument("--seed", type=int, default=0, help="seed of the resampling (default 0)")
+    compare.add_argument("--out", help="JSON file to write the comparison to (the table is printed)")
+    compare.set_defaults(func=_run_compare)
+
 
 def _reader(args):
     from eval import datasets
@@ -194,7 +208,8 @@ def _run_benchmark(args) -> int:
         start = time.perf_counter()
         figures = evaluate_synthref(model, n=n, tasks=tasks, split=args.split, overlays=args.save_overlays,
                                     progress=progress, allow_untrained=args.allow_untrained)
-        run = RunOutput(figures["metrics"], figures["counts"], {**figures["settings"], "primary": figures["primary"]})
+        run = RunOutput(figures["metrics"], figures["counts"], {**figures["settings"], "primary": figures["primary"]},
+                        per_sample=figures["per_sample"])
         dataset, data = "synthref", None
     else:
         reader = _reader(args)  # before the model: a bad --data fails fast
@@ -217,6 +232,15 @@ def _run_summary(args) -> int:
 
     table = write_summary(args.results, args.out)
     print(table, end="")
+    if args.out:
+        print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+def _run_compare(args) -> int:
+    from eval.compare import write_comparison
+
+    print(write_comparison(args.results, args.out, args.labels, args.resamples, args.level, args.seed), end="")
     if args.out:
         print(f"wrote {args.out}", file=sys.stderr)
     return 0

@@ -63,7 +63,7 @@ def run_demo(model_name: str | Path, out: str | Path, n: int = 8, progress: bool
     recorded = _recorded_metrics(model_dir)
     settings = {**figures["settings"], "primary": figures["primary"], "targets": SYNTHREF_TARGETS,
                 "recorded_full_split": recorded}
-    results = make_results("synthref-demo", RunOutput(figures["metrics"], figures["counts"], settings),
+    results = make_results("synthref-demo", RunOutput(figures["metrics"], figures["counts"], settings, figures["per_sample"]),
                            str(model_name), "synthref", "test", seconds,
                            f"anyref demo --model {model_name} --n {n}")
     metrics_path = write_results(out / "metrics.json", results)

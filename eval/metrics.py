@@ -85,6 +85,7 @@ class RefSegAccumulator:
 
     Per mask iou = I / (U + 1e-5), plus 1.0 where U == 0 (empty prediction on empty ground truth scores 1.0).
     cIoU = sum I / (sum U + 1e-10); gIoU = sum iou / (count + 1e-5). Sums are float32 as in LISA.
+    ``per_sample`` keeps each mask's "intersection", "union" (pixels) and "iou", in the order added.
     """
 
     def __init__(self) -> None:
@@ -92,6 +93,7 @@ class RefSegAccumulator:
         self._union = torch.zeros((), dtype=_F32)
         self._iou_sum = torch.zeros((), dtype=_F32)
         self.count = 0
+        self.per_sample: dict[str, list] = {"intersection": [], "union": [], "iou": []}
 
     def add(self, pred, gt) -> None:
         """pred, gt: H x W, bool (pred = logits > 0), both at the ORIGINAL image size."""
@@ -106,6 +108,8 @@ class RefSegAccumulator:
         self._union += union
         self._iou_sum += iou
         self.count += 1
+        for key, value in (("intersection", int(inter)), ("union", int(union)), ("iou", float(iou))):
+            self.per_sample[key].append(value)
 
     def result(self) -> dict[str, float]:
         """{"giou", "ciou"} as fractions."""
@@ -147,7 +151,8 @@ class GresAccumulator:
       FN: GT no target, flag not predicted -> iou 0, cIoU's union gets the predicted area;
       FP: GT has targets, flag predicted   -> I = 0, union kept;
       TN: GT has targets, flag not predicted -> the plain I / U.
-    Sums are in Python ints / float64, as in ReLA.
+    Sums are in Python ints / float64, as in ReLA. ``per_sample`` keeps each sample's contribution - its
+    "intersection" and "union" as added to the cIoU sums, its "iou" and its "case" - in the order added.
     """
 
     def __init__(self) -> None:
@@ -156,6 +161,7 @@ class GresAccumulator:
         self._union = 0
         self.cases = {"tp": 0, "fn": 0, "fp": 0, "tn": 0}
         self.count = 0
+        self.per_sample: dict[str, list] = {"intersection": [], "union": [], "iou": [], "case": []}
 
     def add(self, pred, gt, pred_no_target, gt_no_target: Optional[bool] = None) -> None:
         """pred, gt: H x W bool masks; pred_no_target: the model's own "no target" flag (not derived from an
@@ -182,6 +188,8 @@ class GresAccumulator:
         self._union += union
         self.cases[case] += 1
         self.count += 1
+        for key, value in (("intersection", inter), ("union", union), ("iou", iou), ("case", case)):
+            self.per_sample[key].append(value)
 
     def result(self) -> dict[str, float]:
         """{"giou", "ciou", "n_acc", "t_acc"} as fractions; cIoU, N-acc and T-acc are 0 when undefined."""
@@ -296,7 +304,8 @@ def _avs_fscore(probs: torch.Tensor, gt: torch.Tensor, beta2: float, num_thresho
 
 class AvsAccumulator:
     """AVSBench mIoU and F-score: each video scored on its own, the dataset score is the mean over videos
-    (a video whose frames all have an empty GT scores F = 0 and still counts)."""
+    (a video whose frames all have an empty GT scores F = 0 and still counts). ``miou`` and ``fscore`` keep each
+    video's score, in the order added."""
 
     def __init__(self, beta2: float = 0.3, num_thresholds: int = 255) -> None:
         if num_thresholds < 1:

@@ -25,11 +25,13 @@ __all__ = ["RunOutput", "make_results", "write_results", "write_module_results",
 
 @dataclass
 class RunOutput:
-    """What a runner returns: metrics (name -> value, or task -> {name -> value}), counts and settings."""
+    """What a runner returns: metrics (name -> value, or task -> {name -> value}), counts and settings, and
+    optionally per-sample records (task -> {record: [value per sample]}) that ``anyref eval compare`` resamples."""
 
     metrics: dict
     counts: dict
     settings: dict = field(default_factory=dict)
+    per_sample: Optional[dict] = None
 
 
 def _jsonable(value):
@@ -54,7 +56,14 @@ def make_results(benchmark: str, run: RunOutput, model: str, dataset: str, split
         "data": None if data is None else str(data), "metrics": run.metrics, "counts": run.counts,
         "settings": run.settings, "limit": limit, "seconds": round(float(seconds), 3), "command": command,
         "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        **({} if run.per_sample is None else {"per_sample": run.per_sample}),
     })
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_results(path: str | Path, results: dict) -> Path:
@@ -66,6 +75,7 @@ def write_results(path: str | Path, results: dict) -> Path:
         with os.fdopen(handle, "w", encoding="utf-8") as out:
             json.dump(_jsonable(results), out, indent=2)
             out.write("\n")
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes the file private; a results file is for sharing
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

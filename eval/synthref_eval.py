@@ -75,11 +75,13 @@ def _check_tasks(tasks: Optional[Sequence[str]]) -> list[str]:
 
 
 def _score_task(model, task: str, reader: SynthRefReader, writer: Optional[OverlayWriter], progress: bool,
-                allow_untrained: bool) -> tuple[dict, dict]:
-    """(metrics, counts) of one task."""
+                allow_untrained: bool) -> tuple[dict, dict, dict]:
+    """(metrics, counts, per-sample records) of one task; the records are lists in sample order (see
+    eval.compare, which recomputes every metric from them)."""
     refseg, avs, groups = RefSegAccumulator(), AvsAccumulator(), GresAccumulator()
     counts = {"samples": 0, "no_mask": 0}
     exact = 0
+    captions_exact, found = [], []
     for index, sample in enumerate(tqdm(reader, total=len(reader), desc=f"synthref {task}", disable=not progress,
                                         dynamic_ncols=True)):
         shape = sample.image.shape[:2]
@@ -87,7 +89,7 @@ def _score_task(model, task: str, reader: SynthRefReader, writer: Optional[Overl
         pred, answer = None, ""
         if task == "mask_caption":
             answer = model.describe(sample.image, sample.references, allow_untrained=allow_untrained)
-            exact += normalise_caption(answer) == normalise_caption(sample.meta["caption"])
+            captions_exact.append(int(normalise_caption(answer) == normalise_caption(sample.meta["caption"])))
         elif task == "group":
             result = model.select(sample.image, sample.references, candidates=sample.candidates,
                                   allow_untrained=allow_untrained)
@@ -100,12 +102,13 @@ def _score_task(model, task: str, reader: SynthRefReader, writer: Optional[Overl
             result = model.describe(sample.image, sample.references, allow_untrained=allow_untrained,
                                     with_masks=True)
             answer, pred = result.text, union_mask(result.masks, shape)
-            exact += normalise_caption(answer) == normalise_caption(sample.meta["caption"])
+            captions_exact.append(int(normalise_caption(answer) == normalise_caption(sample.meta["caption"])))
             refseg.add(pred, gt)
         else:
             result = model.segment(sample.image, sample.references, allow_untrained=allow_untrained)
             answer, pred = result.text, union_mask(result.masks, shape)
             counts["no_mask"] += not result.found
+            found.append(int(result.found))
             if task in _AUDIO_TASKS:
                 avs.add(logit_map(result, shape)[None], gt[None])
             elif task in _SEGMENT_TASKS:
@@ -117,27 +120,29 @@ def _score_task(model, task: str, reader: SynthRefReader, writer: Optional[Overl
                         boxes=[r for r in sample.references if isinstance(r, Box)],
                         reference_masks=[r.mask for r in sample.references if isinstance(r, MaskRef)])
     n = counts["samples"]
+    exact = sum(captions_exact)
     if task in _SEGMENT_TASKS:
-        metrics = refseg.result()
+        metrics, records = refseg.result(), {**refseg.per_sample, "found": found}
     elif task in _AUDIO_TASKS:
-        metrics = avs.result()
+        metrics, records = avs.result(), {"miou": avs.miou, "fscore": avs.fscore, "found": found}
     elif task == "box":
         metrics = {"caption_acc": exact / n, **refseg.result()}
+        records = {**refseg.per_sample, "caption_exact": captions_exact}
         counts["exact_captions"] = exact
         del counts["no_mask"]
     elif task == "mask_caption":
-        metrics = {"caption_acc": exact / n}
+        metrics, records = {"caption_acc": exact / n}, {"caption_exact": captions_exact}
         counts["exact_captions"] = exact
         del counts["no_mask"]
     elif task == "group":
-        metrics = groups.result()
+        metrics, records = groups.result(), groups.per_sample
         counts.update(empty_groups=groups.cases["tp"] + groups.cases["fn"], cases=dict(groups.cases))
         del counts["no_mask"]
     else:  # no_target
-        metrics = {"no_mask_rate": counts["no_mask"] / n}
+        metrics, records = {"no_mask_rate": counts["no_mask"] / n}, {"no_mask": [1 - f for f in found]}
     if "no_mask" in counts and task != "no_target":
         metrics["found_rate"] = 1.0 - counts["no_mask"] / n
-    return metrics, counts
+    return metrics, counts, records
 
 
 def evaluate_synthref(model, n: int = 200, tasks: Optional[Sequence[str]] = None, split: str = "test",
@@ -146,23 +151,26 @@ def evaluate_synthref(model, n: int = 200, tasks: Optional[Sequence[str]] = None
     """Score ``model`` on the first ``n`` samples of each task of SynthRef's fixed ``split``.
 
     Returns {"metrics": {task: {name: value}}, "primary": {task: name}, "counts": {task: {...}, "samples": total,
-    "tasks": count}, "settings": {n, split, tasks, image_size, world_seed, not_scored}}; every metric is a fraction.
+    "tasks": count}, "settings": {n, split, tasks, image_size, world_seed, not_scored}, "per_sample": {task:
+    {record: [one value per sample]}}}; every metric is a fraction. The per-sample records (pixel intersections and
+    unions, IoUs, exact captions, ...) are what ``anyref eval compare`` resamples for confidence intervals.
     overlays: a folder; each task's overlay PNGs go into a sub-folder named after it.
     """
     tasks = _check_tasks(tasks)
-    metrics, counts, seconds = {}, {}, {}
+    metrics, counts, seconds, per_sample = {}, {}, {}, {}
     for task in tasks:
         start = time.perf_counter()
         writer = None if overlays is None else OverlayWriter(Path(overlays) / task)
-        metrics[task], counts[task] = _score_task(model, task, SynthRefReader(task, split, n, config), writer,
-                                                  progress, allow_untrained)
+        metrics[task], counts[task], per_sample[task] = _score_task(
+            model, task, SynthRefReader(task, split, n, config), writer, progress, allow_untrained)
         seconds[task] = round(time.perf_counter() - start, 3)
     counts["samples"] = sum(counts[t]["samples"] for t in tasks)
     counts["tasks"] = len(tasks)
     settings = {"n": n, "split": split, "tasks": tasks, "image_size": config.image_size, "world_seed": config.seed,
                 "seconds_per_task": seconds,
                 "not_scored": {t: why for t, why in UNSCORED_TASKS.items()}}
-    return {"metrics": metrics, "primary": {t: PRIMARY[t] for t in tasks}, "counts": counts, "settings": settings}
+    return {"metrics": metrics, "primary": {t: PRIMARY[t] for t in tasks}, "counts": counts, "settings": settings,
+            "per_sample": per_sample}
 
 
 def missed_targets(metrics: dict, targets: dict = SYNTHREF_TARGETS) -> list[str]:

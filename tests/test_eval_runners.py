@@ -1,6 +1,7 @@
 """How the runners turn answers into metric inputs, checked with stand-in models whose answers are known: mask
 unions, the GRES no-target flag, per-video AVS scoring from logits, and the atomic results file."""
 import json
+import os
 
 import numpy as np
 import pytest
@@ -134,6 +135,12 @@ def test_results_file_is_written_atomically_and_read_back(tmp_path):
     assert data["seconds"] == 1.235 and data["limit"] == 3 and data["command"] == "anyref eval res ..."
     assert sorted(p.name for p in path.parent.iterdir()) == ["r.json"]
     assert read_results(path)["dataset"] == "refcoco"
+    mask = os.umask(0o022)
+    try:
+        write_results(path, results)
+    finally:
+        os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o644  # shareable like any file, not mkstemp's private 0600
     (tmp_path / "bad.json").write_text(json.dumps({"metrics": {}}))
     with pytest.raises(ValueError, match="not an `anyref eval` results file"):
         read_results(tmp_path / "bad.json")

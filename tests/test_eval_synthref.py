@@ -100,6 +100,7 @@ def test_cli_synthref(tiny_model, tmp_path, capsys):
     assert results["settings"]["n"] == 2 and results["settings"]["primary"] == {"text": "ciou",
                                                                                  "no_target": "no_mask_rate"}
     assert "--tasks text,no_target" in results["command"]
+    assert len(results["per_sample"]["text"]["union"]) == 2 and len(results["per_sample"]["no_target"]["no_mask"]) == 2
     capsys.readouterr()
     assert cli.main(["synthref", "--model", str(model_dir), "--tasks", "groups"]) == 2
     assert "unknown SynthRef task" in capsys.readouterr().err
