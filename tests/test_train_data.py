@@ -86,24 +86,28 @@ def _shared_part(preset: dict, stages: int, free: tuple[str, ...]) -> dict:
     return {**kept, "model": {"tiny": tiny}, "stages": preset["stages"][:stages]}
 
 
-# preset -> (stages of synthref-tiny-full-grid it branches after, settings it may change; their runs branched from
-# that preset's run, the model shipped before image_token_merge); refocusing acts in the joint stage
-# only (the ablation sets its lambda on the command line); the continuations change their settings after step 8,500
-BRANCHING_PRESETS = {"synthref-ablation": (1, ("refocus_answer_grad",)),
-                     "synthref-tiny-answer-grad": (1, ("refocus_answer_grad",)),
-                     "synthref-token-norm": (2, ("mask_token_norm",)),
-                     "synthref-group-focus": (2, ("group_weight",))}
+# preset -> (the preset whose run it branches from, how many of its stages come before the branch point, settings
+# it may change). The first four branch from synthref-tiny-full-grid's run (the model shipped before
+# image_token_merge): refocusing acts in the joint stage only (the ablation sets its lambda on the command line); the
+# continuations change their settings after step 8,500. The last two continue a finished synthref-tiny run.
+BRANCHING_PRESETS = {"synthref-ablation": ("synthref-tiny-full-grid", 1, ("refocus_answer_grad",)),
+                     "synthref-tiny-answer-grad": ("synthref-tiny-full-grid", 1, ("refocus_answer_grad",)),
+                     "synthref-token-norm": ("synthref-tiny-full-grid", 2, ("mask_token_norm",)),
+                     "synthref-group-focus": ("synthref-tiny-full-grid", 2, ("group_weight",)),
+                     "synthref-tiny-continue": ("synthref-tiny", 2, ()),
+                     "synthref-caption-focus": ("synthref-tiny", 2, ())}
 
 
 def test_every_preset_loads_and_the_branching_presets_match_the_run_they_branch_from():
-    """Presets whose runs branch from a checkpoint of the synthref-tiny-full-grid run must agree with it on everything
-    up to the branch point (a different model or prompt layout would silently change what the branch continues)."""
+    """Presets whose runs branch from a checkpoint of another preset's run must agree with it on everything up to
+    the branch point (a different model or prompt layout would silently change what the branch continues)."""
     for path in PRESETS_DIR.glob("*.json"):
         load_config(path.stem)
-    tiny = json.loads((PRESETS_DIR / "synthref-tiny-full-grid.json").read_text())
-    for name, (stages, free) in BRANCHING_PRESETS.items():
+    for name, (base, stages, free) in BRANCHING_PRESETS.items():
         preset = json.loads((PRESETS_DIR / f"{name}.json").read_text())
-        assert _shared_part(preset, stages, free) == _shared_part(tiny, stages, free), name
+        source = json.loads((PRESETS_DIR / f"{base}.json").read_text())
+        assert _shared_part(preset, stages, free) == _shared_part(source, stages, free), name
+    tiny = json.loads((PRESETS_DIR / "synthref-tiny-full-grid.json").read_text())
     # and the comparison can fail: a different model width is caught
     wider = json.loads(json.dumps(tiny))
     wider["model"]["tiny"]["text_width"] *= 2
