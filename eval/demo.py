@@ -63,8 +63,8 @@ def run_demo(model_name: str | Path, out: str | Path, n: int = 8, progress: bool
     recorded = _recorded_metrics(model_dir)
     settings = {**figures["settings"], "primary": figures["primary"], "targets": SYNTHREF_TARGETS,
                 "recorded_full_split": recorded}
-    results = make_results("synthref-demo", RunOutput(figures["metrics"], figures["counts"], settings, figures["per_sample"]),
-                           str(model_name), "synthref", "test", seconds,
+    run = RunOutput(figures["metrics"], figures["counts"], settings, figures["per_sample"])
+    results = make_results("synthref-demo", run, str(model_name), "synthref", "test", seconds,
                            f"anyref demo --model {model_name} --n {n}")
     metrics_path = write_results(out / "metrics.json", results)
     sheet = contact_sheet(out / "overlays", out / "demo.png")

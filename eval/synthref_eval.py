@@ -79,9 +79,8 @@ def _score_task(model, task: str, reader: SynthRefReader, writer: Optional[Overl
     """(metrics, counts, per-sample records) of one task; the records are lists in sample order (see
     eval.compare, which recomputes every metric from them)."""
     refseg, avs, groups = RefSegAccumulator(), AvsAccumulator(), GresAccumulator()
-    counts = {"samples": 0, "no_mask": 0}
-    exact = 0
-    captions_exact, found = [], []
+    counts = {"samples": 0}
+    captions_exact, found = [], []  # per sample: caption exact (box, mask_caption); answered with a mask (segment)
     for index, sample in enumerate(tqdm(reader, total=len(reader), desc=f"synthref {task}", disable=not progress,
                                         dynamic_ncols=True)):
         shape = sample.image.shape[:2]
@@ -97,7 +96,6 @@ def _score_task(model, task: str, reader: SynthRefReader, writer: Optional[Overl
             pred = result.union
             answer = f"selected {result.indices.tolist()} of {len(sample.candidates)} (truth {np.flatnonzero(sample.selected).tolist()})"
             groups.add(pred, gt, not result.found, not sample.selected.any())
-            counts["no_mask"] += not result.found
         elif task == "box":
             result = model.describe(sample.image, sample.references, allow_untrained=allow_untrained,
                                     with_masks=True)
@@ -107,7 +105,6 @@ def _score_task(model, task: str, reader: SynthRefReader, writer: Optional[Overl
         else:
             result = model.segment(sample.image, sample.references, allow_untrained=allow_untrained)
             answer, pred = result.text, union_mask(result.masks, shape)
-            counts["no_mask"] += not result.found
             found.append(int(result.found))
             if task in _AUDIO_TASKS:
                 avs.add(logit_map(result, shape)[None], gt[None])
@@ -121,6 +118,8 @@ def _score_task(model, task: str, reader: SynthRefReader, writer: Optional[Overl
                         reference_masks=[r.mask for r in sample.references if isinstance(r, MaskRef)])
     n = counts["samples"]
     exact = sum(captions_exact)
+    if found:  # the tasks answered by segment()
+        counts["no_mask"] = n - sum(found)
     if task in _SEGMENT_TASKS:
         metrics, records = refseg.result(), {**refseg.per_sample, "found": found}
     elif task in _AUDIO_TASKS:
@@ -129,15 +128,12 @@ def _score_task(model, task: str, reader: SynthRefReader, writer: Optional[Overl
         metrics = {"caption_acc": exact / n, **refseg.result()}
         records = {**refseg.per_sample, "caption_exact": captions_exact}
         counts["exact_captions"] = exact
-        del counts["no_mask"]
     elif task == "mask_caption":
         metrics, records = {"caption_acc": exact / n}, {"caption_exact": captions_exact}
         counts["exact_captions"] = exact
-        del counts["no_mask"]
     elif task == "group":
         metrics, records = groups.result(), groups.per_sample
         counts.update(empty_groups=groups.cases["tp"] + groups.cases["fn"], cases=dict(groups.cases))
-        del counts["no_mask"]
     else:  # no_target
         metrics, records = {"no_mask_rate": counts["no_mask"] / n}, {"no_mask": [1 - f for f in found]}
     if "no_mask" in counts and task != "no_target":
