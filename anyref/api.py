@@ -12,7 +12,7 @@ import torch
 from anyref.batching import collate, prepare
 from anyref.candidates import check_candidates, sam_candidates
 from anyref.checkpoint import load_directory, save_directory
-from anyref.heads import decode_masks, upscale_masks
+from anyref.heads import upscale_masks
 from anyref.images import load_image
 from anyref.model import AnyRefModel, unique_rows
 from anyref.outputs import Generation, GroupResult, SegmentResult
@@ -208,8 +208,10 @@ class AnyRef(AnyRefModel):
             unique, inverse = unique_rows(batch.sam_pixels)
             sam = self.sam_embeddings(unique)[inverse]  # B x C x g x g
         embeddings = sam if len(sam) == 1 else sam[owners]
-        prompts = self.obj_projection(torch.cat([g.obj_states for g in generations]))
-        low = decode_masks(self.sam, embeddings, prompts)
+        image_states = None
+        if self.obj_locator is not None:
+            image_states = torch.stack([g.image_states for g in generations])[owners]
+        low, _ = self.decode_obj_masks(embeddings, torch.cat([g.obj_states for g in generations]), image_states)
         results = []
         for row, generation in enumerate(generations):
             logits = upscale_masks(self.sam, low[owners == row], batch.sam_sizes[row], batch.image_sizes[row]).float()

@@ -39,6 +39,10 @@ class AnyRefConfig:
     image_positions: add a learned 2-D position map to the image tokens the LLM reads and, RoIAligned with each
         box, to box references' tokens (:class:`anyref.image_tokens.ImageTokenPositions`; off: LLaVA's layout).
         On SynthRef it was learned but changed no target figure in one 2-hour run (docs/training.md).
+    obj_location_prompt: give SAM, next to each ``<obj>``'s projection, a dense prompt: that ``<obj>``'s location
+        map over the image tokens the LLM read (:class:`anyref.heads.ObjLocator`, embedded by SAM's prompt encoder as
+        a mask input). Off: the paper (SAM's no-mask embedding). It opens a spatial path for the mask loss into the
+        image tokens' states; the trainer's pointer loss, when on, supervises the same map.
     region_pool: side of the RoIAlign / example pooling grid (4 -> 16 tokens per box or example).
     refocus_lambda: weight of the attention-weighted answer states added to h_obj (paper: 0.1).
     refocus_learnable: make lambda a trained parameter (the paper found it unstable).
@@ -79,6 +83,7 @@ class AnyRefConfig:
     join_prompt_text: bool = False
     image_token_merge: int = 1
     image_positions: bool = False
+    obj_location_prompt: bool = False
     region_pool: int = 4
     refocus_lambda: float = 0.1
     refocus_learnable: bool = False

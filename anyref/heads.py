@@ -1,11 +1,15 @@
-"""From an ``<obj>`` state to a mask: gamma (an MLP into SAM's prompt space) and SAM's own mask decoder."""
+"""From an ``<obj>`` state to a mask: gamma (an MLP into SAM's prompt space) and SAM's own mask decoder; optionally
+a location map of the ``<obj>`` over the image tokens, given to SAM as its dense (mask) prompt."""
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 from segment_anything.modeling import Sam
 from torch import nn
 
-__all__ = ["ObjProjection", "decode_masks", "upscale_masks"]
+__all__ = ["ObjProjection", "ObjLocator", "location_logits", "location_prompt", "decode_masks", "upscale_masks"]
 
 
 class ObjProjection(nn.Sequential):
@@ -15,13 +19,54 @@ class ObjProjection(nn.Sequential):
         super().__init__(nn.Linear(hidden, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, prompt_dim))
 
 
-def decode_masks(sam: Sam, image_embeddings: torch.Tensor, prompts: torch.Tensor) -> torch.Tensor:
+class ObjLocator(nn.Module):
+    """Where an ``<obj>`` is: scaled dot products of a query from its state with keys from the last-layer states of
+    the image tokens the LLM read, one logit per token of its grid.
+
+    Not in the paper: a from-scratch tiny LLM places its masks roughly (docs/training.md), and this map, given to
+    SAM as a dense prompt (:func:`location_prompt`), lets the mask loss reach the image tokens' states through a
+    spatial path and not only through one ``<obj>`` vector. The trainer's pointer loss supervises the same logits.
+    """
+
+    def __init__(self, hidden: int, dim: int = 64):
+        super().__init__()
+        self.query, self.key = nn.Linear(hidden, dim), nn.Linear(hidden, dim)
+
+    def forward(self, obj_states: torch.Tensor, image_states: torch.Tensor) -> torch.Tensor:
+        """obj_states N x H, image_states N x T x H (the image tokens of each ``<obj>``'s own row) -> N x T."""
+        return location_logits(self.query(obj_states), self.key(image_states))
+
+
+def location_logits(queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """Scaled dot products: queries N x d, keys N x T x d -> N x T."""
+    return torch.einsum("nd,ntd->nt", queries, keys) / math.sqrt(queries.shape[-1])
+
+
+def location_prompt(sam: Sam, location_logits: torch.Tensor) -> torch.Tensor:
+    """SAM's dense prompt from location logits N x G^2 over a G x G token grid: N x C x g x g.
+
+    The map, as log-probabilities relative to a uniform one (so 0 means "no more likely than anywhere"), is resized
+    to the mask-input size SAM's prompt encoder expects (4g) and embedded by that encoder as it embeds a mask.
+    """
+    count, tokens = location_logits.shape
+    side = math.isqrt(tokens)
+    if side * side != tokens:
+        raise ValueError(f"location logits must cover a square grid, got {tokens} tokens")
+    relative = location_logits.float().log_softmax(-1) + math.log(tokens)
+    maps = F.interpolate(relative.view(count, 1, side, side), size=sam.prompt_encoder.mask_input_size,
+                         mode="bilinear", align_corners=False)
+    _, dense = sam.prompt_encoder(points=None, boxes=None, masks=maps.to(location_logits.dtype))
+    return dense
+
+
+def decode_masks(sam: Sam, image_embeddings: torch.Tensor, prompts: torch.Tensor,
+                 dense: torch.Tensor | None = None) -> torch.Tensor:
     """Low-resolution mask logits for N prompts, as SAM's mask decoder gives them with ``multimask_output=False``.
 
     image_embeddings: 1 x C x g x g (every prompt on one image) or N x C x g x g (prompt i on image i: a whole
     training batch in one call); prompts: N x C (gamma outputs: one token each) or N x T x C (T tokens each, e.g.
-    SAM's prompt encoder's box corners) used as the sparse prompt, the dense prompt being SAM's no-mask embedding.
-    Returns N x 1 x 4g x 4g.
+    SAM's prompt encoder's box corners) used as the sparse prompt; dense: N x C x g x g dense prompts
+    (:func:`location_prompt`), or None for SAM's no-mask embedding. Returns N x 1 x 4g x 4g.
 
     SAM's ``MaskDecoder.forward`` repeats ONE image embedding for all its prompts; for prompts on different images
     this runs the same modules (its two-way transformer, upscaling and first hypernetwork MLP) on one embedding per
@@ -30,7 +75,9 @@ def decode_masks(sam: Sam, image_embeddings: torch.Tensor, prompts: torch.Tensor
     decoder = sam.mask_decoder
     count = prompts.shape[0]
     dtype = image_embeddings.dtype
-    dense = sam.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).to(dtype)
+    if dense is None:
+        dense = sam.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
+    dense = dense.to(dtype)
     src = image_embeddings.expand(count, -1, -1, -1) + dense
     positions = sam.prompt_encoder.get_dense_pe().to(dtype).expand(count, -1, -1, -1)
     output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight]).to(dtype)

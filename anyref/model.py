@@ -19,7 +19,7 @@ from transformers import LlavaForConditionalGeneration, PreTrainedTokenizerBase
 from anyref.batching import Batch
 from anyref.config import AnyRefConfig
 from anyref.group_heads import PromptGroupHead, build_group_head, group_loss, pad_rows
-from anyref.heads import ObjProjection, decode_masks, upscale_masks
+from anyref.heads import ObjLocator, ObjProjection, decode_masks, location_prompt, upscale_masks
 from anyref.image_tokens import ImageTokenMerger, ImageTokenPositions
 from anyref.losses import mask_bce, mask_dice
 from anyref.mask_tokens import MaskProjector, MaskSource, pool_masks, position_map
@@ -86,6 +86,12 @@ class AnyRefModel(nn.Module):
         hidden = llava.config.text_config.hidden_size
         self.audio_projection = None if audio_encoder is None else nn.Linear(config.audio.out_dim, hidden)
         self.obj_projection = ObjProjection(hidden, config.sam.prompt_dim)
+        self.obj_locator = None
+        if config.obj_location_prompt:
+            # drawn aside from the random stream, so that every other module starts as in a model without it
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(torch.initial_seed() + 1)
+                self.obj_locator = ObjLocator(hidden)
         lam = torch.tensor(float(config.refocus_lambda))
         if config.refocus_learnable:
             self.refocus_lambda = nn.Parameter(lam)
@@ -316,12 +322,14 @@ class AnyRefModel(nn.Module):
         embeds = self.input_embeddings(batch, sam_embeddings=embeddings)
         hidden, ce, rows, _, states = self.answer_states(batch, embeds=embeds)
         ids = batch.input_ids
-        prompts = self.obj_projection(states)
         group = self._group_loss(batch, hidden, embeds)
-        # every mask of the batch in ONE decoder call (prompt i on its own image's embedding), plus a zero prompt
+        # every mask of the batch in ONE decoder call (prompt i on its own image's embedding), plus a zero state
         # weighted 0, so that the decoder is in the graph even for a batch without masks (see reference_tokens)
-        zero = prompts.new_zeros((1, prompts.shape[1]))
-        low = decode_masks(self.sam, torch.cat([embeddings[rows], embeddings[:1]]), torch.cat([prompts, zero]))
+        owners = torch.cat([rows, rows.new_zeros(1)])
+        image_states = self.image_token_states(ids, hidden)[owners] if self.obj_locator is not None else None
+        zero = states.new_zeros((1, states.shape[1]))
+        low, locations = self.decode_obj_masks(embeddings[owners], torch.cat([states, zero]), image_states)
+        locations = None if locations is None else locations[:-1]
         bce = dice = low[-1].sum() * 0.0 + embeddings.sum() * 0.0
         mask_logits = []
         n_masks = 0
@@ -346,7 +354,25 @@ class AnyRefModel(nn.Module):
                 + config.group_weight * group)
         return AnyRefOutput(loss=loss, ce=ce.detach(), bce=bce.detach(), dice=dice.detach(), n_masks=n_masks,
                             mask_logits=mask_logits, terms={"group": group.detach()}, hidden=hidden, obj_rows=rows,
-                            obj_states=states, sam_embeddings=embeddings)
+                            obj_states=states, obj_locations=locations, sam_embeddings=embeddings)
+
+    def image_token_states(self, input_ids: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        """The states of the image tokens the LLM read, row by row: input_ids B x L, hidden B x L x H ->
+        B x T x H (T = the LLM grid's tokens, which every row holds)."""
+        return hidden[input_ids == self.ids.image].view(len(input_ids), self.llm_grid ** 2, hidden.shape[-1])
+
+    def decode_obj_masks(self, embeddings: torch.Tensor, obj_states: torch.Tensor,
+                         image_states: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Low-res mask logits N x 1 x 4g x 4g of N ``<obj>`` states (N x H) on their SAM embeddings (N x C x g x g,
+        or 1 x C x g x g for one image), and their location logits N x T over the image tokens (None unless
+        ``config.obj_location_prompt``, which needs image_states: N x T x H, each ``<obj>``'s own row's)."""
+        prompts = self.obj_projection(obj_states)
+        if self.obj_locator is None:
+            return decode_masks(self.sam, embeddings, prompts), None
+        if image_states is None:
+            raise ValueError("this model gives SAM each <obj>'s location map: pass the image tokens' states")
+        locations = self.obj_locator(obj_states, image_states)
+        return decode_masks(self.sam, embeddings, prompts, location_prompt(self.sam, locations)), locations
 
     def group_logits(self, hidden: torch.Tensor, embeds: torch.Tensor, batch: Batch) -> torch.Tensor:
         """Membership logits of every candidate of the batch (sample by sample, in candidate order): N.
@@ -452,9 +478,10 @@ class AnyRefModel(nn.Module):
             cache = prefix.expanded(batch_size, capacity)
         positions = (attention.cumsum(-1) - 1).clamp_min(0)
         with LastLayerAttentionTap(self.language_model) as tap:
-            step_hidden = lm(inputs_embeds=embeds[:, shared:], attention_mask=attention,
-                             position_ids=positions[:, shared:], past_key_values=cache,
-                             use_cache=True).last_hidden_state[:, -1]
+            prompt_hidden = lm(inputs_embeds=embeds[:, shared:], attention_mask=attention,
+                               position_ids=positions[:, shared:], past_key_values=cache,
+                               use_cache=True).last_hidden_state  # B x (L - shared) x H
+            step_hidden = prompt_hidden[:, -1]
             answer_hidden: list[torch.Tensor] = []  # B x H per generated position (prompt_length + i)
             tokens = [[] for _ in range(batch_size)]
             emitted: list[_Emission] = []
@@ -490,9 +517,15 @@ class AnyRefModel(nn.Module):
             for row, state in zip(torch.cat([e.rows for e in emitted]).tolist(), final):
                 states[row].append(state)
         hidden_size = step_hidden.shape[-1]
+        image_states = [None] * batch_size
+        if self.obj_locator is not None:  # the prompt's last-layer states in the (reordered) row layout
+            if shared:
+                prompt_hidden = torch.cat([prefix.hidden.expand(batch_size, -1, -1), prompt_hidden], dim=1)
+            image_states = self.image_token_states(batch.input_ids.gather(1, order) if shared else batch.input_ids,
+                                                   prompt_hidden)
         return [Generation(tokens[row],
                            torch.stack(states[row]) if states[row] else step_hidden.new_zeros((0, hidden_size)),
-                           self.decode_text(tokens[row]))
+                           self.decode_text(tokens[row]), image_states[row])
                 for row in range(batch_size)]
 
     def _emitted_obj_states(self, emitted: list[_Emission], cache, attention, answer_hidden,

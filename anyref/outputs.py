@@ -16,8 +16,9 @@ class AnyRefOutput:
     mask_logits: per sample, K x H x W logits at the original image size (K = the sample's ``<obj>`` count).
     terms: further detached loss terms by name (e.g. the group head's BCE), for logs.
     hidden: B x L x H last-layer states; obj_rows: N, the sample of each ``<obj>`` (in order); obj_states: N x H,
-    their refocused states; sam_embeddings: B x C x g x g, SAM's image embeddings of the batch (the last three
-    for auxiliary objectives of a trainer).
+    their refocused states; obj_locations: N x T, their location logits over the T image tokens (models with
+    ``obj_location_prompt``, else None); sam_embeddings: B x C x g x g, SAM's image embeddings of the batch (the
+    last four for auxiliary objectives of a trainer).
     """
 
     loss: torch.Tensor
@@ -30,16 +31,20 @@ class AnyRefOutput:
     hidden: torch.Tensor | None = None
     obj_rows: torch.Tensor | None = None
     obj_states: torch.Tensor | None = None
+    obj_locations: torch.Tensor | None = None
     sam_embeddings: torch.Tensor | None = None
 
 
 @dataclass
 class Generation:
-    """One generated answer: token ids (eos excluded), the refocused ``<obj>`` states (K x H) and the text."""
+    """One generated answer: token ids (eos excluded), the refocused ``<obj>`` states (K x H), the text, and the
+    last-layer states of the image tokens of its prompt (T x H; kept only for models whose SAM prompt needs them,
+    ``obj_location_prompt``)."""
 
     token_ids: list[int]
     obj_states: torch.Tensor
     text: str
+    image_states: torch.Tensor | None = None
 
 
 @dataclass

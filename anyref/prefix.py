@@ -21,19 +21,21 @@ __all__ = ["PrefixCache", "split_prefix"]
 
 @dataclass
 class PrefixCache:
-    """The prefix's token ids (P) and, per decoder layer, its keys and values (1 x KVH x P x D each)."""
+    """The prefix's token ids (P), per decoder layer its keys and values (1 x KVH x P x D each), and its last-layer
+    states (1 x P x H: the image tokens' states, for models that locate ``<obj>`` among them)."""
 
     ids: tuple[int, ...]
     layers: list[tuple[torch.Tensor, torch.Tensor]]
+    hidden: torch.Tensor
 
     @classmethod
     def run(cls, language_model, ids: tuple[int, ...], embeds: torch.Tensor) -> "PrefixCache":
         """The prefix through the decoder stack: embeds 1 x P x H (position ids 0..P-1)."""
         cache = DynamicCache()
         positions = torch.arange(embeds.shape[1], device=embeds.device)[None]
-        language_model(inputs_embeds=embeds, attention_mask=torch.ones_like(positions), position_ids=positions,
-                       past_key_values=cache, use_cache=True)
-        return cls(ids, [(layer.keys, layer.values) for layer in cache.layers])
+        hidden = language_model(inputs_embeds=embeds, attention_mask=torch.ones_like(positions),
+                                position_ids=positions, past_key_values=cache, use_cache=True).last_hidden_state
+        return cls(ids, [(layer.keys, layer.values) for layer in cache.layers], hidden)
 
     def expanded(self, rows: int, capacity: int) -> Cache:
         """A fresh decoding cache for ``capacity`` tokens holding the prefix in each of ``rows`` rows (copied into

@@ -117,7 +117,6 @@ def reference_segment(model, image: np.ndarray, refs: list, new_tokens: int = AN
     attention returning every layer's maps, refocus each ``<obj>`` from the last layer's maps, then decode masks.
     Returns the number of masks."""
     from anyref.batching import collate, prepare
-    from anyref.heads import decode_masks
     from anyref.refocus import refocus
     from anyref.samples import ReferringSample
 
@@ -131,9 +130,12 @@ def reference_segment(model, image: np.ndarray, refs: list, new_tokens: int = AN
         embeds = model.input_embeddings(batch)
         prompt_length = embeds.shape[1]
         states = []
+        image_states = None
         for _ in range(new_tokens):
             out = lm(inputs_embeds=embeds, output_attentions=True, use_cache=False)
             hidden = out.last_hidden_state[0]  # L x H
+            if image_states is None:
+                image_states = model.image_token_states(batch.input_ids, out.last_hidden_state[:, :prompt_length])
             next_id = model.llava.lm_head(hidden[-1]).argmax(-1)
             if int(next_id) == model.ids.obj:
                 weights = out.attentions[-1][0, :, -1].mean(0)  # heads averaged: L
@@ -146,7 +148,7 @@ def reference_segment(model, image: np.ndarray, refs: list, new_tokens: int = AN
         config._attn_implementation = previous
     embedding = model.sam_embeddings(batch.sam_pixels)
     if states:
-        decode_masks(model.sam, embedding, model.obj_projection(torch.stack(states)))
+        model.decode_obj_masks(embedding, torch.stack(states), image_states.expand(len(states), -1, -1))
     return len(states)
 
 

@@ -11,7 +11,9 @@ alone.
 A second, optional help for from-scratch runs is the pointer loss (a stage's ``pointer_weight``): a small head reads
 each ``<obj>`` state against the LLM's last-layer states of the image tokens and is trained to point at the target
 mask's cells - a direct signal of WHERE the answer is, which the mask loss gives only through SAM's decoder. Its
-head is trainer-only too.
+head is trainer-only too, except in a model that gives SAM a location map (``obj_location_prompt``): there the
+pointer loss supervises the model's own map (:class:`anyref.heads.ObjLocator`) and the trainer has no head of its
+own.
 
 A third is SAM's own promptable segmentation (a stage's ``sam_prompt_weight``, train/sam_prompts.py): SAM's decoder
 draws each object (warm-up) or each target mask (joint stage) from a box, as SAM is pretrained to.
@@ -26,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from anyref.heads import location_logits
 from anyref.mask_tokens import pool_masks
 from anyref.outputs import AnyRefOutput
 from anyref.references import Audio
@@ -170,7 +173,13 @@ class TrainingObjective(nn.Module):
         self.sam_object_head = nn.Linear(sam_width, attributes)
         self.audio_head = None if model.audio_encoder is None else nn.Linear(model.config.audio.out_dim, len(SHAPES))
         hidden = model.llava.config.text_config.hidden_size
-        self.pointer_query, self.pointer_key = nn.Linear(hidden, 64), nn.Linear(hidden, 64)
+        # a model that locates its <obj> itself is pointed through its own locator (anyref.heads.ObjLocator)
+        self.own_pointer = model.obj_locator is None
+        if self.own_pointer:
+            self.pointer_query, self.pointer_key = nn.Linear(hidden, 64), nn.Linear(hidden, 64)
+
+    def pointer_heads(self) -> list[nn.Module]:
+        return [self.pointer_query, self.pointer_key] if self.own_pointer else []
 
     def warmup_heads(self) -> list[nn.Module]:
         heads = (self.vision_head, self.sam_head, self.vision_object_head, self.sam_object_head, self.audio_head)
@@ -178,7 +187,7 @@ class TrainingObjective(nn.Module):
 
     def trainer_heads(self) -> dict[str, list[nn.Module]]:
         """The heads that exist only in training, by parameter group (see train.trainable)."""
-        return {"warmup_heads": self.warmup_heads(), "pointer_heads": [self.pointer_query, self.pointer_key]}
+        return {"warmup_heads": self.warmup_heads(), "pointer_heads": self.pointer_heads()}
 
     def forward(self, batch, dense: DenseTargets | None = None, objective: str = "anyref",
                 pointer_weight: float = 0.0, sam_prompt_weight: float = 0.0) -> AnyRefOutput:
@@ -186,7 +195,7 @@ class TrainingObjective(nn.Module):
             output = self.model(batch)
             pointer = self._pointer_loss(batch, output)
             output.terms["pointer"] = pointer.detach()
-            unused = self.warmup_heads() + ([] if pointer_weight else [self.pointer_query, self.pointer_key])
+            unused = self.warmup_heads() + ([] if pointer_weight else self.pointer_heads())
             output.loss = output.loss + pointer_weight * pointer + self._untouched(unused)
             if sam_prompt_weight:
                 output.loss = output.loss + sam_prompt_weight * self._box_prompts(
@@ -209,10 +218,11 @@ class TrainingObjective(nn.Module):
     def _pointer_loss(self, batch, output: AnyRefOutput) -> torch.Tensor:
         """Cross-entropy of each <obj> state's pointer over the image tokens against its target's cells."""
         model = self.model
-        image = batch.input_ids == model.ids.image  # every row holds the LLM grid's image tokens
-        keys = self.pointer_key(output.hidden[image].view(len(image), -1, output.hidden.shape[-1]))  # B x G^2 x 64
-        queries = self.pointer_query(output.obj_states)  # N x 64
-        logits = torch.einsum("nd,ngd->ng", queries, keys[output.obj_rows]) / 8.0
+        logits = output.obj_locations  # N x G^2, from the model's own locator when it has one
+        if logits is None:
+            image_states = model.image_token_states(batch.input_ids, output.hidden)  # B x G^2 x H
+            logits = location_logits(self.pointer_query(output.obj_states),
+                                     self.pointer_key(image_states[output.obj_rows]))
         targets = pointer_targets(batch, model.llm_grid).to(logits.device)
         return -(targets * logits.float().log_softmax(-1)).sum(-1).mean() if len(logits) else logits.sum() * 0.0
 

@@ -38,9 +38,10 @@ def parameter_groups(model: nn.Module, trainer_heads: dict[str, list[nn.Module]]
         "mask_decoder": [model.sam.mask_decoder],
         # a prompt-attending group head is a group of its own, so that a stage can train it alone; RAS's head
         # stays among the heads, so runs with it keep their optimizer layout (and their checkpoints load)
-        # the image-token merger and position map are new even on a pretrained LLaVA: they train with the heads
+        # the image-token merger, position map and locator are new on a pretrained LLaVA too: they train with the heads
         "heads": [m for m in (model.obj_projection, model.audio_projection, model.group_head, model.image_merger,
-                              model.image_positions) if m is not None and not isinstance(m, PromptGroupHead)],
+                              model.image_positions, model.obj_locator)
+                  if m is not None and not isinstance(m, PromptGroupHead)],
         "group_head": [model.group_head] if isinstance(model.group_head, PromptGroupHead) else [],
         "mask_projector": [model.mask_projector],
         "audio_encoder": [model.audio_encoder] if model.audio_encoder is not None else [],
