@@ -9,7 +9,7 @@ from typing import Mapping
 import torch
 from torch import nn
 
-__all__ = ["load_pth", "load_state_dict_strict", "CheckpointError", "atomic_write_dir"]
+__all__ = ["load_pth", "load_state_dict_strict", "CheckpointError", "atomic_write_dir", "share_like_new_files"]
 
 
 class CheckpointError(ValueError):
@@ -69,6 +69,16 @@ def load_state_dict_strict(module: nn.Module, state_dict: Mapping[str, torch.Ten
     module.load_state_dict(state_dict, strict=True)
 
 
+def share_like_new_files(path: str | Path) -> None:
+    """Give ``path`` (a file, or a folder and everything in it) the permissions a plainly created file or folder
+    would get under the current umask: mkstemp and mkdtemp, which atomic writes go through, make them private."""
+    mask = os.umask(0)
+    os.umask(mask)
+    path = Path(path)
+    for item in [path, *path.rglob("*")] if path.is_dir() else [path]:
+        os.chmod(item, (0o777 if item.is_dir() else 0o666) & ~mask)
+
+
 class atomic_write_dir:
     """Context manager: write into a temporary sibling directory, then rename it over ``target`` on success.
 
@@ -89,6 +99,7 @@ class atomic_write_dir:
         if exc_type is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
             return
+        share_like_new_files(self.tmp)
         old = None
         if self.target.exists():
             old = self.target.with_name(f".{self.target.name}.old-{os.getpid()}")

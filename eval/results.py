@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from encoders.checkpoints import share_like_new_files
+
 __all__ = ["RunOutput", "make_results", "write_results", "write_module_results", "read_results"]
 
 
@@ -60,12 +62,6 @@ def make_results(benchmark: str, run: RunOutput, model: str, dataset: str, split
     })
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def write_results(path: str | Path, results: dict) -> Path:
     """Write ``results`` as JSON atomically: a temporary file in the same folder, then ``os.replace``."""
     path = Path(path)
@@ -75,7 +71,7 @@ def write_results(path: str | Path, results: dict) -> Path:
         with os.fdopen(handle, "w", encoding="utf-8") as out:
             json.dump(_jsonable(results), out, indent=2)
             out.write("\n")
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes the file private; a results file is for sharing
+        share_like_new_files(tmp)  # a results file is for sharing
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -1,4 +1,6 @@
 """save_pretrained / from_pretrained round trips, LoRA adapters, strict and weights-only loading."""
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -61,6 +63,11 @@ def test_save_is_atomic(tmp_path, monkeypatch):
     model = build_tiny(seed=0)
     model.save_pretrained(tmp_path / "m")
     first = sorted(p.name for p in (tmp_path / "m").iterdir())
+    # shareable like any folder and file under the umask, not mkdtemp's private 0700
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (tmp_path / "m").stat().st_mode & 0o777 == 0o777 & ~mask
+    assert {p.stat().st_mode & 0o777 for p in (tmp_path / "m").iterdir()} == {0o666 & ~mask}
 
     def broken(*args, **kwargs):
         raise OSError("disk full")
