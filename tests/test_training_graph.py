@@ -30,8 +30,9 @@ def _gradient_order(model, world, tasks: list[str], module=None, **kwargs) -> li
 
 
 @pytest.mark.parametrize("overrides", [{}, {"group_head_attends_prompt": True},
-                                       {"image_token_merge": 2, "image_positions": True}],
-                         ids=["ras-head", "prompt-head", "positions"])
+                                       {"image_token_merge": 2, "image_positions": True},
+                                       {"image_token_merge": 2, "obj_location_prompt": True}],
+                         ids=["ras-head", "prompt-head", "positions", "location-prompt"])
 def test_every_batch_builds_the_same_graph(overrides):
     world = SynthRef()
     model = build_tiny(corpus=world.vocabulary(), seed=0, config_overrides=overrides).train()
@@ -44,7 +45,7 @@ def test_every_batch_builds_the_same_graph(overrides):
         assert order == orders[0], f"{tasks} reaches the parameters in another order than {compositions[0]}"
     used = set(orders[0])
     for branch in ("audio_projection.weight", "audio_encoder.", "mask_decoder.", "multi_modal_projector.",
-                   "mask_projector.", "group_head."):
+                   "mask_projector.", "group_head.") + (("obj_locator.",) if model.obj_locator is not None else ()):
         assert any(branch in name for name in used), branch
 
 
