@@ -42,7 +42,9 @@ class AnyRefConfig:
     obj_location_prompt: give SAM, next to each ``<obj>``'s projection, a dense prompt: that ``<obj>``'s location
         map over the image tokens the LLM read (:class:`anyref.heads.ObjLocator`, embedded by SAM's prompt encoder as
         a mask input). Off: the paper (SAM's no-mask embedding). It opens a spatial path for the mask loss into the
-        image tokens' states; the trainer's pointer loss, when on, supervises the same map.
+        image tokens' states; the trainer's pointer loss, when on, supervises the same map. On in the shipped tiny
+        SynthRef model: against the same preset without it, text cIoU 0.531 -> 0.599, box 0.500 -> 0.630 in one
+        2-hour run (docs/training.md).
     region_pool: side of the RoIAlign / example pooling grid (4 -> 16 tokens per box or example).
     refocus_lambda: weight of the attention-weighted answer states added to h_obj (paper: 0.1).
     refocus_learnable: make lambda a trained parameter (the paper found it unstable).

@@ -94,8 +94,8 @@ BRANCHING_PRESETS = {"synthref-ablation": ("synthref-tiny-full-grid", 1, ("refoc
                      "synthref-tiny-answer-grad": ("synthref-tiny-full-grid", 1, ("refocus_answer_grad",)),
                      "synthref-token-norm": ("synthref-tiny-full-grid", 2, ("mask_token_norm",)),
                      "synthref-group-focus": ("synthref-tiny-full-grid", 2, ("group_weight",)),
-                     "synthref-tiny-continue": ("synthref-tiny", 2, ()),
-                     "synthref-caption-focus": ("synthref-tiny", 2, ())}
+                     "synthref-tiny-continue": ("synthref-tiny-merge", 2, ()),
+                     "synthref-caption-focus": ("synthref-tiny-merge", 2, ())}
 
 
 def test_every_preset_loads_and_the_branching_presets_match_the_run_they_branch_from():
