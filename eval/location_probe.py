@@ -1,0 +1,99 @@
+"""How much a model's masks rest on its location map, and what a perfect map would give (``obj_location_prompt``).
+
+    python -m eval.location_probe --model synthref-tiny --n 200 --split test --out probe.json
+
+For SynthRef samples with one target whose answer has one ``<obj>``, the same ``<obj>`` prompt is decoded by SAM
+with three dense prompts, and each mask's IoU with the target is averaged:
+- ``own``: the model's own location map (what ``segment`` draws);
+- ``blank``: a uniform map (no location at all), which shows how much the masks depend on it;
+- ``oracle``: the target's own coverage of the LLM's image-token grid (log of each cell's covered share), which
+  bounds what a better map could give this SAM.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from anyref.batching import collate, prepare
+from anyref.heads import decode_masks, location_prompt, upscale_masks
+from anyref.synthref import SynthRef, SynthRefConfig
+from eval.results import RunOutput, write_module_results
+
+__all__ = ["MAPS", "TASKS", "coverage_logits", "location_probe"]
+
+MAPS = ("own", "blank", "oracle")
+TASKS = ("text", "box", "example", "example_masked", "audio1")  # tasks whose samples have one target
+
+
+def coverage_logits(mask: np.ndarray, grid: int, floor: float = 1e-3) -> torch.Tensor:
+    """1 x grid^2 location logits of a perfect map: log(share of each cell the H x W bool mask covers + floor)."""
+    covered = F.adaptive_avg_pool2d(torch.from_numpy(mask).float()[None, None], grid).flatten(1)
+    return torch.log(covered + floor)
+
+
+@torch.no_grad()
+def _ious(model, sample) -> dict[str, float] | None:
+    """IoU of the sample's target with the mask decoded under each map, or None when the answer has no single
+    ``<obj>``."""
+    batch = collate([prepare(sample, model.builder, with_answer=False)], model.ids.pad, "left")
+    batch = batch.to(model.device, model.dtype)
+    generation = model.generate(batch)[0]
+    if len(generation.obj_states) != 1:
+        return None
+    embeddings = model.sam_embeddings(batch.sam_pixels)
+    prompts = model.obj_projection(generation.obj_states)
+    own = model.obj_locator(generation.obj_states, generation.image_states[None])
+    maps = {"own": own, "blank": torch.zeros_like(own),
+            "oracle": coverage_logits(sample.masks[0], model.llm_grid).to(own)}
+    target = torch.from_numpy(sample.masks[0]).to(model.device)
+    ious = {}
+    for name, logits in maps.items():
+        low = decode_masks(model.sam, embeddings, prompts, location_prompt(model.sam, logits))
+        mask = upscale_masks(model.sam, low, batch.sam_sizes[0], batch.image_sizes[0])[0] > 0
+        ious[name] = float((mask & target).sum() / max(int((mask | target).sum()), 1))
+    return ious
+
+
+def location_probe(model, tasks=TASKS, n: int = 200, split: str = "test", world_seed: int = 0) -> RunOutput:
+    """Mean IoU per task and map (the module docstring's) over the first ``n`` samples of each SynthRef task."""
+    if getattr(model, "obj_locator", None) is None:
+        raise ValueError("this model gives SAM no location map (config.obj_location_prompt is off): nothing to probe")
+    unknown = set(tasks) - set(TASKS)
+    if unknown:
+        raise ValueError(f"tasks {sorted(unknown)} have no single target per sample; choose from {TASKS}")
+    world = SynthRef(SynthRefConfig(image_size=model.config.llava["vision_config"]["image_size"], seed=world_seed))
+    metrics, counts = {}, {}
+    for task in tasks:
+        rows = [r for r in (_ious(model, s) for s in world.split(split, task, n)) if r is not None]
+        metrics[task] = {name: float(np.mean([r[name] for r in rows])) if rows else 0.0 for name in MAPS}
+        counts[task] = {"samples": n, "scored": len(rows)}
+    return RunOutput(metrics=metrics, counts=counts, settings={"n": n, "split": split, "world_seed": world_seed})
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="synthref-tiny", help="a shipped model name or an AnyRef directory")
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
+    parser.add_argument("--n", type=int, default=200, help="samples per task")
+    parser.add_argument("--split", default="test", choices=("val", "test"))
+    parser.add_argument("--out", help="write a results JSON here")
+    args = parser.parse_args(argv)
+    from anyref import AnyRef
+
+    started = time.time()
+    run = location_probe(AnyRef.from_pretrained(args.model).eval(), args.tasks, args.n, args.split)
+    print(f"{'task':>15} {'scored':>6} | mean IoU: " + " / ".join(MAPS))
+    for task, figures in run.metrics.items():
+        print(f"{task:>15} {run.counts[task]['scored']:>6} | " + " / ".join(f"{figures[m]:.3f}" for m in MAPS))
+    if args.out:
+        write_module_results(args.out, "location_probe", run, args.model, args.split, started,
+                             "eval.location_probe", argv)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
