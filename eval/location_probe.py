@@ -11,7 +11,6 @@ with three dense prompts, and each mask's IoU with the target is averaged:
 """
 from __future__ import annotations
 
-import argparse
 import time
 
 import numpy as np
@@ -21,7 +20,7 @@ import torch.nn.functional as F
 from anyref.batching import collate, prepare
 from anyref.heads import decode_masks, location_prompt, upscale_masks
 from anyref.synthref import SynthRef, SynthRefConfig
-from eval.results import RunOutput, write_module_results
+from eval.results import RunOutput, diagnostic_parser, write_module_results
 
 __all__ = ["MAPS", "TASKS", "coverage_logits", "location_probe"]
 
@@ -75,13 +74,7 @@ def location_probe(model, tasks=TASKS, n: int = 200, split: str = "test", world_
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="synthref-tiny", help="a shipped model name or an AnyRef directory")
-    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
-    parser.add_argument("--n", type=int, default=200, help="samples per task")
-    parser.add_argument("--split", default="test", choices=("val", "test"))
-    parser.add_argument("--out", help="write a results JSON here")
-    args = parser.parse_args(argv)
+    args = diagnostic_parser(__doc__, n=200, split="test", tasks=TASKS).parse_args(argv)
     from anyref import AnyRef
 
     started = time.time()

@@ -15,13 +15,12 @@ the attributes they name, "size_colour_shape" ...), each with the same figures.
 """
 from __future__ import annotations
 
-import argparse
 import time
 
 import numpy as np
 
 from anyref.synthref import SynthRef, SynthRefConfig
-from eval.results import RunOutput, write_module_results
+from eval.results import RunOutput, diagnostic_parser, write_module_results
 
 __all__ = ["MASK_TASKS", "classify_prediction", "summarise", "mask_errors"]
 
@@ -99,13 +98,7 @@ def mask_errors(model, tasks: tuple[str, ...] = MASK_TASKS, n: int = 200, split:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="synthref-tiny", help="a shipped model name or an AnyRef directory")
-    parser.add_argument("--tasks", nargs="+", default=list(MASK_TASKS), choices=MASK_TASKS)
-    parser.add_argument("--n", type=int, default=200, help="samples per task")
-    parser.add_argument("--split", default="test", choices=("val", "test"))
-    parser.add_argument("--out", help="write a results JSON here")
-    args = parser.parse_args(argv)
+    args = diagnostic_parser(__doc__, n=200, split="test", tasks=MASK_TASKS).parse_args(argv)
     from anyref import AnyRef
 
     started = time.time()

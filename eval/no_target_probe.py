@@ -11,7 +11,6 @@ reads it, teacher-forced, on SynthRef no_target prompts (nothing matches) and te
 """
 from __future__ import annotations
 
-import argparse
 import time
 from dataclasses import replace
 
@@ -20,7 +19,7 @@ import torch
 
 from anyref.batching import collate, prepare
 from anyref.synthref import NO_TARGET_ANSWER, SynthRef, SynthRefConfig
-from eval.results import RunOutput, write_module_results
+from eval.results import RunOutput, diagnostic_parser, write_module_results
 
 __all__ = ["refusal_probabilities", "separation_auc", "no_target_probe"]
 
@@ -64,12 +63,7 @@ def no_target_probe(model, n: int = 100, split: str = "val", world_seed: int = 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="synthref-tiny", help="a shipped model name or an AnyRef directory")
-    parser.add_argument("--n", type=int, default=100, help="samples per task")
-    parser.add_argument("--split", default="val", choices=("val", "test"))
-    parser.add_argument("--out", help="write a results JSON here")
-    args = parser.parse_args(argv)
+    args = diagnostic_parser(__doc__, n=100, split="val").parse_args(argv)
     from anyref import AnyRef
 
     started = time.time()

@@ -12,7 +12,6 @@ raster index, from which y is far easier to read than x.
 """
 from __future__ import annotations
 
-import argparse
 import time
 
 import numpy as np
@@ -20,7 +19,7 @@ import torch
 
 from anyref.batching import collate, prepare
 from anyref.synthref import SynthRef, SynthRefConfig
-from eval.results import RunOutput, write_module_results
+from eval.results import RunOutput, diagnostic_parser, write_module_results
 
 __all__ = ["image_token_features", "ridge_probe", "position_probe"]
 
@@ -77,12 +76,7 @@ def position_probe(model, n: int = 160, split: str = "val", world_seed: int = 0)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="synthref-tiny", help="a shipped model name or an AnyRef directory")
-    parser.add_argument("--n", type=int, default=160, help="text samples (images)")
-    parser.add_argument("--split", default="val", choices=("val", "test"))
-    parser.add_argument("--out", help="write a results JSON here")
-    args = parser.parse_args(argv)
+    args = diagnostic_parser(__doc__, n=160, split="val", n_help="text samples (images)").parse_args(argv)
     from anyref import AnyRef
 
     started = time.time()

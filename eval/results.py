@@ -8,6 +8,7 @@ Metrics are fractions in [0, 1] (CIDEr on pycocoevalcap's 0-10 scale); the summa
 """
 from __future__ import annotations
 
+import argparse
 import datetime as _dt
 import json
 import math
@@ -22,7 +23,7 @@ from typing import Optional
 
 from encoders.checkpoints import share_like_new_files
 
-__all__ = ["RunOutput", "make_results", "write_results", "write_module_results", "read_results"]
+__all__ = ["RunOutput", "make_results", "write_results", "write_module_results", "diagnostic_parser", "read_results"]
 
 
 @dataclass
@@ -87,6 +88,21 @@ def write_module_results(path: str | Path, benchmark: str, run: RunOutput, model
     words = ["python", "-m", module, *(sys.argv[1:] if argv is None else argv)]
     return write_results(path, make_results(benchmark, run, model=model, dataset="synthref", split=split,
                                             seconds=time.time() - started, command=shlex.join(words)))
+
+
+def diagnostic_parser(doc: str, n: int, split: str, tasks: Optional[tuple[str, ...]] = None,
+                      n_help: str = "samples per task") -> argparse.ArgumentParser:
+    """The command line every SynthRef diagnostic (``python -m eval.mask_errors``...) shares: --model, --tasks
+    (when ``tasks`` lists the choices; all by default), --n, --split and --out. doc: the module docstring, whose
+    first paragraph describes the command."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--model", default="synthref-tiny", help="a shipped model name or an AnyRef directory")
+    if tasks:
+        parser.add_argument("--tasks", nargs="+", default=list(tasks), choices=tasks)
+    parser.add_argument("--n", type=int, default=n, help=n_help)
+    parser.add_argument("--split", default=split, choices=("val", "test"))
+    parser.add_argument("--out", help="write a results JSON here")
+    return parser
 
 
 def read_results(path: str | Path) -> dict:
