@@ -174,12 +174,11 @@ class TrainingObjective(nn.Module):
         self.audio_head = None if model.audio_encoder is None else nn.Linear(model.config.audio.out_dim, len(SHAPES))
         hidden = model.llava.config.text_config.hidden_size
         # a model that locates its <obj> itself is pointed through its own locator (anyref.heads.ObjLocator)
-        self.own_pointer = model.obj_locator is None
-        if self.own_pointer:
+        if model.obj_locator is None:
             self.pointer_query, self.pointer_key = nn.Linear(hidden, 64), nn.Linear(hidden, 64)
 
     def pointer_heads(self) -> list[nn.Module]:
-        return [self.pointer_query, self.pointer_key] if self.own_pointer else []
+        return [self.pointer_query, self.pointer_key] if self.model.obj_locator is None else []
 
     def warmup_heads(self) -> list[nn.Module]:
         heads = (self.vision_head, self.sam_head, self.vision_object_head, self.sam_object_head, self.audio_head)
