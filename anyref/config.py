@@ -65,6 +65,10 @@ class AnyRefConfig:
         prompt's positions through an attention of its own (:class:`anyref.group_heads.PromptGroupHead`) instead
         of reading the candidate alone. RAS's head learned nothing in the tiny SynthRef runs: a candidate slot's
         state there hardly depends on the prompt (docs/mask-groups.md).
+    group_head_maps_image: the group is a map over the image tokens the LLM read, queried by the last prompt
+        position's state (:class:`anyref.group_heads.GroupMapHead`); each candidate scores its cells' mean, and the
+        map is also trained per cell against the group's cover (weighted ``group_weight`` like the candidates' BCE).
+        Needs "vision" among the mask features (always there), whose pooling weights give each candidate's cells.
     mask_token_norm: if > 0, every mask token (candidates and ``MaskRef``) is rescaled to this L2 norm (off: 0).
         The tiny SynthRef model's mask tokens are 150-350x the norm of its text embeddings, and a candidate slot's
         last-layer state is nearly the same whatever the prompt; rescaling them to 1.0 (a 1,000-step continuation,
@@ -101,6 +105,7 @@ class AnyRefConfig:
     group_pos_weight: float = 5.0
     group_head_reads_token: bool = False
     group_head_attends_prompt: bool = False
+    group_head_maps_image: bool = False
     mask_token_norm: float = 0.0
     untrained_references: tuple[str, ...] = field(default_factory=tuple)
 
@@ -123,6 +128,9 @@ class AnyRefConfig:
             raise ValueError("mask_position_grid must be >= 1 and mask_position_channels a multiple of 4")
         if self.group_head_attends_prompt and self.group_head_reads_token:
             raise ValueError("group_head_attends_prompt already reads each candidate's mask token: leave "
+                             "group_head_reads_token off")
+        if self.group_head_maps_image and (self.group_head_attends_prompt or self.group_head_reads_token):
+            raise ValueError("group_head_maps_image is a group head of its own: leave group_head_attends_prompt and "
                              "group_head_reads_token off")
         if self.mask_token_norm < 0:
             raise ValueError(f"mask_token_norm must be >= 0 (0: off), got {self.mask_token_norm}")

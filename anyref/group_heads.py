@@ -7,6 +7,10 @@
   token) and the classifier reads the candidate, what it attended to, and their product. Why it exists: in the
   tiny SynthRef model a candidate slot's last-layer state hardly depends on the prompt (docs/mask-groups.md), so
   RAS's head had nothing to compare; this head makes the comparison itself.
+- :class:`GroupMapHead` asks where the group is instead: the state that has read the whole prompt maps the image
+  tokens (one logit per token, as :class:`anyref.heads.ObjLocator` maps an ``<obj>``), and each candidate scores
+  the mean of its cells' logits. The map can be supervised per cell (:func:`group_cell_loss`), a signal on every
+  image token of every group sample, empty groups included.
 
 :func:`group_loss` is RAS's loss: the mean over samples of each sample's mean weighted BCE over its candidates.
 """
@@ -16,7 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["GroupHead", "PromptGroupHead", "build_group_head", "group_loss", "pad_rows"]
+from anyref.heads import ObjLocator
+
+__all__ = ["GroupHead", "PromptGroupHead", "GroupMapHead", "build_group_head", "group_loss", "group_cell_loss",
+           "pad_rows"]
 
 
 class GroupHead(nn.Module):
@@ -77,8 +84,38 @@ class PromptGroupHead(nn.Module):
         return self.mlp(torch.cat([own, attended, own * attended], dim=-1)).squeeze(-1)
 
 
+class GroupMapHead(nn.Module):
+    """Membership from a map of the group over the image tokens.
+
+    ``cells`` scores every image token the LLM read against a query from one state per sample (the last prompt
+    position, which has read the question and every candidate): N x T logits, "is this cell in the group?", with a
+    learned bias so that an empty group can be all "no". ``forward`` gives each candidate the mean of its sample's
+    cell logits weighted by the share of the candidate each cell holds. Why: in the tiny SynthRef model a candidate
+    slot's state hardly depends on the prompt (docs/mask-groups.md), while an ``<obj>``'s map over the same image
+    tokens finds the right object (anyref.heads.ObjLocator); this head asks the LLM the same kind of question.
+    """
+
+    def __init__(self, hidden: int, dim: int = 64):
+        super().__init__()
+        self.locator = ObjLocator(hidden, dim)
+        self.bias = nn.Parameter(torch.zeros(()))
+
+    def cells(self, query_states: torch.Tensor, image_states: torch.Tensor) -> torch.Tensor:
+        """query_states: S x H (one per sample); image_states: S x T x H, the sample's image tokens -> S x T."""
+        return self.locator(query_states, image_states) + self.bias
+
+    @staticmethod
+    def forward(cell_logits: torch.Tensor, coverage: torch.Tensor, owners: torch.Tensor) -> torch.Tensor:
+        """cell_logits: S x T; coverage: N x T, the share of each cell each candidate covers; owners: N, each
+        candidate's row of cell_logits. Returns N membership logits."""
+        weights = coverage / coverage.sum(1, keepdim=True).clamp_min(1e-6)
+        return (weights.to(cell_logits.dtype) * cell_logits[owners]).sum(1)
+
+
 def build_group_head(config, hidden: int) -> nn.Module:
     """The group head an ``AnyRefConfig`` asks for, for an LLM of width ``hidden``."""
+    if config.group_head_maps_image:
+        return GroupMapHead(hidden)
     if config.group_head_attends_prompt:
         return PromptGroupHead(hidden)
     return GroupHead(hidden, config.group_head_reads_token)
@@ -109,3 +146,18 @@ def group_loss(logits: torch.Tensor, targets: torch.Tensor, owners: torch.Tensor
     sums = torch.zeros_like(counts).index_add_(0, owners, per)
     present = counts > 0
     return (sums[present] / counts[present]).mean()
+
+
+def group_cell_loss(cell_logits: torch.Tensor, coverage: torch.Tensor, owners: torch.Tensor,
+                    selected: torch.Tensor) -> torch.Tensor:
+    """Per-cell BCE of a group map against the group's cover: mean over samples of the mean over cells.
+
+    cell_logits: S x T; coverage: N x T (each candidate's share of each cell); owners: N (rows of cell_logits);
+    selected: N bool. A cell's target is the share of it the group's members cover (capped at 1), so an empty
+    group's target is 0 everywhere. Returns a scalar (0 without samples, still in the graph).
+    """
+    if cell_logits.numel() == 0:
+        return cell_logits.sum() * 0.0
+    members = coverage.float() * selected.float()[:, None]
+    cover = torch.zeros_like(cell_logits, dtype=torch.float32).index_add_(0, owners, members).clamp_max(1.0)
+    return F.binary_cross_entropy_with_logits(cell_logits.float(), cover)

@@ -18,7 +18,7 @@ from transformers import LlavaForConditionalGeneration, PreTrainedTokenizerBase
 
 from anyref.batching import Batch
 from anyref.config import AnyRefConfig
-from anyref.group_heads import PromptGroupHead, build_group_head, group_loss, pad_rows
+from anyref.group_heads import GroupMapHead, PromptGroupHead, build_group_head, group_cell_loss, group_loss, pad_rows
 from anyref.heads import ObjLocator, ObjProjection, decode_masks, location_prompt, upscale_masks
 from anyref.image_tokens import ImageTokenMerger, ImageTokenPositions
 from anyref.losses import mask_bce, mask_dice
@@ -378,14 +378,41 @@ class AnyRefModel(nn.Module):
         """Membership logits of every candidate of the batch (sample by sample, in candidate order): N.
         hidden: B x L x H last-layer states of a forward over ``embeds`` (B x L x H, its input embeddings: at the
         answer's candidate slots, the candidates' mask tokens)."""
+        return self._group_outputs(hidden, embeds, batch)[0]
+
+    def _group_outputs(self, hidden: torch.Tensor, embeds: torch.Tensor, batch: Batch):
+        """(membership logits N, and for a :class:`GroupMapHead` its cell logits S x T, the candidates' cell
+        coverage N x T and their owners N among the S "select" rows; else three Nones)."""
         slots = batch.candidate_slots
+        if isinstance(self.group_head, GroupMapHead):
+            rows = slots.any(1)  # only "select" samples have candidates
+            first_slot = slots.int().argmax(1)[rows]
+            query = hidden[rows.nonzero(as_tuple=True)[0], first_slot - 1]  # the last prompt position: S x H
+            cells = self.group_head.cells(query, self.image_token_states(batch.input_ids[rows], hidden[rows]))
+            coverage, owners = self.candidate_cells(batch)
+            return self.group_head(cells, coverage.to(cells.device), owners.to(cells.device)), cells, coverage, owners
         if not isinstance(self.group_head, PromptGroupHead):
-            return self.group_head(hidden[slots], embeds[slots])
+            return self.group_head(hidden[slots], embeds[slots]), None, None, None
         rows = slots.any(1)  # only "select" samples have candidates (and a prompt the head must read)
         both = torch.cat([hidden, embeds.to(hidden.dtype)], dim=-1)[rows]
         candidates, candidate_mask = pad_rows(both, slots[rows])
         prompt, prompt_mask = pad_rows(both, self.prompt_positions(batch)[rows])
-        return self.group_head(candidates, prompt, prompt_mask)[candidate_mask]
+        return self.group_head(candidates, prompt, prompt_mask)[candidate_mask], None, None, None
+
+    def candidate_cells(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each candidate's share of each cell of the image-token grid the LLM reads (from the vision tower's
+        pooling weights, so in the tower's frame whatever ``vision_resize`` did), and its sample's index among
+        the batch's "select" samples: (N x T, N)."""
+        weights = batch.mask_weights["vision"]  # M x G x G over the vision tower's patch grid
+        merge = self.config.image_token_merge
+        coverage, owners = [], []
+        for index, (first, count) in enumerate(span for span in batch.candidate_spans if span[1]):
+            # the merger's k x k patches are one image token: a token's share is the mean of its patches' shares
+            coverage.append(F.avg_pool2d(weights[first:first + count, None].float(), merge).flatten(1))
+            owners.append(torch.full((count,), index, dtype=torch.long))
+        if not coverage:
+            return torch.zeros((0, self.llm_grid ** 2)), torch.zeros(0, dtype=torch.long)
+        return torch.cat(coverage), torch.cat(owners)
 
     def prompt_positions(self, batch: Batch) -> torch.Tensor:
         """B x L bool: the question's positions after its image, candidates excluded (each ``<mask-pool-pre>`` and
@@ -399,13 +426,17 @@ class AnyRefModel(nn.Module):
         return question & batch.attention_mask.bool() & ~candidate
 
     def _group_loss(self, batch: Batch, hidden: torch.Tensor, embeds: torch.Tensor) -> torch.Tensor:
-        logits = self.group_logits(hidden, embeds, batch)  # zero rows without select samples: still in the graph
-        if not len(logits):
+        """The candidates' weighted BCE, plus for a :class:`GroupMapHead` its map's per-cell BCE."""
+        logits, cells, coverage, cell_owners = self._group_outputs(hidden, embeds, batch)
+        if not len(logits):  # no "select" sample: zero, still in the graph
             return logits.sum() * 0.0
-        targets = torch.cat([s for s, (_, n) in zip(batch.selected, batch.candidate_spans) if n])
+        targets = torch.cat([s for s, (_, n) in zip(batch.selected, batch.candidate_spans) if n]).to(logits.device)
         owners = torch.cat([torch.full((n,), row, dtype=torch.long)
                             for row, (_, n) in enumerate(batch.candidate_spans) if n]).to(logits.device)
-        return group_loss(logits, targets.to(logits.device), owners, self.config.group_pos_weight)
+        loss = group_loss(logits, targets, owners, self.config.group_pos_weight)
+        if cells is not None:
+            loss = loss + group_cell_loss(cells, coverage.to(cells.device), cell_owners.to(cells.device), targets)
+        return loss
 
     def _obj_states(self, tap, hidden, attention, answer_starts, rows, cols, keys) -> torch.Tensor:
         """Refocused states for the ``<obj>``-emitting positions (rows, cols) of a full (uncached) forward.

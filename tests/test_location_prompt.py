@@ -11,7 +11,7 @@ from anyref.builders import build_tiny
 from anyref.heads import decode_masks, location_prompt
 from train.objectives import TrainingObjective
 
-from tests.conftest import rect_mask, scene
+from tests.conftest import fit, rect_mask, scene
 
 LOCATED = {"image_token_merge": 2, "obj_location_prompt": True}
 
@@ -99,12 +99,7 @@ def test_a_located_model_segments_and_survives_save_and_load(tmp_path):
     sample = ReferringSample(image, ["the square"], "segment", ["square ", OBJ, "."],
                              rect_mask(image.shape[:2], 20, 70, 30, 90)[None])
     batch = collate([prepare(sample, model.builder)], model.ids.pad)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
-    for _ in range(60):
-        model(batch).loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad()
+    fit(model, batch, 60, lr=2e-3, clip=1.0)
     model.eval()
     first = model.segment(image, "the square")
     assert first.masks.shape == (1, *image.shape[:2]), first.text

@@ -11,7 +11,7 @@ from anyref.batching import collate, prepare
 from anyref.builders import build_tiny
 from anyref.group_heads import GroupHead, PromptGroupHead
 from anyref.samples import ReferringSample
-from tests.conftest import rect_mask, scene
+from tests.conftest import assert_group_head_alone_learns, assert_select_batch_scores_as_alone, rect_mask, scene
 from train.config import TrainConfig
 from train.model_factory import build_model
 from train.trainable import apply_policies
@@ -51,33 +51,14 @@ def test_batched_logits_equal_each_sample_alone(prompt_model):
     """Samples of different prompt lengths and candidate counts, padded together, score as they do alone."""
     samples = [_select(["all squares"], _candidates(2)),
                _select(["everything the same colour as", MaskRef(_candidates()[1])], _candidates(4), image_seed=1)]
-    batch = collate([prepare(s, prompt_model.builder) for s in samples], prompt_model.ids.pad)
-    together = prompt_model.select_logits(batch)
-    alone = torch.cat([prompt_model.select_logits(collate([prepare(s, prompt_model.builder)], prompt_model.ids.pad))
-                       for s in samples])
-    assert together.shape == (6,)
-    torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-5)
+    assert assert_select_batch_scores_as_alone(prompt_model, samples).shape == (6,)
 
 
 def test_the_head_alone_learns_groups_that_only_the_prompt_tells_apart():
     """Same image, same candidates, two prompts asking for different groups: training the head alone (the rest
     of the model frozen) must select each prompt's group."""
-    torch.manual_seed(0)
-    model = build_tiny(seed=6, config_overrides=PROMPT_HEAD)
-    apply_policies(model, {"group_head"})
     groups = {"all squares": [True, False, True], "all circles": [False, True, False]}
-    batch = collate([prepare(_select([p], _candidates(), g), model.builder) for p, g in groups.items()],
-                    model.ids.pad)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
-    for _ in range(150):
-        output = model(batch)
-        output.loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    model.eval()
-    for prompt, group in groups.items():
-        result = model.select(scene(0), prompt, candidates=_candidates())
-        np.testing.assert_array_equal(result.indices, np.flatnonzero(group), err_msg=prompt)
+    assert_group_head_alone_learns(build_tiny(seed=6, config_overrides=PROMPT_HEAD), groups, _candidates())
 
 
 def test_replace_group_head_swaps_in_an_untrained_head_that_saves_and_loads(tmp_path):

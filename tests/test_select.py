@@ -10,7 +10,7 @@ from anyref.builders import build_tiny
 from anyref.group_heads import group_loss
 from anyref.mask_tokens import pool_masks, pooling_weights, position_map
 from anyref.samples import ReferringSample
-from tests.conftest import rect_mask, scene
+from tests.conftest import fit, rect_mask, scene
 
 SHAPE = (96, 112)
 
@@ -158,13 +158,7 @@ def test_group_head_learns_a_fixed_group(reads_token):
     selected = np.array([True, False, True])
     sample = ReferringSample(image, ["all squares"], task="select", candidates=_candidates(), selected=selected)
     batch = collate([prepare(sample, model.builder)], model.ids.pad)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
-    for _ in range(40):
-        output = model(batch)
-        output.loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad()
+    output = fit(model, batch, 40, lr=2e-3, clip=1.0)
     assert float(output.terms["group"]) < 0.1
     result = model.eval().select(image, "all squares", candidates=_candidates())
     np.testing.assert_array_equal(result.indices, np.flatnonzero(selected))

@@ -31,8 +31,9 @@ def _gradient_order(model, world, tasks: list[str], module=None, **kwargs) -> li
 
 @pytest.mark.parametrize("overrides", [{}, {"group_head_attends_prompt": True},
                                        {"image_token_merge": 2, "image_positions": True},
-                                       {"image_token_merge": 2, "obj_location_prompt": True}],
-                         ids=["ras-head", "prompt-head", "positions", "location-prompt"])
+                                       {"image_token_merge": 2, "obj_location_prompt": True},
+                                       {"image_token_merge": 2, "group_head_maps_image": True}],
+                         ids=["ras-head", "prompt-head", "positions", "location-prompt", "map-head"])
 def test_every_batch_builds_the_same_graph(overrides):
     world = SynthRef()
     model = build_tiny(corpus=world.vocabulary(), seed=0, config_overrides=overrides).train()

@@ -25,7 +25,7 @@ class Stage:
     gamma and projections only), "encoders" (vision tower, SAM image encoder, audio encoder and the warm-up heads),
     "encoders_promptable" (the same plus SAM's mask decoder),
     "mask_projector" (RAS stage 1), "all_but_encoders" (RAS stage 2: everything but the vision, SAM image, audio
-    and further mask encoders), "group_head" (a prompt-attending group head alone). See train/trainable.py.
+    and further mask encoders), "group_head" (a group head other than RAS's, alone). See train/trainable.py.
     objective: "anyref" (the model's loss) or "synthref_dense" (the encoder warm-up of train/objectives.py).
     lr, warmup_steps: this stage's peak learning rate and warmup (default: the config's); each stage warms up
     and then decays on a cosine of its own.

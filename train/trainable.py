@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from anyref.group_heads import PromptGroupHead
+from anyref.group_heads import GroupHead
 
 __all__ = ["parameter_groups", "POLICIES", "apply_policies", "describe_groups"]
 
@@ -30,19 +30,19 @@ def parameter_groups(model: nn.Module, trainer_heads: dict[str, list[nn.Module]]
     """Every parameter of an AnyRef model (and of the trainer-only heads, group -> modules) in exactly one named
     group, chosen by module handles."""
     llava = model.llava
+    # a group head of a newer kind (prompt-attending, image map) is a group of its own, so that a stage can train it
+    # alone; RAS's head stays among the heads, so runs with it keep their optimizer layout (and checkpoints load)
+    own_group = type(model.group_head) is not GroupHead
     handles = {
         "token_rows": [llava.get_input_embeddings(), llava.lm_head],
         "vision": [llava.model.vision_tower],
         "vision_projector": [llava.model.multi_modal_projector],
         "sam_encoder": [model.sam.image_encoder, model.sam.prompt_encoder],
         "mask_decoder": [model.sam.mask_decoder],
-        # a prompt-attending group head is a group of its own, so that a stage can train it alone; RAS's head
-        # stays among the heads, so runs with it keep their optimizer layout (and their checkpoints load)
         # the image-token merger, position map and locator are new on a pretrained LLaVA too: they train with the heads
-        "heads": [m for m in (model.obj_projection, model.audio_projection, model.group_head, model.image_merger,
-                              model.image_positions, model.obj_locator)
-                  if m is not None and not isinstance(m, PromptGroupHead)],
-        "group_head": [model.group_head] if isinstance(model.group_head, PromptGroupHead) else [],
+        "heads": [m for m in (model.obj_projection, model.audio_projection, None if own_group else model.group_head,
+                              model.image_merger, model.image_positions, model.obj_locator) if m is not None],
+        "group_head": [model.group_head] if own_group else [],
         "mask_projector": [model.mask_projector],
         "audio_encoder": [model.audio_encoder] if model.audio_encoder is not None else [],
         "mask_encoders": [model.mask_encoders],
@@ -77,7 +77,7 @@ def apply_policies(model: nn.Module, policies: set[str], trainer_heads: dict[str
     for policy in policies:
         if not any(groups[name] for name in POLICIES[policy] if name in groups):
             raise ValueError(f"stage policy {policy!r} trains no parameter of this model (its groups "
-                             f"{POLICIES[policy]} are empty; 'group_head' needs a prompt-attending group head)")
+                             f"{POLICIES[policy]} are empty; 'group_head' needs a group head other than RAS's)")
     for name, params in groups.items():
         for param in params:
             param.requires_grad_(name in wanted)
