@@ -98,7 +98,7 @@ class GroupMapHead(nn.Module):
     def __init__(self, hidden: int, dim: int = 64):
         super().__init__()
         self.locator = ObjLocator(hidden, dim)
-        self.bias = nn.Parameter(torch.zeros(()))
+        self.bias = nn.Parameter(torch.zeros(1))  # not 0-d: DeepSpeed broadcasts parameters as byte views
 
     def cells(self, query_states: torch.Tensor, image_states: torch.Tensor) -> torch.Tensor:
         """query_states: S x H (one per sample); image_states: S x T x H, the sample's image tokens -> S x T."""
