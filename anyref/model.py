@@ -322,7 +322,7 @@ class AnyRefModel(nn.Module):
         embeds = self.input_embeddings(batch, sam_embeddings=embeddings)
         hidden, ce, rows, _, states = self.answer_states(batch, embeds=embeds)
         ids = batch.input_ids
-        group = self._group_loss(batch, hidden, embeds)
+        group, group_terms = self._group_loss(batch, hidden, embeds)
         # every mask of the batch in ONE decoder call (prompt i on its own image's embedding), plus a zero state
         # weighted 0, so that the decoder is in the graph even for a batch without masks (see reference_tokens)
         owners = torch.cat([rows, rows.new_zeros(1)])
@@ -353,7 +353,8 @@ class AnyRefModel(nn.Module):
         loss = (config.ce_weight * ce + config.bce_weight * bce + config.dice_weight * dice
                 + config.group_weight * group)
         return AnyRefOutput(loss=loss, ce=ce.detach(), bce=bce.detach(), dice=dice.detach(), n_masks=n_masks,
-                            mask_logits=mask_logits, terms={"group": group.detach()}, hidden=hidden, obj_rows=rows,
+                            mask_logits=mask_logits, terms={"group": group.detach(), **group_terms}, hidden=hidden,
+                            obj_rows=rows,
                             obj_states=states, obj_locations=locations, sam_embeddings=embeddings)
 
     def image_token_states(self, input_ids: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
@@ -425,18 +426,21 @@ class AnyRefModel(nn.Module):
         question = (span[None, :] > last_image[:, None]) & (span[None, :] < batch.answer_starts[:, None])
         return question & batch.attention_mask.bool() & ~candidate
 
-    def _group_loss(self, batch: Batch, hidden: torch.Tensor, embeds: torch.Tensor) -> torch.Tensor:
-        """The candidates' weighted BCE, plus for a :class:`GroupMapHead` its map's per-cell BCE."""
+    def _group_loss(self, batch: Batch, hidden: torch.Tensor, embeds: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """The candidates' weighted BCE, plus for a :class:`GroupMapHead` its map's per-cell BCE; and for the log,
+        that cell term alone ({"group_cells": ...}; {} for the other heads)."""
         logits, cells, coverage, cell_owners = self._group_outputs(hidden, embeds, batch)
         if not len(logits):  # no "select" sample: zero, still in the graph
-            return logits.sum() * 0.0
+            zero = logits.sum() * 0.0
+            return zero, ({} if cells is None else {"group_cells": zero.detach()})
         targets = torch.cat([s for s, (_, n) in zip(batch.selected, batch.candidate_spans) if n]).to(logits.device)
         owners = torch.cat([torch.full((n,), row, dtype=torch.long)
                             for row, (_, n) in enumerate(batch.candidate_spans) if n]).to(logits.device)
         loss = group_loss(logits, targets, owners, self.config.group_pos_weight)
-        if cells is not None:
-            loss = loss + group_cell_loss(cells, coverage.to(cells.device), cell_owners.to(cells.device), targets)
-        return loss
+        if cells is None:
+            return loss, {}
+        cell = group_cell_loss(cells, coverage.to(cells.device), cell_owners.to(cells.device), targets)
+        return loss + cell, {"group_cells": cell.detach()}
 
     def _obj_states(self, tap, hidden, attention, answer_starts, rows, cols, keys) -> torch.Tensor:
         """Refocused states for the ``<obj>``-emitting positions (rows, cols) of a full (uncached) forward.

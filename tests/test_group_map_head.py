@@ -86,3 +86,9 @@ def test_replace_group_head_with_a_map_head_saves_loads_and_refuses_mixing_kinds
                                scores, atol=1e-6)
     with pytest.raises(ValueError, match="group head of its own"):
         model.config.replace(group_head_attends_prompt=True)
+
+
+def test_the_training_loss_adds_the_cell_term_and_logs_it_apart(map_model):
+    samples = [_select("all squares", _quadrants(), [True, False, False, True]), _select("all stars", _quadrants())]
+    terms = map_model(collate([prepare(s, map_model.builder) for s in samples], map_model.ids.pad)).terms
+    assert 0.0 < float(terms["group_cells"]) < float(terms["group"])
