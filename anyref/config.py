@@ -69,7 +69,7 @@ class AnyRefConfig:
         position's state (:class:`anyref.group_heads.GroupMapHead`); each candidate scores its cells' mean, and the
         map is also trained per cell against the group's cover (weighted ``group_weight`` like the candidates' BCE).
         Needs "vision" among the mask features (always there), whose pooling weights give each candidate's cells.
-        In a tiny SynthRef run stopped at step 6,000 it had not learned groups either (docs/mask-groups.md).
+        In a tiny SynthRef run stopped at step 8,000 it had not learned groups either (docs/mask-groups.md).
     mask_token_norm: if > 0, every mask token (candidates and ``MaskRef``) is rescaled to this L2 norm (off: 0).
         The tiny SynthRef model's mask tokens are 150-350x the norm of its text embeddings, and a candidate slot's
         last-layer state is nearly the same whatever the prompt; rescaling them to 1.0 (a 1,000-step continuation,
