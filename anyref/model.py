@@ -354,8 +354,7 @@ class AnyRefModel(nn.Module):
                 + config.group_weight * group)
         return AnyRefOutput(loss=loss, ce=ce.detach(), bce=bce.detach(), dice=dice.detach(), n_masks=n_masks,
                             mask_logits=mask_logits, terms={"group": group.detach(), **group_terms}, hidden=hidden,
-                            obj_rows=rows,
-                            obj_states=states, obj_locations=locations, sam_embeddings=embeddings)
+                            obj_rows=rows, obj_states=states, obj_locations=locations, sam_embeddings=embeddings)
 
     def image_token_states(self, input_ids: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
         """The states of the image tokens the LLM read, row by row: input_ids B x L, hidden B x L x H ->
@@ -382,8 +381,8 @@ class AnyRefModel(nn.Module):
         return self._group_outputs(hidden, embeds, batch)[0]
 
     def _group_outputs(self, hidden: torch.Tensor, embeds: torch.Tensor, batch: Batch):
-        """(membership logits N, and for a :class:`GroupMapHead` its cell logits S x T, the candidates' cell
-        coverage N x T and their owners N among the S "select" rows; else three Nones)."""
+        """(membership logits N, and for a :class:`GroupMapHead` its map: (cell logits S x T, the candidates' cell
+        coverage N x T, their owners N among the S "select" rows); None for the other heads)."""
         slots = batch.candidate_slots
         if isinstance(self.group_head, GroupMapHead):
             rows = slots.any(1)  # only "select" samples have candidates
@@ -391,14 +390,14 @@ class AnyRefModel(nn.Module):
             query = hidden[rows.nonzero(as_tuple=True)[0], first_slot - 1]  # the last prompt position: S x H
             cells = self.group_head.cells(query, self.image_token_states(batch.input_ids[rows], hidden[rows]))
             coverage, owners = self.candidate_cells(batch)
-            return self.group_head(cells, coverage.to(cells.device), owners.to(cells.device)), cells, coverage, owners
+            return self.group_head(cells, coverage, owners), (cells, coverage, owners)
         if not isinstance(self.group_head, PromptGroupHead):
-            return self.group_head(hidden[slots], embeds[slots]), None, None, None
+            return self.group_head(hidden[slots], embeds[slots]), None
         rows = slots.any(1)  # only "select" samples have candidates (and a prompt the head must read)
         both = torch.cat([hidden, embeds.to(hidden.dtype)], dim=-1)[rows]
         candidates, candidate_mask = pad_rows(both, slots[rows])
         prompt, prompt_mask = pad_rows(both, self.prompt_positions(batch)[rows])
-        return self.group_head(candidates, prompt, prompt_mask)[candidate_mask], None, None, None
+        return self.group_head(candidates, prompt, prompt_mask)[candidate_mask], None
 
     def candidate_cells(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Each candidate's share of each cell of the image-token grid the LLM reads (from the vision tower's
@@ -410,9 +409,10 @@ class AnyRefModel(nn.Module):
         for index, (first, count) in enumerate(span for span in batch.candidate_spans if span[1]):
             # the merger's k x k patches are one image token: a token's share is the mean of its patches' shares
             coverage.append(F.avg_pool2d(weights[first:first + count, None].float(), merge).flatten(1))
-            owners.append(torch.full((count,), index, dtype=torch.long))
+            owners.append(torch.full((count,), index, dtype=torch.long, device=weights.device))
         if not coverage:
-            return torch.zeros((0, self.llm_grid ** 2)), torch.zeros(0, dtype=torch.long)
+            return (weights.new_zeros((0, self.llm_grid ** 2), dtype=torch.float32),
+                    torch.zeros(0, dtype=torch.long, device=weights.device))
         return torch.cat(coverage), torch.cat(owners)
 
     def prompt_positions(self, batch: Batch) -> torch.Tensor:
@@ -429,17 +429,17 @@ class AnyRefModel(nn.Module):
     def _group_loss(self, batch: Batch, hidden: torch.Tensor, embeds: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """The candidates' weighted BCE, plus for a :class:`GroupMapHead` its map's per-cell BCE; and for the log,
         that cell term alone ({"group_cells": ...}; {} for the other heads)."""
-        logits, cells, coverage, cell_owners = self._group_outputs(hidden, embeds, batch)
+        logits, group_map = self._group_outputs(hidden, embeds, batch)
         if not len(logits):  # no "select" sample: zero, still in the graph
             zero = logits.sum() * 0.0
-            return zero, ({} if cells is None else {"group_cells": zero.detach()})
+            return zero, ({} if group_map is None else {"group_cells": zero.detach()})
         targets = torch.cat([s for s, (_, n) in zip(batch.selected, batch.candidate_spans) if n]).to(logits.device)
         owners = torch.cat([torch.full((n,), row, dtype=torch.long)
                             for row, (_, n) in enumerate(batch.candidate_spans) if n]).to(logits.device)
         loss = group_loss(logits, targets, owners, self.config.group_pos_weight)
-        if cells is None:
+        if group_map is None:
             return loss, {}
-        cell = group_cell_loss(cells, coverage.to(cells.device), cell_owners.to(cells.device), targets)
+        cell = group_cell_loss(*group_map, targets)
         return loss + cell, {"group_cells": cell.detach()}
 
     def _obj_states(self, tap, hidden, attention, answer_starts, rows, cols, keys) -> torch.Tensor:

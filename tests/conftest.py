@@ -47,6 +47,17 @@ def assert_select_batch_scores_as_alone(model, samples: list) -> torch.Tensor:
     return together
 
 
+def select_after_save_and_load(model, path, candidates: np.ndarray, image_seed: int = 2):
+    """The model saved to ``path`` and loaded back, after checking that its "select" scores on one scene and
+    prompt come back unchanged; returns the loaded model."""
+    image = scene(image_seed)
+    scores = model.select(image, "all squares", candidates=candidates).candidate_scores
+    again = type(model).from_pretrained(model.save_pretrained(path))
+    np.testing.assert_allclose(again.select(image, "all squares", candidates=candidates).candidate_scores, scores,
+                               atol=1e-6)
+    return again
+
+
 def assert_group_head_alone_learns(model, groups: dict[str, list[bool]], candidates: np.ndarray) -> None:
     """Trained alone (the "group_head" stage policy: the rest of the model frozen) on one image's candidates under
     several prompts, the group head selects each prompt's group. groups: prompt -> membership per candidate."""
