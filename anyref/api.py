@@ -12,10 +12,10 @@ import torch
 from anyref.batching import collate, prepare
 from anyref.candidates import check_candidates, sam_candidates
 from anyref.checkpoint import load_directory, save_directory
-from anyref.heads import upscale_masks
+from anyref.heads import placed_nowhere, upscale_masks
 from anyref.images import load_image
 from anyref.model import AnyRefModel, unique_rows
-from anyref.outputs import Generation, GroupResult, SegmentResult
+from anyref.outputs import Generation, GroupResult, SegmentResult, mark_nowhere
 from anyref.prefix import PrefixCache
 from anyref.prompts import reference_kind
 from anyref.references import Audio, MaskRef, as_reference_list
@@ -211,14 +211,20 @@ class AnyRef(AnyRefModel):
         image_states = None
         if self.obj_locator is not None:
             image_states = torch.stack([g.image_states for g in generations])[owners]
-        low, _ = self.decode_obj_masks(embeddings, torch.cat([g.obj_states for g in generations]), image_states)
+        low, locations = self.decode_obj_masks(embeddings, torch.cat([g.obj_states for g in generations]),
+                                               image_states)
+        placed = torch.ones(len(low), dtype=torch.bool, device=low.device)
+        if self.config.obj_nowhere:
+            placed = ~placed_nowhere(locations)
         results = []
         for row, generation in enumerate(generations):
-            logits = upscale_masks(self.sam, low[owners == row], batch.sam_sizes[row], batch.image_sizes[row]).float()
+            mine = owners == row
+            logits = upscale_masks(self.sam, low[mine & placed], batch.sam_sizes[row], batch.image_sizes[row]).float()
             masks = logits > 0
             area = masks.flatten(1).sum(1)
             scores = (logits.sigmoid() * masks).flatten(1).sum(1) / area.clamp_min(1)  # 0 for an empty mask
-            results.append(SegmentResult(masks.cpu().numpy(), scores.cpu().numpy().astype(np.float32), generation.text,
+            text = mark_nowhere(generation.text, self.config.obj_token, placed[mine].tolist())
+            results.append(SegmentResult(masks.cpu().numpy(), scores.cpu().numpy().astype(np.float32), text,
                                          logits.cpu().numpy()))
         return results
 

@@ -45,6 +45,10 @@ class AnyRefConfig:
         image tokens' states; the trainer's pointer loss, when on, supervises the same map. On in the shipped tiny
         SynthRef model: against the same preset without it, text cIoU 0.531 -> 0.599, box 0.500 -> 0.630 in one
         2-hour run (docs/training.md).
+    obj_nowhere: the location map gets one more place, "nowhere" (:class:`anyref.heads.ObjLocator`); an ``<obj>``
+        that puts more than half its map there is answered without a mask (``<nowhere>`` in the answer's text).
+        Trained on ``<obj>`` whose target mask is empty (SynthRef's ``no_target_answer="nowhere"``). Needs
+        ``obj_location_prompt``. Off: the paper (a no-target answer is text without ``<obj>``).
     region_pool: side of the RoIAlign / example pooling grid (4 -> 16 tokens per box or example).
     refocus_lambda: weight of the attention-weighted answer states added to h_obj (paper: 0.1).
     refocus_learnable: make lambda a trained parameter (the paper found it unstable).
@@ -91,6 +95,7 @@ class AnyRefConfig:
     image_token_merge: int = 1
     image_positions: bool = False
     obj_location_prompt: bool = False
+    obj_nowhere: bool = False
     region_pool: int = 4
     refocus_lambda: float = 0.1
     refocus_learnable: bool = False
@@ -117,6 +122,8 @@ class AnyRefConfig:
             raise ValueError(f"image_token_merge must be >= 1 (1: off), got {self.image_token_merge}")
         if self.region_pool < 1:
             raise ValueError(f"region_pool must be >= 1, got {self.region_pool}")
+        if self.obj_nowhere and not self.obj_location_prompt:
+            raise ValueError("obj_nowhere adds a place to the location map: it needs obj_location_prompt")
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if not self.mask_features or self.mask_features[0] != "vision":

@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from segment_anything.modeling import Sam
 from torch import nn
 
-__all__ = ["ObjProjection", "ObjLocator", "location_logits", "location_prompt", "decode_masks", "upscale_masks"]
+__all__ = ["ObjProjection", "ObjLocator", "location_logits", "location_prompt", "placed_nowhere", "decode_masks",
+           "upscale_masks"]
 
 
 class ObjProjection(nn.Sequential):
@@ -26,15 +27,33 @@ class ObjLocator(nn.Module):
     Not in the paper: a from-scratch tiny LLM places its masks roughly (docs/training.md), and this map, given to
     SAM as a dense prompt (:func:`location_prompt`), lets the mask loss reach the image tokens' states through a
     spatial path and not only through one ``<obj>`` vector. The trainer's pointer loss supervises the same logits.
+
+    With ``nowhere`` the map has one more place, "nowhere": a logit from the query alone (its dot product with a
+    learned key, plus a bias), competing with the cells in the same softmax. An ``<obj>`` whose target is absent is
+    taught to point there, so that "is the described object here?" becomes the locator's own comparison - the best
+    cell's match against a learned bar - rather than a decision of the first answer token (ReLA's no-target head
+    plays this part for GRES).
     """
 
-    def __init__(self, hidden: int, dim: int = 64):
+    def __init__(self, hidden: int, dim: int = 64, nowhere: bool = False):
         super().__init__()
         self.query, self.key = nn.Linear(hidden, dim), nn.Linear(hidden, dim)
+        self.nowhere = nn.Linear(dim, 1) if nowhere else None
 
     def forward(self, obj_states: torch.Tensor, image_states: torch.Tensor) -> torch.Tensor:
-        """obj_states N x H, image_states N x T x H (the image tokens of each ``<obj>``'s own row) -> N x T."""
-        return location_logits(self.query(obj_states), self.key(image_states))
+        """obj_states N x H, image_states N x T x H (the image tokens of each ``<obj>``'s own row) -> N x T, or
+        N x (T + 1) with the nowhere logit last."""
+        queries = self.query(obj_states)
+        cells = location_logits(queries, self.key(image_states))
+        if self.nowhere is None:
+            return cells
+        return torch.cat([cells, self.nowhere(queries) / math.sqrt(queries.shape[-1])], dim=-1)
+
+
+def placed_nowhere(locations: torch.Tensor) -> torch.Tensor:
+    """N bool from N x (T + 1) location logits (nowhere last): the nowhere place holds more than half the map's
+    probability, i.e. its logit exceeds the log-sum-exp of all the cells'."""
+    return locations[:, -1] > locations[:, :-1].float().logsumexp(-1)
 
 
 def location_logits(queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:

@@ -91,7 +91,7 @@ class AnyRefModel(nn.Module):
             # drawn aside from the random stream, so that every other module starts as in a model without it
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(torch.initial_seed() + 1)
-                self.obj_locator = ObjLocator(hidden)
+                self.obj_locator = ObjLocator(hidden, nowhere=config.obj_nowhere)
         lam = torch.tensor(float(config.refocus_lambda))
         if config.refocus_learnable:
             self.refocus_lambda = nn.Parameter(lam)
@@ -156,6 +156,17 @@ class AnyRefModel(nn.Module):
         reference = next(self.obj_projection.parameters())
         head = build_group_head(self.config, self.llava.config.text_config.hidden_size)
         self.group_head = head.to(device=reference.device, dtype=reference.dtype)
+
+    def add_nowhere(self) -> None:
+        """Give a finished model's location map its "nowhere" place (``obj_nowhere``), new and untrained, e.g. to
+        teach it absent objects in a continuation (a training config's "add_nowhere", docs/training.md)."""
+        if self.obj_locator is None:
+            raise ValueError("this model has no location map (obj_location_prompt is off): nowhere needs one")
+        if self.obj_locator.nowhere is not None:
+            raise ValueError("this model's location map already has its nowhere place")
+        self.config = self.builder.config = self.config.replace(obj_nowhere=True)
+        reference = self.obj_locator.query.weight
+        self.obj_locator.nowhere = nn.Linear(reference.shape[0], 1).to(device=reference.device, dtype=reference.dtype)
 
     # ----------------------------------------------------------------------------------------------- parts
     @property
@@ -364,15 +375,17 @@ class AnyRefModel(nn.Module):
     def decode_obj_masks(self, embeddings: torch.Tensor, obj_states: torch.Tensor,
                          image_states: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Low-res mask logits N x 1 x 4g x 4g of N ``<obj>`` states (N x H) on their SAM embeddings (N x C x g x g,
-        or 1 x C x g x g for one image), and their location logits N x T over the image tokens (None unless
-        ``config.obj_location_prompt``, which needs image_states: N x T x H, each ``<obj>``'s own row's)."""
+        or 1 x C x g x g for one image), and their location logits N x T over the image tokens, N x (T + 1) with
+        the nowhere logit last for ``obj_nowhere`` (None unless ``config.obj_location_prompt``, which needs
+        image_states: N x T x H, each ``<obj>``'s own row's)."""
         prompts = self.obj_projection(obj_states)
         if self.obj_locator is None:
             return decode_masks(self.sam, embeddings, prompts), None
         if image_states is None:
             raise ValueError("this model gives SAM each <obj>'s location map: pass the image tokens' states")
         locations = self.obj_locator(obj_states, image_states)
-        return decode_masks(self.sam, embeddings, prompts, location_prompt(self.sam, locations)), locations
+        dense = location_prompt(self.sam, locations[:, :self.llm_grid ** 2])  # the cells, not the nowhere place
+        return decode_masks(self.sam, embeddings, prompts, dense), locations
 
     def group_logits(self, hidden: torch.Tensor, embeds: torch.Tensor, batch: Batch) -> torch.Tensor:
         """Membership logits of every candidate of the batch (sample by sample, in candidate order): N.

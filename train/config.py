@@ -69,9 +69,10 @@ class Stage:
 @dataclass(frozen=True)
 class TrainConfig:
     """model: {"tiny": {sizes...}} to build a tiny model, or {"init_from": DIR} to start from an AnyRef directory
-    (with "new_group_head": {group_head_* fields of AnyRefConfig}, DIR's model gets a new, untrained group head).
+    (with "new_group_head": {group_head_* fields of AnyRefConfig}, DIR's model gets a new, untrained group head;
+    with "add_nowhere": true, its location map a new, untrained nowhere place: AnyRefConfig.obj_nowhere).
     mixture: source name -> {"ratio": r, ...source options}; sources: "synthref" (options: tasks weights,
-    image_size, seed). stages: the schedule; each stage has its own warmup and cosine decay (lr, warmup_steps
+    image_size, world_seed, no_target_answer). stages: the schedule; each stage has its own warmup and cosine decay (lr, warmup_steps
     and min_lr_ratio here are the defaults of every stage).
     """
 
@@ -109,6 +110,9 @@ class TrainConfig:
         if "new_group_head" in self.model and "init_from" not in self.model:
             raise ValueError('"new_group_head" replaces the group head of an "init_from" model; a "tiny" model '
                              'takes group_head_* fields in its config_overrides')
+        if "add_nowhere" in self.model and "init_from" not in self.model:
+            raise ValueError('"add_nowhere" gives an "init_from" model a nowhere place; a "tiny" model takes '
+                             '"obj_nowhere": true in its config_overrides')
         if not self.mixture or any(float(v.get("ratio", 0)) < 0 for v in self.mixture.values()):
             raise ValueError("mixture needs at least one source with a ratio >= 0")
         if self.eval_every < 0 or self.eval_n < 1:

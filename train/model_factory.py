@@ -13,11 +13,15 @@ __all__ = ["build_model"]
 def build_model(config) -> AnyRef:
     """config.model = {"tiny": {sizes, "refocus_lambda"...}} or {"init_from": DIR} (optionally with
     "new_group_head": {group_head_* config fields}: DIR's model with a new, untrained group head of that kind,
-    initialised from the run's seed)."""
+    and "add_nowhere": true: its location map with a new, untrained nowhere place, both initialised from the run's
+    seed)."""
     if "init_from" in config.model:
         model = AnyRef.from_pretrained(config.model["init_from"])
         if "new_group_head" in config.model:
             torch.manual_seed(config.seed)
             model.replace_group_head(**config.model["new_group_head"])
+        if config.model.get("add_nowhere"):
+            torch.manual_seed(config.seed)
+            model.add_nowhere()
         return model
     return build_tiny(corpus=SynthRef().vocabulary(), seed=config.seed, **config.model["tiny"])

@@ -129,15 +129,20 @@ def _object_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[t
     return total / len(_ATTRIBUTES), accuracy
 
 
-def pointer_targets(batch, grid: int) -> torch.Tensor:
+def pointer_targets(batch, grid: int, nowhere: bool = False) -> torch.Tensor:
     """N x grid*grid: each ``<obj>``'s target mask as a distribution over the cells of the image-token grid the
     LLM reads (area fractions, normalised), in the order the model lists ``<obj>`` (sample by sample). Needs the
-    "resize" vision mode, where the grid covers the whole image."""
+    "resize" vision mode, where the grid covers the whole image. With ``nowhere``, N x (grid*grid + 1): an empty
+    target mask (an absent object) puts all its weight on the last place, "nowhere"; without it such a row is all
+    zeros (no pointer loss)."""
     rows = [F.adaptive_avg_pool2d(masks.float()[:, None], grid).flatten(1) for masks in batch.masks if len(masks)]
     if not rows:
-        return torch.zeros((0, grid * grid))
+        return torch.zeros((0, grid * grid + nowhere))
     cells = torch.cat(rows)
-    return cells / cells.sum(1, keepdim=True).clamp_min(1e-6)
+    cells = cells / cells.sum(1, keepdim=True).clamp_min(1e-6)
+    if not nowhere:
+        return cells
+    return torch.cat([cells, (cells.sum(1, keepdim=True) == 0).float()], dim=1)
 
 
 def _soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, dict]:
@@ -215,14 +220,15 @@ class TrainingObjective(nn.Module):
         return config.bce_weight * bce + config.dice_weight * dice
 
     def _pointer_loss(self, batch, output: AnyRefOutput) -> torch.Tensor:
-        """Cross-entropy of each <obj> state's pointer over the image tokens against its target's cells."""
+        """Cross-entropy of each <obj> state's pointer over the image tokens (and "nowhere", ``obj_nowhere``)
+        against its target's cells."""
         model = self.model
         logits = output.obj_locations  # N x G^2, from the model's own locator when it has one
         if logits is None:
             image_states = model.image_token_states(batch.input_ids, output.hidden)  # B x G^2 x H
             logits = location_logits(self.pointer_query(output.obj_states),
                                      self.pointer_key(image_states[output.obj_rows]))
-        targets = pointer_targets(batch, model.llm_grid).to(logits.device)
+        targets = pointer_targets(batch, model.llm_grid, nowhere=model.config.obj_nowhere).to(logits.device)
         return -(targets * logits.float().log_softmax(-1)).sum(-1).mean() if len(logits) else logits.sum() * 0.0
 
     @staticmethod

@@ -29,6 +29,9 @@ class SynthRefConfig:
     box_jitter: float = 0.08
     # mask groups: at most this many non-object candidate masks (background patches) among the candidates
     max_distractor_candidates: int = 2
+    # how a no-target prompt is answered: "refusal" (NO_TARGET_ANSWER, no <obj>) or "nowhere" (the expression and
+    # an <obj> whose target mask is empty, for models whose location map has a nowhere place: obj_nowhere)
+    no_target_answer: str = "refusal"
     # audio references
     sample_rate: int = 16000
     audio_seconds: float = 4.0
@@ -46,6 +49,7 @@ class SynthRefConfig:
             (0.0 <= self.pixel_noise <= 64.0, "pixel_noise must be in [0, 64]"),
             (0.0 <= self.box_jitter <= 0.3, "box_jitter must be in [0, 0.3]"),
             (0 <= self.max_distractor_candidates <= 4, "max_distractor_candidates must be in 0..4"),
+            (self.no_target_answer in ("refusal", "nowhere"), 'no_target_answer must be "refusal" or "nowhere"'),
             (self.sample_rate >= 8000, "sample_rate must be >= 8000 (the sounds reach 5.5 kHz)"),
             (0.5 <= self.audio_seconds <= 30.0, "audio_seconds must be in [0.5, 30]"),
         ]

@@ -151,7 +151,8 @@ def build_audio2(cfg: SynthRefConfig, rng: np.random.Generator) -> ReferringSamp
 
 
 def build_no_target(cfg: SynthRefConfig, rng: np.random.Generator) -> ReferringSample:
-    """A plausible expression that matches no object; the answer is NO_TARGET_ANSWER with no mask."""
+    """A plausible expression that matches no object; the answer is NO_TARGET_ANSWER with no mask, or with
+    ``no_target_answer="nowhere"`` the expression and one ``<obj>`` whose target mask is empty."""
     for _ in range(_TRIES):
         scene = _scene(cfg, rng, min_objects=2)
         query = negative_query(rng, scene.objects, _margin(cfg), cfg.relational_prob)
@@ -159,10 +160,12 @@ def build_no_target(cfg: SynthRefConfig, rng: np.random.Generator) -> ReferringS
             continue
         expression = query_text(query)
         h, w = scene.image.shape[:2]
+        nowhere = cfg.no_target_answer == "nowhere"
         return ReferringSample(
-            image=scene.image, references=[expression], task="segment", answer=[NO_TARGET_ANSWER],
-            masks=np.zeros((0, h, w), dtype=bool), source="no_target",
-            meta=_meta(scene, [], expression=expression, query=query, target_ids=[]))
+            image=scene.image, references=[expression], task="segment",
+            answer=single_answer(expression) if nowhere else [NO_TARGET_ANSWER],
+            masks=np.zeros((int(nowhere), h, w), dtype=bool), source="no_target",
+            meta=_meta(scene, [[]] if nowhere else [], expression=expression, query=query, target_ids=[]))
     raise RuntimeError("SynthRef no_target: found no absent description")
 
 
