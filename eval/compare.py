@@ -147,11 +147,22 @@ def compare_results(files: Sequence[str | Path], resamples: int = 2000, level: f
     return {"files": [str(f) for f in files], "resamples": resamples, "level": level, "seed": seed, "tasks": table}
 
 
+def default_labels(files: Sequence[str | Path]) -> list[str]:
+    """Column names for result files: their names without the suffix, with as many parent folders as it takes
+    to tell them apart (runs/a/synthref_results.json and runs/b/synthref_results.json -> a/synthref_results, ...)."""
+    paths = [Path(f).with_suffix("") for f in files]
+    for depth in range(1, max(len(p.parts) for p in paths) + 1):
+        labels = ["/".join(p.parts[-depth:]) for p in paths]
+        if len(set(labels)) == len(labels):
+            return labels
+    return [str(p) for p in paths]  # the same file given twice
+
+
 def render_comparison(comparison: dict, labels: Optional[Sequence[str]] = None) -> str:
     """A markdown table: per task and metric, each file's value with its interval, and each difference to the
     first file with its interval (an interval that excludes 0 marks a difference the test split resolves)."""
     files = comparison["files"]
-    labels = list(labels) if labels else [Path(f).stem for f in files]
+    labels = list(labels) if labels else default_labels(files)
     if len(labels) != len(files):
         raise ValueError(f"{len(labels)} labels for {len(files)} files")
     percent = round(comparison["level"] * 100)

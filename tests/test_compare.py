@@ -8,7 +8,7 @@ import pytest
 from anyref.outputs import GroupResult, SegmentResult
 from anyref.synthref import SynthRef
 from eval import cli
-from eval.compare import STATISTICS, compare_results, render_comparison
+from eval.compare import STATISTICS, compare_results, default_labels, render_comparison
 from eval.results import RunOutput, make_results, write_results
 from eval.synthref_eval import SCORED_TASKS, evaluate_synthref
 
@@ -128,3 +128,10 @@ def test_cli_compare(tmp_path, capsys):
     assert saved["labels"] == ["first", "second"] and saved["tasks"]["box"]["caption_acc"]["values"] == [0.5, 1.0]
     assert cli.main(["compare", str(tmp_path / "missing.json")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_default_labels_tell_same_named_files_apart():
+    assert default_labels(["runs/a.json", "runs/b.json"]) == ["a", "b"]
+    assert default_labels(["pretrained/tiny/synthref_results.json", "runs/nowhere/synthref_results.json"]) == [
+        "tiny/synthref_results", "nowhere/synthref_results"]
+    assert default_labels(["x/r.json", "x/r.json"]) == ["x/r", "x/r"]

@@ -114,3 +114,11 @@ def test_every_preset_loads_and_the_branching_presets_match_the_run_they_branch_
     wider = json.loads(json.dumps(tiny))
     wider["model"]["tiny"]["text_width"] *= 2
     assert _shared_part(wider, 1, ()) != _shared_part(tiny, 1, ())
+
+
+def test_init_from_override_replaces_a_continued_models_directory():
+    config = load_config("synthref-tiny-nowhere", init_from="runs/mine/model")
+    assert config.model == {"init_from": "runs/mine/model", "add_nowhere": True}
+    assert load_config("synthref-tiny-nowhere").model["init_from"] == "synthref-tiny"
+    with pytest.raises(ValueError, match="builds a new model"):
+        load_config("synthref-tiny", init_from="runs/mine/model")

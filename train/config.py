@@ -154,8 +154,11 @@ class TrainConfig:
         return cls(**data)
 
 
-def load_config(preset: str | None = None, path: str | Path | None = None, **overrides) -> TrainConfig:
-    """A config from a preset name (train/presets/NAME.json) or a JSON file path, with keyword overrides."""
+def load_config(preset: str | None = None, path: str | Path | None = None, init_from: str | None = None,
+                **overrides) -> TrainConfig:
+    """A config from a preset name (train/presets/NAME.json) or a JSON file path, with keyword overrides;
+    ``init_from`` replaces the model directory of a config that continues a finished model (e.g. a preset that
+    continues the shipped model, started from a run of one's own that rebuilt it)."""
     if (preset is None) == (path is None):
         raise ValueError("give exactly one of a preset name or a config file")
     if preset is not None:
@@ -170,4 +173,9 @@ def load_config(preset: str | None = None, path: str | Path | None = None, **ove
         data = json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise ValueError(f"{path} is not valid JSON: {error}") from error
+    if init_from is not None:
+        if "init_from" not in data.get("model", {}):
+            raise ValueError(f"{path} builds a new model; an init_from override needs a config whose model has "
+                             '"init_from"')
+        data["model"] = {**data["model"], "init_from": str(init_from)}
     return TrainConfig.from_dict(data, **overrides)

@@ -129,6 +129,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--branch-from", metavar="CHECKPOINT",
                         help="start from another run's checkpoint folder (e.g. its warm-up stage's end, "
                              "OTHER/checkpoints/step-002000) instead of from scratch; the config must match its model")
+    parser.add_argument("--init-from", metavar="MODEL_DIR",
+                        help="for a config that continues a finished model (\"init_from\"): start from this AnyRef "
+                             "directory instead, e.g. runs/synthref-tiny/model to rebuild the shipped model's chain")
     parser.add_argument("--seed", type=int, help="override the config's seed")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -148,7 +151,8 @@ def run(args: argparse.Namespace) -> int:
     import deepspeed
     from tqdm import tqdm
 
-    config = load_config(args.preset, args.config, refocus_lambda=args.refocus_lambda, seed=args.seed)
+    config = load_config(args.preset, args.config, init_from=args.init_from, refocus_lambda=args.refocus_lambda,
+                         seed=args.seed)
     threads = args.threads or config.num_threads
     if threads:
         torch.set_num_threads(threads)
