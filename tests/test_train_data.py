@@ -119,6 +119,6 @@ def test_every_preset_loads_and_the_branching_presets_match_the_run_they_branch_
 def test_init_from_override_replaces_a_continued_models_directory():
     config = load_config("synthref-tiny-nowhere", init_from="runs/mine/model")
     assert config.model == {"init_from": "runs/mine/model", "add_nowhere": True}
-    assert load_config("synthref-tiny-nowhere").model["init_from"] == "synthref-tiny"
+    assert load_config("synthref-tiny-nowhere").model["init_from"] == "runs/synthref-tiny/model"
     with pytest.raises(ValueError, match="builds a new model"):
         load_config("synthref-tiny", init_from="runs/mine/model")

@@ -16,7 +16,11 @@ def build_model(config) -> AnyRef:
     and "add_nowhere": true: its location map with a new, untrained nowhere place, both initialised from the run's
     seed)."""
     if "init_from" in config.model:
-        model = AnyRef.from_pretrained(config.model["init_from"])
+        try:
+            model = AnyRef.from_pretrained(config.model["init_from"])
+        except FileNotFoundError as error:
+            raise FileNotFoundError(f"{error}. This config continues a finished model: train that one first (a "
+                                    "preset's description names the run), or pass --init-from DIR") from error
         if "new_group_head" in config.model:
             torch.manual_seed(config.seed)
             model.replace_group_head(**config.model["new_group_head"])
