@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from segment_anything.modeling import Sam
 from torch import nn
 
-__all__ = ["ObjProjection", "ObjLocator", "location_logits", "location_prompt", "placed_nowhere", "decode_masks",
-           "upscale_masks"]
+__all__ = ["ObjProjection", "ObjLocator", "location_logits", "location_prompt", "placed_nowhere", "location_cells",
+           "decode_masks", "upscale_masks"]
 
 
 class ObjProjection(nn.Sequential):
@@ -54,6 +54,11 @@ def placed_nowhere(locations: torch.Tensor) -> torch.Tensor:
     """N bool from N x (T + 1) location logits (nowhere last): the nowhere place holds more than half the map's
     probability, i.e. its logit exceeds the log-sum-exp of all the cells'."""
     return locations[:, -1] > locations[:, :-1].float().logsumexp(-1)
+
+
+def location_cells(locations: torch.Tensor, cells: int) -> torch.Tensor:
+    """N x T cell logits from N x T or N x (T + 1) location logits: the map without its nowhere place, if any."""
+    return locations[:, :cells]
 
 
 def location_logits(queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,7 @@ from transformers import LlavaForConditionalGeneration, PreTrainedTokenizerBase
 from anyref.batching import Batch
 from anyref.config import AnyRefConfig
 from anyref.group_heads import GroupMapHead, PromptGroupHead, build_group_head, group_cell_loss, group_loss, pad_rows
-from anyref.heads import ObjLocator, ObjProjection, decode_masks, location_prompt, upscale_masks
+from anyref.heads import ObjLocator, ObjProjection, decode_masks, location_cells, location_prompt, upscale_masks
 from anyref.image_tokens import ImageTokenMerger, ImageTokenPositions
 from anyref.losses import mask_bce, mask_dice
 from anyref.mask_tokens import MaskProjector, MaskSource, pool_masks, position_map
@@ -384,7 +384,7 @@ class AnyRefModel(nn.Module):
         if image_states is None:
             raise ValueError("this model gives SAM each <obj>'s location map: pass the image tokens' states")
         locations = self.obj_locator(obj_states, image_states)
-        dense = location_prompt(self.sam, locations[:, :self.llm_grid ** 2])  # the cells, not the nowhere place
+        dense = location_prompt(self.sam, location_cells(locations, self.llm_grid ** 2))
         return decode_masks(self.sam, embeddings, prompts, dense), locations
 
     def group_logits(self, hidden: torch.Tensor, embeds: torch.Tensor, batch: Batch) -> torch.Tensor:

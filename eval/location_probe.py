@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from anyref.batching import collate, prepare
-from anyref.heads import decode_masks, location_prompt, upscale_masks
+from anyref.heads import decode_masks, location_cells, location_prompt, upscale_masks
 from anyref.synthref import SynthRef, SynthRefConfig
 from eval.results import RunOutput, diagnostic_parser, write_module_results
 
@@ -45,7 +45,7 @@ def _ious(model, sample) -> dict[str, float] | None:
         return None
     embeddings = model.sam_embeddings(batch.sam_pixels)
     prompts = model.obj_projection(generation.obj_states)
-    own = model.obj_locator(generation.obj_states, generation.image_states[None])[:, :model.llm_grid ** 2]  # cells
+    own = location_cells(model.obj_locator(generation.obj_states, generation.image_states[None]), model.llm_grid ** 2)
     maps = {"own": own, "blank": torch.zeros_like(own),
             "oracle": coverage_logits(sample.masks[0], model.llm_grid).to(own)}
     target = torch.from_numpy(sample.masks[0]).to(model.device)
