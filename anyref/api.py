@@ -19,7 +19,7 @@ from anyref.outputs import Generation, GroupResult, SegmentResult, mark_nowhere
 from anyref.prefix import PrefixCache
 from anyref.prompts import reference_kind
 from anyref.references import Audio, MaskRef, as_reference_list
-from anyref.samples import ReferringSample
+from anyref.samples import OBJ, ReferringSample
 from encoders.llava import vision_patch_grid
 
 __all__ = ["AnyRef"]
@@ -168,7 +168,8 @@ class AnyRef(AnyRefModel):
     @torch.no_grad()
     def select(self, image=None, prompt=None, candidates=None, allow_untrained: bool = False, threshold: float = 0.5,
                sam_options: dict | None = None) -> GroupResult:
-        """The group of masks ``prompt`` refers to, chosen among candidates in ONE forward pass (RAS).
+        """The group of masks ``prompt`` refers to, chosen among candidates in ONE forward pass (RAS), or with
+        ``config.group_by_obj`` by the mask of one ``<obj>`` the prompt is answered with (one forward as well).
 
         image: as in ``segment`` (None for the ``set_image`` image). prompt: a str, MaskRef, Box, ExampleImage,
         Audio or a list of them ("everything the same colour as", MaskRef(mask)). candidates: N x H x W masks at
@@ -184,15 +185,34 @@ class AnyRef(AnyRefModel):
         if candidates is None:
             candidates = sam_candidates(self.sam, pixels, **(sam_options or {}))
         candidates = check_candidates(candidates, height, width)
-        sample = ReferringSample(image=pixels, references=_references(prompt), task="select", candidates=candidates,
-                                 selected=np.zeros(len(candidates), dtype=bool))
-        self.check_references(sample.references + [MaskRef(candidates[0])], allow_untrained)
-        batch = self._batch([sample], allow_untrained, 0)
-        grids, sam = self._cached(batch, features)
-        probs = self.select_logits(batch, grids, sam).float().sigmoid().cpu().numpy()
+        if self.config.group_by_obj:
+            probs = self._group_by_obj(pixels, features, _references(prompt), candidates, allow_untrained)
+        else:
+            sample = ReferringSample(image=pixels, references=_references(prompt), task="select",
+                                     candidates=candidates, selected=np.zeros(len(candidates), dtype=bool))
+            self.check_references(sample.references + [MaskRef(candidates[0])], allow_untrained)
+            batch = self._batch([sample], allow_untrained, 0)
+            grids, sam = self._cached(batch, features)
+            probs = self.select_logits(batch, grids, sam).float().sigmoid().cpu().numpy()
         indices = np.flatnonzero(probs > threshold)
         return GroupResult(candidates[indices], probs[indices].astype(np.float32), indices, candidates,
                            probs.astype(np.float32), source)
+
+    def _group_by_obj(self, pixels: np.ndarray, features: "_ImageFeatures | None", references: list,
+                      candidates: np.ndarray, allow_untrained: bool) -> np.ndarray:
+        """Membership probabilities N of ``group_by_obj``: each candidate's mean of the group's ``<obj>`` mask
+        probability over its pixels (0 for all when the ``<obj>`` is placed nowhere)."""
+        self.check_references(references, allow_untrained)
+        empty = np.zeros((1, *pixels.shape[:2]), dtype=bool)  # the answer's mask slot; nothing reads it
+        sample = ReferringSample(image=pixels, references=references, task="segment", answer=[OBJ], masks=empty)
+        batch = collate([prepare(sample, self.builder)], self.ids.pad).to(self.device, self.dtype)
+        grids = features.grid if features is not None else None
+        sam = features.sam if features is not None else None
+        group_map = self.group_obj_map(batch, grids, sam)
+        if group_map is None:
+            return np.zeros(len(candidates), dtype=np.float32)
+        cover = torch.from_numpy(candidates).to(group_map.device, torch.float32).flatten(1)  # N x HW
+        return ((cover @ group_map.flatten()) / cover.sum(1)).cpu().numpy()
 
     def _masks_for(self, generations: list[Generation], batch, sam: torch.Tensor | None = None) -> list[SegmentResult]:
         """One SegmentResult per generation (row of ``batch``): SAM's image encoder runs once per distinct image

@@ -74,6 +74,11 @@ class AnyRefConfig:
         map is also trained per cell against the group's cover (weighted ``group_weight`` like the candidates' BCE).
         Needs "vision" among the mask features (always there), whose pooling weights give each candidate's cells.
         In a tiny SynthRef run stopped at step 8,000 it had not learned groups either (docs/mask-groups.md).
+    group_by_obj: ``select`` decides the group by an ``<obj>`` instead of the group head: the prompt is asked as
+        in ``segment`` with the answer "<obj>" given (one teacher-forced LLM forward, no candidates in the prompt),
+        and a candidate's score is the mean mask probability of that ``<obj>``'s mask over the candidate's pixels;
+        an ``<obj>`` placed nowhere selects nothing. Trained on SynthRef's ``group_answer="obj"``. Needs
+        ``obj_nowhere`` (an empty group is an ``<obj>`` placed nowhere). Off: RAS's candidate classifier.
     mask_token_norm: if > 0, every mask token (candidates and ``MaskRef``) is rescaled to this L2 norm (off: 0).
         The tiny SynthRef model's mask tokens are 150-350x the norm of its text embeddings, and a candidate slot's
         last-layer state is nearly the same whatever the prompt; rescaling them to 1.0 (a 1,000-step continuation,
@@ -112,6 +117,7 @@ class AnyRefConfig:
     group_head_reads_token: bool = False
     group_head_attends_prompt: bool = False
     group_head_maps_image: bool = False
+    group_by_obj: bool = False
     mask_token_norm: float = 0.0
     untrained_references: tuple[str, ...] = field(default_factory=tuple)
 
@@ -124,6 +130,8 @@ class AnyRefConfig:
             raise ValueError(f"region_pool must be >= 1, got {self.region_pool}")
         if self.obj_nowhere and not self.obj_location_prompt:
             raise ValueError("obj_nowhere adds a place to the location map: it needs obj_location_prompt")
+        if self.group_by_obj and not self.obj_nowhere:
+            raise ValueError("group_by_obj answers an empty group with an <obj> placed nowhere: it needs obj_nowhere")
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if not self.mask_features or self.mask_features[0] != "vision":

@@ -19,7 +19,9 @@ from transformers import LlavaForConditionalGeneration, PreTrainedTokenizerBase
 from anyref.batching import Batch
 from anyref.config import AnyRefConfig
 from anyref.group_heads import GroupMapHead, PromptGroupHead, build_group_head, group_cell_loss, group_loss, pad_rows
-from anyref.heads import ObjLocator, ObjProjection, decode_masks, location_cells, location_prompt, upscale_masks
+from anyref.heads import (
+    ObjLocator, ObjProjection, decode_masks, location_cells, location_prompt, placed_nowhere, upscale_masks,
+)
 from anyref.image_tokens import ImageTokenMerger, ImageTokenPositions
 from anyref.losses import mask_bce, mask_dice
 from anyref.mask_tokens import MaskProjector, MaskSource, pool_masks, position_map
@@ -167,6 +169,14 @@ class AnyRefModel(nn.Module):
         self.config = self.builder.config = self.config.replace(obj_nowhere=True)
         reference = self.obj_locator.query.weight
         self.obj_locator.nowhere = nn.Linear(reference.shape[0], 1).to(device=reference.device, dtype=reference.dtype)
+
+    def decide_groups_by_obj(self) -> None:
+        """Let ``select`` decide groups by an ``<obj>`` (``group_by_obj``), e.g. before a continuation that teaches
+        it SynthRef's groups posed as "segment" samples (a training config's "group_by_obj")."""
+        if not self.config.obj_nowhere:
+            raise ValueError("group_by_obj needs a location map with a nowhere place (an empty group is an <obj> "
+                             'placed nowhere): add it first ("add_nowhere")')
+        self.config = self.builder.config = self.config.replace(group_by_obj=True)
 
     # ----------------------------------------------------------------------------------------------- parts
     @property
@@ -489,6 +499,26 @@ class AnyRefModel(nn.Module):
         logits N (all candidates, sample by sample)."""
         hidden, embeds = self.select_states(batch, grids, sam_embeddings)
         return self.group_logits(hidden, embeds, batch)
+
+    @torch.no_grad()
+    def group_obj_map(self, batch: Batch, grids: torch.Tensor | None = None,
+                      sam_embeddings: torch.Tensor | None = None) -> torch.Tensor | None:
+        """The group of a one-sample "segment" batch whose answer is the given "<obj>" (``group_by_obj``), in ONE
+        teacher-forced forward: that ``<obj>``'s mask probabilities H x W at the image's size, or None when it is
+        placed nowhere (an empty group). grids, sam_embeddings (1 x C x g x g): cached image features."""
+        if len(batch.input_ids) != 1:
+            raise ValueError(f"group_obj_map takes one sample, got a batch of {len(batch.input_ids)}")
+        if sam_embeddings is None:
+            sam_embeddings = self.sam_embeddings(batch.sam_pixels)
+        embeds = self.input_embeddings(batch, grids, sam_embeddings)
+        hidden, _, _, _, states = self.answer_states(batch, embeds=embeds)
+        if len(states) != 1:
+            raise ValueError(f"the group's answer must hold exactly one <obj>, got {len(states)}")
+        low, locations = self.decode_obj_masks(sam_embeddings, states,
+                                               self.image_token_states(batch.input_ids, hidden))
+        if placed_nowhere(locations)[0]:
+            return None
+        return upscale_masks(self.sam, low, batch.sam_sizes[0], batch.image_sizes[0])[0].float().sigmoid()
 
     @torch.no_grad()
     def generate(self, batch: Batch, max_new_tokens: int | None = None, grids: torch.Tensor | None = None,

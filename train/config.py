@@ -70,7 +70,8 @@ class Stage:
 class TrainConfig:
     """model: {"tiny": {sizes...}} to build a tiny model, or {"init_from": DIR} to start from an AnyRef directory
     (with "new_group_head": {group_head_* fields of AnyRefConfig}, DIR's model gets a new, untrained group head;
-    with "add_nowhere": true, its location map a new, untrained nowhere place: AnyRefConfig.obj_nowhere).
+    with "add_nowhere": true, its location map a new, untrained nowhere place: AnyRefConfig.obj_nowhere; with
+    "group_by_obj": true, its select decides groups by an <obj>: AnyRefConfig.group_by_obj).
     mixture: source name -> {"ratio": r, ...source options}; sources: "synthref" (options: tasks weights,
     image_size, world_seed, no_target_answer). stages: the schedule; each stage has its own warmup and cosine decay (lr, warmup_steps
     and min_lr_ratio here are the defaults of every stage).
@@ -113,6 +114,9 @@ class TrainConfig:
         if "add_nowhere" in self.model and "init_from" not in self.model:
             raise ValueError('"add_nowhere" gives an "init_from" model a nowhere place; a "tiny" model takes '
                              '"obj_nowhere": true in its config_overrides')
+        if "group_by_obj" in self.model and "init_from" not in self.model:
+            raise ValueError('"group_by_obj" switches an "init_from" model to deciding groups by an <obj>; a "tiny" '
+                             'model takes "group_by_obj": true in its config_overrides')
         if not self.mixture or any(float(v.get("ratio", 0)) < 0 for v in self.mixture.values()):
             raise ValueError("mixture needs at least one source with a ratio >= 0")
         if self.eval_every < 0 or self.eval_n < 1:

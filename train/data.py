@@ -29,12 +29,14 @@ __all__ = ["Mixture", "SOURCES"]
 
 class SynthRefSource:
     """SynthRef's endless training stream. Options: tasks (task -> weight), image_size, world_seed,
-    no_target_answer ("refusal" or "nowhere", :class:`anyref.synthref.SynthRefConfig`)."""
+    no_target_answer ("refusal" or "nowhere") and group_answer ("candidates" or "obj"), as in
+    :class:`anyref.synthref.SynthRefConfig`."""
 
     def __init__(self, options: dict, seed: int):
         self.world = SynthRef(SynthRefConfig(image_size=int(options.get("image_size", 128)),
                                              seed=int(options.get("world_seed", 0)),
-                                             no_target_answer=options.get("no_target_answer", "refusal")))
+                                             no_target_answer=options.get("no_target_answer", "refusal"),
+                                             group_answer=options.get("group_answer", "candidates")))
         self.seed = seed
         self.tasks = options.get("tasks")
 

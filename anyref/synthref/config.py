@@ -32,6 +32,10 @@ class SynthRefConfig:
     # how a no-target prompt is answered: "refusal" (NO_TARGET_ANSWER, no <obj>) or "nowhere" (the expression and
     # an <obj> whose target mask is empty, for models whose location map has a nowhere place: obj_nowhere)
     no_target_answer: str = "refusal"
+    # how a mask-group sample is posed: "candidates" (task "select": the candidates in the prompt, the group in
+    # ``selected``) or "obj" (task "segment": the same prompt answered "<obj>." with the union of the group as its
+    # mask, empty for an empty group; for models that decide groups by an <obj>: AnyRefConfig.group_by_obj)
+    group_answer: str = "candidates"
     # audio references
     sample_rate: int = 16000
     audio_seconds: float = 4.0
@@ -50,6 +54,7 @@ class SynthRefConfig:
             (0.0 <= self.box_jitter <= 0.3, "box_jitter must be in [0, 0.3]"),
             (0 <= self.max_distractor_candidates <= 4, "max_distractor_candidates must be in 0..4"),
             (self.no_target_answer in ("refusal", "nowhere"), 'no_target_answer must be "refusal" or "nowhere"'),
+            (self.group_answer in ("candidates", "obj"), 'group_answer must be "candidates" or "obj"'),
             (self.sample_rate >= 8000, "sample_rate must be >= 8000 (the sounds reach 5.5 kHz)"),
             (0.5 <= self.audio_seconds <= 30.0, "audio_seconds must be in [0.5, 30]"),
         ]

@@ -17,7 +17,7 @@ from anyref.synthref.expressions import negative_query, query_text, relation_sta
 from anyref.synthref.scenes import Scene, compose_scene, sample_specs
 from anyref.synthref.sounds import render_sound
 from anyref.synthref.vocabulary import (
-    COLOURS, GROUP_PHRASES, NO_TARGET_ANSWER, PLURALS, RELATIONS, SHAPES, SIZES, caption, pair_answer, single_answer,
+    COLOURS, GROUP_OBJ_ANSWER, GROUP_PHRASES, NO_TARGET_ANSWER, PLURALS, RELATIONS, SHAPES, SIZES, caption, pair_answer, single_answer,
 )
 
 __all__ = ["TASK_BUILDERS"]
@@ -228,7 +228,9 @@ def _background_patches(cfg: SynthRefConfig, rng: np.random.Generator, scene: Sc
 def build_group(cfg: SynthRefConfig, rng: np.random.Generator) -> ReferringSample:
     """A mask-group prompt ("all circles", "everything the same colour as" <mask>, "everything left of" <mask>...):
     candidates are the object masks plus background patches in random order; ``selected`` marks the group (which
-    may be empty). The referenced object itself is never part of its own group. The answer is empty (no text)."""
+    may be empty). The referenced object itself is never part of its own group. The answer is empty (no text).
+    With ``group_answer="obj"`` the same draw is posed as a "segment" sample instead: the answer is "<obj>." and
+    its mask the union of the group (empty for an empty group), candidates kept in meta for evaluation."""
     for _ in range(_TRIES):
         scene = _scene(cfg, rng, min_objects=2)
         picked = _group_rule(cfg, rng, scene)
@@ -240,6 +242,12 @@ def build_group(cfg: SynthRefConfig, rng: np.random.Generator) -> ReferringSampl
         order = [int(k) for k in rng.permutation(len(masks))]
         candidate_ids = [owners[k] for k in order]
         selected = np.array([c in ids for c in candidate_ids], dtype=bool)
+        if cfg.group_answer == "obj":
+            return ReferringSample(
+                image=scene.image, references=references, task="segment", answer=list(GROUP_OBJ_ANSWER),
+                masks=scene.union(ids)[None], source="group",
+                meta=_meta(scene, [sorted(ids)], prompt=" ".join(r for r in references if isinstance(r, str)),
+                           candidate_object_ids=candidate_ids, target_ids=sorted(ids), **rule_meta))
         return ReferringSample(
             image=scene.image, references=references, task="select", answer=[],
             candidates=np.stack([masks[k] for k in order]), selected=selected, source="group",

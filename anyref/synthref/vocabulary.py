@@ -4,7 +4,8 @@ Answer format (the one place it is defined; every task follows it):
 - one region:  ``[phrase, " ", OBJ, "."]``                                e.g. ``["the red circle", " ", OBJ, "."]``
 - two regions: ``[phrase_a, " ", OBJ, " and ", phrase_b, " ", OBJ, "."]``  e.g. ``["circle", " ", OBJ, " and ", ...]``
 - no target:   ``[NO_TARGET_ANSWER]`` with zero masks;
-- mask groups (task "select"): ``[]``; the group is in ``ReferringSample.selected``.
+- mask groups (task "select"): ``[]``; the group is in ``ReferringSample.selected``; posed as "segment"
+  (``group_answer="obj"``): ``GROUP_OBJ_ANSWER`` = ``[OBJ, "."]``, one mask, the group's union (maybe empty).
 The phrase is the expression itself for "text", the caption "the {size} {colour} {shape}" for "box", and the bare
 singular shape name for "example", "example_masked", "audio1" and "audio2" (also when several objects share it: the
 name is the category, as in AnyRef's "{class} <obj>."). "audio2" names its two shapes in SHAPES order (not by
@@ -18,6 +19,7 @@ from anyref.samples import OBJ, AnswerPart
 
 __all__ = [
     "SHAPES", "PLURALS", "COLOURS", "COLOUR_HUES", "SIZES", "SIZE_FRACTIONS", "RELATIONS", "NO_TARGET_ANSWER",
+    "GROUP_OBJ_ANSWER",
     "GROUP_PHRASES", "describe", "caption", "single_answer", "pair_answer", "vocabulary_words", "words_of",
 ]
 
@@ -38,6 +40,7 @@ SIZE_FRACTIONS = {"small": (18 / 128, 26 / 128), "large": (34 / 128, 48 / 128)}
 RELATIONS = {"left of": (0, -1), "right of": (0, 1), "above": (1, -1), "below": (1, 1)}
 
 NO_TARGET_ANSWER = "there is no such object."
+GROUP_OBJ_ANSWER = (OBJ, ".")
 
 # text pieces of the mask-group prompts ("select"); {x} is filled from the vocabulary
 GROUP_PHRASES = {
