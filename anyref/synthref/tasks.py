@@ -17,7 +17,8 @@ from anyref.synthref.expressions import negative_query, query_text, relation_sta
 from anyref.synthref.scenes import Scene, compose_scene, sample_specs
 from anyref.synthref.sounds import render_sound
 from anyref.synthref.vocabulary import (
-    COLOURS, GROUP_OBJ_ANSWER, GROUP_PHRASES, NO_TARGET_ANSWER, PLURALS, RELATIONS, SHAPES, SIZES, caption, pair_answer, single_answer,
+    COLOURS, GROUP_OBJ_ANSWER, GROUP_PHRASES, NO_TARGET_ANSWER, PLURALS, RELATIONS, SHAPES, SIZES, caption,
+    pair_answer, single_answer,
 )
 
 __all__ = ["TASK_BUILDERS"]
@@ -230,7 +231,7 @@ def build_group(cfg: SynthRefConfig, rng: np.random.Generator) -> ReferringSampl
     candidates are the object masks plus background patches in random order; ``selected`` marks the group (which
     may be empty). The referenced object itself is never part of its own group. The answer is empty (no text).
     With ``group_answer="obj"`` the same draw is posed as a "segment" sample instead: the answer is "<obj>." and
-    its mask the union of the group (empty for an empty group), candidates kept in meta for evaluation."""
+    its mask the union of the group (empty for an empty group); meta keeps the candidates' object ids."""
     for _ in range(_TRIES):
         scene = _scene(cfg, rng, min_objects=2)
         picked = _group_rule(cfg, rng, scene)
