@@ -73,6 +73,20 @@ def test_source_options_are_checked(tmp_path):
         Mixture({"res": {"ratio": 1}}, seed=0)
     with pytest.raises(FileNotFoundError):
         Mixture({"semseg": {"ratio": 1, "data": str(tmp_path / "missing")}}, seed=0)
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['relational_probability'\]"):
+        Mixture({"synthref": {"ratio": 1, "relational_probability": 0.6}}, seed=0)
+    with pytest.raises(ValueError, match="relational_prob must be in"):
+        Mixture({"synthref": {"ratio": 1, "relational_prob": 1.5}}, seed=0)
+
+
+def test_relational_prob_reaches_the_synthref_stream():
+    """The option changes how often text prompts are relational, and only through SynthRefConfig."""
+    def relational_share(prob):
+        source = Mixture({"synthref": {"ratio": 1, "relational_prob": prob, "tasks": {"text": 1}}}, seed=0)
+        kinds = [source.sample(i).meta["kind"] for i in range(60)]
+        return kinds.count("relational") / len(kinds)
+    assert relational_share(0.0) == 0.0
+    assert relational_share(1.0) > relational_share(0.35) > 0.0
 
 
 def _shared_part(preset: dict, stages: int, free: tuple[str, ...]) -> dict:

@@ -29,14 +29,22 @@ __all__ = ["Mixture", "SOURCES"]
 
 class SynthRefSource:
     """SynthRef's endless training stream. Options: tasks (task -> weight), image_size, world_seed,
-    no_target_answer ("refusal" or "nowhere") and group_answer ("candidates" or "obj"), as in
-    :class:`anyref.synthref.SynthRefConfig`."""
+    no_target_answer ("refusal" or "nowhere"), group_answer ("candidates" or "obj") and relational_prob, as in
+    :class:`anyref.synthref.SynthRefConfig`; any other option is refused (a misspelt one would be ignored)."""
+
+    OPTIONS = ("ratio", "tasks", "image_size", "world_seed", "no_target_answer", "group_answer", "relational_prob")
 
     def __init__(self, options: dict, seed: int):
-        self.world = SynthRef(SynthRefConfig(image_size=int(options.get("image_size", 128)),
-                                             seed=int(options.get("world_seed", 0)),
-                                             no_target_answer=options.get("no_target_answer", "refusal"),
-                                             group_answer=options.get("group_answer", "candidates")))
+        unknown = sorted(set(options) - set(self.OPTIONS))
+        if unknown:
+            raise ValueError(f"mixture source 'synthref': unknown option(s) {unknown}; it takes {list(self.OPTIONS)}")
+        defaults = SynthRefConfig()
+        self.world = SynthRef(SynthRefConfig(image_size=int(options.get("image_size", defaults.image_size)),
+                                             seed=int(options.get("world_seed", defaults.seed)),
+                                             no_target_answer=options.get("no_target_answer", defaults.no_target_answer),
+                                             group_answer=options.get("group_answer", defaults.group_answer),
+                                             relational_prob=float(options.get("relational_prob",
+                                                                               defaults.relational_prob))))
         self.seed = seed
         self.tasks = options.get("tasks")
 
