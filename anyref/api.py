@@ -231,8 +231,10 @@ class AnyRef(AnyRefModel):
         image_states = None
         if self.obj_locator is not None:
             image_states = torch.stack([g.image_states for g in generations])[owners]
-        low, locations = self.decode_obj_masks(embeddings, torch.cat([g.obj_states for g in generations]),
-                                               image_states)
+        obj_states = torch.cat([g.obj_states for g in generations])
+        low, locations = self.decode_obj_masks(embeddings, obj_states, image_states)
+        low = self.refine_obj_masks(embeddings, obj_states, low, [batch.sam_sizes[row] for row in owners.tolist()],
+                                    [batch.image_sizes[row] for row in owners.tolist()])
         placed = torch.ones(len(low), dtype=torch.bool, device=low.device)
         if self.config.obj_nowhere:
             placed = ~placed_nowhere(locations)

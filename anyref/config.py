@@ -85,6 +85,10 @@ class AnyRefConfig:
         The tiny SynthRef model's mask tokens are 150-350x the norm of its text embeddings, and a candidate slot's
         last-layer state is nearly the same whatever the prompt; rescaling them to 1.0 (a 1,000-step continuation,
         docs/mask-groups.md) did not change that, so it is an option to measure with, not a fix.
+    mask_refinements: at inference, how many more times SAM's mask decoder draws each ``<obj>``'s mask, each time
+        with the previous mask's own coverage of the image-token grid as its location map (the map a perfect
+        locator would give for that mask) instead of the ``<obj>``'s map; 0: one pass, the training forward's.
+        Needs obj_location_prompt and the "resize" vision mode (where the grid covers the whole image).
     untrained_references: reference kinds whose encoders were never trained (e.g. after a LISA conversion);
         the model refuses them unless the caller insists.
     """
@@ -121,6 +125,7 @@ class AnyRefConfig:
     group_head_maps_image: bool = False
     group_by_obj: bool = False
     mask_token_norm: float = 0.0
+    mask_refinements: int = 0
     untrained_references: tuple[str, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
@@ -134,6 +139,11 @@ class AnyRefConfig:
             raise ValueError("obj_nowhere adds a place to the location map: it needs obj_location_prompt")
         if self.group_by_obj and not self.obj_nowhere:
             raise ValueError("group_by_obj answers an empty group with an <obj> placed nowhere: it needs obj_nowhere")
+        if self.mask_refinements < 0:
+            raise ValueError(f"mask_refinements must be >= 0 (0: off), got {self.mask_refinements}")
+        if self.mask_refinements and not (self.obj_location_prompt and self.vision_resize == "resize"):
+            raise ValueError("mask_refinements redraws masks from their coverage of the image-token grid: it needs "
+                             'obj_location_prompt and vision_resize "resize" (where the grid covers the whole image)')
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if not self.mask_features or self.mask_features[0] != "vision":

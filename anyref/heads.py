@@ -10,7 +10,7 @@ from segment_anything.modeling import Sam
 from torch import nn
 
 __all__ = ["ObjProjection", "ObjLocator", "location_logits", "location_prompt", "placed_nowhere", "location_cells",
-           "decode_masks", "upscale_masks"]
+           "coverage_logits", "decode_masks", "upscale_masks"]
 
 
 class ObjProjection(nn.Sequential):
@@ -64,6 +64,14 @@ def location_cells(locations: torch.Tensor, cells: int) -> torch.Tensor:
 def location_logits(queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
     """Scaled dot products: queries N x d, keys N x T x d -> N x T."""
     return torch.einsum("nd,ntd->nt", queries, keys) / math.sqrt(queries.shape[-1])
+
+
+def coverage_logits(masks: torch.Tensor, grid: int, floor: float = 1e-3) -> torch.Tensor:
+    """N x grid^2 location logits of N H x W masks (bool or 0/1) over a grid x grid token grid covering the whole
+    image: log(share of each cell the mask covers + floor). The map a perfect locator would give: the pointer loss
+    trains the map towards these shares, normalised."""
+    covered = F.adaptive_avg_pool2d(masks.float()[:, None], grid).flatten(1)
+    return torch.log(covered + floor)
 
 
 def location_prompt(sam: Sam, location_logits: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,8 @@ from anyref.batching import Batch
 from anyref.config import AnyRefConfig
 from anyref.group_heads import GroupMapHead, PromptGroupHead, build_group_head, group_cell_loss, group_loss, pad_rows
 from anyref.heads import (
-    ObjLocator, ObjProjection, decode_masks, location_cells, location_prompt, placed_nowhere, upscale_masks,
+    ObjLocator, ObjProjection, coverage_logits, decode_masks, location_cells, location_prompt, placed_nowhere,
+    upscale_masks,
 )
 from anyref.image_tokens import ImageTokenMerger, ImageTokenPositions
 from anyref.losses import mask_bce, mask_dice
@@ -177,6 +178,11 @@ class AnyRefModel(nn.Module):
             raise ValueError("group_by_obj needs a location map with a nowhere place (an empty group is an <obj> "
                              'placed nowhere): add it first ("add_nowhere")')
         self.config = self.builder.config = self.config.replace(group_by_obj=True)
+
+    def set_mask_refinements(self, count: int) -> None:
+        """Redraw each ``<obj>``'s mask ``count`` more times at inference, each from the previous mask's coverage of
+        the image-token grid (``config.mask_refinements``, validated as the config is; 0: one decoder pass)."""
+        self.config = self.builder.config = self.config.replace(mask_refinements=count)
 
     # ----------------------------------------------------------------------------------------------- parts
     @property
@@ -397,6 +403,29 @@ class AnyRefModel(nn.Module):
         dense = location_prompt(self.sam, location_cells(locations, self.llm_grid ** 2))
         return decode_masks(self.sam, embeddings, prompts, dense), locations
 
+    @torch.no_grad()
+    def refine_obj_masks(self, embeddings: torch.Tensor, obj_states: torch.Tensor, low: torch.Tensor,
+                         sam_sizes: list[tuple[int, int]], image_sizes: list[tuple[int, int]]) -> torch.Tensor:
+        """``config.mask_refinements`` more decoder passes over N first masks (inference only): each draws the mask
+        again with the previous one's coverage of the image-token grid as its location map - a map without the
+        spread of the ``<obj>``'s own onto neighbouring objects. A mask that came out empty is kept as it is (its
+        coverage says nothing about where the object is).
+
+        embeddings: N x C x g x g or 1 x C x g x g; obj_states: N x H; low: N x 1 x 4g x 4g logits of the first
+        pass; sam_sizes, image_sizes: one per mask (the frame of each mask's image). Returns N x 1 x 4g x 4g."""
+        if not self.config.mask_refinements or not len(low):
+            return low
+        prompts = self.obj_projection(obj_states)
+        grid = self.llm_grid
+        for _ in range(self.config.mask_refinements):
+            # the grid covers the whole image ("resize" vision mode), so a mask's cells are read at the image's size
+            masks = [upscale_masks(self.sam, low[i:i + 1], sam_sizes[i], image_sizes[i]) > 0 for i in range(len(low))]
+            cells = torch.cat([coverage_logits(m, grid) for m in masks]).to(low.device)
+            drawn = torch.tensor([bool(m.any()) for m in masks], device=low.device)
+            again = decode_masks(self.sam, embeddings, prompts, location_prompt(self.sam, cells.to(low.dtype)))
+            low = torch.where(drawn[:, None, None, None], again, low)
+        return low
+
     def group_logits(self, hidden: torch.Tensor, embeds: torch.Tensor, batch: Batch) -> torch.Tensor:
         """Membership logits of every candidate of the batch (sample by sample, in candidate order): N.
         hidden: B x L x H last-layer states of a forward over ``embeds`` (B x L x H, its input embeddings: at the
@@ -518,6 +547,7 @@ class AnyRefModel(nn.Module):
                                                self.image_token_states(batch.input_ids, hidden))
         if placed_nowhere(locations)[0]:
             return None
+        low = self.refine_obj_masks(sam_embeddings, states, low, batch.sam_sizes, batch.image_sizes)
         return upscale_masks(self.sam, low, batch.sam_sizes[0], batch.image_sizes[0])[0].float().sigmoid()
 
     @torch.no_grad()

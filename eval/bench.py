@@ -148,7 +148,9 @@ def reference_segment(model, image: np.ndarray, refs: list, new_tokens: int = AN
         config._attn_implementation = previous
     embedding = model.sam_embeddings(batch.sam_pixels)
     if states:
-        model.decode_obj_masks(embedding, torch.stack(states), image_states.expand(len(states), -1, -1))
+        states = torch.stack(states)
+        low, _ = model.decode_obj_masks(embedding, states, image_states.expand(len(states), -1, -1))
+        model.refine_obj_masks(embedding, states, low, batch.sam_sizes * len(states), batch.image_sizes * len(states))
     return len(states)
 
 

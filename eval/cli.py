@@ -55,6 +55,9 @@ def _common(parser: argparse.ArgumentParser, split: str, data: bool = True) -> N
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--allow-untrained", action="store_true",
                         help="run reference kinds the model marks as untrained")
+    parser.add_argument("--mask-refinements", type=int, metavar="K",
+                        help="redraw each mask K more times from its own coverage of the image-token grid "
+                             "(default: the model's config.mask_refinements)")
 
 
 def register(subparsers) -> None:
@@ -162,7 +165,10 @@ def _load_model(args):
     from anyref.api import AnyRef
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return AnyRef.from_pretrained(args.model, device=device)
+    model = AnyRef.from_pretrained(args.model, device=device)
+    if args.mask_refinements is not None:
+        model.set_mask_refinements(args.mask_refinements)
+    return model
 
 
 def _model_name(model: str) -> str:

@@ -4,7 +4,7 @@
 
 For SynthRef samples with one target whose answer has one ``<obj>``, the same ``<obj>`` prompt is decoded by SAM
 with three dense prompts, and each mask's IoU with the target is averaged:
-- ``own``: the model's own location map (what ``segment`` draws);
+- ``own``: the model's own location map, then ``config.mask_refinements`` redraws (what ``segment`` draws);
 - ``blank``: a uniform map (no location at all), which shows how much the masks depend on it;
 - ``oracle``: the target's own coverage of the LLM's image-token grid (log of each cell's covered share), which
   bounds what a better map could give this SAM.
@@ -18,20 +18,14 @@ import torch
 import torch.nn.functional as F
 
 from anyref.batching import collate, prepare
-from anyref.heads import decode_masks, location_cells, location_prompt, upscale_masks
+from anyref.heads import coverage_logits, decode_masks, location_cells, location_prompt, upscale_masks
 from anyref.synthref import SynthRef, SynthRefConfig
 from eval.results import RunOutput, diagnostic_parser, write_module_results
 
-__all__ = ["MAPS", "TASKS", "coverage_logits", "location_probe"]
+__all__ = ["MAPS", "TASKS", "location_probe"]
 
 MAPS = ("own", "blank", "oracle")
 TASKS = ("text", "box", "example", "example_masked", "audio1")  # tasks whose samples have one target
-
-
-def coverage_logits(mask: np.ndarray, grid: int, floor: float = 1e-3) -> torch.Tensor:
-    """1 x grid^2 location logits of a perfect map: log(share of each cell the H x W bool mask covers + floor)."""
-    covered = F.adaptive_avg_pool2d(torch.from_numpy(mask).float()[None, None], grid).flatten(1)
-    return torch.log(covered + floor)
 
 
 @torch.no_grad()
@@ -47,11 +41,13 @@ def _ious(model, sample) -> dict[str, float] | None:
     prompts = model.obj_projection(generation.obj_states)
     own = location_cells(model.obj_locator(generation.obj_states, generation.image_states[None]), model.llm_grid ** 2)
     maps = {"own": own, "blank": torch.zeros_like(own),
-            "oracle": coverage_logits(sample.masks[0], model.llm_grid).to(own)}
+            "oracle": coverage_logits(torch.from_numpy(sample.masks[0])[None], model.llm_grid).to(own)}
     target = torch.from_numpy(sample.masks[0]).to(model.device)
     ious = {}
     for name, logits in maps.items():
         low = decode_masks(model.sam, embeddings, prompts, location_prompt(model.sam, logits))
+        if name == "own":  # then its refinements, if the model's config asks for them: what segment draws
+            low = model.refine_obj_masks(embeddings, generation.obj_states, low, batch.sam_sizes, batch.image_sizes)
         mask = upscale_masks(model.sam, low, batch.sam_sizes[0], batch.image_sizes[0])[0] > 0
         ious[name] = float((mask & target).sum() / max(int((mask | target).sum()), 1))
     return ious

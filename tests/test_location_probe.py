@@ -2,18 +2,20 @@
 coverage, and models without a location map are refused."""
 import numpy as np
 import pytest
+import torch
 
 from anyref import AnyRef
 from anyref.builders import build_tiny
 from anyref.synthref import SynthRef
-from eval.location_probe import coverage_logits, location_probe, main
+from anyref.heads import coverage_logits
+from eval.location_probe import location_probe, main
 from eval.results import read_results
 
 
 def test_the_oracle_map_is_the_targets_coverage():
     mask = np.zeros((64, 64), dtype=bool)
     mask[:16, :32] = True  # the top-left 2 x 4 cells of an 8 x 8 grid, wholly covered
-    logits = coverage_logits(mask, 8).view(8, 8)
+    logits = coverage_logits(torch.from_numpy(mask)[None], 8).view(8, 8)
     assert logits.shape == (8, 8)
     expected = np.full((8, 8), np.log(1e-3))
     expected[:2, :4] = np.log(1 + 1e-3)
