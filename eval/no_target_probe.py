@@ -1,13 +1,17 @@
-"""Does a model know when the referred object is absent, or only fail to say so? A probe of the refusal decision.
+"""Does a model know when the referred object is absent, or only fail to say so? A probe of the decision to answer
+without a mask.
 
     python -m eval.no_target_probe --model synthref-tiny --n 100 --split val --out probe.json
 
-Greedy decoding refuses ("there is no such object.") exactly when the refusal's first token is the most likely
-first answer token, so that token's probability at the answer start decides every no-target prompt. The probe
-reads it, teacher-forced, on SynthRef no_target prompts (nothing matches) and text prompts (an object matches):
-- mean / median probability on each, and the AUC of telling them apart by it (0.5: the model cannot tell);
-- for thresholds t, the share of each answered with a refusal if the refusal were taken whenever p > t. A high
-  AUC with low refusal rates at 0.5 would be a calibration problem a threshold could fix; a low AUC is not.
+The probe reads, on SynthRef no_target prompts (nothing matches) and text prompts (an object matches), the
+probability that decides "absent":
+- for a model with a nowhere place (``obj_nowhere``), the share of the answer's first ``<obj>`` map on that place
+  (the ``<obj>`` gets no mask when it is over 0.5; an answer with no ``<obj>`` counts 1.0);
+- otherwise the refusal's first token: greedy decoding refuses ("there is no such object.") exactly when it is the
+  most likely first answer token, so its probability at the answer start, teacher-forced, decides.
+It reports the mean / median probability on each, the AUC of telling them apart by it (0.5: the model cannot
+tell), and for thresholds t, the share of each answered without a mask if that were decided whenever p > t. A high
+AUC with few no-target prompts over 0.5 would be a calibration problem a threshold could fix; a low AUC is not.
 """
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ from anyref.batching import collate, prepare
 from anyref.synthref import NO_TARGET_ANSWER, SynthRef, SynthRefConfig
 from eval.results import RunOutput, diagnostic_parser, write_module_results
 
-__all__ = ["refusal_probabilities", "separation_auc", "no_target_probe"]
+__all__ = ["refusal_probabilities", "nowhere_probabilities", "separation_auc", "no_target_probe"]
 
 THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5)
 
@@ -42,6 +46,24 @@ def refusal_probabilities(model, samples: list, chunk: int = 8) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros(0)
 
 
+@torch.no_grad()
+def nowhere_probabilities(model, samples: list) -> np.ndarray:
+    """N: for each sample's greedy answer, the share of its first ``<obj>``'s location map on the nowhere place
+    (what ``placed_nowhere`` compares with 0.5); 1.0 for an answer without an ``<obj>``."""
+    if not model.config.obj_nowhere:
+        raise ValueError("this model's location map has no nowhere place (config.obj_nowhere is off)")
+    out = []
+    for sample in samples:
+        batch = collate([prepare(sample, model.builder, with_answer=False)], model.ids.pad, "left")
+        generation = model.generate(batch.to(model.device, model.dtype))[0]
+        if not len(generation.obj_states):
+            out.append(1.0)
+            continue
+        locations = model.obj_locator(generation.obj_states[:1], generation.image_states[None])
+        out.append(float(locations.float().softmax(-1)[0, -1]))
+    return np.array(out)
+
+
 def separation_auc(positives: np.ndarray, negatives: np.ndarray) -> float:
     """P(a random positive scores above a random negative), ties counted half."""
     if len(positives) == 0 or len(negatives) == 0:
@@ -53,13 +75,16 @@ def separation_auc(positives: np.ndarray, negatives: np.ndarray) -> float:
 def no_target_probe(model, n: int = 100, split: str = "val", world_seed: int = 0) -> RunOutput:
     """The module docstring's figures over the first ``n`` no_target and text samples of the SynthRef split."""
     world = SynthRef(SynthRefConfig(image_size=model.config.llava["vision_config"]["image_size"], seed=world_seed))
-    probs = {task: refusal_probabilities(model, world.split(split, task, n)) for task in ("no_target", "text")}
+    decision = "nowhere" if model.config.obj_nowhere else "refusal"
+    read = nowhere_probabilities if decision == "nowhere" else refusal_probabilities
+    probs = {task: read(model, world.split(split, task, n)) for task in ("no_target", "text")}
     metrics = {task: {"mean": float(p.mean()), "median": float(np.median(p)),
                       "refused_at": {str(t): float((p > t).mean()) for t in THRESHOLDS}}
                for task, p in probs.items()}
     metrics["auc"] = separation_auc(probs["no_target"], probs["text"])
     return RunOutput(metrics=metrics, counts={task: {"samples": len(p)} for task, p in probs.items()},
-                     settings={"n": n, "split": split, "world_seed": world_seed, "refusal": NO_TARGET_ANSWER})
+                     settings={"n": n, "split": split, "world_seed": world_seed, "decision": decision,
+                               "refusal": NO_TARGET_ANSWER})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,8 +93,9 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.time()
     run = no_target_probe(AnyRef.from_pretrained(args.model).eval(), args.n, args.split)
-    print(f"AUC (no_target above text): {run.metrics['auc']:.3f}")
-    print(f"{'prompts':>10} {'mean':>6} {'median':>6} | refused if p > " + " / ".join(map(str, THRESHOLDS)))
+    print(f"decided by: {'the nowhere place' if run.settings['decision'] == 'nowhere' else 'the refusal token'}; "
+          f"AUC (no_target above text): {run.metrics['auc']:.3f}")
+    print(f"{'prompts':>10} {'mean':>6} {'median':>6} | no mask if p > " + " / ".join(map(str, THRESHOLDS)))
     for task in ("no_target", "text"):
         m = run.metrics[task]
         print(f"{task:>10} {m['mean']:6.3f} {m['median']:6.3f} | "

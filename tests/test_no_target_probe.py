@@ -1,4 +1,6 @@
-"""The refusal probe (eval/no_target_probe.py): its probability is the one greedy decoding acts on, and its AUC."""
+"""The no-target probe (eval/no_target_probe.py): its probability is the one inference acts on - the refusal token's
+at greedy decoding's first step, or the nowhere place's share that decides whether an <obj> gets a mask - and its
+AUC."""
 import numpy as np
 import pytest
 import torch
@@ -6,7 +8,7 @@ import torch
 from anyref import AnyRef
 from anyref.samples import ReferringSample
 from anyref.synthref import SynthRef
-from eval.no_target_probe import main, refusal_probabilities, separation_auc
+from eval.no_target_probe import main, nowhere_probabilities, refusal_probabilities, separation_auc
 from eval.results import read_results
 
 
@@ -30,8 +32,19 @@ def test_the_probe_reads_the_first_answer_step_of_greedy_decoding(tmp_path):
     assert main(["--n", "2", "--out", str(tmp_path / "probe.json")]) == 0
     written = read_results(tmp_path / "probe.json")
     assert written["counts"] == {"no_target": {"samples": 2}, "text": {"samples": 2}}
+    assert written["settings"]["decision"] == "nowhere"  # the shipped model decides by its nowhere place
     assert 0 <= written["metrics"]["auc"] <= 1
     assert written["command"] == "python -m eval.no_target_probe --n 2 --out " + str(tmp_path / "probe.json")
+
+
+def test_the_nowhere_share_decides_whether_segment_draws_a_mask():
+    model = AnyRef.from_pretrained("synthref-tiny").eval()
+    samples = SynthRef().split("val", "no_target", 4) + SynthRef().split("val", "text", 4)
+    probs = nowhere_probabilities(model, samples)
+    assert ((probs >= 0) & (probs <= 1)).all()
+    drawn = [len(model.segment(s.image, s.references).masks) > 0 for s in samples]
+    assert drawn == [bool(p <= 0.5) for p in probs]
+    assert not all(drawn) and any(drawn)  # both outcomes among these samples, so the comparison says something
 
 
 def test_separation_auc():
