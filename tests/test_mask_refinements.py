@@ -1,14 +1,20 @@
 """Mask refinements (``AnyRefConfig.mask_refinements``): at inference each ``<obj>``'s mask is drawn again from the
 previous mask's own coverage of the image-token grid - in the whole image's frame, an empty mask kept as it is -
-and the setting is refused where that coverage would mean nothing."""
+and the setting is refused where that coverage would mean nothing; a training stage's refine_weight trains that
+same pass."""
 import numpy as np
 import pytest
 import torch
 
+from anyref import AnyRef
 from anyref.batching import collate, prepare
 from anyref.builders import build_tiny
 from anyref.heads import coverage_logits, decode_masks, location_prompt, upscale_masks
+from anyref.losses import mask_bce, mask_dice
 from anyref.samples import ReferringSample
+from anyref.synthref import SynthRef
+from train.config import Stage
+from train.objectives import TrainingObjective
 
 from tests.conftest import scene
 
@@ -74,3 +80,37 @@ def test_no_refinement_leaves_the_first_pass():
     low = torch.randn(2, 1, 32, 32)
     out = model.refine_obj_masks(None, torch.zeros(2, 4), low, [(96, 112)] * 2, [(96, 112)] * 2)
     assert out is low
+
+
+def test_the_training_pass_is_the_inference_pass():
+    """refine_weight's loss is the mask loss of the mask refine_obj_masks draws at inference (one refinement, from
+    the first pass's mask), and it trains SAM's mask decoder."""
+    model = AnyRef.from_pretrained("synthref-tiny")
+    objective = TrainingObjective(model)
+    samples = SynthRef().split("val", "text", 2) + SynthRef().split("val", "audio1", 1)
+    batch = collate([prepare(s, model.builder) for s in samples], model.ids.pad)
+    output = objective(batch, pointer_weight=0.5, refine_weight=1.0)
+    output.loss.backward()
+    assert model.sam.mask_decoder.output_upscaling[0].weight.grad.abs().sum() > 0
+    with torch.no_grad():
+        rows = output.obj_rows
+        image_states = model.image_token_states(batch.input_ids, output.hidden)[rows]
+        first, _ = model.decode_obj_masks(output.sam_embeddings[rows], output.obj_states, image_states)
+        model.set_mask_refinements(1)
+        sizes = [batch.sam_sizes[r] for r in rows.tolist()], [batch.image_sizes[r] for r in rows.tolist()]
+        refined = model.refine_obj_masks(output.sam_embeddings[rows], output.obj_states, first, *sizes)
+        bce = dice = 0.0
+        for i, row in enumerate(rows.tolist()):
+            full = upscale_masks(model.sam, refined[i:i + 1], batch.sam_sizes[row], batch.image_sizes[row])
+            target = batch.masks[row][:1]
+            bce, dice = bce + mask_bce(full, target), dice + mask_dice(full, target)
+    assert len(rows) == 3 and all(len(m) == 1 for m in batch.masks)  # one mask per sample, all drawn
+    assert output.terms["refine_bce"].item() == pytest.approx(bce.item() / 3, rel=1e-4)
+    assert output.terms["refine_dice"].item() == pytest.approx(dice.item() / 3, rel=1e-4)
+
+
+def test_refine_weight_needs_a_stage_that_trains_the_decoder():
+    with pytest.raises(ValueError, match="refine_weight"):
+        Stage(name="x", steps=1, trainable="mask_projector", refine_weight=1.0)
+    with pytest.raises(ValueError, match="refine_weight"):
+        Stage(name="x", steps=1, trainable="all", refine_weight=-1.0)

@@ -33,6 +33,9 @@ class Stage:
     loss alone.
     sam_prompt_weight: weight of SAM's box-prompted mask loss (train/sam_prompts.py): on every object of a scene
     in a synthref_dense stage, on the target masks in an anyref stage; needs a policy that trains the mask decoder.
+    refine_weight: weight of the mask loss of one refinement pass (train/objectives.py; AnyRefConfig.
+    mask_refinements): SAM's decoder drawing each mask again from its first mask's coverage of the image-token grid;
+    an anyref stage of a model with a location map, on a policy that trains the mask decoder.
     """
 
     name: str
@@ -44,6 +47,7 @@ class Stage:
     warmup_steps: int | None = None
     pointer_weight: float = 0.0
     sam_prompt_weight: float = 0.0
+    refine_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -55,8 +59,11 @@ class Stage:
         if self.objective == "synthref_dense" and self.trainable not in ("encoders", "encoders_promptable"):
             raise ValueError(f"stage {self.name!r}: the synthref_dense objective trains the encoders only "
                              '(trainable "encoders", or "encoders_promptable" with SAM\'s decoder)')
-        if self.sam_prompt_weight < 0 or self.pointer_weight < 0:
-            raise ValueError(f"stage {self.name!r}: pointer_weight and sam_prompt_weight must be >= 0")
+        if self.sam_prompt_weight < 0 or self.pointer_weight < 0 or self.refine_weight < 0:
+            raise ValueError(f"stage {self.name!r}: pointer_weight, sam_prompt_weight and refine_weight must be >= 0")
+        if self.refine_weight and (self.objective != "anyref" or "mask_decoder" not in POLICIES[self.trainable]):
+            raise ValueError(f"stage {self.name!r}: refine_weight trains SAM's mask decoder on the model's own masks: "
+                             "it needs the anyref objective and a policy that trains the mask decoder")
         if self.sam_prompt_weight and "mask_decoder" not in POLICIES[self.trainable]:
             raise ValueError(f"stage {self.name!r}: sam_prompt_weight trains SAM's mask decoder, which policy "
                              f"{self.trainable!r} freezes; use one that trains it (e.g. \"encoders_promptable\")")

@@ -19,7 +19,7 @@ A third is SAM's own promptable segmentation (a stage's ``sam_prompt_weight``, t
 draws each object (warm-up) or each target mask (joint stage) from a box, as SAM is pretrained to.
 
 The module DeepSpeed wraps is :class:`TrainingObjective`:
-``forward(batch, dense=None, objective="anyref", pointer_weight=0.0, sam_prompt_weight=0.0)``.
+``forward(batch, dense=None, objective="anyref", pointer_weight=0.0, sam_prompt_weight=0.0, refine_weight=0.0)``.
 """
 from __future__ import annotations
 
@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from anyref.heads import location_logits
+from anyref.heads import coverage_logits, decode_masks, location_logits, location_prompt, upscale_masks
+from anyref.losses import mask_bce, mask_dice
 from anyref.mask_tokens import pool_masks
 from anyref.outputs import AnyRefOutput
 from anyref.references import Audio
@@ -194,7 +195,8 @@ class TrainingObjective(nn.Module):
         return {"warmup_heads": self.warmup_heads(), "pointer_heads": self.pointer_heads()}
 
     def forward(self, batch, dense: DenseTargets | None = None, objective: str = "anyref",
-                pointer_weight: float = 0.0, sam_prompt_weight: float = 0.0) -> AnyRefOutput:
+                pointer_weight: float = 0.0, sam_prompt_weight: float = 0.0, refine_weight: float = 0.0
+                ) -> AnyRefOutput:
         if objective == "anyref":
             output = self.model(batch)
             pointer = self._pointer_loss(batch, output)
@@ -204,6 +206,8 @@ class TrainingObjective(nn.Module):
             if sam_prompt_weight:
                 output.loss = output.loss + sam_prompt_weight * self._box_prompts(
                     batch, output.sam_embeddings, batch.masks, output.terms)
+            if refine_weight:
+                output.loss = output.loss + refine_weight * self._refined_masks(batch, output)
             return output
         if objective != "synthref_dense":
             raise ValueError(f"unknown objective {objective!r}; choose one of {OBJECTIVES}")
@@ -218,6 +222,34 @@ class TrainingObjective(nn.Module):
         bce, dice, iou = box_prompt_loss(self.model.sam, embeddings, masks, batch.sam_sizes, batch.image_sizes)
         terms.update(prompt_bce=bce.detach(), prompt_dice=dice.detach(), prompt_iou=iou)
         return config.bce_weight * bce + config.dice_weight * dice
+
+    def _refined_masks(self, batch, output: AnyRefOutput) -> torch.Tensor:
+        """The mask loss (weighted as the model weighs its own) of one refinement pass, as inference draws it
+        (AnyRefModel.refine_obj_masks): each ``<obj>``'s mask drawn again from its first mask's coverage of the
+        image-token grid. The first mask is a decision at inference, so it is detached here; a first mask that came
+        out empty is not redrawn there and adds nothing here. Its terms go to ``output.terms`` for the log."""
+        model, sam = self.model, self.model.sam
+        fulls, targets = [], []
+        for row, first in enumerate(output.mask_logits):
+            drawn = (first.detach() > 0).flatten(1).any(1)
+            if not drawn.any():
+                continue
+            mine = (output.obj_rows == row).nonzero(as_tuple=True)[0][drawn]
+            cells = coverage_logits(first.detach()[drawn] > 0, model.llm_grid)
+            low = decode_masks(sam, output.sam_embeddings[row:row + 1], model.obj_projection(output.obj_states[mine]),
+                               location_prompt(sam, cells.to(output.obj_states.dtype)))
+            fulls.append(upscale_masks(sam, low, batch.sam_sizes[row], batch.image_sizes[row]))
+            targets.append(batch.masks[row][drawn.to(batch.masks[row].device)].to(low.device))
+        if not fulls:  # nothing drawn: zero, in the graph of the parameters the pass would use
+            zero = output.loss * 0.0
+            output.terms.update(refine_bce=zero.detach(), refine_dice=zero.detach())
+            return zero
+        # images differ in size, so the per-mask means are taken sample by sample and weighted by their masks
+        count = sum(len(t) for t in targets)
+        bce = sum(mask_bce(f, t) * len(t) for f, t in zip(fulls, targets)) / count
+        dice = sum(mask_dice(f, t) * len(t) for f, t in zip(fulls, targets)) / count
+        output.terms.update(refine_bce=bce.detach(), refine_dice=dice.detach())
+        return model.config.bce_weight * bce + model.config.dice_weight * dice
 
     def _pointer_loss(self, batch, output: AnyRefOutput) -> torch.Tensor:
         """Cross-entropy of each <obj> state's pointer over the image tokens (and "nowhere", ``obj_nowhere``)
