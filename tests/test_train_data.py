@@ -10,7 +10,7 @@ from anyref.batching import collate, prepare
 from anyref.samples import OBJ
 from tests.test_eval_avsbench import write_s4
 from tests.test_eval_grefcoco import write_grefcoco
-from train.config import PRESETS_DIR, load_config
+from train.config import PRESETS_DIR, TrainConfig, load_config
 from train.data import Mixture
 from train.semseg import read_class_names
 
@@ -77,6 +77,13 @@ def test_source_options_are_checked(tmp_path):
         Mixture({"synthref": {"ratio": 1, "relational_probability": 0.6}}, seed=0)
     with pytest.raises(ValueError, match="relational_prob must be in"):
         Mixture({"synthref": {"ratio": 1, "relational_prob": 1.5}}, seed=0)
+
+
+def test_a_stage_cannot_change_the_synthref_world():
+    stages = [{"name": "joint", "steps": 1, "trainable": "all",
+               "mixture": {"synthref": {"tasks": {"text": 1}, "relational_prob": 0.9}}}]
+    with pytest.raises(ValueError, match=r"ratio and tasks only, not \['relational_prob'\]"):
+        TrainConfig.from_dict({"model": {"tiny": {}}, "mixture": {"synthref": {"ratio": 1.0}}, "stages": stages})
 
 
 def test_relational_prob_reaches_the_synthref_stream():

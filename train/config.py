@@ -126,6 +126,11 @@ class TrainConfig:
                              'model takes "group_by_obj": true in its config_overrides')
         if not self.mixture or any(float(v.get("ratio", 0)) < 0 for v in self.mixture.values()):
             raise ValueError("mixture needs at least one source with a ratio >= 0")
+        for stage in self.stages:
+            fixed = sorted(set(stage.mixture.get("synthref", {})) - {"ratio", "tasks"})
+            if fixed:  # the SynthRef world is built once, from the config's own mixture
+                raise ValueError(f"stage {stage.name!r}: a stage's mixture may change SynthRef's ratio and tasks only, "
+                                 f"not {fixed}; set them in the config's mixture")
         if self.eval_every < 0 or self.eval_n < 1:
             raise ValueError("eval_every must be >= 0 and eval_n >= 1")
 
