@@ -233,8 +233,9 @@ class AnyRef(AnyRefModel):
             image_states = torch.stack([g.image_states for g in generations])[owners]
         obj_states = torch.cat([g.obj_states for g in generations])
         low, locations = self.decode_obj_masks(embeddings, obj_states, image_states)
-        low = self.refine_obj_masks(embeddings, obj_states, low, [batch.sam_sizes[row] for row in owners.tolist()],
-                                    [batch.image_sizes[row] for row in owners.tolist()])
+        rows = owners.tolist()
+        low = self.refine_obj_masks(embeddings, obj_states, low, [batch.sam_sizes[r] for r in rows],
+                                    [batch.image_sizes[r] for r in rows])
         placed = torch.ones(len(low), dtype=torch.bool, device=low.device)
         if self.config.obj_nowhere:
             placed = ~placed_nowhere(locations)

@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from segment_anything.modeling import Sam
 from torch import nn
 
-__all__ = ["ObjProjection", "ObjLocator", "location_logits", "location_prompt", "placed_nowhere", "location_cells",
+__all__ = ["ObjProjection", "ObjLocator", "location_logits", "location_prompt", "nowhere_share", "placed_nowhere",
+           "location_cells",
            "coverage_logits", "decode_masks", "upscale_masks"]
 
 
@@ -50,10 +51,14 @@ class ObjLocator(nn.Module):
         return torch.cat([cells, self.nowhere(queries) / math.sqrt(queries.shape[-1])], dim=-1)
 
 
+def nowhere_share(locations: torch.Tensor) -> torch.Tensor:
+    """N from N x (T + 1) location logits (nowhere last): the share of the map's probability on the nowhere place."""
+    return locations.float().softmax(-1)[:, -1]
+
+
 def placed_nowhere(locations: torch.Tensor) -> torch.Tensor:
-    """N bool from N x (T + 1) location logits (nowhere last): the nowhere place holds more than half the map's
-    probability, i.e. its logit exceeds the log-sum-exp of all the cells'."""
-    return locations[:, -1] > locations[:, :-1].float().logsumexp(-1)
+    """N bool from N x (T + 1) location logits (nowhere last): the nowhere place holds more than half the map."""
+    return nowhere_share(locations) > 0.5
 
 
 def location_cells(locations: torch.Tensor, cells: int) -> torch.Tensor:

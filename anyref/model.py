@@ -403,27 +403,33 @@ class AnyRefModel(nn.Module):
         dense = location_prompt(self.sam, location_cells(locations, self.llm_grid ** 2))
         return decode_masks(self.sam, embeddings, prompts, dense), locations
 
+    def redraw_obj_masks(self, embeddings: torch.Tensor, prompts: torch.Tensor, masks: list[torch.Tensor]
+                         ) -> torch.Tensor:
+        """One refinement pass: SAM's decoder draws N masks again, each with its previous mask's own coverage of the
+        image-token grid as its location map - a map without the spread of the ``<obj>``'s own onto neighbouring
+        objects. embeddings: N x C x g x g or 1 x C x g x g; prompts: N x C, the ``<obj>`` states' projections;
+        masks: N bool H_i x W_i previous masks at their images' size (the frame the grid covers, "resize" vision
+        mode). Returns low-res logits N x 1 x 4g x 4g."""
+        cells = torch.cat([coverage_logits(mask[None], self.llm_grid) for mask in masks])
+        return decode_masks(self.sam, embeddings, prompts,
+                            location_prompt(self.sam, cells.to(prompts.device, prompts.dtype)))
+
     @torch.no_grad()
     def refine_obj_masks(self, embeddings: torch.Tensor, obj_states: torch.Tensor, low: torch.Tensor,
                          sam_sizes: list[tuple[int, int]], image_sizes: list[tuple[int, int]]) -> torch.Tensor:
-        """``config.mask_refinements`` more decoder passes over N first masks (inference only): each draws the mask
-        again with the previous one's coverage of the image-token grid as its location map - a map without the
-        spread of the ``<obj>``'s own onto neighbouring objects. A mask that came out empty is kept as it is (its
-        coverage says nothing about where the object is).
+        """``config.mask_refinements`` passes of :meth:`redraw_obj_masks` over N first masks (inference only). A mask
+        that came out empty is kept as it is (its coverage says nothing about where the object is).
 
         embeddings: N x C x g x g or 1 x C x g x g; obj_states: N x H; low: N x 1 x 4g x 4g logits of the first
         pass; sam_sizes, image_sizes: one per mask (the frame of each mask's image). Returns N x 1 x 4g x 4g."""
         if not self.config.mask_refinements or not len(low):
             return low
         prompts = self.obj_projection(obj_states)
-        grid = self.llm_grid
         for _ in range(self.config.mask_refinements):
-            # the grid covers the whole image ("resize" vision mode), so a mask's cells are read at the image's size
-            masks = [upscale_masks(self.sam, low[i:i + 1], sam_sizes[i], image_sizes[i]) > 0 for i in range(len(low))]
-            cells = torch.cat([coverage_logits(m, grid) for m in masks]).to(low.device)
-            drawn = torch.tensor([bool(m.any()) for m in masks], device=low.device)
-            again = decode_masks(self.sam, embeddings, prompts, location_prompt(self.sam, cells.to(low.dtype)))
-            low = torch.where(drawn[:, None, None, None], again, low)
+            masks = [upscale_masks(self.sam, low[i:i + 1], sam_sizes[i], image_sizes[i])[0] > 0
+                     for i in range(len(low))]
+            drawn = torch.tensor([bool(mask.any()) for mask in masks], device=low.device)
+            low = torch.where(drawn[:, None, None, None], self.redraw_obj_masks(embeddings, prompts, masks), low)
         return low
 
     def group_logits(self, hidden: torch.Tensor, embeds: torch.Tensor, batch: Batch) -> torch.Tensor:

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from anyref.batching import collate, prepare
+from anyref.heads import nowhere_share
 from anyref.synthref import NO_TARGET_ANSWER, SynthRef, SynthRefConfig
 from eval.results import RunOutput, diagnostic_parser, write_module_results
 
@@ -60,7 +61,7 @@ def nowhere_probabilities(model, samples: list) -> np.ndarray:
             out.append(1.0)
             continue
         locations = model.obj_locator(generation.obj_states[:1], generation.image_states[None])
-        out.append(float(locations.float().softmax(-1)[0, -1]))
+        out.append(float(nowhere_share(locations)[0]))
     return np.array(out)
 
 

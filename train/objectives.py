@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from anyref.heads import coverage_logits, decode_masks, location_logits, location_prompt, upscale_masks
+from anyref.heads import location_logits, upscale_masks
 from anyref.losses import mask_bce, mask_dice
 from anyref.mask_tokens import pool_masks
 from anyref.outputs import AnyRefOutput
@@ -228,17 +228,16 @@ class TrainingObjective(nn.Module):
         (AnyRefModel.refine_obj_masks): each ``<obj>``'s mask drawn again from its first mask's coverage of the
         image-token grid. The first mask is a decision at inference, so it is detached here; a first mask that came
         out empty is not redrawn there and adds nothing here. Its terms go to ``output.terms`` for the log."""
-        model, sam = self.model, self.model.sam
+        model = self.model
         fulls, targets = [], []
         for row, first in enumerate(output.mask_logits):
             drawn = (first.detach() > 0).flatten(1).any(1)
             if not drawn.any():
                 continue
             mine = (output.obj_rows == row).nonzero(as_tuple=True)[0][drawn]
-            cells = coverage_logits(first.detach()[drawn] > 0, model.llm_grid)
-            low = decode_masks(sam, output.sam_embeddings[row:row + 1], model.obj_projection(output.obj_states[mine]),
-                               location_prompt(sam, cells.to(output.obj_states.dtype)))
-            fulls.append(upscale_masks(sam, low, batch.sam_sizes[row], batch.image_sizes[row]))
+            prompts = model.obj_projection(output.obj_states[mine])
+            low = model.redraw_obj_masks(output.sam_embeddings[row:row + 1], prompts, list(first.detach()[drawn] > 0))
+            fulls.append(upscale_masks(model.sam, low, batch.sam_sizes[row], batch.image_sizes[row]))
             targets.append(batch.masks[row][drawn.to(batch.masks[row].device)].to(low.device))
         if not fulls:  # nothing drawn: zero, in the graph of the parameters the pass would use
             zero = output.loss * 0.0
