@@ -50,6 +50,9 @@ class AnyRefConfig:
         Trained on ``<obj>`` whose target mask is empty (SynthRef's ``no_target_answer="nowhere"``). Needs
         ``obj_location_prompt``. Off: the paper (a no-target answer is text without ``<obj>``).
     region_pool: side of the RoIAlign / example pooling grid (4 -> 16 tokens per box or example).
+    region_geometry: add to each box token and each mask token a code of the region's centre, width, height and
+        area in the image (:class:`anyref.region_geometry.RegionGeometry`), which RoIAlign and mask pooling lose.
+        Off: the paper and RAS. It starts at zero, so a finished model given it answers as before until it trains.
     refocus_lambda: weight of the attention-weighted answer states added to h_obj (paper: 0.1).
     refocus_learnable: make lambda a trained parameter (the paper found it unstable).
     refocus_answer_grad: scale of the gradient the mask loss sends into the answer tokens' states through
@@ -108,6 +111,7 @@ class AnyRefConfig:
     obj_location_prompt: bool = False
     obj_nowhere: bool = False
     region_pool: int = 4
+    region_geometry: bool = False
     refocus_lambda: float = 0.1
     refocus_learnable: bool = False
     refocus_answer_grad: float = 1.0

@@ -31,6 +31,7 @@ from anyref.outputs import AnyRefOutput, Generation
 from anyref.prefix import PrefixCache, split_prefix
 from anyref.prompts import IGNORE_INDEX, PromptBuilder
 from anyref.refocus import LastLayerAttentionTap, attention_rows, project_keys, refocus
+from anyref.region_geometry import RegionGeometry, box_geometry, mask_geometry
 from anyref.tokens import SPECIAL_TOKENS, SpecialTokenIds
 from encoders.imagebind_audio import ImageBindAudioEncoder
 from encoders.llava import patch_grid_size, project_vision, vision_patch_grid
@@ -127,6 +128,7 @@ class AnyRefModel(nn.Module):
                              persistent=False)
         self.mask_projector = MaskProjector({n: s.channels for n, s in self.mask_sources.items()}, hidden,
                                             config.mask_token_norm)
+        self.region_geometry = self._new_region_geometry(hidden) if config.region_geometry else None
         self.group_head = build_group_head(config, hidden)
         self.builder = PromptBuilder(config, tokenizer, self.ids, self.llm_grid ** 2, wrap, self.mask_sources)
 
@@ -170,6 +172,24 @@ class AnyRefModel(nn.Module):
         self.config = self.builder.config = self.config.replace(obj_nowhere=True)
         reference = self.obj_locator.query.weight
         self.obj_locator.nowhere = nn.Linear(reference.shape[0], 1).to(device=reference.device, dtype=reference.dtype)
+
+    @staticmethod
+    def _new_region_geometry(hidden: int) -> RegionGeometry:
+        # drawn aside from the random stream, so that every other module (and a continued run's stream) starts as
+        # without it
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(torch.initial_seed() + 2)
+            return RegionGeometry(hidden)
+
+    def add_region_geometry(self) -> None:
+        """Give a finished model the size-and-place code of its box and mask tokens (``region_geometry``), new and
+        zero, so that it answers as before until it trains (a training config's "add_region_geometry")."""
+        if self.region_geometry is not None:
+            raise ValueError("this model already has its region geometry code")
+        self.config = self.builder.config = self.config.replace(region_geometry=True)
+        reference = self.obj_projection[0].weight
+        self.region_geometry = self._new_region_geometry(reference.shape[1]).to(device=reference.device,
+                                                                               dtype=reference.dtype)
 
     def decide_groups_by_obj(self) -> None:
         """Let ``select`` decide groups by an ``<obj>`` (``group_by_obj``), e.g. before a continuation that teaches
@@ -228,7 +248,10 @@ class AnyRefModel(nn.Module):
                                                                           owners))
             else:
                 pooled[name] = self._pool_timm(name, batch, weights, owners, grids.dtype)
-        return self.mask_projector(pooled)
+        tokens = self.mask_projector(pooled)
+        if self.region_geometry is not None:
+            tokens = tokens + self.region_geometry(mask_geometry(batch.mask_weights["vision"])).to(tokens.dtype)
+        return tokens
 
     def _pool_timm(self, name: str, batch: Batch, weights, owners, dtype) -> torch.Tensor:
         encoder = self.mask_encoders[name[len(TIMM_PREFIX):].replace(".", "_")]
@@ -257,6 +280,10 @@ class AnyRefModel(nn.Module):
         by_kind = {"box": project_vision(self.llava, regions.flatten(2).transpose(1, 2))}
         if self.image_positions is not None:
             by_kind["box"] = by_kind["box"] + self.image_positions.at_boxes(batch.boxes, pool).to(grids.dtype)
+        if self.region_geometry is not None:  # one code per box, on each of its tokens
+            side = self.llava.config.vision_config.image_size
+            code = self.region_geometry(box_geometry(batch.boxes[:, 1:], side))
+            by_kind["box"] = by_kind["box"] + code[:, None].to(grids.dtype)
         pooled = F.adaptive_avg_pool2d(example_grids, pool)  # 2-D blocks of the patch grid
         by_kind["example"] = project_vision(self.llava, pooled.flatten(2).transpose(1, 2))
         if self.audio_encoder is not None:

@@ -73,12 +73,27 @@ class Stage:
             raise ValueError(f"stage {self.name!r}: warmup_steps must be >= 0")
 
 
+# what a continued ("init_from") model may be given, and what a "tiny" model takes instead
+_CONTINUATION_KEYS = {
+    "new_group_head": 'replaces the group head of an "init_from" model; a "tiny" model takes group_head_* fields '
+                      "in its config_overrides",
+    "add_nowhere": 'gives an "init_from" model a nowhere place; a "tiny" model takes "obj_nowhere": true in its '
+                   "config_overrides",
+    "add_region_geometry": 'gives an "init_from" model a region geometry code; a "tiny" model takes '
+                           '"region_geometry": true in its config_overrides',
+    "group_by_obj": 'switches an "init_from" model to deciding groups by an <obj>; a "tiny" model takes '
+                    '"group_by_obj": true in its config_overrides',
+}
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """model: {"tiny": {sizes...}} to build a tiny model, or {"init_from": DIR} to start from an AnyRef directory
     (with "new_group_head": {group_head_* fields of AnyRefConfig}, DIR's model gets a new, untrained group head;
     with "add_nowhere": true, its location map a new, untrained nowhere place: AnyRefConfig.obj_nowhere; with
-    "group_by_obj": true, its select decides groups by an <obj>: AnyRefConfig.group_by_obj).
+    "add_region_geometry": true, a new, zero size-and-place code on its box and mask tokens:
+    AnyRefConfig.region_geometry; with "group_by_obj": true, its select decides groups by an <obj>:
+    AnyRefConfig.group_by_obj).
     mixture: source name -> {"ratio": r, ...source options}; sources: "synthref" (options: tasks weights,
     image_size, world_seed, no_target_answer, group_answer, relational_prob). stages: the schedule; each stage has its own warmup and cosine decay (lr, warmup_steps
     and min_lr_ratio here are the defaults of every stage).
@@ -115,15 +130,9 @@ class TrainConfig:
             raise ValueError("micro_batch and grad_accumulation must be >= 1")
         if ("tiny" in self.model) == ("init_from" in self.model):
             raise ValueError('model needs exactly one of "tiny" (build) or "init_from" (an AnyRef directory)')
-        if "new_group_head" in self.model and "init_from" not in self.model:
-            raise ValueError('"new_group_head" replaces the group head of an "init_from" model; a "tiny" model '
-                             'takes group_head_* fields in its config_overrides')
-        if "add_nowhere" in self.model and "init_from" not in self.model:
-            raise ValueError('"add_nowhere" gives an "init_from" model a nowhere place; a "tiny" model takes '
-                             '"obj_nowhere": true in its config_overrides')
-        if "group_by_obj" in self.model and "init_from" not in self.model:
-            raise ValueError('"group_by_obj" switches an "init_from" model to deciding groups by an <obj>; a "tiny" '
-                             'model takes "group_by_obj": true in its config_overrides')
+        for key, what in _CONTINUATION_KEYS.items():
+            if key in self.model and "init_from" not in self.model:
+                raise ValueError(f'"{key}" {what}')
         if not self.mixture or any(float(v.get("ratio", 0)) < 0 for v in self.mixture.values()):
             raise ValueError("mixture needs at least one source with a ratio >= 0")
         for stage in self.stages:

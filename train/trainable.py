@@ -39,9 +39,11 @@ def parameter_groups(model: nn.Module, trainer_heads: dict[str, list[nn.Module]]
         "vision_projector": [llava.model.multi_modal_projector],
         "sam_encoder": [model.sam.image_encoder, model.sam.prompt_encoder],
         "mask_decoder": [model.sam.mask_decoder],
-        # the image-token merger, position map and locator are new on a pretrained LLaVA too: they train with the heads
+        # the image-token merger, position map, locator and region geometry are new on a pretrained LLaVA too: they
+        # train with the heads
         "heads": [m for m in (model.obj_projection, model.audio_projection, None if own_group else model.group_head,
-                              model.image_merger, model.image_positions, model.obj_locator) if m is not None],
+                              model.image_merger, model.image_positions, model.obj_locator, model.region_geometry)
+                  if m is not None],
         "group_head": [model.group_head] if own_group else [],
         "mask_projector": [model.mask_projector],
         "audio_encoder": [model.audio_encoder] if model.audio_encoder is not None else [],
