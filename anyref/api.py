@@ -18,7 +18,7 @@ from anyref.model import AnyRefModel, unique_rows
 from anyref.outputs import Generation, GroupResult, SegmentResult, mark_nowhere
 from anyref.prefix import PrefixCache
 from anyref.prompts import reference_kind
-from anyref.references import Audio, MaskRef, as_reference_list
+from anyref.references import Audio, Box, MaskRef, as_reference_list
 from anyref.samples import OBJ, ReferringSample
 from encoders.llava import vision_patch_grid
 
@@ -155,13 +155,20 @@ class AnyRef(AnyRefModel):
         """A caption of the referred region, e.g. ``describe(image, Box(10, 20, 60, 80))``.
 
         with_masks: return a SegmentResult instead, whose ``text`` is the caption and whose ``masks`` come from the
-        ``<obj>`` tokens of the same answer (AnyRef answers a region caption with the region's mask).
+        ``<obj>`` tokens of the same answer (AnyRef answers a region caption with the region's mask). With
+        ``config.describe_box_prior`` and exactly one Box in ``ref``, the first ``<obj>``'s mask is drawn from that
+        box (the region the caption is about) rather than from the ``<obj>``'s own location map.
         """
-        generations, batch, sam = self._run(image, [_references(ref)], "describe", allow_untrained)
+        references = _references(ref)
+        generations, batch, sam = self._run(image, [references], "describe", allow_untrained)
         caption = " ".join(generations[0].text.replace(self.config.obj_token, " ").split()).replace(" .", ".")
         if not with_masks:
             return caption
-        result = self._masks_for(generations, batch, sam)[0]
+        boxes = [r for r in references if isinstance(r, Box)]
+        region = None
+        if self.config.describe_box_prior and len(boxes) == 1:
+            region = boxes[0].mask(*batch.image_sizes[0])
+        result = self._masks_for(generations, batch, sam, regions=[region])[0]
         result.text = caption
         return result
 
@@ -214,10 +221,12 @@ class AnyRef(AnyRefModel):
         cover = torch.from_numpy(candidates).to(group_map.device, torch.float32).flatten(1)  # N x HW
         return ((cover @ group_map.flatten()) / cover.sum(1)).cpu().numpy()
 
-    def _masks_for(self, generations: list[Generation], batch, sam: torch.Tensor | None = None) -> list[SegmentResult]:
+    def _masks_for(self, generations: list[Generation], batch, sam: torch.Tensor | None = None,
+                   regions: list[np.ndarray | None] | None = None) -> list[SegmentResult]:
         """One SegmentResult per generation (row of ``batch``): SAM's image encoder runs once per distinct image
         (not at all when ``sam``, 1 x C x g x g for a one-image batch, is already computed) and its mask decoder
-        once for every mask of the batch."""
+        once for every mask of the batch. regions: per row, None or an H x W bool region at the image's size that
+        the row's first ``<obj>`` is drawn from (``describe_box_prior``)."""
         counts = [len(g.obj_states) for g in generations]
         if sum(counts) == 0:
             return [SegmentResult(np.zeros((0, *size), dtype=bool), np.zeros(0, dtype=np.float32), g.text,
@@ -233,6 +242,14 @@ class AnyRef(AnyRefModel):
             image_states = torch.stack([g.image_states for g in generations])[owners]
         obj_states = torch.cat([g.obj_states for g in generations])
         low, locations = self.decode_obj_masks(embeddings, obj_states, image_states)
+        starts = np.cumsum([0] + counts[:-1])
+        for row, region in enumerate(regions or []):
+            if region is not None and counts[row]:
+                first = int(starts[row])
+                own = embeddings if len(embeddings) == 1 else embeddings[first:first + 1]
+                prompt = self.obj_projection(obj_states[first:first + 1])
+                region = torch.from_numpy(region).to(self.device)
+                low[first:first + 1] = self.redraw_obj_masks(own, prompt, [region])
         rows = owners.tolist()
         low = self.refine_obj_masks(embeddings, obj_states, low, [batch.sam_sizes[r] for r in rows],
                                     [batch.image_sizes[r] for r in rows])

@@ -204,6 +204,11 @@ class AnyRefModel(nn.Module):
         the image-token grid (``config.mask_refinements``, validated as the config is; 0: one decoder pass)."""
         self.config = self.builder.config = self.config.replace(mask_refinements=count)
 
+    def set_describe_box_prior(self, on: bool) -> None:
+        """Draw the region of a ``describe`` prompt's one box from the box itself (``config.describe_box_prior``,
+        validated as the config is)."""
+        self.config = self.builder.config = self.config.replace(describe_box_prior=bool(on))
+
     # ----------------------------------------------------------------------------------------------- parts
     @property
     def language_model(self) -> nn.Module:

@@ -56,6 +56,13 @@ class Box:
     def as_tuple(self) -> tuple[float, float, float, float]:
         return (float(self.x0), float(self.y0), float(self.x1), float(self.y1))
 
+    def mask(self, height: int, width: int) -> np.ndarray:
+        """height x width bool: every pixel the box touches (its corners rounded outwards), clipped to the image."""
+        out = np.zeros((height, width), dtype=bool)
+        x0, y0 = max(int(math.floor(self.x0)), 0), max(int(math.floor(self.y0)), 0)
+        out[y0:max(int(math.ceil(self.y1)), 0), x0:max(int(math.ceil(self.x1)), 0)] = True
+        return out
+
 
 @dataclass(frozen=True, eq=False)
 class ExampleImage:

@@ -58,6 +58,9 @@ def _common(parser: argparse.ArgumentParser, split: str, data: bool = True) -> N
     parser.add_argument("--mask-refinements", type=int, metavar="K",
                         help="redraw each mask K more times from its own coverage of the image-token grid "
                              "(default: the model's config.mask_refinements)")
+    parser.add_argument("--describe-box-prior", choices=("on", "off"),
+                        help="draw the region of a describe prompt's one box from the box itself, or from the "
+                             "<obj>'s own location map (default: the model's config.describe_box_prior)")
 
 
 def register(subparsers) -> None:
@@ -168,6 +171,8 @@ def _load_model(args):
     model = AnyRef.from_pretrained(args.model, device=device)
     if args.mask_refinements is not None:
         model.set_mask_refinements(args.mask_refinements)
+    if args.describe_box_prior is not None:
+        model.set_describe_box_prior(args.describe_box_prior == "on")
     return model
 
 
