@@ -4,7 +4,8 @@
 
 For SynthRef samples with one target whose answer has one ``<obj>``, the same ``<obj>`` prompt is decoded by SAM
 with three dense prompts, and each mask's IoU with the target is averaged:
-- ``own``: the model's own location map, then ``config.mask_refinements`` redraws (what ``segment`` draws);
+- ``own``: the model's own location map, then ``config.mask_refinements`` redraws (what ``segment`` draws, and
+  ``describe`` where ``config.describe_box_prior`` does not draw a box caption's region from its box);
 - ``blank``: a uniform map (no location at all), which shows how much the masks depend on it;
 - ``oracle``: the target's own coverage of the LLM's image-token grid (log of each cell's covered share), which
   bounds what a better map could give this SAM.

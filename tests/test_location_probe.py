@@ -24,6 +24,7 @@ def test_the_oracle_map_is_the_targets_coverage():
 
 def test_the_probe_scores_what_segment_draws(tmp_path):
     model = AnyRef.from_pretrained("synthref-tiny").eval()
+    model.set_describe_box_prior(False)  # the probe reads the <obj>'s own map; the prior would draw the box instead
     run = location_probe(model, ("box",), n=2)
     assert run.counts["box"]["scored"] >= 1
     samples = SynthRef().split("test", "box", 2)
