@@ -50,6 +50,11 @@ class AnyRefConfig:
         Trained on ``<obj>`` whose target mask is empty (SynthRef's ``no_target_answer="nowhere"``). Needs
         ``obj_location_prompt``. Off: the paper (a no-target answer is text without ``<obj>``).
     region_pool: side of the RoIAlign / example pooling grid (4 -> 16 tokens per box or example).
+    box_zoom: a box's tokens are read from the box's own crop, resampled to the vision tower's input size and
+        encoded again (then pooled to region_pool x region_pool, as an example image is), instead of RoIAligned
+        from the whole image's patch grid: a small object fills the tower's input rather than two or three of its
+        patches. Off: the paper (RoIAlign). The crop says nothing of the box's size or place; region_geometry
+        does.
     region_geometry: add to each box token and each mask token a code of the region's centre, width, height and
         area in the image (:class:`anyref.region_geometry.RegionGeometry`), which RoIAlign and mask pooling lose.
         Off: the paper and RAS. It starts at zero, so a finished model given it answers as before until it trains.
@@ -117,6 +122,7 @@ class AnyRefConfig:
     obj_location_prompt: bool = False
     obj_nowhere: bool = False
     region_pool: int = 4
+    box_zoom: bool = False
     region_geometry: bool = False
     refocus_lambda: float = 0.1
     refocus_learnable: bool = False

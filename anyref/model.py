@@ -204,6 +204,11 @@ class AnyRefModel(nn.Module):
         the image-token grid (``config.mask_refinements``, validated as the config is; 0: one decoder pass)."""
         self.config = self.builder.config = self.config.replace(mask_refinements=count)
 
+    def set_box_zoom(self, on: bool) -> None:
+        """Read box tokens from each box's own crop, encoded again (``config.box_zoom``), or by RoIAlign; for a
+        training run that continues a model (a training config's "box_zoom")."""
+        self.config = self.builder.config = self.config.replace(box_zoom=bool(on))
+
     def set_describe_box_prior(self, on: bool) -> None:
         """Draw the region of a ``describe`` prompt's one box from the box itself (``config.describe_box_prior``,
         validated as the config is)."""
@@ -267,6 +272,24 @@ class AnyRefModel(nn.Module):
             features = encoder(batch.extra_pixels[name][images].to(dtype))
         return pool_masks(features, weights, torch.searchsorted(images, owners))
 
+    def box_regions(self, batch: Batch, grids: torch.Tensor) -> torch.Tensor:
+        """Nb x C_v x pool x pool vision features of the batch's boxes (``batch.boxes``: Nb x 5, sample index and
+        x0, y0, x1, y1 in vision-input pixels): RoIAligned from the images' patch grids (B x C_v x G x G), or with
+        ``config.box_zoom`` the vision tower's grid of each box's crop, resampled to the tower's input size."""
+        pool = self.config.region_pool
+        boxes = batch.boxes.to(grids.dtype)
+        if not self.config.box_zoom:
+            patch = self.llava.config.vision_config.patch_size
+            return roi_align(grids, boxes, output_size=pool, spatial_scale=1.0 / patch, sampling_ratio=2,
+                             aligned=True)
+        if not len(boxes):  # never the tower on zero images
+            return grids.new_zeros((0, grids.shape[1], pool, pool))
+        side = self.llava.config.vision_config.image_size
+        # one bilinear sample per output pixel: a crop is an upsampling, and a whole-image box gives the image back
+        crops = roi_align(batch.clip_pixels.to(grids.dtype), boxes, output_size=side, spatial_scale=1.0,
+                          sampling_ratio=1, aligned=True)  # Nb x 3 x S x S
+        return F.adaptive_avg_pool2d(vision_patch_grid(self.llava, crops), pool)
+
     def reference_tokens(self, batch: Batch, grids: torch.Tensor, example_grids: torch.Tensor,
                          sam_embeddings: torch.Tensor | None = None) -> torch.Tensor:
         """All reference feature tokens of the batch, sample by sample in prompt order: T x H (a select sample's
@@ -279,10 +302,7 @@ class AnyRefModel(nn.Module):
         reduces gradients in the order they arrive, so ranks with different graphs would sum different tensors).
         """
         pool = self.config.region_pool
-        patch = self.llava.config.vision_config.patch_size
-        regions = roi_align(grids, batch.boxes.to(grids.dtype), output_size=pool, spatial_scale=1.0 / patch,
-                            sampling_ratio=2, aligned=True)  # Nb x C_v x pool x pool
-        by_kind = {"box": project_vision(self.llava, regions.flatten(2).transpose(1, 2))}
+        by_kind = {"box": project_vision(self.llava, self.box_regions(batch, grids).flatten(2).transpose(1, 2))}
         if self.image_positions is not None:
             by_kind["box"] = by_kind["box"] + self.image_positions.at_boxes(batch.boxes, pool).to(grids.dtype)
         if self.region_geometry is not None:  # one code per box, on each of its tokens

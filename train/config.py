@@ -81,6 +81,8 @@ _CONTINUATION_KEYS = {
                    "config_overrides",
     "add_region_geometry": 'gives an "init_from" model a region geometry code; a "tiny" model takes '
                            '"region_geometry": true in its config_overrides',
+    "box_zoom": 'switches an "init_from" model to box tokens read from each box\'s crop; a "tiny" model takes '
+                '"box_zoom": true in its config_overrides',
     "group_by_obj": 'switches an "init_from" model to deciding groups by an <obj>; a "tiny" model takes '
                     '"group_by_obj": true in its config_overrides',
 }

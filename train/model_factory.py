@@ -15,7 +15,8 @@ def build_model(config) -> AnyRef:
     "new_group_head": {group_head_* config fields}: DIR's model with a new, untrained group head of that kind,
     and "add_nowhere": true: its location map with a new, untrained nowhere place, both initialised from the run's
     seed; "add_region_geometry": true: a new, zero region geometry code on its box and mask tokens,
-    AnyRefConfig.region_geometry; "group_by_obj": true: its ``select`` decides groups by an ``<obj>``, AnyRefConfig.group_by_obj)."""
+    AnyRefConfig.region_geometry; "box_zoom": true: its box tokens read from each box's crop,
+    AnyRefConfig.box_zoom; "group_by_obj": true: its ``select`` decides groups by an ``<obj>``, AnyRefConfig.group_by_obj)."""
     if "init_from" in config.model:
         try:
             model = AnyRef.from_pretrained(config.model["init_from"])
@@ -28,6 +29,8 @@ def build_model(config) -> AnyRef:
         if config.model.get("add_nowhere"):
             torch.manual_seed(config.seed)
             model.add_nowhere()
+        if config.model.get("box_zoom"):
+            model.set_box_zoom(True)
         if config.model.get("add_region_geometry"):
             model.add_region_geometry()
         if config.model.get("group_by_obj"):
