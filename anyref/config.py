@@ -158,13 +158,11 @@ class AnyRefConfig:
             raise ValueError("group_by_obj answers an empty group with an <obj> placed nowhere: it needs obj_nowhere")
         if self.mask_refinements < 0:
             raise ValueError(f"mask_refinements must be >= 0 (0: off), got {self.mask_refinements}")
-        if self.mask_refinements and not (self.obj_location_prompt and self.vision_resize == "resize"):
-            raise ValueError("mask_refinements redraws masks from their coverage of the image-token grid: it needs "
+        # settings that give SAM a region's coverage of the image-token grid as its location map
+        coverage = [name for name in ("mask_refinements", "describe_box_prior") if getattr(self, name)]
+        if coverage and not (self.obj_location_prompt and self.vision_resize == "resize"):
+            raise ValueError(f"{coverage[0]} draws masks from a region's coverage of the image-token grid: it needs "
                              'obj_location_prompt and vision_resize "resize" (where the grid covers the whole image)')
-        if self.describe_box_prior and not (self.obj_location_prompt and self.vision_resize == "resize"):
-            raise ValueError("describe_box_prior draws a box's region from its coverage of the image-token grid: it "
-                             'needs obj_location_prompt and vision_resize "resize" (where the grid covers the whole '
-                             "image)")
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if not self.mask_features or self.mask_features[0] != "vision":

@@ -150,6 +150,11 @@ class AnyRefModel(nn.Module):
                 sources[name] = MaskSource(encoder.channels, encoder.image_size, encoder.grid, encoder.preprocess)
         return sources
 
+    def _reconfigure(self, **changes) -> None:
+        """The one way a built model's config changes (validated as any config is): the prompt builder reads the
+        same config object."""
+        self.config = self.builder.config = self.config.replace(**changes)
+
     def replace_group_head(self, **changes) -> None:
         """Swap in a new, untrained group head of the kind ``changes`` ask for (the config's ``group_head_*``
         fields), e.g. to train one alone on a finished model (a training config's "new_group_head",
@@ -157,7 +162,7 @@ class AnyRefModel(nn.Module):
         odd = [name for name in changes if not name.startswith("group_head_")]
         if odd:
             raise ValueError(f"replace_group_head takes the config's group_head_* fields only, got {odd}")
-        self.config = self.builder.config = self.config.replace(**changes)
+        self._reconfigure(**changes)
         reference = next(self.obj_projection.parameters())
         head = build_group_head(self.config, self.llava.config.text_config.hidden_size)
         self.group_head = head.to(device=reference.device, dtype=reference.dtype)
@@ -169,7 +174,7 @@ class AnyRefModel(nn.Module):
             raise ValueError("this model has no location map (obj_location_prompt is off): nowhere needs one")
         if self.obj_locator.nowhere is not None:
             raise ValueError("this model's location map already has its nowhere place")
-        self.config = self.builder.config = self.config.replace(obj_nowhere=True)
+        self._reconfigure(obj_nowhere=True)
         reference = self.obj_locator.query.weight
         self.obj_locator.nowhere = nn.Linear(reference.shape[0], 1).to(device=reference.device, dtype=reference.dtype)
 
@@ -186,7 +191,7 @@ class AnyRefModel(nn.Module):
         zero, so that it answers as before until it trains (a training config's "add_region_geometry")."""
         if self.region_geometry is not None:
             raise ValueError("this model already has its region geometry code")
-        self.config = self.builder.config = self.config.replace(region_geometry=True)
+        self._reconfigure(region_geometry=True)
         reference = self.obj_projection[0].weight
         self.region_geometry = self._new_region_geometry(reference.shape[1]).to(device=reference.device,
                                                                                dtype=reference.dtype)
@@ -197,22 +202,22 @@ class AnyRefModel(nn.Module):
         if not self.config.obj_nowhere:
             raise ValueError("group_by_obj needs a location map with a nowhere place (an empty group is an <obj> "
                              'placed nowhere): add it first ("add_nowhere")')
-        self.config = self.builder.config = self.config.replace(group_by_obj=True)
+        self._reconfigure(group_by_obj=True)
 
     def set_mask_refinements(self, count: int) -> None:
         """Redraw each ``<obj>``'s mask ``count`` more times at inference, each from the previous mask's coverage of
         the image-token grid (``config.mask_refinements``, validated as the config is; 0: one decoder pass)."""
-        self.config = self.builder.config = self.config.replace(mask_refinements=count)
+        self._reconfigure(mask_refinements=count)
 
     def set_box_zoom(self, on: bool) -> None:
         """Read box tokens from each box's own crop, encoded again (``config.box_zoom``), or by RoIAlign; for a
         training run that continues a model (a training config's "box_zoom")."""
-        self.config = self.builder.config = self.config.replace(box_zoom=bool(on))
+        self._reconfigure(box_zoom=bool(on))
 
     def set_describe_box_prior(self, on: bool) -> None:
         """Draw the region of a ``describe`` prompt's one box from the box itself (``config.describe_box_prior``,
         validated as the config is)."""
-        self.config = self.builder.config = self.config.replace(describe_box_prior=bool(on))
+        self._reconfigure(describe_box_prior=bool(on))
 
     # ----------------------------------------------------------------------------------------------- parts
     @property
@@ -295,7 +300,7 @@ class AnyRefModel(nn.Module):
         """All reference feature tokens of the batch, sample by sample in prompt order: T x H (a select sample's
         candidates twice, after its references: once in the question, once in the answer).
 
-        grids: B x C_v x G x G patch features of the query images (boxes are RoIAligned on them);
+        grids: B x C_v x G x G patch features of the query images (boxes are read from them: ``box_regions``);
         example_grids: Ne x C_v x G x G those of the example images; sam_embeddings: B x C x g x g.
         Every branch the model has runs on every batch, on zero items when the batch has none of that kind: the
         autograd graph then has the same shape for every batch, which data-parallel training needs (DeepSpeed

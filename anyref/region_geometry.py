@@ -38,7 +38,7 @@ def mask_geometry(weights: torch.Tensor) -> torch.Tensor:
     -> M x 5 (cx, cy, w, h, sqrt(area)), fractions of the frame. The centre is the mask's centroid, width and height
     its spread along x and y as the sides of a uniform box of the same spread, the area its exact share of the frame.
     An empty mask (never passed on: references and candidates are checked) gives zeros."""
-    count, grid = weights.shape[0], weights.shape[-1]
+    grid = weights.shape[-1]
     weights = weights.float()
     area = weights.flatten(1).sum(1)  # in cells
     share = weights / area.clamp_min(1e-6)[:, None, None]
@@ -52,7 +52,7 @@ def mask_geometry(weights: torch.Tensor) -> torch.Tensor:
     var_y = (along_y @ centres.square() - cy.square()).clamp_min(0.0) + within
     width, height = var_x.sqrt() * _SPREAD_TO_SIDE, var_y.sqrt() * _SPREAD_TO_SIDE
     out = torch.stack([cx, cy, width, height, (area / (grid * grid)).sqrt()], dim=-1)
-    return out * (area > 0).float()[:, None] if count else out
+    return out * (area > 0).float()[:, None]
 
 
 class RegionGeometry(nn.Module):
