@@ -22,7 +22,10 @@ from anyref.references import Audio, Box, MaskRef, as_reference_list
 from anyref.samples import OBJ, ReferringSample
 from encoders.llava import vision_patch_grid
 
-__all__ = ["AnyRef"]
+__all__ = ["AnyRef", "CLIPPED_LOGIT"]
+
+# the cap on a mask's logits where ``config.describe_box_margin`` rules the object out (probability < 5e-5)
+CLIPPED_LOGIT = -10.0
 
 
 class AnyRef(AnyRefModel):
@@ -157,7 +160,8 @@ class AnyRef(AnyRefModel):
         with_masks: return a SegmentResult instead, whose ``text`` is the caption and whose ``masks`` come from the
         ``<obj>`` tokens of the same answer (AnyRef answers a region caption with the region's mask). With
         ``config.describe_box_prior`` and exactly one Box in ``ref``, the first ``<obj>``'s mask is drawn from that
-        box (the region the caption is about) rather than from the ``<obj>``'s own location map.
+        box (the region the caption is about) rather than from the ``<obj>``'s own location map; with
+        ``config.describe_box_margin`` it is kept within that box, grown by the margin.
         """
         references = _references(ref)
         generations, batch, sam = self._run(image, [references], "describe", allow_untrained)
@@ -165,10 +169,13 @@ class AnyRef(AnyRefModel):
         if not with_masks:
             return caption
         boxes = [r for r in references if isinstance(r, Box)]
-        region = None
-        if self.config.describe_box_prior and len(boxes) == 1:
-            region = boxes[0].mask(*batch.image_sizes[0])
-        result = self._masks_for(generations, batch, sam, regions=[region])[0]
+        region = bounds = None
+        if len(boxes) == 1:
+            if self.config.describe_box_prior:
+                region = boxes[0].mask(*batch.image_sizes[0])
+            if self.config.describe_box_margin is not None:
+                bounds = boxes[0].grown(self.config.describe_box_margin).mask(*batch.image_sizes[0])
+        result = self._masks_for(generations, batch, sam, regions=[region], bounds=[bounds])[0]
         result.text = caption
         return result
 
@@ -222,11 +229,14 @@ class AnyRef(AnyRefModel):
         return ((cover @ group_map.flatten()) / cover.sum(1)).cpu().numpy()
 
     def _masks_for(self, generations: list[Generation], batch, sam: torch.Tensor | None = None,
-                   regions: list[np.ndarray | None] | None = None) -> list[SegmentResult]:
+                   regions: list[np.ndarray | None] | None = None,
+                   bounds: list[np.ndarray | None] | None = None) -> list[SegmentResult]:
         """One SegmentResult per generation (row of ``batch``): SAM's image encoder runs once per distinct image
         (not at all when ``sam``, 1 x C x g x g for a one-image batch, is already computed) and its mask decoder
         once for every mask of the batch. regions: per row, None or an H x W bool region at the image's size that
-        the row's first ``<obj>`` is drawn from (``describe_box_prior``)."""
+        the row's first ``<obj>`` is drawn from (``describe_box_prior``); bounds: the same, the pixels outside of
+        which the row's first ``<obj>`` mask is cut off, its logits capped at CLIPPED_LOGIT
+        (``describe_box_margin``)."""
         counts = [len(g.obj_states) for g in generations]
         if sum(counts) == 0:
             return [SegmentResult(np.zeros((0, *size), dtype=bool), np.zeros(0, dtype=np.float32), g.text,
@@ -260,6 +270,10 @@ class AnyRef(AnyRefModel):
         for row, generation in enumerate(generations):
             mine = owners == row
             logits = upscale_masks(self.sam, low[mine & placed], batch.sam_sizes[row], batch.image_sizes[row]).float()
+            bound = bounds[row] if bounds else None
+            if bound is not None and counts[row] and bool(placed[int(starts[row])]):
+                outside = ~torch.from_numpy(bound).to(logits.device)
+                logits[0] = torch.where(outside, logits[0].clamp(max=CLIPPED_LOGIT), logits[0])
             masks = logits > 0
             area = masks.flatten(1).sum(1)
             scores = (logits.sigmoid() * masks).flatten(1).sum(1) / area.clamp_min(1)  # 0 for an empty mask

@@ -103,6 +103,10 @@ class AnyRefConfig:
         prompt; whether it is placed nowhere is still the map's call). Off: the paper (the ``<obj>`` alone says
         where). Inference only; needs what mask_refinements needs. On the tiny SynthRef model it lifts box -> mask
         cIoU from 0.64 to 0.82 (docs/training.md).
+    describe_box_margin: in ``describe``, with exactly one ``Box`` in the prompt, the answer's first ``<obj>`` mask
+        is kept within the box grown on every side by this fraction of its width or height (the region a caption
+        is about lies in its box, up to how loosely the box was drawn); its logits outside are capped at
+        ``anyref.api.CLIPPED_LOGIT``. None: not clipped. Inference only.
     untrained_references: reference kinds whose encoders were never trained (e.g. after a LISA conversion);
         the model refuses them unless the caller insists.
     """
@@ -143,6 +147,7 @@ class AnyRefConfig:
     mask_token_norm: float = 0.0
     mask_refinements: int = 0
     describe_box_prior: bool = False
+    describe_box_margin: float | None = None
     untrained_references: tuple[str, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
@@ -163,6 +168,9 @@ class AnyRefConfig:
         if coverage and not (self.obj_location_prompt and self.vision_resize == "resize"):
             raise ValueError(f"{coverage[0]} draws masks from a region's coverage of the image-token grid: it needs "
                              'obj_location_prompt and vision_resize "resize" (where the grid covers the whole image)')
+        if self.describe_box_margin is not None and not 0.0 <= self.describe_box_margin <= 1.0:
+            raise ValueError(f"describe_box_margin must be None (off) or a fraction of the box's sides in [0, 1], "
+                             f"got {self.describe_box_margin}")
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if not self.mask_features or self.mask_features[0] != "vision":

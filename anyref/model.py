@@ -219,6 +219,11 @@ class AnyRefModel(nn.Module):
         validated as the config is)."""
         self._reconfigure(describe_box_prior=bool(on))
 
+    def set_describe_box_margin(self, margin: float | None) -> None:
+        """Keep the mask of a ``describe`` prompt's one box within the box grown by ``margin`` of its sides
+        (``config.describe_box_margin``, validated as the config is); None: not clipped."""
+        self._reconfigure(describe_box_margin=None if margin is None else float(margin))
+
     # ----------------------------------------------------------------------------------------------- parts
     @property
     def language_model(self) -> nn.Module:

@@ -56,6 +56,13 @@ class Box:
     def as_tuple(self) -> tuple[float, float, float, float]:
         return (float(self.x0), float(self.y0), float(self.x1), float(self.y1))
 
+    def grown(self, fraction: float) -> "Box":
+        """The box with each side moved out by ``fraction`` (>= 0) of the box's width (left, right) or height."""
+        if not fraction >= 0:
+            raise ValueError(f"a box grows by a fraction >= 0 of its sides, got {fraction}")
+        dx, dy = fraction * (self.x1 - self.x0), fraction * (self.y1 - self.y0)
+        return Box(float(self.x0 - dx), float(self.y0 - dy), float(self.x1 + dx), float(self.y1 + dy))
+
     def mask(self, height: int, width: int) -> np.ndarray:
         """height x width bool: every pixel the box touches (its corners rounded outwards), clipped to the image."""
         out = np.zeros((height, width), dtype=bool)

@@ -61,6 +61,19 @@ def _common(parser: argparse.ArgumentParser, split: str, data: bool = True) -> N
     parser.add_argument("--describe-box-prior", choices=("on", "off"),
                         help="draw the region of a describe prompt's one box from the box itself, or from the "
                              "<obj>'s own location map (default: the model's config.describe_box_prior)")
+    parser.add_argument("--describe-box-margin", type=_margin, metavar="FRACTION|off",
+                        help="keep the mask of a describe prompt's one box within the box grown by FRACTION of its "
+                             "sides, or 'off' (default: the model's config.describe_box_margin)")
+
+
+def _margin(text: str):
+    """--describe-box-margin's value: 'off' (None) or a fraction."""
+    if text == "off":
+        return "off"
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"give a fraction of the box's sides such as 0.05, or 'off'; got {text!r}")
 
 
 def register(subparsers) -> None:
@@ -173,6 +186,8 @@ def _load_model(args):
         model.set_mask_refinements(args.mask_refinements)
     if args.describe_box_prior is not None:
         model.set_describe_box_prior(args.describe_box_prior == "on")
+    if args.describe_box_margin is not None:
+        model.set_describe_box_margin(None if args.describe_box_margin == "off" else args.describe_box_margin)
     return model
 
 

@@ -38,6 +38,20 @@ def fit(model, batch, steps: int, lr: float, clip: float | None = None):
     return output
 
 
+def shipped_training_step(samples: list, **weights):
+    """One forward and backward of the shipped model's training objective on ``samples`` (``weights``: the
+    objective's loss weights), checked to train SAM's mask decoder: (model, batch, output)."""
+    from anyref import AnyRef
+    from train.objectives import TrainingObjective
+
+    model = AnyRef.from_pretrained("synthref-tiny")
+    batch = collate([prepare(s, model.builder) for s in samples], model.ids.pad)
+    output = TrainingObjective(model)(batch, pointer_weight=0.5, **weights)
+    output.loss.backward()
+    assert model.sam.mask_decoder.output_upscaling[0].weight.grad.abs().sum() > 0
+    return model, batch, output
+
+
 def assert_select_batch_scores_as_alone(model, samples: list) -> torch.Tensor:
     """"select" samples padded into one batch get the membership logits each gets alone; returns them."""
     batch = collate([prepare(s, model.builder) for s in samples], model.ids.pad)

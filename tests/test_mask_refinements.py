@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from anyref import AnyRef
 from anyref.batching import collate, prepare
 from anyref.builders import build_tiny
 from anyref.heads import coverage_logits, decode_masks, location_prompt, upscale_masks
@@ -14,9 +13,8 @@ from anyref.losses import mask_bce, mask_dice
 from anyref.samples import ReferringSample
 from anyref.synthref import SynthRef
 from train.config import Stage
-from train.objectives import TrainingObjective
 
-from tests.conftest import scene
+from tests.conftest import scene, shipped_training_step
 
 LOCATED = {"image_token_merge": 2, "obj_location_prompt": True}
 
@@ -85,13 +83,8 @@ def test_no_refinement_leaves_the_first_pass():
 def test_the_training_pass_is_the_inference_pass():
     """refine_weight's loss is the mask loss of the mask refine_obj_masks draws at inference (one refinement, from
     the first pass's mask), and it trains SAM's mask decoder."""
-    model = AnyRef.from_pretrained("synthref-tiny")
-    objective = TrainingObjective(model)
     samples = SynthRef().split("val", "text", 2) + SynthRef().split("val", "audio1", 1)
-    batch = collate([prepare(s, model.builder) for s in samples], model.ids.pad)
-    output = objective(batch, pointer_weight=0.5, refine_weight=1.0)
-    output.loss.backward()
-    assert model.sam.mask_decoder.output_upscaling[0].weight.grad.abs().sum() > 0
+    model, batch, output = shipped_training_step(samples, refine_weight=1.0)
     with torch.no_grad():
         rows = output.obj_rows
         image_states = model.image_token_states(batch.input_ids, output.hidden)[rows]

@@ -36,6 +36,9 @@ class Stage:
     refine_weight: weight of the mask loss of one refinement pass (train/objectives.py; AnyRefConfig.
     mask_refinements): SAM's decoder drawing each mask again from its first mask's coverage of the image-token grid;
     an anyref stage of a model with a location map, on a policy that trains the mask decoder.
+    box_prior_weight: weight of the mask loss of a one-box ``describe`` answer's first ``<obj>`` drawn from the
+    box's coverage of the image-token grid, as inference draws it with ``AnyRefConfig.describe_box_prior``
+    (train/objectives.py); the same needs as refine_weight.
     """
 
     name: str
@@ -48,6 +51,7 @@ class Stage:
     pointer_weight: float = 0.0
     sam_prompt_weight: float = 0.0
     refine_weight: float = 0.0
+    box_prior_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -59,11 +63,15 @@ class Stage:
         if self.objective == "synthref_dense" and self.trainable not in ("encoders", "encoders_promptable"):
             raise ValueError(f"stage {self.name!r}: the synthref_dense objective trains the encoders only "
                              '(trainable "encoders", or "encoders_promptable" with SAM\'s decoder)')
-        if self.sam_prompt_weight < 0 or self.pointer_weight < 0 or self.refine_weight < 0:
-            raise ValueError(f"stage {self.name!r}: pointer_weight, sam_prompt_weight and refine_weight must be >= 0")
-        if self.refine_weight and (self.objective != "anyref" or "mask_decoder" not in POLICIES[self.trainable]):
-            raise ValueError(f"stage {self.name!r}: refine_weight trains SAM's mask decoder on the model's own masks: "
-                             "it needs the anyref objective and a policy that trains the mask decoder")
+        weights = {"pointer_weight": self.pointer_weight, "sam_prompt_weight": self.sam_prompt_weight,
+                   "refine_weight": self.refine_weight, "box_prior_weight": self.box_prior_weight}
+        if any(value < 0 for value in weights.values()):
+            raise ValueError(f"stage {self.name!r}: {', '.join(weights)} must be >= 0")
+        for name in ("refine_weight", "box_prior_weight"):
+            if weights[name] and (self.objective != "anyref" or "mask_decoder" not in POLICIES[self.trainable]):
+                raise ValueError(f"stage {self.name!r}: {name} trains SAM's mask decoder on the model's own "
+                                 "<obj> prompts: it needs the anyref objective and a policy that trains the mask "
+                                 "decoder")
         if self.sam_prompt_weight and "mask_decoder" not in POLICIES[self.trainable]:
             raise ValueError(f"stage {self.name!r}: sam_prompt_weight trains SAM's mask decoder, which policy "
                              f"{self.trainable!r} freezes; use one that trains it (e.g. \"encoders_promptable\")")

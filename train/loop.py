@@ -213,7 +213,8 @@ def run(args: argparse.Namespace) -> int:
                 if stage.objective == "synthref_dense":
                     dense = dense_targets(samples, *grids).to(engine.device)
                 output = engine(batch, dense=dense, objective=stage.objective, pointer_weight=stage.pointer_weight,
-                                sam_prompt_weight=stage.sam_prompt_weight, refine_weight=stage.refine_weight)
+                                sam_prompt_weight=stage.sam_prompt_weight, refine_weight=stage.refine_weight,
+                                box_prior_weight=stage.box_prior_weight)
                 _check_finite(output, step, checkpoints)
                 engine.backward(output.loss)
                 engine.step()

@@ -19,7 +19,8 @@ A third is SAM's own promptable segmentation (a stage's ``sam_prompt_weight``, t
 draws each object (warm-up) or each target mask (joint stage) from a box, as SAM is pretrained to.
 
 The module DeepSpeed wraps is :class:`TrainingObjective`:
-``forward(batch, dense=None, objective="anyref", pointer_weight=0.0, sam_prompt_weight=0.0, refine_weight=0.0)``.
+``forward(batch, dense=None, objective="anyref", pointer_weight=0.0, sam_prompt_weight=0.0, refine_weight=0.0,
+box_prior_weight=0.0)``.
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ from anyref.heads import location_logits, upscale_masks
 from anyref.losses import mask_bce, mask_dice
 from anyref.mask_tokens import pool_masks
 from anyref.outputs import AnyRefOutput
-from anyref.references import Audio
+from anyref.references import Audio, Box
 from anyref.samples import ReferringSample
 from anyref.synthref.vocabulary import COLOURS, SHAPES, SIZES
 from encoders.llava import vision_patch_grid
@@ -195,8 +196,8 @@ class TrainingObjective(nn.Module):
         return {"warmup_heads": self.warmup_heads(), "pointer_heads": self.pointer_heads()}
 
     def forward(self, batch, dense: DenseTargets | None = None, objective: str = "anyref",
-                pointer_weight: float = 0.0, sam_prompt_weight: float = 0.0, refine_weight: float = 0.0
-                ) -> AnyRefOutput:
+                pointer_weight: float = 0.0, sam_prompt_weight: float = 0.0, refine_weight: float = 0.0,
+                box_prior_weight: float = 0.0) -> AnyRefOutput:
         if objective == "anyref":
             output = self.model(batch)
             pointer = self._pointer_loss(batch, output)
@@ -208,6 +209,8 @@ class TrainingObjective(nn.Module):
                     batch, output.sam_embeddings, batch.masks, output.terms)
             if refine_weight:
                 output.loss = output.loss + refine_weight * self._refined_masks(batch, output)
+            if box_prior_weight:
+                output.loss = output.loss + box_prior_weight * self._box_prior_masks(batch, output)
             return output
         if objective != "synthref_dense":
             raise ValueError(f"unknown objective {objective!r}; choose one of {OBJECTIVES}")
@@ -239,16 +242,43 @@ class TrainingObjective(nn.Module):
             low = model.redraw_obj_masks(output.sam_embeddings[row:row + 1], prompts, list(first.detach()[drawn] > 0))
             fulls.append(upscale_masks(model.sam, low, batch.sam_sizes[row], batch.image_sizes[row]))
             targets.append(batch.masks[row][drawn.to(batch.masks[row].device)].to(low.device))
-        if not fulls:  # nothing drawn: zero, in the graph of the parameters the pass would use
+        return self._redrawn_loss(fulls, targets, "refine", output)
+
+    def _box_prior_masks(self, batch, output: AnyRefOutput) -> torch.Tensor:
+        """The mask loss of each one-box ``describe`` answer's first ``<obj>`` drawn from the box's coverage of the
+        image-token grid instead of the ``<obj>``'s location map, as inference draws it (``describe_box_prior``,
+        AnyRef.describe). The box is read in the vision tower's frame, the frame the grid covers; the region is
+        the pixels it touches (:meth:`anyref.Box.mask`), as at inference. Terms ``box_prior_*`` go to the log."""
+        model = self.model
+        side = batch.clip_pixels.shape[-1]
+        fulls, targets = [], []
+        for row, first in enumerate(output.mask_logits):
+            boxes = batch.boxes[batch.boxes[:, 0] == row, 1:]
+            if batch.tasks[row] != "describe" or len(boxes) != 1 or not len(first):
+                continue
+            region = torch.from_numpy(Box(*boxes[0].tolist()).mask(side, side)).to(first.device)
+            index = (output.obj_rows == row).nonzero(as_tuple=True)[0][:1]
+            low = model.redraw_obj_masks(output.sam_embeddings[row:row + 1],
+                                         model.obj_projection(output.obj_states[index]), [region])
+            fulls.append(upscale_masks(model.sam, low, batch.sam_sizes[row], batch.image_sizes[row]))
+            targets.append(batch.masks[row][:1].to(low.device))
+        return self._redrawn_loss(fulls, targets, "box_prior", output)
+
+    def _redrawn_loss(self, fulls: list[torch.Tensor], targets: list[torch.Tensor], name: str,
+                      output: AnyRefOutput) -> torch.Tensor:
+        """The model's mask loss (its BCE and dice weights) of masks drawn again, per sample K_i x H_i x W_i logits
+        against K_i targets; terms ``{name}_bce`` / ``{name}_dice`` go to ``output.terms``. No mask: a zero in the
+        graph of the loss, so data-parallel ranks build the same graph."""
+        if not fulls:
             zero = output.loss * 0.0
-            output.terms.update(refine_bce=zero.detach(), refine_dice=zero.detach())
+            output.terms.update({f"{name}_bce": zero.detach(), f"{name}_dice": zero.detach()})
             return zero
         # images differ in size, so the per-mask means are taken sample by sample and weighted by their masks
         count = sum(len(t) for t in targets)
         bce = sum(mask_bce(f, t) * len(t) for f, t in zip(fulls, targets)) / count
         dice = sum(mask_dice(f, t) * len(t) for f, t in zip(fulls, targets)) / count
-        output.terms.update(refine_bce=bce.detach(), refine_dice=dice.detach())
-        return model.config.bce_weight * bce + model.config.dice_weight * dice
+        output.terms.update({f"{name}_bce": bce.detach(), f"{name}_dice": dice.detach()})
+        return self.model.config.bce_weight * bce + self.model.config.dice_weight * dice
 
     def _pointer_loss(self, batch, output: AnyRefOutput) -> torch.Tensor:
         """Cross-entropy of each <obj> state's pointer over the image tokens (and "nowhere", ``obj_nowhere``)
