@@ -18,7 +18,7 @@ from anyref.model import AnyRefModel, unique_rows
 from anyref.outputs import Generation, GroupResult, SegmentResult, mark_nowhere
 from anyref.prefix import PrefixCache
 from anyref.prompts import reference_kind
-from anyref.references import Audio, Box, MaskRef, as_reference_list
+from anyref.references import Audio, Box, ExampleImage, MaskRef, as_reference_list
 from anyref.samples import OBJ, ReferringSample
 from encoders.llava import vision_patch_grid
 
@@ -82,6 +82,23 @@ class AnyRef(AnyRefModel):
         return pixels, None
 
     # ---------------------------------------------------------------------------------------------- API
+    def _prompt_references(self, ref, allow_untrained: bool) -> list:
+        """``ref`` as the list of references a prompt quotes; with ``config.example_self_mask`` each ExampleImage
+        without a mask gets the union of the masks this model answers on its own image, with the example as its
+        own reference (left as given when that answer has no mask)."""
+        references = _references(ref)
+        if not self.config.example_self_mask:
+            return references
+        masked = []
+        for reference in references:
+            if isinstance(reference, ExampleImage) and reference.mask is None:
+                pixels = load_image(reference.image)
+                generations, batch, sam = self._run(pixels, [[ExampleImage(pixels)]], "segment", allow_untrained)
+                own = self._masks_for(generations, batch, sam)[0].masks.any(0)
+                reference = ExampleImage(pixels, mask=own) if own.any() else reference
+            masked.append(reference)
+        return masked
+
     def _batch(self, samples: list[ReferringSample], allow_untrained: bool, answer_tokens: int):
         """Prepared, checked and left-padded inputs for several samples."""
         for sample in samples:
@@ -126,7 +143,8 @@ class AnyRef(AnyRefModel):
         right as one expression. Returns masks K x H x W bool at the image's size (K = the number of ``<obj>``
         in the answer, maybe 0).
         """
-        generations, batch, sam = self._run(image, [_references(ref)], "segment", allow_untrained)
+        generations, batch, sam = self._run(image, [self._prompt_references(ref, allow_untrained)], "segment",
+                                            allow_untrained)
         return self._masks_for(generations, batch, sam)[0]
 
     @torch.no_grad()
@@ -135,7 +153,8 @@ class AnyRef(AnyRefModel):
         LLM forward per generated token for all of them. refs: a list whose items are what ``segment`` takes."""
         if not isinstance(refs, (list, tuple)) or not refs:
             raise ValueError("refs must be a non-empty list of references (each a str, Box, ... or a list)")
-        generations, batch, sam = self._run(image, [_references(r) for r in refs], "segment", allow_untrained)
+        generations, batch, sam = self._run(image, [self._prompt_references(r, allow_untrained) for r in refs],
+                                            "segment", allow_untrained)
         return self._masks_for(generations, batch, sam)
 
     @torch.no_grad()
@@ -147,7 +166,8 @@ class AnyRef(AnyRefModel):
             raise ValueError("images and refs must be lists of the same length, one image per reference")
         if not images:
             raise ValueError("images and refs are empty: give at least one (image, reference) pair")
-        samples = [ReferringSample(image=load_image(image), references=_references(ref), task="segment")
+        samples = [ReferringSample(image=load_image(image), references=self._prompt_references(ref, allow_untrained),
+                                   task="segment")
                    for image, ref in zip(images, refs)]
         batch = self._batch(samples, allow_untrained, self.config.max_new_tokens)
         return self._masks_for(self.generate(batch), batch)
@@ -163,7 +183,7 @@ class AnyRef(AnyRefModel):
         box (the region the caption is about) rather than from the ``<obj>``'s own location map; with
         ``config.describe_box_margin`` it is kept within that box, grown by the margin.
         """
-        references = _references(ref)
+        references = self._prompt_references(ref, allow_untrained)
         generations, batch, sam = self._run(image, [references], "describe", allow_untrained)
         caption = " ".join(generations[0].text.replace(self.config.obj_token, " ").split()).replace(" .", ".")
         if not with_masks:
@@ -200,9 +220,11 @@ class AnyRef(AnyRefModel):
             candidates = sam_candidates(self.sam, pixels, **(sam_options or {}))
         candidates = check_candidates(candidates, height, width)
         if self.config.group_by_obj:
-            probs = self._group_by_obj(pixels, features, _references(prompt), candidates, allow_untrained)
+            probs = self._group_by_obj(pixels, features, self._prompt_references(prompt, allow_untrained),
+                                       candidates, allow_untrained)
         else:
-            sample = ReferringSample(image=pixels, references=_references(prompt), task="select",
+            sample = ReferringSample(image=pixels, references=self._prompt_references(prompt, allow_untrained),
+                                     task="select",
                                      candidates=candidates, selected=np.zeros(len(candidates), dtype=bool))
             self.check_references(sample.references + [MaskRef(candidates[0])], allow_untrained)
             batch = self._batch([sample], allow_untrained, 0)

@@ -224,6 +224,11 @@ class AnyRefModel(nn.Module):
         (``config.describe_box_margin``, validated as the config is); None: not clipped."""
         self._reconfigure(describe_box_margin=None if margin is None else float(margin))
 
+    def set_example_self_mask(self, on: bool) -> None:
+        """Mask an example image given without a mask by the model's own answer on it first
+        (``config.example_self_mask``)."""
+        self._reconfigure(example_self_mask=bool(on))
+
     # ----------------------------------------------------------------------------------------------- parts
     @property
     def language_model(self) -> nn.Module:

@@ -77,6 +77,7 @@ class ExampleImage:
 
     image: a path, a PIL image or an H x W x 3 uint8 array. mask: optional H x W bool array at the example's size;
     with a mask the example is cropped to the mask's bounding box and everything outside the mask is set to black.
+    Without one, a model with ``config.example_self_mask`` masks it first with its own answer on the example.
     """
 
     image: object

@@ -64,6 +64,9 @@ def _common(parser: argparse.ArgumentParser, split: str, data: bool = True) -> N
     parser.add_argument("--describe-box-margin", type=_margin, metavar="FRACTION|off",
                         help="keep the mask of a describe prompt's one box within the box grown by FRACTION of its "
                              "sides, or 'off' (default: the model's config.describe_box_margin)")
+    parser.add_argument("--example-self-mask", choices=("on", "off"),
+                        help="mask an example image given without a mask by the model's own answer on it first, "
+                             "or not (default: the model's config.example_self_mask)")
 
 
 def _margin(text: str):
@@ -188,6 +191,8 @@ def _load_model(args):
         model.set_describe_box_prior(args.describe_box_prior == "on")
     if args.describe_box_margin is not None:
         model.set_describe_box_margin(None if args.describe_box_margin == "off" else args.describe_box_margin)
+    if args.example_self_mask is not None:
+        model.set_example_self_mask(args.example_self_mask == "on")
     return model
 
 
