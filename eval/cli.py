@@ -55,28 +55,44 @@ def _common(parser: argparse.ArgumentParser, split: str, data: bool = True) -> N
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--allow-untrained", action="store_true",
                         help="run reference kinds the model marks as untrained")
-    parser.add_argument("--mask-refinements", type=int, metavar="K",
-                        help="redraw each mask K more times from its own coverage of the image-token grid "
-                             "(default: the model's config.mask_refinements)")
-    parser.add_argument("--describe-box-prior", choices=("on", "off"),
-                        help="draw the region of a describe prompt's one box from the box itself, or from the "
-                             "<obj>'s own location map (default: the model's config.describe_box_prior)")
-    parser.add_argument("--describe-box-margin", type=_margin, metavar="FRACTION|off",
-                        help="keep the mask of a describe prompt's one box within the box grown by FRACTION of its "
-                             "sides, or 'off' (default: the model's config.describe_box_margin)")
-    parser.add_argument("--example-self-mask", choices=("on", "off"),
-                        help="mask an example image given without a mask by the model's own answer on it first, "
-                             "or not (default: the model's config.example_self_mask)")
+    for flag, setter, options in _INFERENCE_SETTINGS:
+        parser.add_argument(flag, dest=setter, default=argparse.SUPPRESS, **options)
 
 
-def _margin(text: str):
-    """--describe-box-margin's value: 'off' (None) or a fraction."""
+def _on_off(text: str) -> bool:
+    if text not in ("on", "off"):
+        raise argparse.ArgumentTypeError(f"give 'on' or 'off', got {text!r}")
+    return text == "on"
+
+
+def _fraction_or_off(text: str) -> float | None:
     if text == "off":
-        return "off"
+        return None
     try:
         return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"give a fraction of the box's sides such as 0.05, or 'off'; got {text!r}")
+
+
+# inference settings a command may override: (flag, the model's setter, argparse options); a flag not given leaves
+# the model's config as it is
+_INFERENCE_SETTINGS = (
+    ("--mask-refinements", "set_mask_refinements",
+     dict(type=int, metavar="K", help="redraw each mask K more times from its own coverage of the image-token grid "
+                                      "(default: the model's config.mask_refinements)")),
+    ("--describe-box-prior", "set_describe_box_prior",
+     dict(type=_on_off, metavar="on|off",
+          help="draw the region of a describe prompt's one box from the box itself, or from the <obj>'s own "
+               "location map (default: the model's config.describe_box_prior)")),
+    ("--describe-box-margin", "set_describe_box_margin",
+     dict(type=_fraction_or_off, metavar="FRACTION|off",
+          help="keep the mask of a describe prompt's one box within the box grown by FRACTION of its sides, or "
+               "'off' (default: the model's config.describe_box_margin)")),
+    ("--example-self-mask", "set_example_self_mask",
+     dict(type=_on_off, metavar="on|off",
+          help="mask an example image given without a mask by the model's own answer on it first, or not "
+               "(default: the model's config.example_self_mask)")),
+)
 
 
 def register(subparsers) -> None:
@@ -185,14 +201,9 @@ def _load_model(args):
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = AnyRef.from_pretrained(args.model, device=device)
-    if args.mask_refinements is not None:
-        model.set_mask_refinements(args.mask_refinements)
-    if args.describe_box_prior is not None:
-        model.set_describe_box_prior(args.describe_box_prior == "on")
-    if args.describe_box_margin is not None:
-        model.set_describe_box_margin(None if args.describe_box_margin == "off" else args.describe_box_margin)
-    if args.example_self_mask is not None:
-        model.set_example_self_mask(args.example_self_mask == "on")
+    for _, setter, _ in _INFERENCE_SETTINGS:
+        if hasattr(args, setter):
+            getattr(model, setter)(getattr(args, setter))
     return model
 
 
