@@ -1,5 +1,5 @@
 """The public model: ``AnyRef.from_pretrained(dir)``, ``segment(image, ref)``, ``describe(image, box)``,
-``select(image, prompt, candidates)``."""
+``select(image, prompt, candidates)``, ``verify(image, region, expression)``."""
 from __future__ import annotations
 
 import hashlib
@@ -15,11 +15,11 @@ from anyref.checkpoint import load_directory, save_directory
 from anyref.heads import placed_nowhere, upscale_masks
 from anyref.images import load_image
 from anyref.model import AnyRefModel, unique_rows
-from anyref.outputs import Generation, GroupResult, SegmentResult, mark_nowhere
+from anyref.outputs import REJECTED, Generation, GroupResult, SegmentResult, mark_nowhere
 from anyref.prefix import PrefixCache
 from anyref.prompts import reference_kind
 from anyref.references import Audio, Box, ExampleImage, MaskRef, as_reference_list
-from anyref.samples import OBJ, ReferringSample
+from anyref.samples import OBJ, ReferringSample, verify_answer, verify_caption
 from encoders.llava import vision_patch_grid
 
 __all__ = ["AnyRef", "CLIPPED_LOGIT"]
@@ -143,9 +143,9 @@ class AnyRef(AnyRefModel):
         right as one expression. Returns masks K x H x W bool at the image's size (K = the number of ``<obj>``
         in the answer, maybe 0).
         """
-        generations, batch, sam = self._run(image, [self._prompt_references(ref, allow_untrained)], "segment",
-                                            allow_untrained)
-        return self._masks_for(generations, batch, sam)[0]
+        references = self._prompt_references(ref, allow_untrained)
+        generations, batch, sam = self._run(image, [references], "segment", allow_untrained)
+        return self._verified(self._masks_for(generations, batch, sam), [image], [references], allow_untrained)[0]
 
     @torch.no_grad()
     def segment_many(self, image, refs: list, allow_untrained: bool = False) -> list[SegmentResult]:
@@ -153,9 +153,10 @@ class AnyRef(AnyRefModel):
         LLM forward per generated token for all of them. refs: a list whose items are what ``segment`` takes."""
         if not isinstance(refs, (list, tuple)) or not refs:
             raise ValueError("refs must be a non-empty list of references (each a str, Box, ... or a list)")
-        generations, batch, sam = self._run(image, [self._prompt_references(r, allow_untrained) for r in refs],
-                                            "segment", allow_untrained)
-        return self._masks_for(generations, batch, sam)
+        references = [self._prompt_references(r, allow_untrained) for r in refs]
+        generations, batch, sam = self._run(image, references, "segment", allow_untrained)
+        return self._verified(self._masks_for(generations, batch, sam), [image] * len(refs), references,
+                              allow_untrained)
 
     @torch.no_grad()
     def segment_batch(self, images: list, refs: list, allow_untrained: bool = False) -> list[SegmentResult]:
@@ -170,7 +171,8 @@ class AnyRef(AnyRefModel):
                                    task="segment")
                    for image, ref in zip(images, refs)]
         batch = self._batch(samples, allow_untrained, self.config.max_new_tokens)
-        return self._masks_for(self.generate(batch), batch)
+        return self._verified(self._masks_for(self.generate(batch), batch), [s.image for s in samples],
+                              [s.references for s in samples], allow_untrained)
 
     @torch.no_grad()
     def describe(self, image=None, ref=None, allow_untrained: bool = False,
@@ -198,6 +200,67 @@ class AnyRef(AnyRefModel):
         result = self._masks_for(generations, batch, sam, regions=[region], bounds=[bounds])[0]
         result.text = caption
         return result
+
+    @torch.no_grad()
+    def verify(self, image=None, region=None, expression=None, allow_untrained: bool = False) -> float:
+        """The model's probability that ``region`` is what ``expression`` describes.
+
+        Asks "Is <region> {expression} in this image?" (task "verify") and compares the teacher-forced
+        log-likelihoods of the whole answers "yes." and "no." (so it holds for any tokenizer): P(yes) =
+        sigmoid(log p(yes.) - log p(no.)). The answer is generated first: a model trained to caption the region
+        before it judges ("the large red circle: no.") is scored after its own caption.
+
+        image: as in ``segment``. region: a Box, or an H x W bool mask at the image's size, read as its bounding
+        box. expression: a str, or a list of references read inline as ``segment`` reads them. Meaningful for
+        models trained on "verify" samples (SynthRef task "verify").
+        """
+        pixels, _ = self._pixels_and_features(image)
+        if region is None:
+            raise ValueError("no region given: pass region= a Box or an H x W bool mask of the image")
+        box = region if isinstance(region, Box) else Box.around(_region_mask(region, pixels.shape[:2]))
+        return float(self._verify_probabilities(pixels, [(box, _references(expression))], allow_untrained)[0])
+
+    def _verify_probabilities(self, image, questions: list[tuple[Box, list]], allow_untrained: bool) -> np.ndarray:
+        """P(yes) for each (box, references) question on one image: Q. The answers are generated (one batch), then
+        each is scored as "yes." and as "no." after the caption it starts with, if any (one teacher-forced pass
+        over 2Q rows)."""
+        pixels, features = self._pixels_and_features(image)
+        asked = [[box, *refs] for box, refs in questions]
+        generations, _, _ = self._run(image, asked, "verify", allow_untrained)
+        captions = [verify_caption(g.text) if ":" in g.text else None for g in generations]
+        samples = [ReferringSample(image=pixels, references=refs, task="verify", answer=[verify_answer(yes, caption)])
+                   for refs, caption in zip(asked, captions) for yes in (True, False)]
+        batch = collate([prepare(sample, self.builder) for sample in samples], self.ids.pad).to(self.device,
+                                                                                               self.dtype)
+        grids = sams = None
+        if features is not None:
+            grids = features.grid.expand(len(samples), -1, -1, -1)
+            sams = features.sam.expand(len(samples), -1, -1, -1)
+        scores = self.answer_log_likelihoods(batch, grids, sams).view(-1, 2)
+        return (scores[:, 0] - scores[:, 1]).sigmoid().cpu().numpy()
+
+    def _verified(self, results: list[SegmentResult], images: list, ref_lists: list[list],
+                  allow_untrained: bool) -> list[SegmentResult]:
+        """``results`` with ``config.verify_answers`` applied: each non-empty mask answered to a prompt of text
+        alone is kept only when ``verify`` on its bounding box and the prompt's text says "yes" with at least that
+        probability; a dropped mask's ``<obj>`` is written ``<rejected>``."""
+        threshold = self.config.verify_answers
+        if threshold is None:
+            return results
+        checked = []
+        for result, image, references in zip(results, images, ref_lists):
+            text_only = all(isinstance(r, str) for r in references)
+            questions = [(Box.around(mask), references) for mask in result.masks if mask.any()] if text_only else []
+            if not questions:
+                checked.append(result)
+                continue
+            passed = iter(self._verify_probabilities(image, questions, allow_untrained) >= threshold)
+            keep = np.array([bool(next(passed)) if mask.any() else True for mask in result.masks])
+            checked.append(SegmentResult(
+                result.masks[keep], result.scores[keep],
+                mark_nowhere(result.text, self.config.obj_token, keep.tolist(), mark=REJECTED),
+                None if result.logits is None else result.logits[keep]))
+        return checked
 
     @torch.no_grad()
     def select(self, image=None, prompt=None, candidates=None, allow_untrained: bool = False, threshold: float = 0.5,
@@ -322,6 +385,15 @@ class _ImageFeatures:
 
 def _pixel_key(pixels: np.ndarray) -> str:
     return hashlib.sha1(np.ascontiguousarray(pixels).view(np.uint8)).hexdigest() + str(pixels.shape)
+
+
+def _region_mask(region, size: tuple[int, int]) -> np.ndarray:
+    """A region given as a mask: H x W bool at the image's size."""
+    mask = np.asarray(region)
+    if mask.shape != tuple(size):
+        raise ValueError(f"a region mask must be H x W at the image's size {tuple(size)}, got shape {mask.shape}; "
+                         "or pass a Box")
+    return mask.astype(bool)
 
 
 def _references(ref) -> list:

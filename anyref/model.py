@@ -229,6 +229,12 @@ class AnyRefModel(nn.Module):
         (``config.example_self_mask``)."""
         self._reconfigure(example_self_mask=bool(on))
 
+    def set_verify_answers(self, threshold: float | None) -> None:
+        """Check each mask answered to a text prompt with the model's own "verify" question, dropping those whose
+        probability of "yes" is below ``threshold`` (``config.verify_answers``, validated as the config is);
+        None: off."""
+        self._reconfigure(verify_answers=None if threshold is None else float(threshold))
+
     # ----------------------------------------------------------------------------------------------- parts
     @property
     def language_model(self) -> nn.Module:
@@ -408,6 +414,22 @@ class AnyRefModel(nn.Module):
         keys = project_keys(tap.attention, tap.hidden, tap.cos, tap.sin)
         states = self._obj_states(tap, hidden, attention, batch.answer_starts, rows, cols, keys)
         return hidden, ce, rows, cols, states
+
+    def answer_log_likelihoods(self, batch: Batch, grids: torch.Tensor | None = None,
+                               sam_embeddings: torch.Tensor | None = None) -> torch.Tensor:
+        """Teacher-forced log-probability of each row's whole answer (the sum over its answer tokens, eos
+        included): B. grids / sam_embeddings as in ``input_embeddings``."""
+        embeds = self.input_embeddings(batch, grids, sam_embeddings)
+        positions = (batch.attention_mask.cumsum(-1) - 1).clamp_min(0)
+        hidden = self.llava.model.language_model(
+            inputs_embeds=embeds, attention_mask=batch.attention_mask, position_ids=positions, use_cache=False
+        ).last_hidden_state
+        targets = batch.labels[:, 1:]
+        predicted = targets != IGNORE_INDEX
+        rows = predicted.nonzero(as_tuple=True)[0]
+        logits = self.llava.lm_head(hidden[:, :-1][predicted]).float().log_softmax(-1)  # answer tokens only: T x V
+        picked = logits.gather(1, targets[predicted][:, None])[:, 0]
+        return picked.new_zeros(len(targets)).index_add(0, rows, picked)
 
     def forward(self, batch: Batch) -> AnyRefOutput:
         """Teacher-forced forward: text CE on answer tokens, BCE and dice on one mask per ``<obj>``, and the group

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-__all__ = ["AnyRefOutput", "SegmentResult", "Generation", "GroupResult", "NOWHERE", "mark_nowhere"]
+__all__ = ["AnyRefOutput", "SegmentResult", "Generation", "GroupResult", "NOWHERE", "REJECTED", "mark_nowhere"]
 
 
 @dataclass
@@ -48,16 +48,18 @@ class Generation:
 
 
 NOWHERE = "<nowhere>"
+REJECTED = "<rejected>"
 
 
-def mark_nowhere(text: str, obj_token: str, placed: list[bool]) -> str:
+def mark_nowhere(text: str, obj_token: str, placed: list[bool], mark: str = NOWHERE) -> str:
     """``text`` with each ``<obj>`` (``obj_token``) that ``placed`` marks False (one flag per ``<obj>``, in order)
-    written as ``<nowhere>``: the model emitted it but put it nowhere (``obj_nowhere``), so it has no mask."""
+    written as ``mark``: ``<nowhere>`` where the model emitted it but put it nowhere (``obj_nowhere``),
+    ``<rejected>`` where the model's own check of the mask said no (``verify_answers``); either way, no mask."""
     pieces = text.split(obj_token)
     if len(pieces) - 1 != len(placed):
         raise ValueError(f"the answer has {len(pieces) - 1} {obj_token} but {len(placed)} placement flags")
-    marks = [obj_token if p else NOWHERE for p in placed]
-    return pieces[0] + "".join(mark + piece for mark, piece in zip(marks, pieces[1:]))
+    marks = [obj_token if p else mark for p in placed]
+    return pieces[0] + "".join(shown + piece for shown, piece in zip(marks, pieces[1:]))
 
 
 @dataclass
@@ -67,7 +69,8 @@ class SegmentResult:
     masks: K x H x W bool at the image's own size, one per ``<obj>`` in the answer (K may be 0).
     scores: K float, the mean foreground probability inside each mask (0 for an empty mask).
     text: the answer, with ``<obj>`` where each mask was emitted (and ``<nowhere>`` where a model with
-        ``obj_nowhere`` emitted an ``<obj>`` but placed it nowhere: no mask).
+        ``obj_nowhere`` emitted an ``<obj>`` but placed it nowhere, ``<rejected>`` where ``verify_answers`` dropped
+        its mask: no mask).
     logits: K x H x W float32 mask logits (masks = logits > 0), for metrics that threshold probabilities.
     """
 
@@ -87,6 +90,8 @@ class SegmentResult:
             return f"{len(self.masks)} mask(s)"
         if NOWHERE in self.text:
             return "no mask: the answer's <obj> was placed nowhere (the model found no such object)"
+        if REJECTED in self.text:
+            return "no mask: the model's check of its own answer said it is not the described object"
         return "no mask: the answer contains no <obj> token (the model found no such object)"
 
     def __repr__(self) -> str:

@@ -5,6 +5,7 @@ The paper's templates (anyref-paper.md):
   example  Q "Can you find similar object of <img.ref>{feats}</img.ref> in this image?"  A "{class} <obj>."
   audio    Q "Can you segment the object(s) that produce sound of <aud.ref>{feats}</aud.ref> in this image?"
   caption  Q "Can you provide a description of <img.ref>{feats}</img.ref> in this image?" A the expression
+  verify   Q "Is <img.ref>{feats}</img.ref> {exp} in this image?"                        A "yes." / "no."
   select   Q "Can you select {exp} in this image?" + every candidate as <mask-pool-pre>{feat}, A every candidate's
            {feat} once more (RAS's non-autoregressive group selection; a classifier reads those positions)
 A list of references is read inline, left to right, as one expression: ["the object left of", Box(...)] asks
@@ -37,6 +38,7 @@ SEGMENT_TEMPLATES = {
 }
 DESCRIBE_TEMPLATE = "Can you provide a description of {} in this image?"
 SELECT_TEMPLATE = "Can you select {} in this image?"
+VERIFY_TEMPLATE = "Is {} in this image?"
 
 
 def reference_kind(ref: Reference) -> str:
@@ -99,6 +101,8 @@ class PromptBuilder:
             template = DESCRIBE_TEMPLATE
         elif task == "select":
             template = SELECT_TEMPLATE
+        elif task == "verify":
+            template = VERIFY_TEMPLATE
         else:
             kinds = {reference_kind(r) for r in references}
             template = SEGMENT_TEMPLATES[kinds.pop()] if len(references) == 1 else SEGMENT_TEMPLATES["text"]

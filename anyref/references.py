@@ -63,6 +63,16 @@ class Box:
         dx, dy = fraction * (self.x1 - self.x0), fraction * (self.y1 - self.y0)
         return Box(float(self.x0 - dx), float(self.y0 - dy), float(self.x1 + dx), float(self.y1 + dy))
 
+    @classmethod
+    def around(cls, mask: np.ndarray) -> "Box":
+        """The bounding box of an H x W bool mask's pixels (x1 / y1 exclusive); raises for an empty mask."""
+        mask = np.asarray(mask, dtype=bool)
+        if mask.ndim != 2 or not mask.any():
+            raise ValueError(f"a box around a mask needs a non-empty H x W mask, got shape {mask.shape} "
+                             f"with {int(mask.sum())} pixels set")
+        rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+        return cls(float(cols[0]), float(rows[0]), float(cols[-1] + 1), float(rows[-1] + 1))
+
     def mask(self, height: int, width: int) -> np.ndarray:
         """height x width bool: every pixel the box touches (its corners rounded outwards), clipped to the image."""
         out = np.zeros((height, width), dtype=bool)

@@ -12,7 +12,8 @@ import numpy as np
 
 from anyref.references import Reference
 
-__all__ = ["OBJ", "ObjMarker", "AnswerPart", "ReferringSample", "TASKS"]
+__all__ = ["OBJ", "ObjMarker", "AnswerPart", "ReferringSample", "TASKS", "VERIFY_ANSWERS", "verify_answer",
+           "verify_caption"]
 
 
 class ObjMarker:
@@ -39,7 +40,21 @@ AnswerPart = Union[str, ObjMarker]
 # segment: answer text with <obj> markers, one mask per marker (zero markers: a no-target answer)
 # describe: a caption of the referred region (optionally followed by <obj> and its mask)
 # select: a mask group chosen among candidate masks (RAS)
-TASKS = ("segment", "describe", "select")
+# verify: whether the region a box quotes is what the prompt's expression describes; the answer is VERIFY_ANSWERS
+TASKS = ("segment", "describe", "select", "verify")
+# the answers of a "verify" sample, by whether the region is the described one; a model trained to caption the
+# region first (AnyRefConfig.verify_by_caption) answers verify_answer(matches, caption): "the red circle: yes."
+VERIFY_ANSWERS = {True: "yes.", False: "no."}
+
+
+def verify_answer(matches: bool, caption: str | None = None) -> str:
+    """A "verify" answer: "yes." / "no.", or with ``caption`` "{caption}: yes." / "{caption}: no."."""
+    return VERIFY_ANSWERS[bool(matches)] if caption is None else f"{caption}: {VERIFY_ANSWERS[bool(matches)]}"
+
+
+def verify_caption(answer: str) -> str:
+    """The caption a generated caption-first "verify" answer starts with: the text before its last ":"."""
+    return answer.rsplit(":", 1)[0].strip()
 
 
 @dataclass

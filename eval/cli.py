@@ -65,13 +65,16 @@ def _on_off(text: str) -> bool:
     return text == "on"
 
 
-def _fraction_or_off(text: str) -> float | None:
-    if text == "off":
-        return None
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"give a fraction of the box's sides such as 0.05, or 'off'; got {text!r}")
+def _number_or_off(example: str):
+    """An argparse type: a float, or None for 'off'; ``example`` says what number is meant in the error."""
+    def parse(text: str) -> float | None:
+        if text == "off":
+            return None
+        try:
+            return float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"give {example}, or 'off'; got {text!r}")
+    return parse
 
 
 # inference settings a command may override: (flag, the model's setter, argparse options); a flag not given leaves
@@ -85,13 +88,18 @@ _INFERENCE_SETTINGS = (
           help="draw the region of a describe prompt's one box from the box itself, or from the <obj>'s own "
                "location map (default: the model's config.describe_box_prior)")),
     ("--describe-box-margin", "set_describe_box_margin",
-     dict(type=_fraction_or_off, metavar="FRACTION|off",
+     dict(type=_number_or_off("a fraction of the box's sides such as 0.05"), metavar="FRACTION|off",
           help="keep the mask of a describe prompt's one box within the box grown by FRACTION of its sides, or "
                "'off' (default: the model's config.describe_box_margin)")),
     ("--example-self-mask", "set_example_self_mask",
      dict(type=_on_off, metavar="on|off",
           help="mask an example image given without a mask by the model's own answer on it first, or not "
                "(default: the model's config.example_self_mask)")),
+    ("--verify-answers", "set_verify_answers",
+     dict(type=_number_or_off("a probability threshold such as 0.5"), metavar="THRESHOLD|off",
+          help="check each mask answered to a text prompt by asking the model whether the mask's box is what the "
+               "text describes, dropping it below THRESHOLD probability of yes, or 'off' (default: the model's "
+               "config.verify_answers)")),
 )
 
 

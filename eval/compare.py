@@ -57,6 +57,8 @@ STATISTICS: dict[str, Statistic] = {
     "caption_acc": _mean("caption_exact"),
     "found_rate": _mean("found"),
     "no_mask_rate": _mean("no_mask"),
+    "verify_acc": _mean("verify_right"),
+    "yes_rate": _mean("said_yes"),
     "n_acc": _case_share("tp", "fn"),
     "t_acc": _case_share("tn", "fp"),
 }

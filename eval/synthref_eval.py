@@ -42,7 +42,8 @@ __all__ = ["evaluate_synthref", "normalise_caption", "missed_targets", "PRIMARY"
 
 # task -> the metric a table shows for it
 PRIMARY = {"text": "ciou", "box": "caption_acc", "example": "ciou", "example_masked": "ciou", "audio1": "miou",
-           "audio2": "miou", "no_target": "no_mask_rate", "group": "ciou", "mask_caption": "caption_acc"}
+           "audio2": "miou", "no_target": "no_mask_rate", "group": "ciou", "mask_caption": "caption_acc",
+           "verify": "verify_acc"}
 # what the shipped demo model must reach on the full test split (n=200): task -> [(metric, lowest value)]
 SYNTHREF_TARGETS = {"text": [("ciou", 0.80)], "box": [("ciou", 0.85), ("caption_acc", 0.90)],
                     "example": [("ciou", 0.70)], "example_masked": [("ciou", 0.70)], "audio1": [("miou", 0.75)],
@@ -81,6 +82,7 @@ def _score_task(model, task: str, reader: SynthRefReader, writer: Optional[Overl
     refseg, avs, groups = RefSegAccumulator(), AvsAccumulator(), GresAccumulator()
     counts = {"samples": 0}
     captions_exact, found = [], []  # per sample: caption exact (box, mask_caption); answered with a mask (segment)
+    said_yes, right = [], []  # per sample (verify): P(yes) >= 0.5; that verdict is the truth
     for index, sample in enumerate(tqdm(reader, total=len(reader), desc=f"synthref {task}", disable=not progress,
                                         dynamic_ncols=True)):
         shape = sample.image.shape[:2]
@@ -89,6 +91,12 @@ def _score_task(model, task: str, reader: SynthRefReader, writer: Optional[Overl
         if task == "mask_caption":
             answer = model.describe(sample.image, sample.references, allow_untrained=allow_untrained)
             captions_exact.append(int(normalise_caption(answer) == normalise_caption(sample.meta["caption"])))
+        elif task == "verify":
+            box, expression = sample.references[0], sample.references[1:]
+            probability = model.verify(sample.image, box, expression, allow_untrained=allow_untrained)
+            said_yes.append(int(probability >= 0.5))
+            right.append(int(said_yes[-1] == sample.meta["matches"]))
+            answer = f"P(yes) {probability:.2f} (truth: {'yes' if sample.meta['matches'] else 'no'})"
         elif task == "group":
             result = model.select(sample.image, sample.references, candidates=sample.candidates,
                                   allow_untrained=allow_untrained)
@@ -134,6 +142,9 @@ def _score_task(model, task: str, reader: SynthRefReader, writer: Optional[Overl
     elif task == "group":
         metrics, records = groups.result(), groups.per_sample
         counts.update(empty_groups=groups.cases["tp"] + groups.cases["fn"], cases=dict(groups.cases))
+    elif task == "verify":
+        metrics = {"verify_acc": sum(right) / n, "yes_rate": sum(said_yes) / n}
+        records = {"verify_right": right, "said_yes": said_yes}
     else:  # no_target
         metrics, records = {"no_mask_rate": counts["no_mask"] / n}, {"no_mask": [1 - f for f in found]}
     if "no_mask" in counts and task != "no_target":

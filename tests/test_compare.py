@@ -43,6 +43,11 @@ class ShiftedOracle:
         result.text = caption
         return result
 
+    def verify(self, image, region, expression, allow_untrained=False):
+        self.calls += 1
+        matches = self.samples[image.tobytes()].meta["matches"]
+        return float(matches) if self.calls % 2 else 0.7  # right, then "yes" whatever the truth
+
     def select(self, image, prompt, candidates, allow_untrained=False):
         chosen = self.samples[image.tobytes()].selected.copy()
         chosen[0] = not chosen[0]
@@ -72,7 +77,7 @@ def test_records_reproduce_every_reported_metric(tmp_path):
             assert comparison["tasks"][task][name]["values"][0] == pytest.approx(value, abs=1e-4), (task, name)
     # the stand-in gives figures strictly between 0 and 1, so the check above is not all zeros and ones
     assert 0 < figures["metrics"]["text"]["ciou"] < 1 and 0 < figures["metrics"]["box"]["caption_acc"] < 1
-    assert 0 < figures["metrics"]["group"]["ciou"] < 1
+    assert 0 < figures["metrics"]["group"]["ciou"] < 1 and 0 < figures["metrics"]["verify"]["verify_acc"] < 1
     assert list(comparison["tasks"]["box"])[0] == "caption_acc"  # the primary metric first
 
 

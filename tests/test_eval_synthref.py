@@ -38,6 +38,9 @@ class Oracle:
         result.text = caption
         return result
 
+    def verify(self, image, region, expression, allow_untrained=False):
+        return 0.0 if self.mute else float(self.samples[image.tobytes()].meta["matches"])
+
     def select(self, image, prompt, candidates, allow_untrained=False):
         selected = self.samples[image.tobytes()].selected
         indices = np.flatnonzero(selected) if not self.mute else np.zeros(0, dtype=int)
@@ -60,6 +63,7 @@ def test_oracle_scores_full_marks_and_mute_scores_nothing():
         assert perfect["metrics"][task]["miou"] == pytest.approx(1.0) and perfect["metrics"][task]["fscore"] > 0.99
     assert perfect["metrics"]["no_target"]["no_mask_rate"] == 1.0  # its ground truth has no mask
     assert perfect["metrics"]["mask_caption"]["caption_acc"] == 1.0
+    assert perfect["metrics"]["verify"]["verify_acc"] == 1.0
     assert perfect["metrics"]["group"]["giou"] == pytest.approx(1.0)
     assert perfect["counts"]["samples"] == 3 * len(SCORED_TASKS) and perfect["counts"]["text"]["samples"] == 3
     assert perfect["primary"]["box"] == "caption_acc" and perfect["primary"]["group"] == "ciou"

@@ -105,7 +105,7 @@ class TrainConfig:
     AnyRefConfig.region_geometry; with "group_by_obj": true, its select decides groups by an <obj>:
     AnyRefConfig.group_by_obj).
     mixture: source name -> {"ratio": r, ...source options}; sources: "synthref" (options: tasks weights,
-    image_size, world_seed, no_target_answer, group_answer, relational_prob). stages: the schedule; each stage has its own warmup and cosine decay (lr, warmup_steps
+    image_size, world_seed, no_target_answer, group_answer, verify_answer, relational_prob). stages: the schedule; each stage has its own warmup and cosine decay (lr, warmup_steps
     and min_lr_ratio here are the defaults of every stage).
     """
 

@@ -29,10 +29,12 @@ __all__ = ["Mixture", "SOURCES"]
 
 class SynthRefSource:
     """SynthRef's endless training stream. Options: tasks (task -> weight), image_size, world_seed,
-    no_target_answer ("refusal" or "nowhere"), group_answer ("candidates" or "obj") and relational_prob, as in
+    no_target_answer ("refusal" or "nowhere"), group_answer ("candidates" or "obj"), verify_answer ("plain" or
+    "caption") and relational_prob, as in
     :class:`anyref.synthref.SynthRefConfig`; any other option is refused (a misspelt one would be ignored)."""
 
-    OPTIONS = ("ratio", "tasks", "image_size", "world_seed", "no_target_answer", "group_answer", "relational_prob")
+    OPTIONS = ("ratio", "tasks", "image_size", "world_seed", "no_target_answer", "group_answer", "verify_answer",
+               "relational_prob")
 
     def __init__(self, options: dict, seed: int):
         unknown = sorted(set(options) - set(self.OPTIONS))
@@ -43,6 +45,7 @@ class SynthRefSource:
                                              seed=int(options.get("world_seed", defaults.seed)),
                                              no_target_answer=options.get("no_target_answer", defaults.no_target_answer),
                                              group_answer=options.get("group_answer", defaults.group_answer),
+                                             verify_answer=options.get("verify_answer", defaults.verify_answer),
                                              relational_prob=float(options.get("relational_prob",
                                                                                defaults.relational_prob))))
         self.seed = seed

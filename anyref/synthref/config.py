@@ -36,6 +36,9 @@ class SynthRefConfig:
     # ``selected``) or "obj" (task "segment": the same prompt answered "<obj>." with the union of the group as its
     # mask, empty for an empty group; for models that decide groups by an <obj>: AnyRefConfig.group_by_obj)
     group_answer: str = "candidates"
+    # how a "verify" sample is answered: "plain" ("yes." / "no.") or "caption" (the boxed object's caption first:
+    # "the small red circle: no."), so that the judgement compares two texts rather than features with a text
+    verify_answer: str = "caption"
     # audio references
     sample_rate: int = 16000
     audio_seconds: float = 4.0
@@ -55,6 +58,7 @@ class SynthRefConfig:
             (0 <= self.max_distractor_candidates <= 4, "max_distractor_candidates must be in 0..4"),
             (self.no_target_answer in ("refusal", "nowhere"), 'no_target_answer must be "refusal" or "nowhere"'),
             (self.group_answer in ("candidates", "obj"), 'group_answer must be "candidates" or "obj"'),
+            (self.verify_answer in ("plain", "caption"), 'verify_answer must be "plain" or "caption"'),
             (self.sample_rate >= 8000, "sample_rate must be >= 8000 (the sounds reach 5.5 kHz)"),
             (0.5 <= self.audio_seconds <= 30.0, "audio_seconds must be in [0.5, 30]"),
         ]

@@ -11,7 +11,7 @@ from typing import Callable
 import numpy as np
 
 from anyref.references import Audio, Box, ExampleImage, MaskRef
-from anyref.samples import ReferringSample
+from anyref.samples import ReferringSample, verify_answer
 from anyref.synthref.config import SynthRefConfig
 from anyref.synthref.expressions import negative_query, query_text, relation_state, relational_queries, unique_queries
 from anyref.synthref.scenes import Scene, compose_scene, sample_specs
@@ -65,9 +65,9 @@ def _segment(scene: Scene, references: list, phrases: list[str], groups: list[li
                            source=source, meta=_meta(scene, groups, **meta))
 
 
-def build_text(cfg: SynthRefConfig, rng: np.random.Generator) -> ReferringSample:
-    """A unique object named by its attributes ("the small red circle") or by a relation to a unique landmark
-    ("the square left of the blue star", used when the object's own description matches several objects)."""
+def _text_query(cfg: SynthRefConfig, rng: np.random.Generator) -> tuple[Scene, int, dict]:
+    """(scene, target id, query): a unique object named by its attributes, or relationally when its own
+    description matches several objects and ``relational_prob`` says so."""
     for _ in range(_TRIES):
         scene = _scene(cfg, rng, min_objects=2)
         objects = scene.objects
@@ -77,14 +77,31 @@ def build_text(cfg: SynthRefConfig, rng: np.random.Generator) -> ReferringSample
             queries = queries or unique_queries(objects, target)
             if queries:
                 break
-        if not queries:
-            continue
-        query = _pick(rng, queries)
-        expression = query_text(query)
-        kind = "relational" if "relation" in query else "_".join(k for k in ("size", "colour", "shape") if query[k])
-        return _segment(scene, [expression], [expression], [[target]], "text",
-                        expression=expression, query=query, kind=kind, target_ids=[target])
+        if queries:
+            return scene, target, _pick(rng, queries)
     raise RuntimeError("SynthRef text: found no uniquely describable object")
+
+
+def _query_kind(query: dict) -> str:
+    return "relational" if "relation" in query else "_".join(k for k in ("size", "colour", "shape") if query[k])
+
+
+def build_text(cfg: SynthRefConfig, rng: np.random.Generator) -> ReferringSample:
+    """A unique object named by its attributes ("the small red circle") or by a relation to a unique landmark
+    ("the square left of the blue star", used when the object's own description matches several objects)."""
+    scene, target, query = _text_query(cfg, rng)
+    expression = query_text(query)
+    return _segment(scene, [expression], [expression], [[target]], "text",
+                    expression=expression, query=query, kind=_query_kind(query), target_ids=[target])
+
+
+def _jittered_box(cfg: SynthRefConfig, rng: np.random.Generator, obj) -> Box:
+    """The object's visible box, each side moved by up to ``box_jitter`` of the box's width / height."""
+    x0, y0, x1, y1 = obj.bbox
+    jx, jy = cfg.box_jitter * (x1 - x0), cfg.box_jitter * (y1 - y0)
+    x0, x1 = x0 + rng.uniform(-jx, jx), x1 + rng.uniform(-jx, jx)
+    y0, y1 = y0 + rng.uniform(-jy, jy), y1 + rng.uniform(-jy, jy)
+    return Box(float(x0), float(y0), float(x1), float(y1)).clipped(cfg.image_size, cfg.image_size)
 
 
 def build_box(cfg: SynthRefConfig, rng: np.random.Generator) -> ReferringSample:
@@ -92,11 +109,7 @@ def build_box(cfg: SynthRefConfig, rng: np.random.Generator) -> ReferringSample:
     scene = _scene(cfg, rng, min_objects=2)
     target = int(rng.integers(len(scene.objects)))
     obj = scene.objects[target]
-    x0, y0, x1, y1 = obj.bbox
-    jx, jy = cfg.box_jitter * (x1 - x0), cfg.box_jitter * (y1 - y0)
-    x0, x1 = x0 + rng.uniform(-jx, jx), x1 + rng.uniform(-jx, jx)
-    y0, y1 = y0 + rng.uniform(-jy, jy), y1 + rng.uniform(-jy, jy)
-    box = Box(float(x0), float(y0), float(x1), float(y1)).clipped(cfg.image_size, cfg.image_size)
+    box = _jittered_box(cfg, rng, obj)
     text = caption(obj.shape, obj.colour, obj.size)
     return _segment(scene, [box], [text], [[target]], "box", task="describe", caption=text, target_ids=[target])
 
@@ -151,23 +164,61 @@ def build_audio2(cfg: SynthRefConfig, rng: np.random.Generator) -> ReferringSamp
                     target_ids=sorted(groups[0] + groups[1]))
 
 
-def build_no_target(cfg: SynthRefConfig, rng: np.random.Generator) -> ReferringSample:
-    """A plausible expression that matches no object; the answer is NO_TARGET_ANSWER with no mask, or with
-    ``no_target_answer="nowhere"`` the expression and one ``<obj>`` whose target mask is empty."""
+def _absent_query(cfg: SynthRefConfig, rng: np.random.Generator) -> tuple[Scene, dict]:
+    """(scene, query): a plausible description that matches no object of the scene."""
     for _ in range(_TRIES):
         scene = _scene(cfg, rng, min_objects=2)
         query = negative_query(rng, scene.objects, _margin(cfg), cfg.relational_prob)
-        if query is None:
-            continue
-        expression = query_text(query)
-        h, w = scene.image.shape[:2]
-        nowhere = cfg.no_target_answer == "nowhere"
-        return ReferringSample(
-            image=scene.image, references=[expression], task="segment",
-            answer=single_answer(expression) if nowhere else [NO_TARGET_ANSWER],
-            masks=np.zeros((int(nowhere), h, w), dtype=bool), source="no_target",
-            meta=_meta(scene, [[]] if nowhere else [], expression=expression, query=query, target_ids=[]))
+        if query is not None:
+            return scene, query
     raise RuntimeError("SynthRef no_target: found no absent description")
+
+
+def build_no_target(cfg: SynthRefConfig, rng: np.random.Generator) -> ReferringSample:
+    """A plausible expression that matches no object; the answer is NO_TARGET_ANSWER with no mask, or with
+    ``no_target_answer="nowhere"`` the expression and one ``<obj>`` whose target mask is empty."""
+    scene, query = _absent_query(cfg, rng)
+    expression = query_text(query)
+    h, w = scene.image.shape[:2]
+    nowhere = cfg.no_target_answer == "nowhere"
+    return ReferringSample(
+        image=scene.image, references=[expression], task="segment",
+        answer=single_answer(expression) if nowhere else [NO_TARGET_ANSWER],
+        masks=np.zeros((int(nowhere), h, w), dtype=bool), source="no_target",
+        meta=_meta(scene, [[]] if nowhere else [], expression=expression, query=query, target_ids=[]))
+
+
+def _closest(rng: np.random.Generator, scene: Scene, query: dict, exclude: int | None = None) -> int:
+    """An object (not ``exclude``) that has the most of the query's named attributes (its own, not its
+    landmark's): the one a model is likeliest to mistake for the described object. Ties drawn at random."""
+    shared = {i: sum(query[k] is not None and getattr(o, k) == query[k] for k in ("shape", "colour", "size"))
+              for i, o in enumerate(scene.objects) if i != exclude}
+    best = max(shared.values())
+    return _pick(rng, [i for i, n in shared.items() if n == best])
+
+
+def build_verify(cfg: SynthRefConfig, rng: np.random.Generator) -> ReferringSample:
+    """A box and an expression: "Is <box> the small red circle in this image?", answered "yes." when the boxed
+    object is the one described, else "no." (with ``verify_answer="caption"`` after the object's caption: "the
+    large red circle: no."). Half box the described object of a text prompt; a
+    quarter the object closest to a text prompt's description among its other objects, a quarter the object
+    closest to a no-target prompt's description: "no" is learnt on the objects a model would wrongly answer with."""
+    draw = rng.random()
+    if draw < 0.75:
+        scene, target, query = _text_query(cfg, rng)
+        chosen = target if draw < 0.5 else _closest(rng, scene, query, exclude=target)
+    else:
+        scene, query = _absent_query(cfg, rng)
+        target, chosen = None, _closest(rng, scene, query)
+    expression = query_text(query)
+    obj = scene.objects[chosen]
+    box = _jittered_box(cfg, rng, obj)
+    matches = chosen == target
+    text = caption(obj.shape, obj.colour, obj.size) if cfg.verify_answer == "caption" else None
+    return ReferringSample(image=scene.image, references=[box, expression], task="verify",
+                           answer=[verify_answer(matches, text)], source="verify",
+                           meta=_meta(scene, [], expression=expression, query=query, kind=_query_kind(query),
+                                      matches=matches, target_ids=[chosen]))
 
 
 def _group_rule(cfg: SynthRefConfig, rng: np.random.Generator, scene: Scene):
@@ -272,5 +323,5 @@ def build_mask_caption(cfg: SynthRefConfig, rng: np.random.Generator) -> Referri
 TASK_BUILDERS: dict[str, Callable[[SynthRefConfig, np.random.Generator], ReferringSample]] = {
     "text": build_text, "box": build_box, "example": build_example, "example_masked": build_example_masked,
     "audio1": build_audio1, "audio2": build_audio2, "no_target": build_no_target, "group": build_group,
-    "mask_caption": build_mask_caption,
+    "mask_caption": build_mask_caption, "verify": build_verify,
 }

@@ -4,6 +4,8 @@ Answer format (the one place it is defined; every task follows it):
 - one region:  ``[phrase, " ", OBJ, "."]``                                e.g. ``["the red circle", " ", OBJ, "."]``
 - two regions: ``[phrase_a, " ", OBJ, " and ", phrase_b, " ", OBJ, "."]``  e.g. ``["circle", " ", OBJ, " and ", ...]``
 - no target:   ``[NO_TARGET_ANSWER]`` with zero masks;
+- verification (task "verify"): ``[verify_answer(matches, caption or None)]`` ("yes." / "no.", or after the boxed
+  object's caption "the large red circle: no."), no mask;
 - mask groups (task "select"): ``[]``; the group is in ``ReferringSample.selected``; posed as "segment"
   (``group_answer="obj"``): ``GROUP_OBJ_ANSWER`` = ``[OBJ, "."]``, one mask, the group's union (maybe empty).
 The phrase is the expression itself for "text", the caption "the {size} {colour} {shape}" for "box", and the bare
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import re
 
-from anyref.samples import OBJ, AnswerPart
+from anyref.samples import OBJ, VERIFY_ANSWERS, AnswerPart
 
 __all__ = [
     "SHAPES", "PLURALS", "COLOURS", "COLOUR_HUES", "SIZES", "SIZE_FRACTIONS", "RELATIONS", "NO_TARGET_ANSWER",
@@ -86,6 +88,7 @@ def vocabulary_words() -> list[str]:
     Texts are these units joined by single spaces, with "." attached to the word before it."""
     texts = [describe(shape, colour, size) for shape in SHAPES for colour in COLOURS for size in SIZES]
     texts += list(RELATIONS) + list(PLURALS.values()) + [NO_TARGET_ANSWER, " and ", "."]
+    texts += list(VERIFY_ANSWERS.values()) + [":"]
     texts += [GROUP_PHRASES["all_colour"].format(colour=c) for c in COLOURS]
     texts += [GROUP_PHRASES["all_size"].format(size=s) for s in SIZES]
     texts += [GROUP_PHRASES[key] for key in ("same_colour", "same_shape")]

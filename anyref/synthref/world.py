@@ -25,7 +25,7 @@ __all__ = ["SYNTHREF_TASKS", "SynthRefConfig", "SynthRef"]
 
 # appended tasks keep the splits of the earlier ones (a split's generators are keyed by the task's index here)
 SYNTHREF_TASKS = ("text", "box", "example", "example_masked", "audio1", "audio2", "no_target", "group",
-                  "mask_caption")
+                  "mask_caption", "verify")
 assert set(SYNTHREF_TASKS) == set(TASK_BUILDERS)
 
 _PURPOSE = {"train": 0, "val": 1, "test": 2}
