@@ -13,8 +13,7 @@ from transformers import AutoTokenizer
 
 from anyref.api import AnyRef
 from anyref.config import CLIP_MEAN, CLIP_STD, AnyRefConfig
-from anyref.prompts import DESCRIBE_TEMPLATE, SEGMENT_TEMPLATES, SELECT_TEMPLATE, VERIFY_TEMPLATE
-from anyref.samples import VERIFY_ANSWERS
+from anyref.prompts import DESCRIBE_TEMPLATE, SEGMENT_TEMPLATES, SELECT_TEMPLATE
 from anyref.tokens import SPECIAL_TOKENS, add_special_tokens, build_tiny_tokenizer
 from encoders.imagebind_audio import ImageBindAudioConfig, ImageBindAudioEncoder, load_imagebind_audio
 from encoders.llava import build_llava, load_llava, tiny_llava_config
@@ -29,10 +28,11 @@ LLAVA_V1_SYSTEM = ("A chat between a curious human and an artificial intelligenc
 
 
 def template_corpus() -> list[str]:
-    """Text every AnyRef prompt contains (templates, role names, the answers of "verify"), for training a tiny
-    tokenizer."""
-    templates = [*SEGMENT_TEMPLATES.values(), DESCRIBE_TEMPLATE, SELECT_TEMPLATE, VERIFY_TEMPLATE]
-    return ["USER: ASSISTANT: " + t.replace("{}", "the object") for t in templates] + list(VERIFY_ANSWERS.values())
+    """Text every AnyRef prompt contains (templates, role names), for training a tiny tokenizer. The "verify"
+    template is left out, as SynthRef's vocabulary leaves out its answers (anyref.synthref.vocabulary.UNLISTED_WORDS):
+    the shipped model's chain builds its tokenizer from this text, and one more word renumbers its tokens."""
+    templates = [*SEGMENT_TEMPLATES.values(), DESCRIBE_TEMPLATE, SELECT_TEMPLATE]
+    return ["USER: ASSISTANT: " + t.replace("{}", "the object") for t in templates]
 
 
 def build_tiny(corpus: list[str] | None = None, audio: bool = True, seed: int = 0, sam: str = "tiny",

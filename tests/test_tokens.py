@@ -75,3 +75,17 @@ def test_tiny_tokenizer_keeps_every_synthref_word_whole():
     question = encode_text(tokenizer, "Can you segment the small red circle in this image?")
     answer = encode_text(tokenizer, " the small red circle")
     assert answer == question[3:7]  # the expression's tokens are the same in the question and the answer
+
+
+def test_the_shipped_models_tokenizer_is_the_one_its_preset_builds():
+    """Stage 1 of the shipped chain builds its tokenizer from these words: a word added to them renumbers tokens, and
+    the preset would no longer rebuild the shipped model (anyref.synthref.vocabulary.UNLISTED_WORDS)."""
+    from transformers import AutoTokenizer
+
+    from anyref.builders import template_corpus
+    from anyref.checkpoint import resolve_model_path
+    from anyref.synthref import SynthRef
+    from anyref.tokens import build_tiny_tokenizer
+
+    shipped = AutoTokenizer.from_pretrained(resolve_model_path("synthref-tiny"))
+    assert build_tiny_tokenizer(template_corpus() + SynthRef().vocabulary()).get_vocab() == shipped.get_vocab()
