@@ -226,8 +226,8 @@ class AnyRef(AnyRefModel):
         over 2Q rows)."""
         pixels, features = self._pixels_and_features(image)
         asked = [[box, *refs] for box, refs in questions]
-        generations, _, _ = self._run(image, asked, "verify", allow_untrained)
-        captions = [verify_caption(g.text) if ":" in g.text else None for g in generations]
+        generations, _, _ = self._run(pixels, asked, "verify", allow_untrained)  # pixels: the file is read once
+        captions = [verify_caption(g.text) for g in generations]
         samples = [ReferringSample(image=pixels, references=refs, task="verify", answer=[verify_answer(yes, caption)])
                    for refs, caption in zip(asked, captions) for yes in (True, False)]
         batch = collate([prepare(sample, self.builder) for sample in samples], self.ids.pad).to(self.device,
@@ -243,23 +243,30 @@ class AnyRef(AnyRefModel):
                   allow_untrained: bool) -> list[SegmentResult]:
         """``results`` with ``config.verify_answers`` applied: each non-empty mask answered to a prompt of text
         alone is kept only when ``verify`` on its bounding box and the prompt's text says "yes" with at least that
-        probability; a dropped mask's ``<obj>`` is written ``<rejected>``."""
+        probability; a dropped mask's ``<obj>`` is written ``<rejected>``. The questions of the rows given the
+        same image object (all of a ``segment_many``) are asked in one batch."""
         threshold = self.config.verify_answers
         if threshold is None:
             return results
-        checked = []
-        for result, image, references in zip(results, images, ref_lists):
-            text_only = all(isinstance(r, str) for r in references)
-            questions = [(Box.around(mask), references) for mask in result.masks if mask.any()] if text_only else []
-            if not questions:
-                checked.append(result)
-                continue
-            passed = iter(self._verify_probabilities(image, questions, allow_untrained) >= threshold)
-            keep = np.array([bool(next(passed)) if mask.any() else True for mask in result.masks])
-            checked.append(SegmentResult(
-                result.masks[keep], result.scores[keep],
-                mark_nowhere(result.text, self.config.obj_token, keep.tolist(), mark=REJECTED),
-                None if result.logits is None else result.logits[keep]))
+        checked = list(results)
+        asked: dict[int, list[tuple[int, int]]] = {}  # id of an image given -> its (row, mask index) to check
+        for row, (result, references) in enumerate(zip(results, ref_lists)):
+            if all(isinstance(r, str) for r in references):
+                for k, mask in enumerate(result.masks):
+                    if mask.any():
+                        asked.setdefault(id(images[row]), []).append((row, k))
+        for slots in asked.values():
+            questions = [(Box.around(results[row].masks[k]), ref_lists[row]) for row, k in slots]
+            passed = self._verify_probabilities(images[slots[0][0]], questions, allow_untrained) >= threshold
+            keep = {row: np.ones(len(results[row].masks), dtype=bool) for row, _ in slots}
+            for (row, k), ok in zip(slots, passed):
+                keep[row][k] = ok
+            for row, kept in keep.items():
+                result = results[row]
+                checked[row] = SegmentResult(
+                    result.masks[kept], result.scores[kept],
+                    mark_nowhere(result.text, self.config.obj_token, kept.tolist(), mark=REJECTED),
+                    None if result.logits is None else result.logits[kept])
         return checked
 
     @torch.no_grad()

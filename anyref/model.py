@@ -404,11 +404,9 @@ class AnyRefModel(nn.Module):
             hidden = self.llava.model.language_model(
                 inputs_embeds=embeds, attention_mask=attention, position_ids=positions, use_cache=False
             ).last_hidden_state  # B x L x H
-        targets = labels[:, 1:]
-        predicted = targets != IGNORE_INDEX
-        logits = self.llava.lm_head(hidden[:, :-1][predicted])  # only answer positions: T x V
+        log_probs, _, predicted = self._answer_token_log_probs(hidden, labels)
         # a sum over the (maybe zero) answer tokens, not a mean: the same graph whether or not there are any
-        ce = F.cross_entropy(logits.float(), targets[predicted], reduction="sum") / predicted.sum().clamp_min(1)
+        ce = -log_probs.sum() / predicted.sum().clamp_min(1)
         emits = (ids[:, 1:] == self.ids.obj) & predicted  # position p emits <obj> at p + 1
         rows, cols = emits.nonzero(as_tuple=True)
         keys = project_keys(tap.attention, tap.hidden, tap.cos, tap.sin)
@@ -424,12 +422,18 @@ class AnyRefModel(nn.Module):
         hidden = self.llava.model.language_model(
             inputs_embeds=embeds, attention_mask=batch.attention_mask, position_ids=positions, use_cache=False
         ).last_hidden_state
-        targets = batch.labels[:, 1:]
+        log_probs, rows, _ = self._answer_token_log_probs(hidden, batch.labels)
+        return log_probs.new_zeros(len(batch.labels)).index_add(0, rows, log_probs)
+
+    def _answer_token_log_probs(self, hidden: torch.Tensor, labels: torch.Tensor):
+        """Teacher-forced log-probabilities of the answer tokens (labels B x L, IGNORE_INDEX elsewhere) from the
+        last-layer states B x L x H: (log-probabilities T, the row of each T, which next-token positions are
+        answer tokens B x (L-1) bool)."""
+        targets = labels[:, 1:]
         predicted = targets != IGNORE_INDEX
-        rows = predicted.nonzero(as_tuple=True)[0]
-        logits = self.llava.lm_head(hidden[:, :-1][predicted]).float().log_softmax(-1)  # answer tokens only: T x V
-        picked = logits.gather(1, targets[predicted][:, None])[:, 0]
-        return picked.new_zeros(len(targets)).index_add(0, rows, picked)
+        logits = self.llava.lm_head(hidden[:, :-1][predicted]).float()  # only answer positions: T x V
+        log_probs = logits.log_softmax(-1).gather(1, targets[predicted][:, None])[:, 0]
+        return log_probs, predicted.nonzero(as_tuple=True)[0], predicted
 
     def forward(self, batch: Batch) -> AnyRefOutput:
         """Teacher-forced forward: text CE on answer tokens, BCE and dice on one mask per ``<obj>``, and the group

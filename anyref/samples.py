@@ -52,9 +52,10 @@ def verify_answer(matches: bool, caption: str | None = None) -> str:
     return VERIFY_ANSWERS[bool(matches)] if caption is None else f"{caption}: {VERIFY_ANSWERS[bool(matches)]}"
 
 
-def verify_caption(answer: str) -> str:
-    """The caption a generated caption-first "verify" answer starts with: the text before its last ":"."""
-    return answer.rsplit(":", 1)[0].strip()
+def verify_caption(answer: str) -> str | None:
+    """The caption a generated caption-first "verify" answer starts with (the text before its last ":"), or None
+    for a plain answer."""
+    return answer.rsplit(":", 1)[0].strip() if ":" in answer else None
 
 
 @dataclass
