@@ -1,7 +1,8 @@
-"""The ``anyref`` command. Sub-commands come from this package (convert) and, through the ``anyref.commands``
-entry-point group, from the ``train`` and ``eval`` packages (train, eval, demo) - so ``anyref`` itself never
-imports them.
+"""The ``anyref`` command. Sub-commands come from this package (segment, describe, select, convert) and, through
+the ``anyref.commands`` entry-point group, from the ``train`` and ``eval`` packages (train, eval, demo, bench) - so
+``anyref`` itself never imports them.
 
+    anyref segment scene.png "the small red circle"      masks, an overlay and result.json in ./anyref-out
     anyref demo                      segment SynthRef test scenes with the shipped model
     anyref train --preset synthref-tiny
     anyref eval synthref --model synthref-tiny --out results.json
@@ -15,14 +16,14 @@ from importlib.metadata import entry_points
 
 __all__ = ["main"]
 
-# sub-commands of this package: name -> module with register(subparsers)
-BUILTIN_COMMANDS = {"convert": "anyref.convert"}
+# modules of this package whose register(subparsers) adds sub-commands
+BUILTIN_COMMANDS = ("anyref.query_cli", "anyref.convert")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="anyref", description=__doc__.split("\n\n")[0])
     subparsers = parser.add_subparsers(dest="command", required=True)
-    for name, module in BUILTIN_COMMANDS.items():
+    for module in BUILTIN_COMMANDS:
         try:
             import_module(module).register(subparsers)
         except ModuleNotFoundError as error:

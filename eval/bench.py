@@ -31,6 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from anyref.model_args import resolve_device
+
 __all__ = ["register", "run_bench", "reference_segment", "full_size_budget"]
 
 ANSWER_TOKENS = 20
@@ -55,8 +57,7 @@ def _run(args) -> int:
         raise ValueError(f"--repeats must be >= 3, got {args.repeats}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    results = run_bench(args.model, device, args.repeats, full=args.full)
+    results = run_bench(args.model, resolve_device(args.device), args.repeats, full=args.full)
     results["command"] = " ".join(["anyref", "bench", *sys.argv[2:]]) if sys.argv[1:2] == ["bench"] else ""
     path = write_results(args.out, results)
     for key, value in results["ratios"].items():

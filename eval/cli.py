@@ -22,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+from anyref.model_args import add_model_arguments, load_model
+
 __all__ = ["register", "main"]
 
 _BENCHMARK_HELP = {
@@ -44,63 +46,14 @@ def _positive(text: str) -> int:
 
 
 def _common(parser: argparse.ArgumentParser, split: str, data: bool = True) -> None:
-    parser.add_argument("--model", required=True, help="model directory (save_pretrained) or shipped model name")
+    add_model_arguments(parser)
     if data:
         parser.add_argument("--data", required=True, help="dataset root in its released layout")
     parser.add_argument("--split", default=split, help=f"split to score (default {split})")
     parser.add_argument("--out", help="results JSON to write (atomically); without it the results are printed")
     parser.add_argument("--limit", type=_positive, help="score only the first N items (samples/videos/episodes)")
     parser.add_argument("--save-overlays", metavar="DIR", help="write overlay PNGs (prediction, ground truth) here")
-    parser.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("--allow-untrained", action="store_true",
-                        help="run reference kinds the model marks as untrained")
-    for flag, setter, options in _INFERENCE_SETTINGS:
-        parser.add_argument(flag, dest=setter, default=argparse.SUPPRESS, **options)
-
-
-def _on_off(text: str) -> bool:
-    if text not in ("on", "off"):
-        raise argparse.ArgumentTypeError(f"give 'on' or 'off', got {text!r}")
-    return text == "on"
-
-
-def _number_or_off(example: str):
-    """An argparse type: a float, or None for 'off'; ``example`` says what number is meant in the error."""
-    def parse(text: str) -> float | None:
-        if text == "off":
-            return None
-        try:
-            return float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"give {example}, or 'off'; got {text!r}")
-    return parse
-
-
-# inference settings a command may override: (flag, the model's setter, argparse options); a flag not given leaves
-# the model's config as it is
-_INFERENCE_SETTINGS = (
-    ("--mask-refinements", "set_mask_refinements",
-     dict(type=int, metavar="K", help="redraw each mask K more times from its own coverage of the image-token grid "
-                                      "(default: the model's config.mask_refinements)")),
-    ("--describe-box-prior", "set_describe_box_prior",
-     dict(type=_on_off, metavar="on|off",
-          help="draw the region of a describe prompt's one box from the box itself, or from the <obj>'s own "
-               "location map (default: the model's config.describe_box_prior)")),
-    ("--describe-box-margin", "set_describe_box_margin",
-     dict(type=_number_or_off("a fraction of the box's sides such as 0.05"), metavar="FRACTION|off",
-          help="keep the mask of a describe prompt's one box within the box grown by FRACTION of its sides, or "
-               "'off' (default: the model's config.describe_box_margin)")),
-    ("--example-self-mask", "set_example_self_mask",
-     dict(type=_on_off, metavar="on|off",
-          help="mask an example image given without a mask by the model's own answer on it first, or not "
-               "(default: the model's config.example_self_mask)")),
-    ("--verify-answers", "set_verify_answers",
-     dict(type=_number_or_off("a probability threshold such as 0.5"), metavar="THRESHOLD|off",
-          help="check each mask answered to a text prompt by asking the model whether the mask's box is what the "
-               "text describes, dropping it below THRESHOLD probability of yes, or 'off' (default: the model's "
-               "config.verify_answers)")),
-)
 
 
 def register(subparsers) -> None:
@@ -203,16 +156,7 @@ def _reader(args):
 
 
 def _load_model(args):
-    import torch
-
-    from anyref.api import AnyRef
-
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = AnyRef.from_pretrained(args.model, device=device)
-    for _, setter, _ in _INFERENCE_SETTINGS:
-        if hasattr(args, setter):
-            getattr(model, setter)(getattr(args, setter))
-    return model
+    return load_model(args.model, args.device, args)
 
 
 def _model_name(model: str) -> str:

@@ -27,7 +27,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from eval.metrics import AvsAccumulator, FewShotAccumulator, GresAccumulator, RefSegAccumulator
-from eval.overlays import OverlayWriter, describe_references
+from anyref.overlays import describe_references
+from eval.overlays import OverlayWriter
 from eval.results import RunOutput
 
 __all__ = ["run_res", "run_gres", "run_groups", "run_avs", "run_fewshot", "run_reg", "union_mask", "logit_map", "vote_masks",

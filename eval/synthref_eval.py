@@ -34,7 +34,8 @@ from anyref.references import Box, MaskRef
 from anyref.synthref import SYNTHREF_TASKS, SynthRefConfig
 from eval.datasets.synthref import SynthRefReader
 from eval.metrics import AvsAccumulator, GresAccumulator, RefSegAccumulator
-from eval.overlays import OverlayWriter, describe_references
+from anyref.overlays import describe_references
+from eval.overlays import OverlayWriter
 from eval.runners import logit_map, union_mask
 
 __all__ = ["evaluate_synthref", "normalise_caption", "missed_targets", "PRIMARY", "SCORED_TASKS", "UNSCORED_TASKS",

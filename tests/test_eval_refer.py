@@ -184,7 +184,7 @@ def test_run_reg_end_to_end(tiny_model, refer_root):
 
 def test_cli_res_through_anyref_main(model_dir, refer_root, tmp_path, monkeypatch, capsys):
     # Only the `eval` entry point is under test here; other packages' sub-commands may be absent.
-    monkeypatch.setattr(anyref.cli, "BUILTIN_COMMANDS", {})
+    monkeypatch.setattr(anyref.cli, "BUILTIN_COMMANDS", ())
     monkeypatch.setattr(anyref.cli, "entry_points",
                         lambda group: [e for e in entry_points(group=group) if e.name == "eval"])
     out = tmp_path / "results" / "refcoco_val.json"

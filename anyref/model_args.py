@@ -1,0 +1,90 @@
+"""What a command line may say about the model it runs: which model, on which device, and the inference settings
+that override its config (``anyref eval``, ``anyref segment``, ...): one table, so every command offers the same
+flags with the same meaning."""
+from __future__ import annotations
+
+import argparse
+
+__all__ = ["add_inference_settings", "add_model_arguments", "resolve_device", "load_model"]
+
+
+def _on_off(text: str) -> bool:
+    if text not in ("on", "off"):
+        raise argparse.ArgumentTypeError(f"give 'on' or 'off', got {text!r}")
+    return text == "on"
+
+
+def _number_or_off(example: str):
+    """An argparse type: a float, or None for 'off'; ``example`` says what number is meant in the error."""
+    def parse(text: str) -> float | None:
+        if text == "off":
+            return None
+        try:
+            return float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"give {example}, or 'off'; got {text!r}")
+    return parse
+
+
+# inference settings a command may override: (flag, the model's setter, argparse options); a flag not given leaves
+# the model's config as it is
+_INFERENCE_SETTINGS = (
+    ("--mask-refinements", "set_mask_refinements",
+     dict(type=int, metavar="K", help="redraw each mask K more times from its own coverage of the image-token grid "
+                                      "(default: the model's config.mask_refinements)")),
+    ("--describe-box-prior", "set_describe_box_prior",
+     dict(type=_on_off, metavar="on|off",
+          help="draw the region of a describe prompt's one box from the box itself, or from the <obj>'s own "
+               "location map (default: the model's config.describe_box_prior)")),
+    ("--describe-box-margin", "set_describe_box_margin",
+     dict(type=_number_or_off("a fraction of the box's sides such as 0.05"), metavar="FRACTION|off",
+          help="keep the mask of a describe prompt's one box within the box grown by FRACTION of its sides, or "
+               "'off' (default: the model's config.describe_box_margin)")),
+    ("--example-self-mask", "set_example_self_mask",
+     dict(type=_on_off, metavar="on|off",
+          help="mask an example image given without a mask by the model's own answer on it first, or not "
+               "(default: the model's config.example_self_mask)")),
+    ("--verify-answers", "set_verify_answers",
+     dict(type=_number_or_off("a probability threshold such as 0.5"), metavar="THRESHOLD|off",
+          help="check each mask answered to a text prompt by asking the model whether the mask's box is what the "
+               "text describes, dropping it below THRESHOLD probability of yes, or 'off' (default: the model's "
+               "config.verify_answers)")),
+)
+
+
+def add_inference_settings(parser: argparse.ArgumentParser) -> None:
+    """The inference-setting flags of _INFERENCE_SETTINGS; one not given leaves the model's config as it is."""
+    for flag, setter, options in _INFERENCE_SETTINGS:
+        parser.add_argument(flag, dest=setter, default=argparse.SUPPRESS, **options)
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, default_model: str | None = None) -> None:
+    """--model (required unless ``default_model``), --device, --allow-untrained and the inference settings."""
+    if default_model is None:
+        parser.add_argument("--model", required=True, help="model directory (save_pretrained) or shipped model name")
+    else:
+        parser.add_argument("--model", default=default_model,
+                            help=f"model directory (save_pretrained) or shipped model name (default {default_model})")
+    parser.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
+    parser.add_argument("--allow-untrained", action="store_true",
+                        help="run reference kinds the model marks as untrained")
+    add_inference_settings(parser)
+
+
+def resolve_device(name: str | None) -> str:
+    """The device a command runs on: the one named, else cuda when available, else cpu."""
+    import torch
+
+    return name or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_model(name: str, device: str | None, settings: argparse.Namespace | None = None):
+    """``AnyRef.from_pretrained(name)`` on ``resolve_device(device)``, with the inference settings ``settings`` (the
+    parsed arguments) holds applied."""
+    from anyref.api import AnyRef
+
+    model = AnyRef.from_pretrained(name, device=resolve_device(device))
+    for _, setter, _ in _INFERENCE_SETTINGS:
+        if settings is not None and hasattr(settings, setter):
+            getattr(model, setter)(getattr(settings, setter))
+    return model

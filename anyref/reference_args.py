@@ -1,0 +1,95 @@
+"""References written on a command line: each argument is one reference, read left to right as in ``segment``.
+
+    "the small red circle"          text (any argument without one of the prefixes below)
+    box:X0,Y0,X1,Y1                 a Box in the image's pixels
+    example:IMAGE                   an ExampleImage (the model masks it itself, or uses it whole)
+    example:IMAGE@MASK              an ExampleImage with its mask (a PNG: every non-zero pixel is the object)
+    audio:FILE                      an Audio file (WAV, FLAC, ... as soundfile reads)
+    mask:MASK                       a MaskRef on the query image (a PNG as above, or a .npy H x W array)
+    text:ANYTHING                   text that would otherwise look like one of the above
+
+So ``anyref segment scene.png "the object left of" box:10,20,60,80`` asks what ``segment(image, ["the object left
+of", Box(10, 20, 60, 80)])`` asks.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from anyref.references import Audio, Box, ExampleImage, MaskRef, Reference
+
+__all__ = ["parse_reference", "parse_references", "read_mask_file"]
+
+_PREFIXES = ("box", "example", "audio", "mask", "text")
+
+
+def read_mask_file(path: str | Path, what: str) -> np.ndarray:
+    """H x W bool from a mask file: an image (every non-zero pixel is in the mask) or a .npy array (read without
+    pickles). ``what`` names the file in errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} file {str(path)!r} not found")
+    if path.suffix.lower() == ".npy":
+        try:
+            array = np.load(path, allow_pickle=False)
+        except ValueError as error:
+            raise ValueError(f"{what} file {str(path)!r} is not a plain .npy array ({error})") from None
+    else:
+        try:
+            with Image.open(path) as image:
+                array = np.asarray(image.convert("L"))
+        except OSError as error:
+            raise ValueError(f"{what} file {str(path)!r} is not an image PIL can read ({error})") from None
+    if array.ndim != 2:
+        raise ValueError(f"{what} file {str(path)!r} holds an array of shape {array.shape}; give one H x W mask")
+    return array > 0
+
+
+def _existing(path: str, what: str) -> str:
+    if not path:
+        raise ValueError(f"{what} needs a file after the colon, e.g. {what}:sound.wav")
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{what} file {path!r} not found")
+    return path
+
+
+def _box(value: str) -> Box:
+    parts = value.split(",")
+    try:
+        coords = [float(p) for p in parts]
+    except ValueError:
+        coords = []
+    if len(coords) != 4:
+        raise ValueError(f"box:{value} is not a box; write box:X0,Y0,X1,Y1 in the image's pixels, e.g. box:10,20,60,80")
+    return Box(*coords)
+
+
+def parse_reference(argument: str) -> Reference:
+    """One command-line argument -> one reference (the module's table)."""
+    prefix, colon, value = argument.partition(":")
+    if not colon or prefix not in _PREFIXES:
+        if not argument.strip():
+            raise ValueError("an empty argument is not a reference: give a referring expression such as "
+                             "'the red circle'")
+        return argument
+    if prefix == "text":
+        return value
+    if prefix == "box":
+        return _box(value)
+    if prefix == "audio":
+        return Audio(_existing(value, "audio"))
+    if prefix == "mask":
+        return MaskRef(read_mask_file(_existing(value, "mask"), "mask"))
+    image, at, mask = value.rpartition("@") if "@" in value else (value, "", "")
+    return ExampleImage(_existing(image, "example"),
+                        mask=read_mask_file(_existing(mask, "example mask"), "example mask") if at else None)
+
+
+def parse_references(arguments: list[str]) -> list[Reference]:
+    """Every argument parsed; raises on an empty list."""
+    if not arguments:
+        raise ValueError("give at least one reference: a text, box:X0,Y0,X1,Y1, example:IMAGE, audio:FILE or "
+                         "mask:MASK")
+    return [parse_reference(argument) for argument in arguments]
