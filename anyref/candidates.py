@@ -4,7 +4,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["check_candidates", "sam_candidates"]
+__all__ = ["check_candidates", "sam_candidates", "NoCandidatesFound"]
+
+
+class NoCandidatesFound(ValueError):
+    """SAM's automatic mask generator found no masks in an image (with its filters as given)."""
 
 
 def check_candidates(candidates, height: int, width: int) -> np.ndarray:
@@ -39,6 +43,7 @@ def sam_candidates(sam, image: np.ndarray, **options) -> np.ndarray:
         records = generator.generate(image)
     masks = [r["segmentation"] for r in sorted(records, key=lambda r: -r["area"]) if r["segmentation"].any()]
     if not masks:
-        raise ValueError("SAM's automatic mask generator found no masks in this image; pass candidates= yourself, or "
-                         "loosen its filters (e.g. sam_options={'pred_iou_thresh': 0.5, 'stability_score_thresh': 0.5})")
+        raise NoCandidatesFound("SAM's automatic mask generator found no masks in this image; pass candidates= "
+                                "yourself, or loosen its filters (e.g. sam_options={'pred_iou_thresh': 0.5, "
+                                "'stability_score_thresh': 0.5})")
     return np.stack(masks).astype(bool)

@@ -166,10 +166,16 @@ def _run_describe(args) -> int:
 
 
 def _run_select(args) -> int:
+    from anyref.candidates import NoCandidatesFound
+
     candidates = None if args.candidates is None else read_candidates(args.candidates)
     model, pixels, references = _prepare(args)
-    group = model.select(pixels, references, candidates=candidates, allow_untrained=args.allow_untrained,
-                         threshold=args.threshold)
+    try:
+        group = model.select(pixels, references, candidates=candidates, allow_untrained=args.allow_untrained,
+                             threshold=args.threshold)
+    except NoCandidatesFound:
+        raise ValueError("SAM's automatic mask generator found no masks in this image (a small SAM may never; the "
+                         "shipped synthref-tiny's was not trained for point prompts): pass --candidates") from None
     names = [f"mask_{int(i):02d}.png" for i in group.indices]
     text = (f"{len(group.indices)} of {len(group.candidates)} candidates selected: {group.indices.tolist()}"
             if group.found else f"no candidate selected (an empty group) of {len(group.candidates)}")

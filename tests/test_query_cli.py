@@ -161,6 +161,9 @@ def test_bad_command_lines_write_nothing(scenes, tmp_path, capsys):
     assert anyref.cli.main(["segment", str(root / "scene.png"), f"mask:{root / 'cands.npy'}",
                             "--out", str(out)]) == 2  # a stack of masks is not one reference mask
     assert not out.exists()
+    # no --candidates: SAM's automatic masks, which the shipped tiny SAM never finds (it was not trained on points)
+    assert anyref.cli.main(["select", str(root / "scene.png"), "all circles", "--out", str(out)]) == 2
+    assert "pass --candidates" in capsys.readouterr().err and not out.exists()
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("keep me")

@@ -39,6 +39,9 @@ class Stage:
     box_prior_weight: weight of the mask loss of a one-box ``describe`` answer's first ``<obj>`` drawn from the
     box's coverage of the image-token grid, as inference draws it with ``AnyRefConfig.describe_box_prior``
     (train/objectives.py); the same needs as refine_weight.
+    cell_attribute_weight: weight of a loss on what each image token the LLM read holds (the shape, colour and size
+    of the objects under it, or background), read by a trainer-only linear head from the token's last-layer state
+    (train/objectives.py); SynthRef samples only, an anyref stage on the "all" policy.
     """
 
     name: str
@@ -52,6 +55,7 @@ class Stage:
     sam_prompt_weight: float = 0.0
     refine_weight: float = 0.0
     box_prior_weight: float = 0.0
+    cell_attribute_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -64,7 +68,8 @@ class Stage:
             raise ValueError(f"stage {self.name!r}: the synthref_dense objective trains the encoders only "
                              '(trainable "encoders", or "encoders_promptable" with SAM\'s decoder)')
         weights = {"pointer_weight": self.pointer_weight, "sam_prompt_weight": self.sam_prompt_weight,
-                   "refine_weight": self.refine_weight, "box_prior_weight": self.box_prior_weight}
+                   "refine_weight": self.refine_weight, "box_prior_weight": self.box_prior_weight,
+                   "cell_attribute_weight": self.cell_attribute_weight}
         if any(value < 0 for value in weights.values()):
             raise ValueError(f"stage {self.name!r}: {', '.join(weights)} must be >= 0")
         for name in ("refine_weight", "box_prior_weight"):
@@ -72,6 +77,10 @@ class Stage:
                 raise ValueError(f"stage {self.name!r}: {name} trains SAM's mask decoder on the model's own "
                                  "<obj> prompts: it needs the anyref objective and a policy that trains the mask "
                                  "decoder")
+        if self.cell_attribute_weight and (self.objective != "anyref" or "cell_heads" not in POLICIES[self.trainable]):
+            raise ValueError(f"stage {self.name!r}: cell_attribute_weight trains the LLM's image tokens through a "
+                             "trainer-only head: it needs the anyref objective and a policy that trains that head "
+                             '("all")')
         if self.sam_prompt_weight and "mask_decoder" not in POLICIES[self.trainable]:
             raise ValueError(f"stage {self.name!r}: sam_prompt_weight trains SAM's mask decoder, which policy "
                              f"{self.trainable!r} freezes; use one that trains it (e.g. \"encoders_promptable\")")

@@ -170,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
         enable_lora(model, **config.lora)
     if config.refocus_lambda is not None:
         model.refocus_lambda.data.fill_(config.refocus_lambda)
-    objective = TrainingObjective(model)
+    objective = TrainingObjective(model, cell_attributes=any(s.cell_attribute_weight for s in config.stages))
     heads = objective.trainer_heads()
     groups = apply_policies(model, {stage.trainable for stage in config.stages}, heads)
     if rank == 0:
@@ -212,9 +212,12 @@ def run(args: argparse.Namespace) -> int:
                 dense = None
                 if stage.objective == "synthref_dense":
                     dense = dense_targets(samples, *grids).to(engine.device)
+                elif stage.cell_attribute_weight:  # targets on the grid of image tokens the LLM reads
+                    dense = dense_targets(samples, model.llm_grid, grids[1]).to(engine.device)
                 output = engine(batch, dense=dense, objective=stage.objective, pointer_weight=stage.pointer_weight,
                                 sam_prompt_weight=stage.sam_prompt_weight, refine_weight=stage.refine_weight,
-                                box_prior_weight=stage.box_prior_weight)
+                                box_prior_weight=stage.box_prior_weight,
+                                cell_attribute_weight=stage.cell_attribute_weight)
                 _check_finite(output, step, checkpoints)
                 engine.backward(output.loss)
                 engine.step()

@@ -169,7 +169,7 @@ class TrainingObjective(nn.Module):
     always reduce the same gradients.
     """
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, cell_attributes: bool = False):
         super().__init__()
         self.model = model
         classes, attributes = sum(_CLASSES), sum(len(values) for _, values in _ATTRIBUTES)
@@ -183,6 +183,9 @@ class TrainingObjective(nn.Module):
         # a model that locates its <obj> itself is pointed through its own locator (anyref.heads.ObjLocator)
         if model.obj_locator is None:
             self.pointer_query, self.pointer_key = nn.Linear(hidden, 64), nn.Linear(hidden, 64)
+        # what each image token the LLM read holds, read from its last-layer state (cell_attribute_weight); made only
+        # for a run that uses it, so other runs' checkpoints keep their layout
+        self.cell_attribute_head = nn.Linear(hidden, classes) if cell_attributes else None
 
     def pointer_heads(self) -> list[nn.Module]:
         return [self.pointer_query, self.pointer_key] if self.model.obj_locator is None else []
@@ -191,19 +194,26 @@ class TrainingObjective(nn.Module):
         heads = (self.vision_head, self.sam_head, self.vision_object_head, self.sam_object_head, self.audio_head)
         return [m for m in heads if m is not None]
 
+    def cell_heads(self) -> list[nn.Module]:
+        return [] if self.cell_attribute_head is None else [self.cell_attribute_head]
+
     def trainer_heads(self) -> dict[str, list[nn.Module]]:
         """The heads that exist only in training, by parameter group (see train.trainable)."""
-        return {"warmup_heads": self.warmup_heads(), "pointer_heads": self.pointer_heads()}
+        return {"warmup_heads": self.warmup_heads(), "pointer_heads": self.pointer_heads(),
+                "cell_heads": self.cell_heads()}
 
     def forward(self, batch, dense: DenseTargets | None = None, objective: str = "anyref",
                 pointer_weight: float = 0.0, sam_prompt_weight: float = 0.0, refine_weight: float = 0.0,
-                box_prior_weight: float = 0.0) -> AnyRefOutput:
+                box_prior_weight: float = 0.0, cell_attribute_weight: float = 0.0) -> AnyRefOutput:
         if objective == "anyref":
             output = self.model(batch)
             pointer = self._pointer_loss(batch, output)
             output.terms["pointer"] = pointer.detach()
-            unused = self.warmup_heads() + ([] if pointer_weight else self.pointer_heads())
+            unused = (self.warmup_heads() + ([] if pointer_weight else self.pointer_heads())
+                      + ([] if cell_attribute_weight else self.cell_heads()))
             output.loss = output.loss + pointer_weight * pointer + self._untouched(unused)
+            if cell_attribute_weight:
+                output.loss = output.loss + cell_attribute_weight * self._cell_attributes(batch, output, dense)
             if sam_prompt_weight:
                 output.loss = output.loss + sam_prompt_weight * self._box_prompts(
                     batch, output.sam_embeddings, batch.masks, output.terms)
@@ -279,6 +289,20 @@ class TrainingObjective(nn.Module):
         dice = sum(mask_dice(f, t) * len(t) for f, t in zip(fulls, targets)) / count
         output.terms.update({f"{name}_bce": bce.detach(), f"{name}_dice": dice.detach()})
         return self.model.config.bce_weight * bce + self.model.config.dice_weight * dice
+
+    def _cell_attributes(self, batch, output: AnyRefOutput, dense: DenseTargets | None) -> torch.Tensor:
+        """Soft cross-entropy of what each image token the LLM read holds (per attribute: background or the shape,
+        colour, size of the objects under it, as area shares), read by a linear head from its last-layer state -
+        the state the ``<obj>`` locator's keys are made from. ``dense``: targets pooled to the LLM's token grid.
+        Terms ``cells`` and ``cell_acc_*`` go to the log."""
+        if self.cell_attribute_head is None or dense is None:
+            raise ValueError("cell_attribute_weight needs the trainer's cell head and dense targets on the LLM grid")
+        model = self.model
+        states = model.image_token_states(batch.input_ids, output.hidden)  # B x G^2 x H, row by row
+        logits = self.cell_attribute_head(states).transpose(1, 2).unflatten(-1, (model.llm_grid, model.llm_grid))
+        loss, accuracy = _soft_cross_entropy(logits.float(), dense.vision.to(logits.device))
+        output.terms.update(cells=loss.detach(), **{f"cell_acc_{k}": v for k, v in accuracy.items()})
+        return loss
 
     def _pointer_loss(self, batch, output: AnyRefOutput) -> torch.Tensor:
         """Cross-entropy of each <obj> state's pointer over the image tokens (and "nowhere", ``obj_nowhere``)

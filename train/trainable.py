@@ -12,7 +12,7 @@ POLICIES = {
     "paper": ("lora", "token_rows", "mask_decoder", "heads", "group_head", "mask_projector"),
     "heads": ("mask_decoder", "heads", "group_head", "mask_projector"),
     "all": ("lora", "token_rows", "llm", "vision", "vision_projector", "sam_encoder", "mask_decoder", "heads",
-            "group_head", "mask_projector", "audio_encoder", "pointer_heads"),
+            "group_head", "mask_projector", "audio_encoder", "pointer_heads", "cell_heads"),
     "encoders": ("vision", "sam_encoder", "audio_encoder", "warmup_heads"),
     # the same plus SAM's mask decoder, for a warm-up that also trains SAM on box prompts (sam_prompt_weight)
     "encoders_promptable": ("vision", "sam_encoder", "mask_decoder", "audio_encoder", "warmup_heads"),
