@@ -101,7 +101,7 @@ def _reported_metrics(results: dict, task: str) -> list[str]:
 
 def compare_results(files: Sequence[str | Path], resamples: int = 2000, level: float = 0.95,
                     seed: int = 0) -> dict:
-    """{"files", "resamples", "level", "seed", "tasks": {task: {metric: {"values": [per file], "intervals": [[lo, hi]
+    """{"files", "split", "resamples", "level", "seed", "tasks": {task: {metric: {"values": [per file], "intervals": [[lo, hi]
     per file], "differences": [None, file i - file 0 ...], "difference_intervals": [None, [lo, hi] ...]}}}} over the
     tasks every file scored. ValueError when the files were not scored on the same samples, lack per-sample
     records, or their records do not reproduce their reported metrics."""
@@ -146,7 +146,8 @@ def compare_results(files: Sequence[str | Path], resamples: int = 2000, level: f
                 "difference_intervals": [None] + [np.percentile(d - draws[0], [tail, 100 - tail]).tolist()
                                                   for d in draws[1:]],
             }
-    return {"files": [str(f) for f in files], "resamples": resamples, "level": level, "seed": seed, "tasks": table}
+    return {"files": [str(f) for f in files], "split": loaded[0].get("split"), "resamples": resamples, "level": level,
+            "seed": seed, "tasks": table}
 
 
 def default_labels(files: Sequence[str | Path]) -> list[str]:
@@ -177,8 +178,9 @@ def render_comparison(comparison: dict, labels: Optional[Sequence[str]] = None) 
                 mark = "" if lo <= 0 <= hi else " *"
                 cells.append(f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]{mark}")
             lines.append("| " + " | ".join([task, metric, *cells]) + " |")
-    note = (f"\n[lo, hi]: {percent}% paired bootstrap interval over the test samples ({comparison['resamples']} "
-            "resamples); * : the difference's interval excludes 0.\n")
+    split = comparison.get("split") or "scored"
+    note = (f"\n[lo, hi]: {percent}% paired bootstrap interval over the {split} split's samples "
+            f"({comparison['resamples']} resamples); * : the difference's interval excludes 0.\n")
     return "\n".join(lines) + "\n" + note
 
 
