@@ -60,11 +60,9 @@ def add_inference_settings(parser: argparse.ArgumentParser) -> None:
 
 def add_model_arguments(parser: argparse.ArgumentParser, default_model: str | None = None) -> None:
     """--model (required unless ``default_model``), --device, --allow-untrained and the inference settings."""
-    if default_model is None:
-        parser.add_argument("--model", required=True, help="model directory (save_pretrained) or shipped model name")
-    else:
-        parser.add_argument("--model", default=default_model,
-                            help=f"model directory (save_pretrained) or shipped model name (default {default_model})")
+    parser.add_argument("--model", required=default_model is None, default=default_model,
+                        help="model directory (save_pretrained) or shipped model name"
+                             + (f" (default {default_model})" if default_model else ""))
     parser.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
     parser.add_argument("--allow-untrained", action="store_true",
                         help="run reference kinds the model marks as untrained")
@@ -78,13 +76,13 @@ def resolve_device(name: str | None) -> str:
     return name or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def load_model(name: str, device: str | None, settings: argparse.Namespace | None = None):
-    """``AnyRef.from_pretrained(name)`` on ``resolve_device(device)``, with the inference settings ``settings`` (the
-    parsed arguments) holds applied."""
+def load_model(args: argparse.Namespace):
+    """``AnyRef.from_pretrained(args.model)`` on ``resolve_device(args.device)``, with the inference settings the
+    parsed arguments hold applied (those of add_model_arguments)."""
     from anyref.api import AnyRef
 
-    model = AnyRef.from_pretrained(name, device=resolve_device(device))
+    model = AnyRef.from_pretrained(args.model, device=resolve_device(args.device))
     for _, setter, _ in _INFERENCE_SETTINGS:
-        if settings is not None and hasattr(settings, setter):
-            getattr(model, setter)(getattr(settings, setter))
+        if hasattr(args, setter):
+            getattr(model, setter)(getattr(args, setter))
     return model

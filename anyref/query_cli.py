@@ -66,16 +66,16 @@ def register(subparsers) -> None:
 
 def read_candidates(paths: list[str]) -> np.ndarray:
     """N x H x W bool from --candidates: one .npy holding N x H x W, or one H x W mask file per candidate."""
-    from anyref.reference_args import read_mask_file
+    from anyref.reference_args import read_mask_array
 
-    if len(paths) == 1 and paths[0].lower().endswith(".npy"):
-        path = Path(paths[0])
-        if not path.is_file():
-            raise FileNotFoundError(f"candidates file {str(path)!r} not found")
-        array = np.load(path, allow_pickle=False)
-        if array.ndim == 3:
-            return array > 0
-    return np.stack([read_mask_file(path, "candidate") for path in paths])
+    arrays = [read_mask_array(path, "candidate") for path in paths]
+    if len(arrays) == 1 and arrays[0].ndim == 3:
+        return arrays[0] > 0
+    for path, array in zip(paths, arrays):
+        if array.ndim != 2:
+            raise ValueError(f"candidate file {path!r} holds an array of shape {array.shape}; give one H x W mask "
+                             "per file, or one .npy of N x H x W")
+    return np.stack(arrays) > 0
 
 
 def _prepare(args):
@@ -88,7 +88,7 @@ def _prepare(args):
     references = parse_references(args.refs)
     _check_out(args.out)
     pixels = load_image(args.image)
-    return load_model(args.model, args.device, args), pixels, references
+    return load_model(args), pixels, references
 
 
 def _check_out(out: str | None) -> None:
@@ -101,26 +101,18 @@ def _check_out(out: str | None) -> None:
                          "give a new folder, since it would be replaced")
 
 
-def _mask_records(masks: np.ndarray, scores: np.ndarray, names: list[str]) -> list[dict]:
-    from anyref.references import Box
-
-    return [{"file": name, "score": round(float(score), 4), "area": int(mask.sum()),
-             "box": list(Box.around(mask).as_tuple()) if mask.any() else None}
-            for mask, score, name in zip(masks, scores, names)]
-
-
 def _write(out: str, pixels: np.ndarray, references: list, masks: np.ndarray, names: list[str],
            record: dict) -> Path:
     """overlay.png, the masks (0 / 255 PNGs named ``names``) and result.json into ``out``, atomically."""
     from PIL import Image
 
-    from anyref.overlays import describe_references, render_overlay
+    from anyref.overlays import render_overlay
     from anyref.references import Box, MaskRef
     from encoders.checkpoints import atomic_write_dir
 
     boxes = [r for r in references if isinstance(r, Box)]
     reference_masks = [r.mask for r in references if isinstance(r, MaskRef)]
-    text = f"{describe_references(references)} -> {record['text']}"
+    text = f"{record['references']} -> {record['text']}"
     with atomic_write_dir(out) as tmp:
         render_overlay(pixels, text, masks, None, boxes, reference_masks).save(tmp / "overlay.png")
         for mask, name in zip(masks, names):
@@ -129,40 +121,44 @@ def _write(out: str, pixels: np.ndarray, references: list, masks: np.ndarray, na
     return Path(out)
 
 
-def _record(args, references: list, **answer) -> dict:
+def _answer(args, pixels: np.ndarray, references: list, masks: np.ndarray, scores: np.ndarray, names: list[str],
+            **fields) -> int:
+    """The answer's record (the command, model, image, references, ``fields`` and each mask's file, score, area
+    and box), written to --out when there is one, and printed."""
     from anyref.overlays import describe_references
+    from anyref.references import Box
 
     command = " ".join(["anyref", *map(shlex.quote, sys.argv[1:])]) if sys.argv[1:2] == [args.command] else ""
-    return {"command": command, "model": str(args.model), "image": str(args.image),
-            "references": describe_references(references), **answer}
-
-
-def _report(record: dict, out: Path | None) -> None:
+    record = {"command": command, "model": str(args.model), "image": str(args.image),
+              "references": describe_references(references), **fields,
+              "masks": [{"file": name, "score": round(float(score), 4), "area": int(mask.sum()),
+                         "box": list(Box.around(mask).as_tuple()) if mask.any() else None}
+                        for mask, score, name in zip(masks, scores, names)]}
     print(record["text"])
     if record.get("note"):
         print(record["note"])
-    if out is not None:
-        print(f"wrote {out / 'overlay.png'}, {len(record['masks'])} mask file(s) and {out / 'result.json'}")
+    if args.out is not None:
+        out = _write(args.out, pixels, references, masks, names, record)
+        print(f"wrote {out / 'overlay.png'}, {len(names)} mask file(s) and {out / 'result.json'}")
+    return 0
+
+
+def _numbered(count: int) -> list[str]:
+    return [f"mask_{k:02d}.png" for k in range(count)]
 
 
 def _run_segment(args) -> int:
     model, pixels, references = _prepare(args)
     result = model.segment(pixels, references, allow_untrained=args.allow_untrained)
-    names = [f"mask_{k:02d}.png" for k in range(len(result.masks))]
-    record = _record(args, references, text=result.text, note=result.note,
-                     masks=_mask_records(result.masks, result.scores, names))
-    _report(record, _write(args.out, pixels, references, result.masks, names, record))
-    return 0
+    return _answer(args, pixels, references, result.masks, result.scores, _numbered(len(result.masks)),
+                   text=result.text, note=result.note)
 
 
 def _run_describe(args) -> int:
     model, pixels, references = _prepare(args)
     result = model.describe(pixels, references, allow_untrained=args.allow_untrained, with_masks=True)
-    names = [f"mask_{k:02d}.png" for k in range(len(result.masks))]
-    record = _record(args, references, text=result.text, masks=_mask_records(result.masks, result.scores, names))
-    out = None if args.out is None else _write(args.out, pixels, references, result.masks, names, record)
-    _report(record, out)
-    return 0
+    return _answer(args, pixels, references, result.masks, result.scores, _numbered(len(result.masks)),
+                   text=result.text)
 
 
 def _run_select(args) -> int:
@@ -176,11 +172,9 @@ def _run_select(args) -> int:
     except NoCandidatesFound:
         raise ValueError("SAM's automatic mask generator found no masks in this image (a small SAM may never; the "
                          "shipped synthref-tiny's was not trained for point prompts): pass --candidates") from None
-    names = [f"mask_{int(i):02d}.png" for i in group.indices]
     text = (f"{len(group.indices)} of {len(group.candidates)} candidates selected: {group.indices.tolist()}"
             if group.found else f"no candidate selected (an empty group) of {len(group.candidates)}")
-    record = _record(args, references, text=text, source=group.source, selected=group.indices.tolist(),
-                     candidate_scores=[round(float(s), 4) for s in group.candidate_scores],
-                     masks=_mask_records(group.masks, group.scores, names))
-    _report(record, _write(args.out, pixels, references, group.masks, names, record))
-    return 0
+    return _answer(args, pixels, references, group.masks, group.scores,
+                   [f"mask_{int(i):02d}.png" for i in group.indices], text=text, source=group.source,
+                   selected=group.indices.tolist(),
+                   candidate_scores=[round(float(s), 4) for s in group.candidate_scores])

@@ -20,28 +20,32 @@ from PIL import Image
 
 from anyref.references import Audio, Box, ExampleImage, MaskRef, Reference
 
-__all__ = ["parse_reference", "parse_references", "read_mask_file"]
+__all__ = ["parse_reference", "parse_references", "read_mask_array", "read_mask_file"]
 
 _PREFIXES = ("box", "example", "audio", "mask", "text")
 
 
-def read_mask_file(path: str | Path, what: str) -> np.ndarray:
-    """H x W bool from a mask file: an image (every non-zero pixel is in the mask) or a .npy array (read without
-    pickles). ``what`` names the file in errors."""
+def read_mask_array(path: str | Path, what: str) -> np.ndarray:
+    """The array a mask file holds: an image as H x W gray levels, or a .npy array (read without pickles) of any
+    shape. ``what`` names the file in errors."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{what} file {str(path)!r} not found")
     if path.suffix.lower() == ".npy":
         try:
-            array = np.load(path, allow_pickle=False)
+            return np.load(path, allow_pickle=False)
         except ValueError as error:
             raise ValueError(f"{what} file {str(path)!r} is not a plain .npy array ({error})") from None
-    else:
-        try:
-            with Image.open(path) as image:
-                array = np.asarray(image.convert("L"))
-        except OSError as error:
-            raise ValueError(f"{what} file {str(path)!r} is not an image PIL can read ({error})") from None
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("L"))
+    except OSError as error:
+        raise ValueError(f"{what} file {str(path)!r} is not an image PIL can read ({error})") from None
+
+
+def read_mask_file(path: str | Path, what: str) -> np.ndarray:
+    """H x W bool from a mask file: an image (every non-zero pixel is in the mask) or a .npy array."""
+    array = read_mask_array(path, what)
     if array.ndim != 2:
         raise ValueError(f"{what} file {str(path)!r} holds an array of shape {array.shape}; give one H x W mask")
     return array > 0

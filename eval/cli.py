@@ -155,10 +155,6 @@ def _reader(args):
     raise ValueError(f"no reader for {name!r}")
 
 
-def _load_model(args):
-    return load_model(args.model, args.device, args)
-
-
 def _model_name(model: str) -> str:
     path = Path(model)
     return str(path.resolve()) if path.is_dir() else model
@@ -198,7 +194,7 @@ def _run_benchmark(args) -> int:
 
         tasks = None if args.tasks is None else [t.strip() for t in args.tasks.split(",") if t.strip()]
         n = args.n if args.limit is None else min(args.n, args.limit)
-        model = _load_model(args)
+        model = load_model(args)
         start = time.perf_counter()
         figures = evaluate_synthref(model, n=n, tasks=tasks, split=args.split, overlays=args.save_overlays,
                                     progress=progress, allow_untrained=args.allow_untrained)
@@ -207,7 +203,7 @@ def _run_benchmark(args) -> int:
         dataset, data = "synthref", None
     else:
         reader = _reader(args)  # before the model: a bad --data fails fast
-        model = _load_model(args)
+        model = load_model(args)
         start = time.perf_counter()
         runner = {"res": runners.run_res, "gres": runners.run_gres, "groups": runners.run_groups, "avs": runners.run_avs,
                   "fewshot": runners.run_fewshot, "reg": runners.run_reg}[args.benchmark]

@@ -147,12 +147,12 @@ def test_verify_settings_and_regions_are_checked(tiny_model):
 
 def test_eval_commands_take_the_verify_threshold():
     from anyref.cli import build_parser
-    from eval.cli import _load_model
+    from anyref.model_args import load_model
 
     parser = build_parser()
     args = parser.parse_args(["eval", "synthref", "--model", "synthref-tiny", "--verify-answers", "0.4"])
-    assert _load_model(args).config.verify_answers == 0.4
+    assert load_model(args).config.verify_answers == 0.4
     args = parser.parse_args(["eval", "synthref", "--model", "synthref-tiny", "--verify-answers", "off"])
-    assert _load_model(args).config.verify_answers is None
+    assert load_model(args).config.verify_answers is None
     with pytest.raises(SystemExit):
         parser.parse_args(["eval", "synthref", "--model", "synthref-tiny", "--verify-answers", "often"])
