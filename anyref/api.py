@@ -273,7 +273,9 @@ class AnyRef(AnyRefModel):
     def select(self, image=None, prompt=None, candidates=None, allow_untrained: bool = False, threshold: float = 0.5,
                sam_options: dict | None = None) -> GroupResult:
         """The group of masks ``prompt`` refers to, chosen among candidates in ONE forward pass (RAS), or with
-        ``config.group_by_obj`` by the mask of one ``<obj>`` the prompt is answered with (one forward as well).
+        ``config.group_by_obj`` by the mask of one ``<obj>`` the prompt is answered with (one forward as well;
+        with ``config.group_obj_answer="generated"`` the model writes that answer itself, a few decoding steps
+        whatever the number of candidates, and ``GroupResult.text`` keeps it).
 
         image: as in ``segment`` (None for the ``set_image`` image). prompt: a str, MaskRef, Box, ExampleImage,
         Audio or a list of them ("everything the same colour as", MaskRef(mask)). candidates: N x H x W masks at
@@ -289,7 +291,12 @@ class AnyRef(AnyRefModel):
         if candidates is None:
             candidates = sam_candidates(self.sam, pixels, **(sam_options or {}))
         candidates = check_candidates(candidates, height, width)
-        if self.config.group_by_obj:
+        text = None
+        if self.config.group_by_obj and self.config.group_obj_answer == "generated":
+            probs, text = self._group_by_generated_obj(None if image is None else pixels,
+                                                       self._prompt_references(prompt, allow_untrained),
+                                                       candidates, allow_untrained)
+        elif self.config.group_by_obj:
             probs = self._group_by_obj(pixels, features, self._prompt_references(prompt, allow_untrained),
                                        candidates, allow_untrained)
         else:
@@ -302,7 +309,7 @@ class AnyRef(AnyRefModel):
             probs = self.select_logits(batch, grids, sam).float().sigmoid().cpu().numpy()
         indices = np.flatnonzero(probs > threshold)
         return GroupResult(candidates[indices], probs[indices].astype(np.float32), indices, candidates,
-                           probs.astype(np.float32), source)
+                           probs.astype(np.float32), source, text)
 
     def _group_by_obj(self, pixels: np.ndarray, features: "_ImageFeatures | None", references: list,
                       candidates: np.ndarray, allow_untrained: bool) -> np.ndarray:
@@ -319,6 +326,20 @@ class AnyRef(AnyRefModel):
             return np.zeros(len(candidates), dtype=np.float32)
         cover = torch.from_numpy(candidates).to(group_map.device, torch.float32).flatten(1)  # N x HW
         return ((cover @ group_map.flatten()) / cover.sum(1)).cpu().numpy()
+
+    def _group_by_generated_obj(self, image, references: list, candidates: np.ndarray,
+                                allow_untrained: bool) -> tuple[np.ndarray, str]:
+        """(membership probabilities N, the answer) of ``group_obj_answer="generated"``: the prompt answered as in
+        ``segment`` ("all red objects <obj>."), each candidate scored by the mean over its pixels of the mask
+        probability of the answer's first placed ``<obj>`` (0 for all when it has none or places it nowhere).
+        image: H x W x 3 pixels, or None for the ``set_image`` image."""
+        generations, batch, sam = self._run(image, [references], "segment", allow_untrained)
+        result = self._masks_for(generations, batch, sam)[0]
+        if not result.found:
+            return np.zeros(len(candidates), dtype=np.float32), result.text
+        group_map = 1.0 / (1.0 + np.exp(-result.logits[0].astype(np.float64)))  # H x W
+        cover = candidates.reshape(len(candidates), -1).astype(np.float64)  # N x HW
+        return (cover @ group_map.reshape(-1)) / cover.sum(1), result.text
 
     def _masks_for(self, generations: list[Generation], batch, sam: torch.Tensor | None = None,
                    regions: list[np.ndarray | None] | None = None,

@@ -12,6 +12,8 @@ __all__ = ["AnyRefConfig", "REFERENCE_KINDS", "CLIP_MEAN", "CLIP_STD"]
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 VISION_RESIZE_MODES = ("resize", "crop", "pad")
+# how a group_by_obj model answers a group prompt: "<obj>" given, or its own generated answer
+GROUP_OBJ_ANSWERS = ("given", "generated")
 # "mask" covers both uses of mask tokens: MaskRef references and the candidates of mask-group selection
 REFERENCE_KINDS = ("text", "box", "example", "audio", "mask")
 MASK_FEATURE_SOURCES = ("vision", "position", "sam")  # plus "timm:NAME" entries
@@ -89,6 +91,11 @@ class AnyRefConfig:
         ``obj_nowhere`` (an empty group is an ``<obj>`` placed nowhere). Off: RAS's candidate classifier. As a
         2,500-step third stage of the shipped SynthRef model: empty groups answered 9% -> 42%, attribute groups
         ("all circles") mostly right, groups by a mask reference not; group cIoU unchanged (docs/mask-groups.md).
+    group_obj_answer: how ``group_by_obj`` answers: "given" (the answer "<obj>" teacher-forced, as above) or
+        "generated" (the model writes its answer, e.g. "all red objects <obj>." for "everything the same colour as"
+        a mask, and its first ``<obj>``'s mask decides the group; ``GroupResult.text`` keeps the answer). Trained on
+        SynthRef's ``group_answer="said"``, which restates each rule by the attribute it selects, so that a rule
+        that points at a mask becomes one that names an attribute before the ``<obj>`` is placed.
     mask_token_norm: if > 0, every mask token (candidates and ``MaskRef``) is rescaled to this L2 norm (off: 0).
         The tiny SynthRef model's mask tokens are 150-350x the norm of its text embeddings, and a candidate slot's
         last-layer state is nearly the same whatever the prompt; rescaling them to 1.0 (a 1,000-step continuation,
@@ -154,6 +161,7 @@ class AnyRefConfig:
     group_head_attends_prompt: bool = False
     group_head_maps_image: bool = False
     group_by_obj: bool = False
+    group_obj_answer: str = "given"
     mask_token_norm: float = 0.0
     mask_refinements: int = 0
     describe_box_prior: bool = False
@@ -173,6 +181,10 @@ class AnyRefConfig:
             raise ValueError("obj_nowhere adds a place to the location map: it needs obj_location_prompt")
         if self.group_by_obj and not self.obj_nowhere:
             raise ValueError("group_by_obj answers an empty group with an <obj> placed nowhere: it needs obj_nowhere")
+        if self.group_obj_answer not in GROUP_OBJ_ANSWERS:
+            raise ValueError(f"group_obj_answer must be one of {GROUP_OBJ_ANSWERS}, got {self.group_obj_answer!r}")
+        if self.group_obj_answer != "given" and not self.group_by_obj:
+            raise ValueError("group_obj_answer says how group_by_obj answers a group: it needs group_by_obj")
         if self.mask_refinements < 0:
             raise ValueError(f"mask_refinements must be >= 0 (0: off), got {self.mask_refinements}")
         # settings that give SAM a region's coverage of the image-token grid as its location map

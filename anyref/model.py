@@ -196,13 +196,14 @@ class AnyRefModel(nn.Module):
         self.region_geometry = self._new_region_geometry(reference.shape[1]).to(device=reference.device,
                                                                                dtype=reference.dtype)
 
-    def decide_groups_by_obj(self) -> None:
+    def decide_groups_by_obj(self, answer: str = "given") -> None:
         """Let ``select`` decide groups by an ``<obj>`` (``group_by_obj``), e.g. before a continuation that teaches
-        it SynthRef's groups posed as "segment" samples (a training config's "group_by_obj")."""
+        it SynthRef's groups posed as "segment" samples (a training config's "group_by_obj"). answer: "given" (the
+        answer "<obj>" teacher-forced) or "generated" (its own answer, ``group_obj_answer``)."""
         if not self.config.obj_nowhere:
             raise ValueError("group_by_obj needs a location map with a nowhere place (an empty group is an <obj> "
                              'placed nowhere): add it first ("add_nowhere")')
-        self._reconfigure(group_by_obj=True)
+        self._reconfigure(group_by_obj=True, group_obj_answer=answer)
 
     def set_mask_refinements(self, count: int) -> None:
         """Redraw each ``<obj>``'s mask ``count`` more times at inference, each from the previous mask's coverage of

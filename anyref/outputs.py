@@ -105,7 +105,9 @@ class GroupResult:
     masks: K x H x W bool, the selected candidates at the image's own size; scores: K membership probabilities;
     indices: K, their positions among the candidates; candidates: N x H x W bool, every candidate considered;
     candidate_scores: N membership probabilities (a candidate is selected when its probability exceeds the
-    threshold ``select`` was given); source: "caller" or "sam" (SAM's automatic mask generator).
+    threshold ``select`` was given); source: "caller" or "sam" (SAM's automatic mask generator); text: the answer
+    the group was decided by, for a model that writes one (``group_obj_answer="generated"``: "all red objects
+    <obj>."), else None.
     """
 
     masks: np.ndarray
@@ -114,6 +116,7 @@ class GroupResult:
     candidates: np.ndarray
     candidate_scores: np.ndarray
     source: str = "caller"
+    text: str | None = None
 
     @property
     def found(self) -> bool:

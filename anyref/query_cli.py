@@ -174,6 +174,8 @@ def _run_select(args) -> int:
                          "shipped synthref-tiny's was not trained for point prompts): pass --candidates") from None
     text = (f"{len(group.indices)} of {len(group.candidates)} candidates selected: {group.indices.tolist()}"
             if group.found else f"no candidate selected (an empty group) of {len(group.candidates)}")
+    if group.text is not None:  # a model that writes the answer its group is decided by
+        text = f"{group.text} ({text})"
     return _answer(args, pixels, references, group.masks, group.scores,
                    [f"mask_{int(i):02d}.png" for i in group.indices], text=text, source=group.source,
                    selected=group.indices.tolist(),

@@ -49,7 +49,9 @@ def group_rules(model, n: int = 200, split: str = "test", world_seed: int = 0) -
         rules.append(sample.meta["rule"])
     metrics = {"all": _summary(rows)}
     metrics.update({rule: _summary([r for r, k in zip(rows, rules) if k == rule]) for rule in sorted(set(rules))})
-    decided_by = "obj" if model.config.group_by_obj else "group_head"
+    decided_by = "group_head"
+    if model.config.group_by_obj:
+        decided_by = "generated obj" if model.config.group_obj_answer == "generated" else "obj"
     return RunOutput(metrics=metrics, counts={rule: rules.count(rule) for rule in sorted(set(rules))},
                      settings={"n": n, "split": split, "world_seed": world_seed, "decided_by": decided_by})
 

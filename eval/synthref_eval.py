@@ -104,6 +104,8 @@ def _score_task(model, task: str, reader: SynthRefReader, writer: Optional[Overl
             gt = union_mask(sample.candidates[sample.selected], shape)
             pred = result.union
             answer = f"selected {result.indices.tolist()} of {len(sample.candidates)} (truth {np.flatnonzero(sample.selected).tolist()})"
+            if result.text is not None:
+                answer = f"{result.text} {answer}"
             groups.add(pred, gt, not result.found, not sample.selected.any())
         elif task == "box":
             result = model.describe(sample.image, sample.references, allow_untrained=allow_untrained,

@@ -102,6 +102,8 @@ _CONTINUATION_KEYS = {
                 '"box_zoom": true in its config_overrides',
     "group_by_obj": 'switches an "init_from" model to deciding groups by an <obj>; a "tiny" model takes '
                     '"group_by_obj": true in its config_overrides',
+    "group_obj_answer": 'says how an "init_from" model\'s group_by_obj answers ("given" or "generated"); a "tiny" '
+                        'model takes "group_obj_answer" in its config_overrides',
 }
 
 
@@ -112,7 +114,8 @@ class TrainConfig:
     with "add_nowhere": true, its location map a new, untrained nowhere place: AnyRefConfig.obj_nowhere; with
     "add_region_geometry": true, a new, zero size-and-place code on its box and mask tokens:
     AnyRefConfig.region_geometry; with "group_by_obj": true, its select decides groups by an <obj>:
-    AnyRefConfig.group_by_obj).
+    AnyRefConfig.group_by_obj, and "group_obj_answer": "generated" has it write its own answer first:
+    AnyRefConfig.group_obj_answer).
     mixture: source name -> {"ratio": r, ...source options}; sources: "synthref" (options: tasks weights,
     image_size, world_seed, no_target_answer, group_answer, verify_answer, relational_prob). stages: the schedule; each stage has its own warmup and cosine decay (lr, warmup_steps
     and min_lr_ratio here are the defaults of every stage).
@@ -152,6 +155,8 @@ class TrainConfig:
         for key, what in _CONTINUATION_KEYS.items():
             if key in self.model and "init_from" not in self.model:
                 raise ValueError(f'"{key}" {what}')
+        if "group_obj_answer" in self.model and not self.model.get("group_by_obj"):
+            raise ValueError('"group_obj_answer" says how group_by_obj answers: it needs "group_by_obj": true')
         if not self.mixture or any(float(v.get("ratio", 0)) < 0 for v in self.mixture.values()):
             raise ValueError("mixture needs at least one source with a ratio >= 0")
         for stage in self.stages:

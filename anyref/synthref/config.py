@@ -34,7 +34,9 @@ class SynthRefConfig:
     no_target_answer: str = "refusal"
     # how a mask-group sample is posed: "candidates" (task "select": the candidates in the prompt, the group in
     # ``selected``) or "obj" (task "segment": the same prompt answered "<obj>." with the union of the group as its
-    # mask, empty for an empty group; for models that decide groups by an <obj>: AnyRefConfig.group_by_obj)
+    # mask, empty for an empty group; for models that decide groups by an <obj>: AnyRefConfig.group_by_obj), or
+    # "said" (as "obj", the rule first restated by what it selects: "everything the same colour as" a red object's
+    # mask is answered "all red objects <obj>."; for AnyRefConfig.group_obj_answer "generated")
     group_answer: str = "candidates"
     # how a "verify" sample is answered: "plain" ("yes." / "no.") or "caption" (the boxed object's caption first:
     # "the small red circle: no."), so that the judgement compares two texts rather than features with a text
@@ -57,7 +59,7 @@ class SynthRefConfig:
             (0.0 <= self.box_jitter <= 0.3, "box_jitter must be in [0, 0.3]"),
             (0 <= self.max_distractor_candidates <= 4, "max_distractor_candidates must be in 0..4"),
             (self.no_target_answer in ("refusal", "nowhere"), 'no_target_answer must be "refusal" or "nowhere"'),
-            (self.group_answer in ("candidates", "obj"), 'group_answer must be "candidates" or "obj"'),
+            (self.group_answer in ("candidates", "obj", "said"), 'group_answer must be "candidates", "obj" or "said"'),
             (self.verify_answer in ("plain", "caption"), 'verify_answer must be "plain" or "caption"'),
             (self.sample_rate >= 8000, "sample_rate must be >= 8000 (the sounds reach 5.5 kHz)"),
             (0.5 <= self.audio_seconds <= 30.0, "audio_seconds must be in [0.5, 30]"),

@@ -277,12 +277,26 @@ def _background_patches(cfg: SynthRefConfig, rng: np.random.Generator, scene: Sc
     return patches
 
 
+def said_group_phrase(scene: Scene, phrase: str, rule_meta: dict) -> str:
+    """The words a ``group_answer="said"`` answer restates a group rule with: a rule that points at a mask becomes
+    the attribute rule it stands for ("everything the same shape as" a circle's mask -> "all circles"); every other
+    rule (by attribute, or by place relative to a mask) is said as it was asked."""
+    rule, ref = rule_meta["rule"], rule_meta["ref_object"]
+    if rule == "same_colour":
+        return GROUP_PHRASES["all_colour"].format(colour=scene.objects[ref].colour)
+    if rule == "same_shape":
+        return GROUP_PHRASES["all_shape"].format(plural=PLURALS[scene.objects[ref].shape])
+    return phrase
+
+
 def build_group(cfg: SynthRefConfig, rng: np.random.Generator) -> ReferringSample:
     """A mask-group prompt ("all circles", "everything the same colour as" <mask>, "everything left of" <mask>...):
     candidates are the object masks plus background patches in random order; ``selected`` marks the group (which
     may be empty). The referenced object itself is never part of its own group. The answer is empty (no text).
     With ``group_answer="obj"`` the same draw is posed as a "segment" sample instead: the answer is "<obj>." and
-    its mask the union of the group (empty for an empty group); meta keeps the candidates' object ids."""
+    its mask the union of the group (empty for an empty group); meta keeps the candidates' object ids. With
+    ``group_answer="said"`` that answer starts with the rule restated (``said_group_phrase``): "all red objects
+    <obj>."."""
     for _ in range(_TRIES):
         scene = _scene(cfg, rng, min_objects=2)
         picked = _group_rule(cfg, rng, scene)
@@ -294,9 +308,11 @@ def build_group(cfg: SynthRefConfig, rng: np.random.Generator) -> ReferringSampl
         order = [int(k) for k in rng.permutation(len(masks))]
         candidate_ids = [owners[k] for k in order]
         selected = np.array([c in ids for c in candidate_ids], dtype=bool)
-        if cfg.group_answer == "obj":
+        if cfg.group_answer in ("obj", "said"):
+            answer = (single_answer(said_group_phrase(scene, references[0], rule_meta)) if cfg.group_answer == "said"
+                      else list(GROUP_OBJ_ANSWER))
             return ReferringSample(
-                image=scene.image, references=references, task="segment", answer=list(GROUP_OBJ_ANSWER),
+                image=scene.image, references=references, task="segment", answer=answer,
                 masks=scene.union(ids)[None], source="group",
                 meta=_meta(scene, [sorted(ids)], prompt=" ".join(r for r in references if isinstance(r, str)),
                            candidate_object_ids=candidate_ids, target_ids=sorted(ids), **rule_meta))
