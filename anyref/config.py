@@ -92,7 +92,7 @@ class AnyRefConfig:
         2,500-step third stage of the shipped SynthRef model: empty groups answered 9% -> 42%, attribute groups
         ("all circles") mostly right, groups by a mask reference not; group cIoU unchanged (docs/mask-groups.md).
     group_obj_answer: how ``group_by_obj`` answers: "given" (the answer "<obj>" teacher-forced, as above) or
-        "generated" (the model writes its answer, e.g. "all red objects <obj>." for "everything the same colour as"
+        "generated" (the model writes its answer, e.g. "all other red objects <obj>." for "everything the same colour as"
         a mask, and its first ``<obj>``'s mask decides the group; ``GroupResult.text`` keeps the answer). Trained on
         SynthRef's ``group_answer="said"``, which restates each rule by the attribute it selects, so that a rule
         that points at a mask becomes one that names an attribute before the ``<obj>`` is placed.

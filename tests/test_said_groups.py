@@ -31,9 +31,9 @@ def test_said_group_answers_restate_the_rule_by_what_it_selects():
         assert said.answer == [phrase, " ", OBJ, "."] and said.task == "segment"
         reference = said.meta["ref_object"]
         if rule == "same_colour":
-            assert phrase == f"all {said.meta['objects'][reference]['colour']} objects"
+            assert phrase == f"all other {said.meta['objects'][reference]['colour']} objects"
         elif rule == "same_shape":
-            assert phrase == f"all {PLURALS[said.meta['objects'][reference]['shape']]}"
+            assert phrase == f"all other {PLURALS[said.meta['objects'][reference]['shape']]}"
         else:  # rules that name an attribute, and places relative to a mask, are said as asked
             assert phrase == said.references[0]
         rules.add(rule)

@@ -36,7 +36,7 @@ class SynthRefConfig:
     # ``selected``) or "obj" (task "segment": the same prompt answered "<obj>." with the union of the group as its
     # mask, empty for an empty group; for models that decide groups by an <obj>: AnyRefConfig.group_by_obj), or
     # "said" (as "obj", the rule first restated by what it selects: "everything the same colour as" a red object's
-    # mask is answered "all red objects <obj>."; for AnyRefConfig.group_obj_answer "generated")
+    # mask is answered "all other red objects <obj>."; for AnyRefConfig.group_obj_answer "generated")
     group_answer: str = "candidates"
     # how a "verify" sample is answered: "plain" ("yes." / "no.") or "caption" (the boxed object's caption first:
     # "the small red circle: no."), so that the judgement compares two texts rather than features with a text

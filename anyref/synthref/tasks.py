@@ -17,8 +17,8 @@ from anyref.synthref.expressions import negative_query, query_text, relation_sta
 from anyref.synthref.scenes import Scene, compose_scene, sample_specs
 from anyref.synthref.sounds import render_sound
 from anyref.synthref.vocabulary import (
-    COLOURS, GROUP_OBJ_ANSWER, GROUP_PHRASES, NO_TARGET_ANSWER, PLURALS, RELATIONS, SHAPES, SIZES, caption,
-    pair_answer, single_answer,
+    COLOURS, GROUP_OBJ_ANSWER, GROUP_PHRASES, NO_TARGET_ANSWER, PLURALS, RELATIONS, SAID_GROUP_PHRASES, SHAPES, SIZES,
+    caption, pair_answer, single_answer,
 )
 
 __all__ = ["TASK_BUILDERS"]
@@ -278,14 +278,15 @@ def _background_patches(cfg: SynthRefConfig, rng: np.random.Generator, scene: Sc
 
 
 def said_group_phrase(scene: Scene, phrase: str, rule_meta: dict) -> str:
-    """The words a ``group_answer="said"`` answer restates a group rule with: a rule that points at a mask becomes
-    the attribute rule it stands for ("everything the same shape as" a circle's mask -> "all circles"); every other
-    rule (by attribute, or by place relative to a mask) is said as it was asked."""
+    """The words a ``group_answer="said"`` answer restates a group rule with: a rule that points at a mask by an
+    attribute becomes the attribute rule it stands for, less the referenced object ("everything the same shape as"
+    a circle's mask -> "all other circles"); every other rule (by attribute, or by place relative to a mask) is
+    said as it was asked."""
     rule, ref = rule_meta["rule"], rule_meta["ref_object"]
     if rule == "same_colour":
-        return GROUP_PHRASES["all_colour"].format(colour=scene.objects[ref].colour)
+        return SAID_GROUP_PHRASES[rule].format(colour=scene.objects[ref].colour)
     if rule == "same_shape":
-        return GROUP_PHRASES["all_shape"].format(plural=PLURALS[scene.objects[ref].shape])
+        return SAID_GROUP_PHRASES[rule].format(plural=PLURALS[scene.objects[ref].shape])
     return phrase
 
 
@@ -295,8 +296,8 @@ def build_group(cfg: SynthRefConfig, rng: np.random.Generator) -> ReferringSampl
     may be empty). The referenced object itself is never part of its own group. The answer is empty (no text).
     With ``group_answer="obj"`` the same draw is posed as a "segment" sample instead: the answer is "<obj>." and
     its mask the union of the group (empty for an empty group); meta keeps the candidates' object ids. With
-    ``group_answer="said"`` that answer starts with the rule restated (``said_group_phrase``): "all red objects
-    <obj>."."""
+    ``group_answer="said"`` that answer starts with the rule restated (``said_group_phrase``): "all other red
+    objects <obj>."."""
     for _ in range(_TRIES):
         scene = _scene(cfg, rng, min_objects=2)
         picked = _group_rule(cfg, rng, scene)

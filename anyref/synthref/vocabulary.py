@@ -22,7 +22,7 @@ from anyref.samples import OBJ, AnswerPart
 
 __all__ = [
     "SHAPES", "PLURALS", "COLOURS", "COLOUR_HUES", "SIZES", "SIZE_FRACTIONS", "RELATIONS", "NO_TARGET_ANSWER",
-    "GROUP_OBJ_ANSWER", "GROUP_PHRASES", "UNLISTED_WORDS", "describe", "caption", "single_answer", "pair_answer",
+    "GROUP_OBJ_ANSWER", "GROUP_PHRASES", "SAID_GROUP_PHRASES", "UNLISTED_WORDS", "describe", "caption", "single_answer", "pair_answer",
     "vocabulary_words", "words_of",
 ]
 
@@ -55,10 +55,18 @@ GROUP_PHRASES = {
     "spatial": "everything {relation}",
 }
 
-# words of SynthRef texts that vocabulary_words() leaves out: the "verify" answers' ("the red circle: yes."), added
-# after the shipped model's tokenizer was built from that list; listing them renumbers 151 of its tokens, so a tiny
-# tokenizer built now would no longer be the shipped chain's. They stay a few byte-level tokens each.
-UNLISTED_WORDS = ("yes", ":")
+# how a "said" group answer restates a rule that points at a mask: by the attribute it selects, "other" because the
+# referenced object is never a member of its own group
+SAID_GROUP_PHRASES = {
+    "same_colour": "all other {colour} objects",
+    "same_shape": "all other {plural}",
+}
+
+# words of SynthRef texts that vocabulary_words() leaves out: the "verify" answers' ("the red circle: yes.") and the
+# "said" group answers' ("all other red objects"), added after the shipped model's tokenizer was built from that
+# list; listing them renumbers 151 of its tokens, so a tiny tokenizer built now would no longer be the shipped
+# chain's. They stay a few byte-level tokens each.
+UNLISTED_WORDS = ("yes", ":", "other")
 
 _WORD = re.compile(r"\w+|[^\w\s]")
 
