@@ -291,17 +291,14 @@ class AnyRef(AnyRefModel):
         if candidates is None:
             candidates = sam_candidates(self.sam, pixels, **(sam_options or {}))
         candidates = check_candidates(candidates, height, width)
-        text = None
+        references, text = self._prompt_references(prompt, allow_untrained), None
         if self.config.group_by_obj and self.config.group_obj_answer == "generated":
-            probs, text = self._group_by_generated_obj(None if image is None else pixels,
-                                                       self._prompt_references(prompt, allow_untrained),
-                                                       candidates, allow_untrained)
+            probs, text = self._group_by_generated_obj(None if image is None else pixels, references, candidates,
+                                                       allow_untrained)
         elif self.config.group_by_obj:
-            probs = self._group_by_obj(pixels, features, self._prompt_references(prompt, allow_untrained),
-                                       candidates, allow_untrained)
+            probs = self._group_by_obj(pixels, features, references, candidates, allow_untrained)
         else:
-            sample = ReferringSample(image=pixels, references=self._prompt_references(prompt, allow_untrained),
-                                     task="select",
+            sample = ReferringSample(image=pixels, references=references, task="select",
                                      candidates=candidates, selected=np.zeros(len(candidates), dtype=bool))
             self.check_references(sample.references + [MaskRef(candidates[0])], allow_untrained)
             batch = self._batch([sample], allow_untrained, 0)
@@ -321,11 +318,7 @@ class AnyRef(AnyRefModel):
         batch = collate([prepare(sample, self.builder)], self.ids.pad).to(self.device, self.dtype)
         grids = features.grid if features is not None else None
         sam = features.sam if features is not None else None
-        group_map = self.group_obj_map(batch, grids, sam)
-        if group_map is None:
-            return np.zeros(len(candidates), dtype=np.float32)
-        cover = torch.from_numpy(candidates).to(group_map.device, torch.float32).flatten(1)  # N x HW
-        return ((cover @ group_map.flatten()) / cover.sum(1)).cpu().numpy()
+        return _candidate_means(candidates, self.group_obj_map(batch, grids, sam))
 
     def _group_by_generated_obj(self, image, references: list, candidates: np.ndarray,
                                 allow_untrained: bool) -> tuple[np.ndarray, str]:
@@ -335,11 +328,8 @@ class AnyRef(AnyRefModel):
         image: H x W x 3 pixels, or None for the ``set_image`` image."""
         generations, batch, sam = self._run(image, [references], "segment", allow_untrained)
         result = self._masks_for(generations, batch, sam)[0]
-        if not result.found:
-            return np.zeros(len(candidates), dtype=np.float32), result.text
-        group_map = 1.0 / (1.0 + np.exp(-result.logits[0].astype(np.float64)))  # H x W
-        cover = candidates.reshape(len(candidates), -1).astype(np.float64)  # N x HW
-        return (cover @ group_map.reshape(-1)) / cover.sum(1), result.text
+        group_map = torch.from_numpy(result.logits[0]).sigmoid() if result.found else None
+        return _candidate_means(candidates, group_map), result.text
 
     def _masks_for(self, generations: list[Generation], batch, sam: torch.Tensor | None = None,
                    regions: list[np.ndarray | None] | None = None,
@@ -409,6 +399,15 @@ class _ImageFeatures:
 
     def keep_prefix(self, prefix: PrefixCache) -> None:
         self.prefix = prefix
+
+
+def _candidate_means(candidates: np.ndarray, probability: torch.Tensor | None) -> np.ndarray:
+    """N: each of the N x H x W candidates' mean of an H x W mask probability map over its pixels (the group of
+    ``group_by_obj``); 0 for all when there is no map (the ``<obj>`` was placed nowhere, or never written)."""
+    if probability is None:
+        return np.zeros(len(candidates), dtype=np.float32)
+    cover = torch.from_numpy(candidates).to(probability.device, torch.float32).flatten(1)  # N x HW
+    return ((cover @ probability.float().flatten()) / cover.sum(1)).cpu().numpy()
 
 
 def _pixel_key(pixels: np.ndarray) -> str:

@@ -282,12 +282,10 @@ def said_group_phrase(scene: Scene, phrase: str, rule_meta: dict) -> str:
     attribute becomes the attribute rule it stands for, less the referenced object ("everything the same shape as"
     a circle's mask -> "all other circles"); every other rule (by attribute, or by place relative to a mask) is
     said as it was asked."""
-    rule, ref = rule_meta["rule"], rule_meta["ref_object"]
-    if rule == "same_colour":
-        return SAID_GROUP_PHRASES[rule].format(colour=scene.objects[ref].colour)
-    if rule == "same_shape":
-        return SAID_GROUP_PHRASES[rule].format(plural=PLURALS[scene.objects[ref].shape])
-    return phrase
+    if rule_meta["rule"] not in SAID_GROUP_PHRASES:
+        return phrase
+    ref = scene.objects[rule_meta["ref_object"]]
+    return SAID_GROUP_PHRASES[rule_meta["rule"]].format(colour=ref.colour, plural=PLURALS[ref.shape])
 
 
 def build_group(cfg: SynthRefConfig, rng: np.random.Generator) -> ReferringSample:
