@@ -14,6 +14,8 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 VISION_RESIZE_MODES = ("resize", "crop", "pad")
 # how a group_by_obj model answers a group prompt: "<obj>" given, or its own generated answer
 GROUP_OBJ_ANSWERS = ("given", "generated")
+# how the location map reads the image (anyref.image_reread): once, or also after the answer, added or alone
+IMAGE_REREADS = ("off", "added", "alone")
 # "mask" covers both uses of mask tokens: MaskRef references and the candidates of mask-group selection
 REFERENCE_KINDS = ("text", "box", "example", "audio", "mask")
 MASK_FEATURE_SOURCES = ("vision", "position", "sam")  # plus "timm:NAME" entries
@@ -51,6 +53,11 @@ class AnyRefConfig:
         that puts more than half its map there is answered without a mask (``<nowhere>`` in the answer's text).
         Trained on ``<obj>`` whose target mask is empty (SynthRef's ``no_target_answer="nowhere"``). Needs
         ``obj_location_prompt``. Off: the paper (a no-target answer is text without ``<obj>``).
+    image_reread: "off" (LLaVA's layout: the image once, before the question), or a sequence holds the image's
+        tokens a second time, after the answer, so that they attend to the question and the answer, and the location
+        map and the group head's cell map read, with "added", the first read's states plus a learned map of the
+        second's (zero at the start), with "alone", the second read's states alone
+        (:class:`anyref.image_reread.ImageReread`). Needs ``obj_location_prompt`` (what reads those states).
     region_pool: side of the RoIAlign / example pooling grid (4 -> 16 tokens per box or example).
     box_zoom: a box's tokens are read from the box's own crop, resampled to the vision tower's input size and
         encoded again (then pooled to region_pool x region_pool, as an example image is), instead of RoIAligned
@@ -142,6 +149,7 @@ class AnyRefConfig:
     image_positions: bool = False
     obj_location_prompt: bool = False
     obj_nowhere: bool = False
+    image_reread: str = "off"
     region_pool: int = 4
     box_zoom: bool = False
     region_geometry: bool = False
@@ -179,6 +187,11 @@ class AnyRefConfig:
             raise ValueError(f"region_pool must be >= 1, got {self.region_pool}")
         if self.obj_nowhere and not self.obj_location_prompt:
             raise ValueError("obj_nowhere adds a place to the location map: it needs obj_location_prompt")
+        if self.image_reread not in IMAGE_REREADS:
+            raise ValueError(f"image_reread must be one of {IMAGE_REREADS}, got {self.image_reread!r}")
+        if self.image_reread != "off" and not self.obj_location_prompt:
+            raise ValueError("image_reread gives the location map query-aware image states: it needs "
+                             "obj_location_prompt")
         if self.group_by_obj and not self.obj_nowhere:
             raise ValueError("group_by_obj answers an empty group with an <obj> placed nowhere: it needs obj_nowhere")
         if self.group_obj_answer not in GROUP_OBJ_ANSWERS:

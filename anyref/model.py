@@ -23,6 +23,7 @@ from anyref.heads import (
     ObjLocator, ObjProjection, coverage_logits, decode_masks, location_cells, location_prompt, placed_nowhere,
     upscale_masks,
 )
+from anyref.image_reread import ImageReread
 from anyref.image_tokens import ImageTokenMerger, ImageTokenPositions
 from anyref.losses import mask_bce, mask_dice
 from anyref.mask_tokens import MaskProjector, MaskSource, pool_masks, position_map
@@ -66,6 +67,27 @@ class _Emission:
     cos: torch.Tensor
     sin: torch.Tensor
     reach: int
+
+
+@dataclass
+class _Prefill:
+    """A prompt batch run into a decoding cache: its ids, attention and position ids (B x L, rows reordered to
+    [prefix][padding][rest] when a prefix was shared), the cache, the last-layer states of the tokens after the
+    shared prefix (B x (L - shared) x H), and the PrefixCache used (None when none was shared)."""
+
+    input_ids: torch.Tensor
+    attention: torch.Tensor
+    positions: torch.Tensor
+    cache: object
+    hidden: torch.Tensor
+    shared: int
+    prefix: PrefixCache | None
+
+    def full_hidden(self) -> torch.Tensor:
+        """Every position's last-layer state, B x L x H (the prefix's repeated in each row)."""
+        if not self.shared:
+            return self.hidden
+        return torch.cat([self.prefix.hidden.expand(len(self.hidden), -1, -1), self.hidden], dim=1)
 
 
 class AnyRefModel(nn.Module):
@@ -118,6 +140,7 @@ class AnyRefModel(nn.Module):
                              else None)
         cell = llava.config.vision_config.patch_size * config.image_token_merge
         self.image_positions = ImageTokenPositions(self.llm_grid, hidden, cell) if config.image_positions else None
+        self.image_reread = ImageReread(hidden, config.image_reread) if config.image_reread != "off" else None
         wanted = timm_sources(config.mask_features)
         mask_encoders = dict(mask_encoders or {})
         if sorted(mask_encoders) != sorted(wanted):
@@ -177,6 +200,16 @@ class AnyRefModel(nn.Module):
         self._reconfigure(obj_nowhere=True)
         reference = self.obj_locator.query.weight
         self.obj_locator.nowhere = nn.Linear(reference.shape[0], 1).to(device=reference.device, dtype=reference.dtype)
+
+    def add_image_reread(self, mode: str = "added") -> None:
+        """Give a finished model the image's second read, after the answer (``image_reread`` = ``mode``), its
+        weights zero: with "added" it answers and locates as before until it trains (a training config's
+        "add_image_reread")."""
+        if self.image_reread is not None:
+            raise ValueError("this model already reads the image a second time")
+        self._reconfigure(image_reread=mode)  # validated: a mode, and a model with a location map
+        reference = self.obj_projection[0].weight
+        self.image_reread = ImageReread(reference.shape[1], mode).to(device=reference.device, dtype=reference.dtype)
 
     @staticmethod
     def _new_region_geometry(hidden: int) -> RegionGeometry:
@@ -379,6 +412,8 @@ class AnyRefModel(nn.Module):
             image_tokens = self.image_merger(image_tokens)  # B x (G/k)^2 x H
         if self.image_positions is not None:
             image_tokens = self.image_positions.add_to_image(image_tokens)
+        if self.image_reread is not None and self.image_reads(ids) == 2:  # a sequence with the image's second read
+            image_tokens = torch.cat([image_tokens, self.image_reread.second_copy(image_tokens)], dim=1)
         reference_tokens = self.reference_tokens(batch, grids, example_grids, sam_embeddings)  # T x H
         placeholders = (ids == self.ids.image) | (ids == self.ids.ref_feature)
         embeds = self.llava.get_input_embeddings()(ids.masked_fill(placeholders, self.ids.pad))
@@ -479,8 +514,23 @@ class AnyRefModel(nn.Module):
 
     def image_token_states(self, input_ids: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
         """The states of the image tokens the LLM read, row by row: input_ids B x L, hidden B x L x H ->
-        B x T x H (T = the LLM grid's tokens, which every row holds)."""
-        return hidden[input_ids == self.ids.image].view(len(input_ids), self.llm_grid ** 2, hidden.shape[-1])
+        B x T x H (T = the LLM grid's tokens, which every row holds; with ``image_reread`` the first read's
+        states combined with the second's, :class:`anyref.image_reread.ImageReread`)."""
+        reads = self.image_reads(input_ids)
+        if self.image_reread is not None and reads != 2:
+            raise ValueError("this model reads the image a second time, after the answer: these rows lack that read")
+        states = hidden[input_ids == self.ids.image].view(len(input_ids), reads, self.llm_grid ** 2, hidden.shape[-1])
+        return states[:, 0] if self.image_reread is None else self.image_reread.combine(states[:, 0], states[:, 1])
+
+    def image_reads(self, input_ids: torch.Tensor) -> int:
+        """How many times each row of input_ids (B x L) holds the image: 1, or 2 with ``image_reread``'s second
+        read after an answer. Rows must agree."""
+        per_row = (input_ids == self.ids.image).sum(1)
+        tokens = self.llm_grid ** 2
+        if len(per_row) and (bool((per_row != per_row[0]).any()) or int(per_row[0]) % tokens):
+            raise ValueError(f"every row must hold the image's {tokens} tokens the same number of times, got "
+                             f"{per_row.tolist()}")
+        return int(per_row[0]) // tokens if len(per_row) else 1
 
     def decode_obj_masks(self, embeddings: torch.Tensor, obj_states: torch.Tensor,
                          image_states: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -569,13 +619,17 @@ class AnyRefModel(nn.Module):
 
     def prompt_positions(self, batch: Batch) -> torch.Tensor:
         """B x L bool: the question's positions after its image, candidates excluded (each ``<mask-pool-pre>`` and
-        the mask token after it): the prompt's words and reference tokens, what a group is asked by."""
+        the mask token after it) and the image's second read too (``image_reread``): the prompt's words and
+        reference tokens, what a group is asked by."""
         ids = batch.input_ids
         span = torch.arange(ids.shape[1], device=ids.device)
-        last_image = torch.where(ids == self.ids.image, span[None, :], -1).max(1).values
+        image = ids == self.ids.image
+        first_image = torch.where(image, span[None, :], ids.shape[1]).min(1).values
+        image_end = first_image + self.llm_grid ** 2  # the first read is one run of image tokens
         pre = ids == self.ids.mask_pool_pre
         candidate = pre | F.pad(pre[:, :-1], (1, 0))
-        question = (span[None, :] > last_image[:, None]) & (span[None, :] < batch.answer_starts[:, None])
+        question = (span[None, :] >= image_end[:, None]) & (span[None, :] < batch.answer_starts[:, None])
+        question &= ~image
         return question & batch.attention_mask.bool() & ~candidate
 
     def _group_loss(self, batch: Batch, hidden: torch.Tensor, embeds: torch.Tensor) -> tuple[torch.Tensor, dict]:
@@ -666,30 +720,13 @@ class AnyRefModel(nn.Module):
         """
         max_new_tokens = max_new_tokens or self.config.max_new_tokens
         lm = self.llava.model.language_model
-        attention = batch.attention_mask.clone()
-        embeds = self.input_embeddings(batch, grids, sam_embeddings)
-        batch_size, prompt_length = attention.shape
-        shared = 0
-        if share_prefix:
-            image_ids = (self.ids.image,) + (() if self.builder.image_wrap_ids is None else self.builder.image_wrap_ids)
-            shared, order = split_prefix(batch.input_ids, attention, embeds, image_ids)
-        capacity = prompt_length + max_new_tokens
-        cache = preallocated_cache(lm.config.num_hidden_layers, capacity)
-        if shared:
-            embeds = embeds.gather(1, order[..., None].expand_as(embeds))
-            attention = attention.gather(1, order)
-            ids = tuple(batch.input_ids.gather(1, order)[0, :shared].tolist())
-            if prefix is None or prefix.ids != ids:
-                prefix = PrefixCache.run(lm, ids, embeds[:1, :shared])
-                if keep_prefix is not None:
-                    keep_prefix(prefix)
-            cache = prefix.expanded(batch_size, capacity)
-        positions = (attention.cumsum(-1) - 1).clamp_min(0)
+        prompt_embeds = self.input_embeddings(batch, grids, sam_embeddings)
+        batch_size, prompt_length = batch.attention_mask.shape
         with LastLayerAttentionTap(self.language_model) as tap:
-            prompt_hidden = lm(inputs_embeds=embeds[:, shared:], attention_mask=attention,
-                               position_ids=positions[:, shared:], past_key_values=cache,
-                               use_cache=True).last_hidden_state  # B x (L - shared) x H
-            step_hidden = prompt_hidden[:, -1]
+            run = self._prefill(batch.input_ids, batch.attention_mask, prompt_embeds, prompt_length + max_new_tokens,
+                                prefix, keep_prefix, share_prefix)
+            prefix, cache, attention, positions = run.prefix, run.cache, run.attention.clone(), run.positions
+            step_hidden = run.hidden[:, -1]
             answer_hidden: list[torch.Tensor] = []  # B x H per generated position (prompt_length + i)
             tokens = [[] for _ in range(batch_size)]
             emitted: list[_Emission] = []
@@ -726,15 +763,65 @@ class AnyRefModel(nn.Module):
                 states[row].append(state)
         hidden_size = step_hidden.shape[-1]
         image_states = [None] * batch_size
-        if self.obj_locator is not None:  # the prompt's last-layer states in the (reordered) row layout
-            if shared:
-                prompt_hidden = torch.cat([prefix.hidden.expand(batch_size, -1, -1), prompt_hidden], dim=1)
-            image_states = self.image_token_states(batch.input_ids.gather(1, order) if shared else batch.input_ids,
-                                                   prompt_hidden)
+        if self.image_reread is not None:  # the image's second read, after each row's answer
+            image_states = self._reread_image_states(batch, prompt_embeds, tokens, prefix, share_prefix)
+        elif self.obj_locator is not None:  # the prompt's last-layer states in the (reordered) row layout
+            image_states = self.image_token_states(run.input_ids, run.full_hidden())
         return [Generation(tokens[row],
                            torch.stack(states[row]) if states[row] else step_hidden.new_zeros((0, hidden_size)),
                            self.decode_text(tokens[row]), image_states[row])
                 for row in range(batch_size)]
+
+    def _prefill(self, input_ids: torch.Tensor, attention: torch.Tensor, embeds: torch.Tensor, capacity: int,
+                 prefix: PrefixCache | None, keep_prefix, share_prefix: bool) -> "_Prefill":
+        """A left-padded batch (ids and attention B x L, embeds B x L x H) through the LLM into a fresh cache for
+        ``capacity`` tokens; the tokens every row starts with (up to the image's end) run once as a PrefixCache,
+        ``prefix`` when its ids match (``keep_prefix`` is called with a newly computed one)."""
+        lm = self.llava.model.language_model
+        shared = 0
+        if share_prefix:
+            image_ids = (self.ids.image,) + (() if self.builder.image_wrap_ids is None else self.builder.image_wrap_ids)
+            shared, order = split_prefix(input_ids, attention, embeds, image_ids)
+        cache = preallocated_cache(lm.config.num_hidden_layers, capacity)
+        if shared:
+            embeds = embeds.gather(1, order[..., None].expand_as(embeds))
+            attention = attention.gather(1, order)
+            input_ids = input_ids.gather(1, order)
+            ids = tuple(input_ids[0, :shared].tolist())
+            if prefix is None or prefix.ids != ids:
+                prefix = PrefixCache.run(lm, ids, embeds[:1, :shared])
+                if keep_prefix is not None:
+                    keep_prefix(prefix)
+            cache = prefix.expanded(len(input_ids), capacity)
+        positions = (attention.cumsum(-1) - 1).clamp_min(0)
+        hidden = lm(inputs_embeds=embeds[:, shared:], attention_mask=attention, position_ids=positions[:, shared:],
+                    past_key_values=cache, use_cache=True).last_hidden_state  # B x (L - shared) x H
+        return _Prefill(input_ids, attention, positions, cache, hidden, shared, prefix if shared else None)
+
+    def _reread_image_states(self, batch: Batch, prompt_embeds: torch.Tensor, tokens: list[list[int]],
+                             prefix: PrefixCache | None, share_prefix: bool) -> torch.Tensor:
+        """``image_reread``: each row's prompt (B x L ids, B x L x H embeds), its generated answer and eos, then the
+        image's second read, through the LLM as training saw them (the shared prefix reused) -> the image tokens'
+        states, B x T x H."""
+        block = torch.tensor(self.builder.image_block(), device=batch.input_ids.device)
+        ids, embeds = [], []
+        for row, answer in enumerate(tokens):
+            keep = batch.attention_mask[row].bool()
+            prompt_ids, prompt_row = batch.input_ids[row][keep], prompt_embeds[row][keep]
+            first = prompt_row[prompt_ids == self.ids.image]  # T x H: the first read's inputs
+            answer_ids = torch.tensor(answer + [self.ids.eos], dtype=block.dtype, device=block.device)
+            tail = torch.cat([answer_ids, block])
+            tail_embeds = self.llava.get_input_embeddings()(tail.masked_fill(tail == self.ids.image, self.ids.pad))
+            tail_embeds = tail_embeds.masked_scatter((tail == self.ids.image)[:, None].expand_as(tail_embeds),
+                                                     self.image_reread.second_copy(first).to(tail_embeds.dtype))
+            ids.append(torch.cat([prompt_ids, tail]))
+            embeds.append(torch.cat([prompt_row, tail_embeds]))
+        length = max(len(row) for row in ids)
+        input_ids = torch.stack([F.pad(row, (length - len(row), 0), value=self.ids.pad) for row in ids])
+        attention = torch.stack([F.pad(torch.ones_like(row), (length - len(row), 0)) for row in ids])
+        embeds = torch.stack([F.pad(row, (0, 0, length - len(row), 0)) for row in embeds])
+        run = self._prefill(input_ids, attention, embeds, length, prefix, None, share_prefix)
+        return self.image_token_states(run.input_ids, run.full_hidden())
 
     def _emitted_obj_states(self, emitted: list[_Emission], cache, attention, answer_hidden,
                             prompt_length: int) -> torch.Tensor:

@@ -50,9 +50,9 @@ def split_prefix(input_ids: torch.Tensor, attention: torch.Tensor, embeds: torch
                  image_ids: tuple[int, ...]) -> tuple[int, torch.Tensor]:
     """(P, order): the length of the run of tokens every row starts with - the same ids AND the same embeddings
     (placeholders of image patches or reference features agree in id, not always in content) - up to the end of
-    the image (the last of ``image_ids``: what later queries on the image share too), and a B x L index that puts
-    each row's first P real tokens first and keeps the rest in order (apply with ``gather`` on dim 1). Every row
-    keeps at least its last token out of the prefix (the one whose state predicts the answer).
+    the image (the end of the first run of ``image_ids``: what later queries on the image share too), and a B x L
+    index that puts each row's first P real tokens first and keeps the rest in order (apply with ``gather`` on
+    dim 1). Every row keeps at least its last token out of the prefix (the one whose state predicts the answer).
 
     input_ids, attention: B x L of a left-padded batch; embeds: B x L x H.
     """
@@ -61,7 +61,10 @@ def split_prefix(input_ids: torch.Tensor, attention: torch.Tensor, embeds: torch
     image = torch.isin(row, torch.tensor(image_ids, device=row.device)).nonzero()
     if not len(image):
         return 0, torch.arange(attention.shape[1], device=input_ids.device).expand_as(input_ids)
-    limit = min(int((attention.shape[1] - starts).min()) - 1, int(image[-1]) + 1)
+    # the first run of image ids ends the prefix (image_reread's second read, after an answer, is the row's own)
+    image = image[:, 0]
+    run = int((image - image[0] == torch.arange(len(image), device=image.device)).long().cumprod(0).sum())
+    limit = min(int((attention.shape[1] - starts).min()) - 1, int(image[run - 1]) + 1)
     first = int(starts[0])
     same = torch.ones(max(limit, 0), dtype=torch.bool, device=input_ids.device)
     for r in range(1, len(input_ids)):

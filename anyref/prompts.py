@@ -163,18 +163,23 @@ class PromptBuilder:
             ids += encode_text(self.tokenizer, text)
         return ids + [self.ids.eos]
 
+    def image_block(self) -> list[int]:
+        """The image's tokens as a prompt holds them (in LISA's wrap when configured): its first read, and with
+        ``image_reread`` its second, after the answer, from which nothing is predicted."""
+        image = [self.ids.image] * self.image_tokens
+        return [self.image_wrap_ids[0], *image, self.image_wrap_ids[1]] if self.image_wrap_ids else image
+
     def encode(self, task: str, references: list[Reference], answer: list[AnswerPart] | None = None,
                candidates: int = 0) -> EncodedPrompt:
-        """The whole sequence: [bos] system "USER: " image "\\n" question [candidates] " ASSISTANT:" answer.
+        """The whole sequence: [bos] system "USER: " image "\\n" question [candidates] " ASSISTANT:" answer
+        [image again, with ``image_reread`` and an answer: :class:`anyref.image_reread.ImageReread`].
 
         The answer is the answer's tokens and eos (when given), or for task "select" the ``candidates`` feature
         tokens again (never predicted: their labels are ignored).
         """
         if (task == "select") != (candidates > 0):
             raise ValueError("task 'select' needs at least one candidate, and only it takes candidates")
-        image = [self.ids.image] * self.image_tokens
-        if self.image_wrap_ids is not None:
-            image = [self.image_wrap_ids[0], *image, self.image_wrap_ids[1]]
+        image = self.image_block()
         head = (self.config.system_prompt + " " if self.config.system_prompt else "") + "USER: "
         question, used = self.question_parts(task, references)
         listed = [self.ids.mask_pool_pre, self.ids.ref_feature] * candidates
@@ -192,4 +197,7 @@ class PromptBuilder:
             answer_ids = self.answer_ids(answer)
             ids += answer_ids
             labels += answer_ids
+        if self.config.image_reread != "off" and (candidates or answer is not None):
+            ids += self.image_block()
+            labels += [IGNORE_INDEX] * (len(ids) - len(labels))
         return EncodedPrompt(ids, labels, answer_start, used, slots)

@@ -121,6 +121,9 @@ def reference_segment(model, image: np.ndarray, refs: list, new_tokens: int = AN
     from anyref.refocus import refocus
     from anyref.samples import ReferringSample
 
+    if model.config.image_reread != "off":
+        raise ValueError("the reference path reads the image once, before the question: bench a model whose "
+                         'image_reread is "off"')
     sample = ReferringSample(image=image, references=refs, task="segment")
     batch = collate([prepare(sample, model.builder, with_answer=False)], model.ids.pad).to(model.device, model.dtype)
     lm = model.llava.model.language_model

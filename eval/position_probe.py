@@ -35,9 +35,9 @@ def image_token_features(model, samples: list, chunk: int = 16) -> dict[str, tor
         batch = batch.to(model.device, model.dtype)
         embeds = model.input_embeddings(batch)
         hidden = model.answer_states(batch, embeds=embeds)[0]
-        image = batch.input_ids == model.ids.image
-        inputs.append(embeds[image].view(-1, grid * grid, embeds.shape[-1]).float().cpu())
-        states.append(hidden[image].view(-1, grid * grid, hidden.shape[-1]).float().cpu())
+        image = batch.input_ids == model.ids.image  # the first read's inputs (image_reread has a second)
+        inputs.append(embeds[image].view(len(embeds), -1, grid * grid, embeds.shape[-1])[:, 0].float().cpu())
+        states.append(model.image_token_states(batch.input_ids, hidden).float().cpu())
     return {"input": torch.cat(inputs), "last_layer": torch.cat(states)}
 
 

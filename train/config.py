@@ -98,6 +98,8 @@ _CONTINUATION_KEYS = {
                    "config_overrides",
     "add_region_geometry": 'gives an "init_from" model a region geometry code; a "tiny" model takes '
                            '"region_geometry": true in its config_overrides',
+    "add_image_reread": 'gives an "init_from" model the image read again after the answer; a "tiny" model '
+                        'takes "image_reread": "added" or "alone" in its config_overrides',
     "box_zoom": 'switches an "init_from" model to box tokens read from each box\'s crop; a "tiny" model takes '
                 '"box_zoom": true in its config_overrides',
     "group_by_obj": 'switches an "init_from" model to deciding groups by an <obj>; a "tiny" model takes '
@@ -113,7 +115,8 @@ class TrainConfig:
     (with "new_group_head": {group_head_* fields of AnyRefConfig}, DIR's model gets a new, untrained group head;
     with "add_nowhere": true, its location map a new, untrained nowhere place: AnyRefConfig.obj_nowhere; with
     "add_region_geometry": true, a new, zero size-and-place code on its box and mask tokens:
-    AnyRefConfig.region_geometry; with "group_by_obj": true, its select decides groups by an <obj>:
+    AnyRefConfig.region_geometry; with "add_image_reread": "added" or "alone", the image read again after the
+    answer, its weights zero: AnyRefConfig.image_reread; with "group_by_obj": true, its select decides groups by an <obj>:
     AnyRefConfig.group_by_obj, and "group_obj_answer": "generated" has it write its own answer first:
     AnyRefConfig.group_obj_answer).
     mixture: source name -> {"ratio": r, ...source options}; sources: "synthref" (options: tasks weights,

@@ -16,7 +16,8 @@ def build_model(config) -> AnyRef:
     and "add_nowhere": true: its location map with a new, untrained nowhere place, both initialised from the run's
     seed; "add_region_geometry": true: a new, zero region geometry code on its box and mask tokens,
     AnyRefConfig.region_geometry; "box_zoom": true: its box tokens read from each box's crop,
-    AnyRefConfig.box_zoom; "group_by_obj": true: its ``select`` decides groups by an ``<obj>``,
+    AnyRefConfig.box_zoom; "add_image_reread": "added" or "alone": the image read again after the answer,
+    its weights zero, AnyRefConfig.image_reread; "group_by_obj": true: its ``select`` decides groups by an ``<obj>``,
     AnyRefConfig.group_by_obj, answered as "group_obj_answer" says: AnyRefConfig.group_obj_answer)."""
     if "init_from" in config.model:
         try:
@@ -34,6 +35,8 @@ def build_model(config) -> AnyRef:
             model.set_box_zoom(True)
         if config.model.get("add_region_geometry"):
             model.add_region_geometry()
+        if config.model.get("add_image_reread"):
+            model.add_image_reread(config.model["add_image_reread"])
         if config.model.get("group_by_obj"):
             model.decide_groups_by_obj(config.model.get("group_obj_answer", "given"))
         return model

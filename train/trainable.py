@@ -42,7 +42,8 @@ def parameter_groups(model: nn.Module, trainer_heads: dict[str, list[nn.Module]]
         # the image-token merger, position map, locator and region geometry are new on a pretrained LLaVA too: they
         # train with the heads
         "heads": [m for m in (model.obj_projection, model.audio_projection, None if own_group else model.group_head,
-                              model.image_merger, model.image_positions, model.obj_locator, model.region_geometry)
+                              model.image_merger, model.image_positions, model.obj_locator, model.region_geometry,
+                              model.image_reread)
                   if m is not None],
         "group_head": [model.group_head] if own_group else [],
         "mask_projector": [model.mask_projector],
