@@ -21,6 +21,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from anyref.config import IMAGE_REREADS
+
 __all__ = ["ImageReread"]
 
 
@@ -30,8 +32,8 @@ class ImageReread(nn.Module):
 
     def __init__(self, hidden: int, mode: str = "added"):
         super().__init__()
-        if mode not in ("added", "alone"):
-            raise ValueError(f'ImageReread mode must be "added" or "alone", got {mode!r}')
+        if mode not in IMAGE_REREADS[1:]:  # "off" is no ImageReread at all
+            raise ValueError(f"ImageReread mode must be one of {IMAGE_REREADS[1:]}, got {mode!r}")
         self.mode = mode
         # zeros, not nn.Linear's draw: a model gains this part without moving anyone's random stream
         self.marker = nn.Parameter(torch.zeros(hidden))

@@ -516,11 +516,13 @@ class AnyRefModel(nn.Module):
         """The states of the image tokens the LLM read, row by row: input_ids B x L, hidden B x L x H ->
         B x T x H (T = the LLM grid's tokens, which every row holds; with ``image_reread`` the first read's
         states combined with the second's, :class:`anyref.image_reread.ImageReread`)."""
-        reads = self.image_reads(input_ids)
-        if self.image_reread is not None and reads != 2:
+        shape = (len(input_ids), self.llm_grid ** 2, hidden.shape[-1])
+        if self.image_reread is None:
+            return hidden[input_ids == self.ids.image].view(shape)
+        if self.image_reads(input_ids) != 2:
             raise ValueError("this model reads the image a second time, after the answer: these rows lack that read")
-        states = hidden[input_ids == self.ids.image].view(len(input_ids), reads, self.llm_grid ** 2, hidden.shape[-1])
-        return states[:, 0] if self.image_reread is None else self.image_reread.combine(states[:, 0], states[:, 1])
+        first, second = hidden[input_ids == self.ids.image].view(shape[0], 2, *shape[1:]).unbind(1)
+        return self.image_reread.combine(first, second)
 
     def image_reads(self, input_ids: torch.Tensor) -> int:
         """How many times each row of input_ids (B x L) holds the image: 1, or 2 with ``image_reread``'s second
@@ -725,7 +727,7 @@ class AnyRefModel(nn.Module):
         with LastLayerAttentionTap(self.language_model) as tap:
             run = self._prefill(batch.input_ids, batch.attention_mask, prompt_embeds, prompt_length + max_new_tokens,
                                 prefix, keep_prefix, share_prefix)
-            prefix, cache, attention, positions = run.prefix, run.cache, run.attention.clone(), run.positions
+            prefix, cache, attention, positions = run.prefix, run.cache, run.attention, run.positions
             step_hidden = run.hidden[:, -1]
             answer_hidden: list[torch.Tensor] = []  # B x H per generated position (prompt_length + i)
             tokens = [[] for _ in range(batch_size)]

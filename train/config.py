@@ -116,8 +116,8 @@ class TrainConfig:
     with "add_nowhere": true, its location map a new, untrained nowhere place: AnyRefConfig.obj_nowhere; with
     "add_region_geometry": true, a new, zero size-and-place code on its box and mask tokens:
     AnyRefConfig.region_geometry; with "add_image_reread": "added" or "alone", the image read again after the
-    answer, its weights zero: AnyRefConfig.image_reread; with "group_by_obj": true, its select decides groups by an <obj>:
-    AnyRefConfig.group_by_obj, and "group_obj_answer": "generated" has it write its own answer first:
+    answer, its weights zero: AnyRefConfig.image_reread; with "group_by_obj": true, its select decides groups by
+    an <obj>: AnyRefConfig.group_by_obj, and "group_obj_answer": "generated" has it write its own answer first:
     AnyRefConfig.group_obj_answer).
     mixture: source name -> {"ratio": r, ...source options}; sources: "synthref" (options: tasks weights,
     image_size, world_seed, no_target_answer, group_answer, verify_answer, relational_prob). stages: the schedule; each stage has its own warmup and cosine decay (lr, warmup_steps
