@@ -7,6 +7,7 @@ the answer repeats; a classifier on those answer positions picks the group in on
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -28,6 +29,8 @@ from anyref.image_tokens import ImageTokenMerger, ImageTokenPositions
 from anyref.losses import mask_bce, mask_dice
 from anyref.mask_tokens import MaskProjector, MaskSource, pool_masks, position_map
 from anyref.kv_cache import preallocated_cache
+from anyref.language_depth import insert_identity_layers
+from anyref.lora import lora_enabled
 from anyref.outputs import AnyRefOutput, Generation
 from anyref.prefix import PrefixCache, split_prefix
 from anyref.prompts import IGNORE_INDEX, PromptBuilder
@@ -152,6 +155,9 @@ class AnyRefModel(nn.Module):
         self.mask_projector = MaskProjector({n: s.channels for n, s in self.mask_sources.items()}, hidden,
                                             config.mask_token_norm)
         self.region_geometry = self._new_region_geometry(hidden) if config.region_geometry else None
+        # LLM layers added to this finished model by add_language_layers, for the trainer (a tuple: not registered
+        # twice, and not saved - a loaded model's layers are all its own)
+        self.new_language_layers: tuple[nn.Module, ...] = ()
         self.group_head = build_group_head(config, hidden)
         self.builder = PromptBuilder(config, tokenizer, self.ids, self.llm_grid ** 2, wrap, self.mask_sources)
 
@@ -210,6 +216,17 @@ class AnyRefModel(nn.Module):
         self._reconfigure(image_reread=mode)  # validated: a mode, and a model with a location map
         reference = self.obj_projection[0].weight
         self.image_reread = ImageReread(reference.shape[1], mode).to(device=reference.device, dtype=reference.dtype)
+
+    def add_language_layers(self, count: int) -> None:
+        """Deepen a finished model's LLM by ``count`` new decoder layers before its last, each the identity until it
+        trains (anyref/language_depth.py), so that it answers exactly as before (a training config's
+        "add_language_layers"). Not with LoRA on: the new layers would be frozen behind the adapter."""
+        if lora_enabled(self):
+            raise ValueError("add_language_layers needs a model without LoRA (the new layers train in full)")
+        self.new_language_layers += insert_identity_layers(self.language_model, count, seed=torch.initial_seed() + 3)
+        llava = copy.deepcopy(self.config.llava)  # what a saved model is rebuilt from
+        llava["text_config"]["num_hidden_layers"] = self.language_model.config.num_hidden_layers
+        self._reconfigure(llava=llava)
 
     @staticmethod
     def _new_region_geometry(hidden: int) -> RegionGeometry:

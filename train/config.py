@@ -42,6 +42,8 @@ class Stage:
     cell_attribute_weight: weight of a loss on what each image token the LLM read holds (the shape, colour and size
     of the objects under it, or background), read by a trainer-only linear head from the token's last-layer state
     (train/objectives.py); SynthRef samples only, an anyref stage on the "all" policy.
+    new_layers_lr: the peak learning rate of the LLM layers an "init_from" model is given in this run
+    ("add_language_layers"), which start as the identity and so far from trained weights (default: the stage's).
     """
 
     name: str
@@ -56,6 +58,7 @@ class Stage:
     refine_weight: float = 0.0
     box_prior_weight: float = 0.0
     cell_attribute_weight: float = 0.0
+    new_layers_lr: float | None = None
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -86,6 +89,8 @@ class Stage:
                              f"{self.trainable!r} freezes; use one that trains it (e.g. \"encoders_promptable\")")
         if self.lr is not None and self.lr <= 0:
             raise ValueError(f"stage {self.name!r}: lr must be > 0")
+        if self.new_layers_lr is not None and self.new_layers_lr <= 0:
+            raise ValueError(f"stage {self.name!r}: new_layers_lr must be > 0")
         if self.warmup_steps is not None and self.warmup_steps < 0:
             raise ValueError(f"stage {self.name!r}: warmup_steps must be >= 0")
 
@@ -100,6 +105,7 @@ _CONTINUATION_KEYS = {
                            '"region_geometry": true in its config_overrides',
     "add_image_reread": 'gives an "init_from" model the image read again after the answer; a "tiny" model '
                         'takes "image_reread": "added" or "alone" in its config_overrides',
+    "add_language_layers": 'deepens an "init_from" model\'s LLM by N new layers; a "tiny" model takes "text_layers"',
     "box_zoom": 'switches an "init_from" model to box tokens read from each box\'s crop; a "tiny" model takes '
                 '"box_zoom": true in its config_overrides',
     "group_by_obj": 'switches an "init_from" model to deciding groups by an <obj>; a "tiny" model takes '
@@ -116,9 +122,10 @@ class TrainConfig:
     with "add_nowhere": true, its location map a new, untrained nowhere place: AnyRefConfig.obj_nowhere; with
     "add_region_geometry": true, a new, zero size-and-place code on its box and mask tokens:
     AnyRefConfig.region_geometry; with "add_image_reread": "added" or "alone", the image read again after the
-    answer, its weights zero: AnyRefConfig.image_reread; with "group_by_obj": true, its select decides groups by
-    an <obj>: AnyRefConfig.group_by_obj, and "group_obj_answer": "generated" has it write its own answer first:
-    AnyRefConfig.group_obj_answer).
+    answer, its weights zero: AnyRefConfig.image_reread; with "add_language_layers": N, N new LLM decoder layers
+    before its last, each the identity at the start: AnyRefModel.add_language_layers; with "group_by_obj": true,
+    its select decides groups by an <obj>: AnyRefConfig.group_by_obj, and "group_obj_answer": "generated" has it
+    write its own answer first: AnyRefConfig.group_obj_answer).
     mixture: source name -> {"ratio": r, ...source options}; sources: "synthref" (options: tasks weights,
     image_size, world_seed, no_target_answer, group_answer, verify_answer, relational_prob). stages: the schedule; each stage has its own warmup and cosine decay (lr, warmup_steps
     and min_lr_ratio here are the defaults of every stage).
