@@ -28,8 +28,7 @@ def insert_identity_layers(language_model: nn.Module, count: int, seed: int = 0)
     reference = next(layers[-1].parameters())
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        new = [_identity_layer(config, config.initializer_range) for _ in range(count)]
-    new = [layer.to(device=reference.device, dtype=reference.dtype) for layer in new]
+        new = [_identity_layer(config).to(device=reference.device, dtype=reference.dtype) for _ in range(count)]
     language_model.layers = nn.ModuleList([*layers[:-1], *new, layers[-1]])
     config.num_hidden_layers = len(language_model.layers)
     for index, layer in enumerate(language_model.layers):
@@ -38,11 +37,11 @@ def insert_identity_layers(language_model: nn.Module, count: int, seed: int = 0)
     return tuple(new)
 
 
-def _identity_layer(config, std: float) -> LlamaDecoderLayer:
+def _identity_layer(config) -> LlamaDecoderLayer:
     layer = LlamaDecoderLayer(config, layer_idx=0)  # renumbered by the caller
     for module in layer.modules():
         if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, std=std)
+            nn.init.normal_(module.weight, std=config.initializer_range)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
     for output in (layer.self_attn.o_proj, layer.mlp.down_proj):

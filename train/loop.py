@@ -90,7 +90,8 @@ def lr_multipliers(config: TrainConfig, group_names: list[str]):
             stage, within = config.stage_position(step)
             if name not in POLICIES[stage.trainable]:
                 return 0.0
-            peak = stage.new_layers_lr if name == "new_llm_layers" and stage.new_layers_lr else config.stage_lr(stage)
+            own = name == "new_llm_layers" and stage.new_layers_lr is not None
+            peak = stage.new_layers_lr if own else config.stage_lr(stage)
             scale = peak / config.lr
             warmup = config.warmup_steps if stage.warmup_steps is None else stage.warmup_steps
             if within < warmup:
