@@ -42,13 +42,13 @@ class AnyRefConfig:
         64 (:class:`anyref.image_tokens.ImageTokenMerger`). References still pool the full patch grid.
     image_positions: add a learned 2-D position map to the image tokens the LLM reads and, RoIAligned with each
         box, to box references' tokens (:class:`anyref.image_tokens.ImageTokenPositions`; off: LLaVA's layout).
-        On SynthRef it was learned but changed no target figure in one 2-hour run (docs/training.md).
+        On SynthRef it was learned but changed no target figure in one 2-hour run (docs/training-experiments.md).
     obj_location_prompt: give SAM, next to each ``<obj>``'s projection, a dense prompt: that ``<obj>``'s location
         map over the image tokens the LLM read (:class:`anyref.heads.ObjLocator`, embedded by SAM's prompt encoder as
         a mask input). Off: the paper (SAM's no-mask embedding). It opens a spatial path for the mask loss into the
         image tokens' states; the trainer's pointer loss, when on, supervises the same map. On in the shipped tiny
         SynthRef model: against the same preset without it, text cIoU 0.531 -> 0.599, box 0.500 -> 0.630 in one
-        2-hour run (docs/training.md).
+        2-hour run (docs/training-experiments.md).
     obj_nowhere: the location map gets one more place, "nowhere" (:class:`anyref.heads.ObjLocator`); an ``<obj>``
         that puts more than half its map there is answered without a mask (``<nowhere>`` in the answer's text).
         Trained on ``<obj>`` whose target mask is empty (SynthRef's ``no_target_answer="nowhere"``). Needs
@@ -116,7 +116,7 @@ class AnyRefConfig:
         as SAM's dense prompt in place of the ``<obj>``'s own location map (its projection stays SAM's sparse
         prompt; whether it is placed nowhere is still the map's call). Off: the paper (the ``<obj>`` alone says
         where). Inference only; needs what mask_refinements needs. On the tiny SynthRef model it lifts box -> mask
-        cIoU from 0.64 to 0.82 (docs/training.md).
+        cIoU from 0.64 to 0.82 (docs/training-experiments.md).
     describe_box_margin: in ``describe``, with exactly one ``Box`` in the prompt, the answer's first ``<obj>`` mask
         is kept within the box grown on every side by this fraction of its width or height (the region a caption
         is about lies in its box, up to how loosely the box was drawn); its logits outside are capped at
@@ -125,7 +125,7 @@ class AnyRefConfig:
         image (the example as its own reference: "find similar object of <example> in this image"), and the union
         of that answer's masks becomes the example's mask, so the example is read from its object's crop as an
         example with a mask is; an answer without a mask leaves it as given. Inference only; one more answer per
-        such example. On the tiny SynthRef model it lifts example cIoU 0.66 -> 0.71 (docs/training.md).
+        such example. On the tiny SynthRef model it lifts example cIoU 0.66 -> 0.71 (docs/training-experiments.md).
     verify_answers: each mask answered to a prompt of text alone is checked by asking the model whether the mask's
         bounding box is what the text describes ("Is <box> {text} in this image?", task "verify", scored by the
         log-likelihoods of the answers "yes." and "no." - ``AnyRef.verify``); a mask whose probability of "yes" is

@@ -25,7 +25,7 @@ class ObjLocator(nn.Module):
     """Where an ``<obj>`` is: scaled dot products of a query from its state with keys from the last-layer states of
     the image tokens the LLM read, one logit per token of its grid.
 
-    Not in the paper: a from-scratch tiny LLM places its masks roughly (docs/training.md), and this map, given to
+    Not in the paper: a from-scratch tiny LLM places its masks roughly (docs/training-experiments.md), and this map, given to
     SAM as a dense prompt (:func:`location_prompt`), lets the mask loss reach the image tokens' states through a
     spatial path and not only through one ``<obj>`` vector. The trainer's pointer loss supervises the same logits.
 

@@ -55,7 +55,7 @@ class ImageTokenPositions(nn.Module):
     model finds the object of "the square left of the blue star" prompts 31% of the time. Trained with it
     (preset synthref-tiny-positions), the input embeddings give x and y at R^2 0.79 / 0.78, yet relational prompts
     found their object 28% of the time: the map puts the information in, the tiny LLM did not learn to compare
-    positions in one 2-hour run (docs/training.md).
+    positions in one 2-hour run (docs/training-experiments.md).
     cell: side of one grid cell in vision-input pixels (patch size x merge).
     """
 

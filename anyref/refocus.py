@@ -92,7 +92,7 @@ def refocus(
     row); answer_mask: N x K bool (answer tokens before the ``<obj>``). Rows with no such token are unchanged.
     answer_grad scales the gradient that reaches ``answer_states`` through this sum (the forward value is the
     same): 1.0 is the paper, 0.0 detaches them. At 1.0 the mask loss reaches those states lam times over, next to
-    their own next-token loss; scaling it down did not restore the tiny model's captions (docs/training.md).
+    their own next-token loss; scaling it down did not restore the tiny model's captions (docs/training-experiments.md).
     """
     if answer_grad != 1.0:
         answer_states = answer_grad * answer_states + (1.0 - answer_grad) * answer_states.detach()
