@@ -7,10 +7,14 @@ attention code sees the same tensors as with DynamicCache (tests/test_engine.py 
 """
 from __future__ import annotations
 
+import functools
+import inspect
+
 import torch
+from torch import nn
 from transformers.cache_utils import Cache, DynamicLayer
 
-__all__ = ["preallocated_cache"]
+__all__ = ["cache_argument", "preallocated_cache"]
 
 
 class PreallocatedLayer(DynamicLayer):
@@ -48,3 +52,15 @@ def _grown(buffer: torch.Tensor, size: int) -> torch.Tensor:
 def preallocated_cache(num_layers: int, capacity: int) -> Cache:
     """An empty cache for ``num_layers`` decoder layers, each sized for ``capacity`` tokens (prompt + answer)."""
     return Cache(layers=[PreallocatedLayer(capacity) for _ in range(num_layers)])
+
+
+def cache_argument(decoder: nn.Module, cache: Cache) -> dict[str, Cache]:
+    """``cache`` as the keyword argument ``decoder``'s forward takes it by: ``cache`` from transformers 5.25 on,
+    ``past_key_values`` before. 5.25 to 5.39 take the old name too, but warn on every call."""
+    return {_cache_keyword(type(decoder)): cache}
+
+
+@functools.cache
+def _cache_keyword(decoder_class: type) -> str:
+    # inspect.signature follows the deprecation wrapper (functools.wraps) to the forward it wraps
+    return "cache" if "cache" in inspect.signature(decoder_class.forward).parameters else "past_key_values"

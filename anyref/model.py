@@ -28,7 +28,7 @@ from anyref.image_reread import ImageReread
 from anyref.image_tokens import ImageTokenMerger, ImageTokenPositions
 from anyref.losses import mask_bce, mask_dice
 from anyref.mask_tokens import MaskProjector, MaskSource, pool_masks, position_map
-from anyref.kv_cache import preallocated_cache
+from anyref.kv_cache import cache_argument, preallocated_cache
 from anyref.language_depth import insert_identity_layers
 from anyref.lora import lora_enabled
 from anyref.outputs import AnyRefOutput, Generation
@@ -772,7 +772,7 @@ class AnyRefModel(nn.Module):
                 position = position + 1
                 step_hidden = lm(inputs_embeds=self.llava.get_input_embeddings()(next_ids[:, None]),
                                  attention_mask=attention, position_ids=position[:, None],
-                                 past_key_values=cache, use_cache=True).last_hidden_state[:, -1]
+                                 use_cache=True, **cache_argument(lm, cache)).last_hidden_state[:, -1]
                 answer_hidden.append(step_hidden)
         states = [[] for _ in range(batch_size)]
         if emitted:
@@ -814,7 +814,7 @@ class AnyRefModel(nn.Module):
             cache = prefix.expanded(len(input_ids), capacity)
         positions = (attention.cumsum(-1) - 1).clamp_min(0)
         hidden = lm(inputs_embeds=embeds[:, shared:], attention_mask=attention, position_ids=positions[:, shared:],
-                    past_key_values=cache, use_cache=True).last_hidden_state  # B x (L - shared) x H
+                    use_cache=True, **cache_argument(lm, cache)).last_hidden_state  # B x (L - shared) x H
         return _Prefill(input_ids, attention, positions, cache, hidden, shared, prefix if shared else None)
 
     def _reread_image_states(self, batch: Batch, prompt_embeds: torch.Tensor, tokens: list[list[int]],

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from transformers import Cache, DynamicCache
 
-from anyref.kv_cache import preallocated_cache
+from anyref.kv_cache import cache_argument, preallocated_cache
 
 __all__ = ["PrefixCache", "split_prefix"]
 
@@ -34,7 +34,7 @@ class PrefixCache:
         cache = DynamicCache()
         positions = torch.arange(embeds.shape[1], device=embeds.device)[None]
         hidden = language_model(inputs_embeds=embeds, attention_mask=torch.ones_like(positions),
-                                position_ids=positions, past_key_values=cache, use_cache=True).last_hidden_state
+                                position_ids=positions, use_cache=True, **cache_argument(language_model, cache)).last_hidden_state
         return cls(ids, [(layer.keys, layer.values) for layer in cache.layers], hidden)
 
     def expanded(self, rows: int, capacity: int) -> Cache:
