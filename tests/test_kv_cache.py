@@ -1,25 +1,33 @@
 """The preallocated decoding cache gives a LLaMA decoder exactly what DynamicCache gives it, also past its planned
-capacity, and writes in place instead of concatenating."""
+capacity, and writes in place instead of concatenating; and it goes to the decoder by the keyword the installed
+transformers takes."""
+import inspect
+import warnings
+
 import torch
 from transformers import DynamicCache, LlamaConfig, LlamaModel
 
-from anyref.kv_cache import preallocated_cache
+from anyref.kv_cache import cache_argument, preallocated_cache
 
 
 def _decode(model, cache, embeds, steps):
-    out = model(inputs_embeds=embeds, past_key_values=cache, use_cache=True).last_hidden_state[:, -1:]
+    out = model(inputs_embeds=embeds, use_cache=True, **cache_argument(model, cache)).last_hidden_state[:, -1:]
     states = [out]
     for _ in range(steps):
-        out = model(inputs_embeds=out, past_key_values=cache, use_cache=True).last_hidden_state[:, -1:]
+        out = model(inputs_embeds=out, use_cache=True, **cache_argument(model, cache)).last_hidden_state[:, -1:]
         states.append(out)
     return torch.cat(states, 1)
 
 
-def test_equals_dynamic_cache_and_grows_past_capacity():
-    torch.manual_seed(0)
+def _tiny_llama() -> LlamaModel:
     config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                          num_key_value_heads=2, vocab_size=16, max_position_embeddings=64)
-    model = LlamaModel(config).eval()
+    return LlamaModel(config).eval()
+
+
+def test_equals_dynamic_cache_and_grows_past_capacity():
+    torch.manual_seed(0)
+    model = _tiny_llama()
     embeds = torch.randn(3, 7, 32)
     with torch.no_grad():
         expected = _decode(model, DynamicCache(), embeds, steps=6)
@@ -33,3 +41,13 @@ def test_equals_dynamic_cache_and_grows_past_capacity():
     storage = buffer.keys.data_ptr()
     buffer.update(torch.zeros(3, 2, 1, 8), torch.zeros(3, 2, 1, 8))
     assert buffer.keys.data_ptr() == storage and buffer.keys.shape[2] == 5  # written in place, no new tensor
+
+
+def test_cache_goes_by_the_keyword_the_decoder_takes():
+    model = _tiny_llama()
+    (keyword,) = cache_argument(model, DynamicCache())
+    assert keyword in inspect.signature(LlamaModel.forward).parameters
+    with warnings.catch_warnings(record=True) as caught, torch.no_grad():
+        warnings.simplefilter("always")
+        _decode(model, DynamicCache(), torch.randn(1, 3, 32), steps=1)
+    assert not [w for w in caught if "past_key_values" in str(w.message)]  # 5.25 warns on the old name each call
