@@ -33,8 +33,8 @@ class PrefixCache:
         """The prefix through the decoder stack: embeds 1 x P x H (position ids 0..P-1)."""
         cache = DynamicCache()
         positions = torch.arange(embeds.shape[1], device=embeds.device)[None]
-        hidden = language_model(inputs_embeds=embeds, attention_mask=torch.ones_like(positions),
-                                position_ids=positions, use_cache=True, **cache_argument(language_model, cache)).last_hidden_state
+        hidden = language_model(inputs_embeds=embeds, attention_mask=torch.ones_like(positions), position_ids=positions,
+                                use_cache=True, **cache_argument(language_model, cache)).last_hidden_state
         return cls(ids, [(layer.keys, layer.values) for layer in cache.layers], hidden)
 
     def expanded(self, rows: int, capacity: int) -> Cache:

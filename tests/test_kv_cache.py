@@ -5,6 +5,7 @@ import inspect
 import warnings
 
 import torch
+from peft import LoraConfig, get_peft_model
 from transformers import DynamicCache, LlamaConfig, LlamaModel
 
 from anyref.kv_cache import cache_argument, preallocated_cache
@@ -44,10 +45,12 @@ def test_equals_dynamic_cache_and_grows_past_capacity():
 
 
 def test_cache_goes_by_the_keyword_the_decoder_takes():
-    model = _tiny_llama()
-    (keyword,) = cache_argument(model, DynamicCache())
-    assert keyword in inspect.signature(LlamaModel.forward).parameters
-    with warnings.catch_warnings(record=True) as caught, torch.no_grad():
-        warnings.simplefilter("always")
-        _decode(model, DynamicCache(), torch.randn(1, 3, 32), steps=1)
-    assert not [w for w in caught if "past_key_values" in str(w.message)]  # 5.25 warns on the old name each call
+    plain = _tiny_llama()
+    wrapped = get_peft_model(_tiny_llama(), LoraConfig(r=2, target_modules=["q_proj"]))  # forward(*args, **kwargs)
+    for model in (plain, wrapped):
+        (keyword,) = cache_argument(model, DynamicCache())
+        assert keyword in inspect.signature(LlamaModel.forward).parameters
+        with warnings.catch_warnings(record=True) as caught, torch.no_grad():
+            warnings.simplefilter("always")
+            _decode(model, DynamicCache(), torch.randn(1, 3, 32), steps=1)
+        assert not [w for w in caught if "past_key_values" in str(w.message)]  # 5.25 warns on the old name each call
