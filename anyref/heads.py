@@ -25,9 +25,10 @@ class ObjLocator(nn.Module):
     """Where an ``<obj>`` is: scaled dot products of a query from its state with keys from the last-layer states of
     the image tokens the LLM read, one logit per token of its grid.
 
-    Not in the paper: a from-scratch tiny LLM places its masks roughly (docs/training-experiments.md), and this map, given to
-    SAM as a dense prompt (:func:`location_prompt`), lets the mask loss reach the image tokens' states through a
-    spatial path and not only through one ``<obj>`` vector. The trainer's pointer loss supervises the same logits.
+    Not in the paper: a from-scratch tiny LLM places its masks roughly (docs/training-experiments.md), and this map,
+    given to SAM as a dense prompt (:func:`location_prompt`), lets the mask loss reach the image tokens' states
+    through a spatial path and not only through one ``<obj>`` vector. The trainer's pointer loss supervises the same
+    logits.
 
     With ``nowhere`` the map has one more place, "nowhere": a logit from the query alone (its dot product with a
     learned key, plus a bias), competing with the cells in the same softmax. An ``<obj>`` whose target is absent is

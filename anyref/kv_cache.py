@@ -14,6 +14,8 @@ import torch
 from torch import nn
 from transformers.cache_utils import Cache, DynamicLayer
 
+from anyref.lora import unwrapped
+
 __all__ = ["cache_argument", "preallocated_cache"]
 
 
@@ -58,8 +60,7 @@ def cache_argument(decoder: nn.Module, cache: Cache) -> dict[str, Cache]:
     """``cache`` as the keyword argument ``decoder``'s forward takes it by: ``cache`` from transformers 5.25 on,
     ``past_key_values`` before. 5.25 to 5.39 take the old name too, but warn on every call. A PEFT wrapper passes
     keywords through to the model it wraps, so that model's forward decides."""
-    base = decoder.get_base_model() if hasattr(decoder, "get_base_model") else decoder
-    return {_cache_keyword(type(base)): cache}
+    return {_cache_keyword(type(unwrapped(decoder))): cache}
 
 
 @functools.cache

@@ -1,10 +1,10 @@
 """More depth for a finished model's LLM: new decoder layers that start as the identity.
 
-A continuation that asks whether a deeper LLM judges descriptions better (docs/training-experiments.md) must start where the
-finished model is: each new layer's attention output (``o_proj``) and MLP output (``down_proj``) projections are
-zero, so its residual branches add nothing until it trains, and the model answers exactly as before. The new layers
-go just before the last one, whose attention the ``<obj>`` refocusing reads and whose states every head was trained
-on."""
+A continuation that asks whether a deeper LLM judges descriptions better (docs/training-experiments.md) must start
+where the finished model is: each new layer's attention output (``o_proj``) and MLP output (``down_proj``) projections
+are zero, so its residual branches add nothing until it trains, and the model answers exactly as before. The new
+layers go just before the last one, whose attention the ``<obj>`` refocusing reads and whose states every head was
+trained on."""
 from __future__ import annotations
 
 import torch

@@ -8,7 +8,12 @@ from __future__ import annotations
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 
-__all__ = ["enable_lora", "merge_lora", "lora_enabled", "base_state_dict"]
+__all__ = ["enable_lora", "merge_lora", "lora_enabled", "base_state_dict", "unwrapped"]
+
+
+def unwrapped(module: nn.Module) -> nn.Module:
+    """The model a PEFT wrapper wraps (its LoRA layers stay injected in it), or ``module`` itself."""
+    return module.get_base_model() if isinstance(module, PeftModel) else module
 
 
 def lora_enabled(model: nn.Module) -> bool:

@@ -30,7 +30,7 @@ from anyref.losses import mask_bce, mask_dice
 from anyref.mask_tokens import MaskProjector, MaskSource, pool_masks, position_map
 from anyref.kv_cache import cache_argument, preallocated_cache
 from anyref.language_depth import insert_identity_layers
-from anyref.lora import lora_enabled
+from anyref.lora import lora_enabled, unwrapped
 from anyref.outputs import AnyRefOutput, Generation
 from anyref.prefix import PrefixCache, split_prefix
 from anyref.prompts import IGNORE_INDEX, PromptBuilder
@@ -290,8 +290,7 @@ class AnyRefModel(nn.Module):
     @property
     def language_model(self) -> nn.Module:
         """The decoder stack (LlamaModel), unwrapped from a PEFT wrapper if LoRA is on."""
-        model = self.llava.model.language_model
-        return model.get_base_model() if hasattr(model, "get_base_model") else model
+        return unwrapped(self.llava.model.language_model)
 
     @property
     def device(self) -> torch.device:
@@ -751,6 +750,7 @@ class AnyRefModel(nn.Module):
             emitted: list[_Emission] = []
             done = torch.zeros(batch_size, dtype=torch.bool, device=attention.device)
             position = positions[:, -1]
+            cache_kwarg = cache_argument(lm, cache)
             for _ in range(max_new_tokens):
                 next_ids = self.llava.lm_head(step_hidden).argmax(-1)
                 next_ids = torch.where(done, torch.full_like(next_ids, self.ids.pad), next_ids)
@@ -772,7 +772,7 @@ class AnyRefModel(nn.Module):
                 position = position + 1
                 step_hidden = lm(inputs_embeds=self.llava.get_input_embeddings()(next_ids[:, None]),
                                  attention_mask=attention, position_ids=position[:, None],
-                                 use_cache=True, **cache_argument(lm, cache)).last_hidden_state[:, -1]
+                                 use_cache=True, **cache_kwarg).last_hidden_state[:, -1]
                 answer_hidden.append(step_hidden)
         states = [[] for _ in range(batch_size)]
         if emitted:

@@ -115,8 +115,8 @@ def test_cli_synthref(tiny_model, tmp_path, capsys):
     assert set(figures["group"]) == {"giou", "ciou", "n_acc", "t_acc"} and "caption_acc" in figures["mask_caption"]
 
 
-# Targets of the training issue the shipped model does not reach, with what it measured (docs/training-experiments.md says
-# what limits it). The test below fails on any other miss, and when one of these is met (then remove it here).
+# Targets of the training issue the shipped model does not reach, with what it measured (docs/training-experiments.md
+# says what limits it). The test below fails on any other miss, and when one of these is met (then remove it here).
 KNOWN_SHORTFALLS: set[str] = {
     "text ciou",
     "no_target no_mask_rate", "group ciou", "group n_acc",

@@ -1,11 +1,11 @@
 """SAM's promptable segmentation as a training loss: each target mask drawn by SAM's own prompt encoder and mask
 decoder from a jittered box around it.
 
-Pretrained SAM comes able to draw an object's outline from a box; a SAM built from random weights learns to draw
-only through ``<obj>`` prompts. A stage's ``sam_prompt_weight`` adds this loss: in the encoder warm-up on every
-object of the scene, in the joint stage on the batch's target masks (any dataset's). Measured on SynthRef
-(docs/training-experiments.md, "SAM trained on box prompts"): the tiny SAM learns to draw objects from boxes (IoU 0.85 after
-1,500 steps alone), but a model trained with it drew its ``<obj>`` masks no better by step 5,000 - what limits
+Pretrained SAM comes able to draw an object's outline from a box; a SAM built from random weights learns to draw only
+through ``<obj>`` prompts. A stage's ``sam_prompt_weight`` adds this loss: in the encoder warm-up on every object of
+the scene, in the joint stage on the batch's target masks (any dataset's). Measured on SynthRef
+(docs/training-experiments.md, "SAM trained on box prompts"): the tiny SAM learns to draw objects from boxes (IoU 0.85
+after 1,500 steps alone), but a model trained with it drew its ``<obj>`` masks no better by step 5,000 - what limits
 them there is where the LLM places them, not how SAM draws.
 """
 from __future__ import annotations
