@@ -1,6 +1,5 @@
 """The training mixture over public datasets' own layouts (small fixtures of each), sampled by index: every source
 gives samples the collator takes, the draw is a pure function of (seed, index), and bad options say what to fix."""
-import json
 
 import numpy as np
 import pytest
@@ -10,7 +9,7 @@ from anyref.batching import collate, prepare
 from anyref.samples import OBJ
 from tests.test_eval_avsbench import write_s4
 from tests.test_eval_grefcoco import write_grefcoco
-from train.config import PRESETS_DIR, TrainConfig, load_config
+from train.config import TrainConfig
 from train.data import Mixture
 from train.semseg import read_class_names
 
@@ -95,51 +94,3 @@ def test_relational_prob_reaches_the_synthref_stream():
     assert relational_share(0.0) == 0.0
     assert relational_share(1.0) > relational_share(0.35) > 0.0
 
-
-def _shared_part(preset: dict, stages: int, free: tuple[str, ...]) -> dict:
-    """What a run branched from another's checkpoint after its first ``stages`` stages must share with it:
-    everything but the run settings, the later stages and the model settings named in ``free`` (settings that act
-    only after the branch point)."""
-    run_settings = {"description", "stages", "eval_n", "eval_every", "checkpoint_every", "refocus_lambda"}
-    kept = {k: v for k, v in preset.items() if k not in run_settings}
-    tiny = dict(kept["model"]["tiny"])
-    tiny["config_overrides"] = {k: v for k, v in tiny.get("config_overrides", {}).items() if k not in free}
-    return {**kept, "model": {"tiny": tiny}, "stages": preset["stages"][:stages]}
-
-
-# preset -> (the preset whose run it branches from, how many of its stages come before the branch point, settings
-# it may change). The first four branch from synthref-tiny-full-grid's run (the model shipped before
-# image_token_merge): refocusing acts in the joint stage only (the ablation sets its lambda on the command line); the
-# continuations change their settings after step 8,500. The next two continue a finished synthref-tiny-merge run;
-# synthref-tiny-long lengthens synthref-tiny's joint stage (its run branched from the warm-up's end).
-BRANCHING_PRESETS = {"synthref-ablation": ("synthref-tiny-full-grid", 1, ("refocus_answer_grad",)),
-                     "synthref-tiny-answer-grad": ("synthref-tiny-full-grid", 1, ("refocus_answer_grad",)),
-                     "synthref-token-norm": ("synthref-tiny-full-grid", 2, ("mask_token_norm",)),
-                     "synthref-group-focus": ("synthref-tiny-full-grid", 2, ("group_weight",)),
-                     "synthref-tiny-continue": ("synthref-tiny-merge", 2, ()),
-                     "synthref-caption-focus": ("synthref-tiny-merge", 2, ()),
-                     "synthref-tiny-long": ("synthref-tiny", 1, ())}
-
-
-def test_every_preset_loads_and_the_branching_presets_match_the_run_they_branch_from():
-    """Presets whose runs branch from a checkpoint of another preset's run must agree with it on everything up to
-    the branch point (a different model or prompt layout would silently change what the branch continues)."""
-    for path in PRESETS_DIR.glob("*.json"):
-        load_config(path.stem)
-    for name, (base, stages, free) in BRANCHING_PRESETS.items():
-        preset = json.loads((PRESETS_DIR / f"{name}.json").read_text())
-        source = json.loads((PRESETS_DIR / f"{base}.json").read_text())
-        assert _shared_part(preset, stages, free) == _shared_part(source, stages, free), name
-    tiny = json.loads((PRESETS_DIR / "synthref-tiny-full-grid.json").read_text())
-    # and the comparison can fail: a different model width is caught
-    wider = json.loads(json.dumps(tiny))
-    wider["model"]["tiny"]["text_width"] *= 2
-    assert _shared_part(wider, 1, ()) != _shared_part(tiny, 1, ())
-
-
-def test_init_from_override_replaces_a_continued_models_directory():
-    config = load_config("synthref-tiny-nowhere", init_from="runs/mine/model")
-    assert config.model == {"init_from": "runs/mine/model", "add_nowhere": True}
-    assert load_config("synthref-tiny-nowhere").model["init_from"] == "runs/synthref-tiny/model"
-    with pytest.raises(ValueError, match="builds a new model"):
-        load_config("synthref-tiny", init_from="runs/mine/model")

@@ -1,4 +1,5 @@
-"""Training configuration: one JSON file (presets in train/presets/), validated once, never changed afterwards."""
+"""Training configuration: one JSON file (presets in train/presets/), which may extend another ("extends":
+read_config_data), validated once, never changed afterwards."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,7 +9,7 @@ from pathlib import Path
 
 from train.trainable import POLICIES
 
-__all__ = ["TrainConfig", "load_config", "PRESETS_DIR"]
+__all__ = ["TrainConfig", "load_config", "read_config_data", "preset_path", "PRESETS_DIR"]
 
 PRESETS_DIR = Path(__file__).parent / "presets"
 TRAINABLE_POLICIES = tuple(POLICIES)
@@ -213,25 +214,65 @@ class TrainConfig:
         return cls(**data)
 
 
-def load_config(preset: str | None = None, path: str | Path | None = None, init_from: str | None = None,
-                **overrides) -> TrainConfig:
-    """A config from a preset name (train/presets/NAME.json) or a JSON file path, with keyword overrides;
-    ``init_from`` replaces the model directory of a config that continues a finished model (e.g. a preset that
-    continues the shipped model, started from a run of one's own that rebuilt it)."""
-    if (preset is None) == (path is None):
-        raise ValueError("give exactly one of a preset name or a config file")
-    if preset is not None:
-        path = PRESETS_DIR / f"{preset}.json"
-        if not path.is_file():
-            names = sorted(p.stem for p in PRESETS_DIR.glob("*.json"))
-            raise ValueError(f"unknown preset {preset!r}; presets: {names}")
+def preset_path(name: str) -> Path:
+    """train/presets/NAME.json, or a ValueError that lists the presets."""
+    path = PRESETS_DIR / f"{name}.json"
+    if not path.is_file():
+        names = sorted(p.stem for p in PRESETS_DIR.glob("*.json"))
+        raise ValueError(f"unknown preset {name!r}; presets: {names}")
+    return path
+
+
+def read_config_data(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict:
+    """A config file's JSON with its ``"extends"`` resolved: the file's keys laid over the config it names (a
+    preset name, or a path ending in .json relative to the file). Dicts merge key by key, at any depth; any other
+    value (``stages`` included: a list) replaces the inherited one; null removes an inherited key, so the field's
+    default applies. ``description`` is never inherited."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"training config {path} does not exist")
+    if path.resolve() in _chain:
+        cycle = " -> ".join(p.stem for p in (*_chain, path.resolve()))
+        raise ValueError(f'"extends" goes round in a circle: {cycle}')
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise ValueError(f"{path} is not valid JSON: {error}") from error
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a JSON object (the config's fields)")
+    base = data.pop("extends", None)
+    if base is None:
+        return data
+    if not isinstance(base, str) or not base:
+        raise ValueError(f'{path}: "extends" names a preset or a .json file, got {base!r}')
+    base_path = path.parent / base if base.endswith(".json") else preset_path(base)
+    inherited = read_config_data(base_path, (*_chain, path.resolve()))
+    inherited.pop("description", None)
+    return _overlay(inherited, data)
+
+
+def _overlay(base: dict, changes: dict) -> dict:
+    merged = dict(base)
+    for key, value in changes.items():
+        if value is None:
+            merged.pop(key, None)
+        elif isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _overlay(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_config(preset: str | None = None, path: str | Path | None = None, init_from: str | None = None,
+                **overrides) -> TrainConfig:
+    """A config from a preset name (train/presets/NAME.json) or a JSON file path, ``"extends"`` resolved
+    (read_config_data), with keyword overrides; ``init_from`` replaces the model directory of a config that
+    continues a finished model (e.g. a preset that continues the shipped model, started from a run of one's own
+    that rebuilt it)."""
+    if (preset is None) == (path is None):
+        raise ValueError("give exactly one of a preset name or a config file")
+    path = preset_path(preset) if preset is not None else Path(path)
+    data = read_config_data(path)
     if init_from is not None:
         if "init_from" not in data.get("model", {}):
             raise ValueError(f"{path} builds a new model; an init_from override needs a config whose model has "

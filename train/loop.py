@@ -126,7 +126,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--preset", help=f"a preset in train/presets ({', '.join(sorted(p.stem for p in PRESETS_DIR.glob('*.json')))})")
     source.add_argument("--config", help="a training config JSON file")
-    parser.add_argument("--out", required=True, help="run folder: checkpoints, log.jsonl, model/")
+    parser.add_argument("--out", help="run folder: checkpoints, log.jsonl, model/ (required unless --print-config)")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved config (\"extends\" and the overrides below applied) as JSON, and "
+                             "train nothing")
     parser.add_argument("--steps", type=int, help="stop after this many optimiser steps (the schedule is unchanged)")
     parser.add_argument("--refocus-lambda", type=float, help="override the refocusing lambda (ablations)")
     parser.add_argument("--branch-from", metavar="CHECKPOINT",
@@ -151,11 +154,16 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Train as ``args`` say (the parsed command line)."""
+    config = load_config(args.preset, args.config, init_from=args.init_from, refocus_lambda=args.refocus_lambda,
+                         seed=args.seed)
+    if args.print_config:
+        print(json.dumps(config.to_dict(), indent=2))
+        return 0
+    if not args.out:
+        raise SystemExit("anyref train: --out RUN_FOLDER is required (where checkpoints, logs and the model go)")
     import deepspeed
     from tqdm import tqdm
 
-    config = load_config(args.preset, args.config, init_from=args.init_from, refocus_lambda=args.refocus_lambda,
-                         seed=args.seed)
     threads = args.threads or config.num_threads
     if threads:
         torch.set_num_threads(threads)
@@ -165,7 +173,9 @@ def run(args: argparse.Namespace) -> int:
     checkpoints = out / "checkpoints"
     if rank == 0:
         checkpoints.mkdir(parents=True, exist_ok=True)
-        (out / "train_config.json").write_text(json.dumps(config.to_dict(), indent=2))
+        staged = out / ".train_config.json.tmp"  # written whole or not at all
+        staged.write_text(json.dumps(config.to_dict(), indent=2))
+        os.replace(staged, out / "train_config.json")
 
     torch.manual_seed(config.seed)
     model = build_model(config)
