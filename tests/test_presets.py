@@ -127,3 +127,16 @@ def test_print_config_shows_the_resolved_config_and_trains_nothing(capsys, tmp_p
     assert printed["model"] == {"init_from": "anyref/pretrained/synthref-tiny"}  # inherited through two presets
     with pytest.raises(SystemExit, match="--out RUN_FOLDER is required"):
         main(["--preset", "smoke"])
+
+
+def test_list_presets_shows_each_preset_once_under_the_one_it_extends(capsys):
+    from train.loop import main
+    assert main(["--list-presets"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    names = [line.split()[0] for line in lines]
+    assert sorted(names) == sorted(p.stem for p in PRESETS_DIR.glob("*.json"))
+    depth = {line.split()[0]: (len(line) - len(line.lstrip())) // 2 for line in lines}
+    assert depth["synthref-tiny"] == 0 and depth["synthref-tiny-deep"] == 1
+    deep = names.index("synthref-tiny-deep")
+    base = max(i for i in range(deep) if depth[names[i]] == 0)  # the nearest root above it
+    assert names[base] == "synthref-tiny" and all(len(line) <= 118 for line in lines)

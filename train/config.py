@@ -9,7 +9,7 @@ from pathlib import Path
 
 from train.trainable import POLICIES
 
-__all__ = ["TrainConfig", "load_config", "read_config_data", "preset_path", "PRESETS_DIR"]
+__all__ = ["TrainConfig", "load_config", "read_config_data", "preset_path", "preset_lines", "PRESETS_DIR"]
 
 PRESETS_DIR = Path(__file__).parent / "presets"
 TRAINABLE_POLICIES = tuple(POLICIES)
@@ -279,3 +279,25 @@ def load_config(preset: str | None = None, path: str | Path | None = None, init_
                              '"init_from"')
         data["model"] = {**data["model"], "init_from": str(init_from)}
     return TrainConfig.from_dict(data, **overrides)
+
+
+def preset_lines(width: int = 118) -> list[str]:
+    """One line per preset, as a tree of what extends what (children indented under their base, by name), each
+    with the start of its description cut to ``width`` characters."""
+    raw = {path.stem: json.loads(path.read_text()) for path in sorted(PRESETS_DIR.glob("*.json"))}
+    children: dict[str | None, list[str]] = {}
+    for name, data in raw.items():
+        children.setdefault(data.get("extends"), []).append(name)
+    lines: list[str] = []
+
+    def walk(name: str, depth: int) -> None:
+        label = "  " * depth + name
+        text = " ".join(raw[name].get("description", "").split())
+        line = f"{label:<40} {text}"
+        lines.append(line if len(line) <= width else line[:width - 3] + "...")
+        for child in sorted(children.get(name, [])):
+            walk(child, depth + 1)
+
+    for root in sorted(children.get(None, [])):
+        walk(root, 0)
+    return lines

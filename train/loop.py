@@ -25,7 +25,7 @@ import torch.distributed as dist
 from anyref.batching import collate, prepare
 from anyref.lora import enable_lora, merge_lora
 from train.checkpointing import checkpoint_tag, latest_tag, load_latest, save_checkpoint, truncate_logs
-from train.config import PRESETS_DIR, TrainConfig, load_config
+from train.config import TrainConfig, load_config, preset_lines
 from train.data import Mixture
 from train.model_factory import build_model
 from train.objectives import TrainingObjective, dense_targets
@@ -124,9 +124,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--preset", help=f"a preset in train/presets ({', '.join(sorted(p.stem for p in PRESETS_DIR.glob('*.json')))})")
-    source.add_argument("--config", help="a training config JSON file")
-    parser.add_argument("--out", help="run folder: checkpoints, log.jsonl, model/ (required unless --print-config)")
+    source.add_argument("--preset", help="a preset in train/presets (--list-presets shows them)")
+    source.add_argument("--config", help="a training config JSON file (it may extend a preset: docs/training.md)")
+    source.add_argument("--list-presets", action="store_true",
+                        help="list the presets, each under the one it extends, and train nothing")
+    parser.add_argument("--out", help="run folder: checkpoints, log.jsonl, model/ (required for training)")
     parser.add_argument("--print-config", action="store_true",
                         help="print the resolved config (\"extends\" and the overrides below applied) as JSON, and "
                              "train nothing")
@@ -154,6 +156,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Train as ``args`` say (the parsed command line)."""
+    if args.list_presets:
+        print("\n".join(preset_lines()))
+        return 0
     config = load_config(args.preset, args.config, init_from=args.init_from, refocus_lambda=args.refocus_lambda,
                          seed=args.seed)
     if args.print_config:
