@@ -60,14 +60,22 @@ def test_bad_extends_say_what_to_fix(tmp_path):
     with pytest.raises(ValueError, match="circle: a -> b -> a"):
         read_config_data(tmp_path / "a.json")
     (tmp_path / "c.json").write_text(json.dumps({"extends": "no-such-preset"}))
-    with pytest.raises(ValueError, match="unknown preset 'no-such-preset'; presets: .*synthref-tiny"):
+    with pytest.raises(ValueError, match="unknown preset 'no-such-preset' \\(anyref train --list-presets"):
         read_config_data(tmp_path / "c.json")
+    with pytest.raises(ValueError, match="did you mean synthref-tiny-deep"):
+        preset_path("synthref-tiny-delp")
     (tmp_path / "d.json").write_text(json.dumps({"extends": "missing.json"}))
     with pytest.raises(FileNotFoundError, match="missing.json does not exist"):
         read_config_data(tmp_path / "d.json")
     (tmp_path / "e.json").write_text(json.dumps({"extends": ["synthref-tiny"]}))
     with pytest.raises(ValueError, match='"extends" names a preset or a .json file'):
         read_config_data(tmp_path / "e.json")
+    for stages, message in (("x", '"stages" must be a list of stages'),
+                            ([{"name": "a", "step": 3}], r"stage 'a': unknown fields \['step'\]; a stage takes"),
+                            ([{"name": "a"}], "stage 'a': needs steps")):
+        (tmp_path / "f.json").write_text(json.dumps({"extends": "synthref-tiny", "stages": stages}))
+        with pytest.raises(ValueError, match=message):
+            load_config(path=tmp_path / "f.json")
 
 
 def _shared_part(preset: dict, stages: int, free: tuple[str, ...]) -> dict:

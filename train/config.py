@@ -3,6 +3,7 @@ read_config_data), validated once, never changed afterwards."""
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -128,9 +129,9 @@ class TrainConfig:
     its select decides groups by an <obj>: AnyRefConfig.group_by_obj, and "group_obj_answer": "generated" has it
     write its own answer first: AnyRefConfig.group_obj_answer).
     mixture: source name -> {"ratio": r, ...source options}; sources: "synthref" (options: tasks weights,
-    image_size, world_seed, no_target_answer, group_answer, verify_answer, relational_prob). stages: the schedule; each stage has its own warmup and cosine decay (lr, warmup_steps
-    and min_lr_ratio here are the defaults of every stage).
-    """
+    image_size, world_seed, no_target_answer, group_answer, verify_answer, relational_prob). stages: the schedule;
+    each stage has its own warmup and cosine decay (lr, warmup_steps and min_lr_ratio here are the defaults of every
+    stage)."""
 
     model: dict
     mixture: dict
@@ -208,18 +209,29 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown training config fields {sorted(unknown)}")
         data.pop("description", None)
-        data["stages"] = tuple(Stage(**s) for s in data["stages"])
+        stages = data.get("stages")
+        if not isinstance(stages, list) or not all(isinstance(stage, dict) for stage in stages):
+            raise ValueError('"stages" must be a list of stages, each an object with "name" and "steps" '
+                             "(docs/training.md)")
+        stage_fields = {f.name for f in dataclasses.fields(Stage)}
+        for stage in stages:
+            unknown, missing = sorted(set(stage) - stage_fields), sorted({"name", "steps"} - set(stage))
+            if unknown or missing:
+                raise ValueError(f"stage {stage.get('name', '?')!r}: " + (f"unknown fields {unknown}; a stage takes "
+                                 f"{sorted(stage_fields)}" if unknown else f"needs {' and '.join(missing)}"))
+        data["stages"] = tuple(Stage(**s) for s in stages)
         if data.get("eval_tasks") is not None:
             data["eval_tasks"] = tuple(data["eval_tasks"])
         return cls(**data)
 
 
 def preset_path(name: str) -> Path:
-    """train/presets/NAME.json, or a ValueError that lists the presets."""
+    """train/presets/NAME.json, or a ValueError that names the closest presets."""
     path = PRESETS_DIR / f"{name}.json"
     if not path.is_file():
-        names = sorted(p.stem for p in PRESETS_DIR.glob("*.json"))
-        raise ValueError(f"unknown preset {name!r}; presets: {names}")
+        close = difflib.get_close_matches(name, sorted(p.stem for p in PRESETS_DIR.glob("*.json")), n=3)
+        hint = f"; did you mean {' or '.join(close)}?" if close else ""
+        raise ValueError(f"unknown preset {name!r} (anyref train --list-presets shows them){hint}")
     return path
 
 
