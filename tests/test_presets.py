@@ -148,3 +148,25 @@ def test_list_presets_shows_each_preset_once_under_the_one_it_extends(capsys):
     deep = names.index("synthref-tiny-deep")
     base = max(i for i in range(deep) if depth[names[i]] == 0)  # the nearest root above it
     assert names[base] == "synthref-tiny" and all(len(line) <= 118 for line in lines)
+
+
+def test_a_run_is_resumed_only_with_the_config_it_started_with(tmp_path):
+    from train.config import config_changes
+    from train.loop import main
+    out = tmp_path / "run"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "checkpoints" / "latest").write_text("step-000002")
+    started = load_config("smoke")
+    (out / "train_config.json").write_text(json.dumps(started.to_dict()))
+    assert config_changes(started.to_dict(), load_config("smoke")) == []
+    # the saved file is itself a config: the way to resume after the preset changed
+    assert load_config(path=out / "train_config.json") == started
+    with pytest.raises(SystemExit, match=r"another config \(it differs in seed\).*--config .*train_config.json"):
+        main(["--preset", "smoke", "--out", str(out), "--seed", "5"])
+    edited = {**started.to_dict(), "lr": 1.0}
+    edited["stages"][0]["steps"] += 1
+    assert config_changes(edited, started) == ["lr", "stages.0.steps"]
+    # a field added to TrainConfig after the run was saved counts at its default
+    older = started.to_dict()
+    older.pop("eval_tasks")
+    assert config_changes(older, started) == []

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from train.trainable import POLICIES
 
-__all__ = ["TrainConfig", "load_config", "read_config_data", "preset_path", "preset_lines", "PRESETS_DIR"]
+__all__ = ["TrainConfig", "load_config", "read_config_data", "preset_path", "preset_lines", "config_changes", "PRESETS_DIR"]
 
 PRESETS_DIR = Path(__file__).parent / "presets"
 TRAINABLE_POLICIES = tuple(POLICIES)
@@ -210,7 +210,7 @@ class TrainConfig:
             raise ValueError(f"unknown training config fields {sorted(unknown)}")
         data.pop("description", None)
         stages = data.get("stages")
-        if not isinstance(stages, list) or not all(isinstance(stage, dict) for stage in stages):
+        if not isinstance(stages, (list, tuple)) or not all(isinstance(stage, dict) for stage in stages):
             raise ValueError('"stages" must be a list of stages, each an object with "name" and "steps" '
                              "(docs/training.md)")
         stage_fields = {f.name for f in dataclasses.fields(Stage)}
@@ -313,3 +313,23 @@ def preset_lines(width: int = 118) -> list[str]:
     for root in sorted(children.get(None, [])):
         walk(root, 0)
     return lines
+
+
+def config_changes(saved: dict, config: TrainConfig) -> list[str]:
+    """The fields (dotted paths, e.g. "stages.1.steps") in which ``config`` differs from a run's saved
+    train_config.json; fields added to TrainConfig since the run was saved count at their defaults."""
+    try:
+        before = TrainConfig.from_dict(saved)
+    except (ValueError, TypeError, KeyError) as error:
+        return [f"(the saved config cannot be read: {error})"]
+    as_json = lambda c: json.loads(json.dumps(c.to_dict()))  # tuples and lists alike
+    return _differences(as_json(before), as_json(config), "")
+
+
+def _differences(a, b, where: str) -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for key in sorted(set(a) | set(b), key=str)
+                for d in _differences(a.get(key), b.get(key), f"{where}.{key}" if where else str(key))]
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return [d for i, (x, y) in enumerate(zip(a, b)) for d in _differences(x, y, f"{where}.{i}")]
+    return [] if a == b else [where]

@@ -25,7 +25,7 @@ import torch.distributed as dist
 from anyref.batching import collate, prepare
 from anyref.lora import enable_lora, merge_lora
 from train.checkpointing import checkpoint_tag, latest_tag, load_latest, save_checkpoint, truncate_logs
-from train.config import TrainConfig, load_config, preset_lines
+from train.config import TrainConfig, config_changes, load_config, preset_lines
 from train.data import Mixture
 from train.model_factory import build_model
 from train.objectives import TrainingObjective, dense_targets
@@ -116,6 +116,22 @@ def _optimizer_groups(groups: dict, weight_decay: float) -> tuple[list[dict], li
     return result, names
 
 
+def _refuse_a_changed_config(out: Path, checkpoints: Path, config: TrainConfig) -> None:
+    """A run is resumed with the config it started with: a preset edited since (or one it extends), another seed
+    or another --init-from would silently change the rest of the run."""
+    saved = out / "train_config.json"
+    if latest_tag(checkpoints) is None or not saved.is_file():
+        return
+    try:
+        changes = config_changes(json.loads(saved.read_text()), config)
+    except json.JSONDecodeError as error:
+        changes = [f"(its train_config.json is not valid JSON: {error})"]
+    if changes:
+        shown = ", ".join(changes[:8]) + (f" and {len(changes) - 8} more" if len(changes) > 8 else "")
+        raise SystemExit(f"anyref train: {out} holds a run started with another config (it differs in {shown}). "
+                         f"Resume it with the config it started with (--config {saved}), or give a new --out.")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Train AnyRef (LoRA + DeepSpeed ZeRO-2).")
     add_arguments(parser)
@@ -166,6 +182,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.out:
         raise SystemExit("anyref train: --out RUN_FOLDER is required (where checkpoints, logs and the model go)")
+    _refuse_a_changed_config(Path(args.out), Path(args.out) / "checkpoints", config)
     import deepspeed
     from tqdm import tqdm
 
