@@ -10,7 +10,8 @@ from pathlib import Path
 
 from train.trainable import POLICIES
 
-__all__ = ["TrainConfig", "load_config", "read_config_data", "preset_path", "preset_lines", "config_changes", "PRESETS_DIR"]
+__all__ = ["TrainConfig", "load_config", "read_config_data", "preset_path", "preset_lines", "config_changes",
+           "PRESETS_DIR"]
 
 PRESETS_DIR = Path(__file__).parent / "presets"
 TRAINABLE_POLICIES = tuple(POLICIES)
@@ -322,8 +323,8 @@ def config_changes(saved: dict, config: TrainConfig) -> list[str]:
         before = TrainConfig.from_dict(saved)
     except (ValueError, TypeError, KeyError) as error:
         return [f"(the saved config cannot be read: {error})"]
-    as_json = lambda c: json.loads(json.dumps(c.to_dict()))  # tuples and lists alike
-    return _differences(as_json(before), as_json(config), "")
+    before_json, now_json = (json.loads(json.dumps(c.to_dict())) for c in (before, config))  # tuples as lists
+    return _differences(before_json, now_json, "")
 
 
 def _differences(a, b, where: str) -> list[str]:
