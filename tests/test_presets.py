@@ -26,7 +26,8 @@ def test_every_preset_resolves_to_the_config_its_runs_were_trained_with():
     pinned = json.loads(FINGERPRINTS.read_text())
     names = sorted(p.stem for p in PRESETS_DIR.glob("*.json"))
     assert sorted(pinned) == names, "add a new preset to tests/preset_fingerprints.json (or remove a deleted one)"
-    changed = {name: fingerprint(name) for name in names if fingerprint(name) != pinned[name]}
+    now = {name: fingerprint(name) for name in names}
+    changed = {name: now[name] for name in names if now[name] != pinned[name]}
     assert not changed, f"these presets now resolve to a different config (new fingerprints): {changed}"
 
 
@@ -127,7 +128,7 @@ def test_init_from_override_replaces_a_continued_models_directory():
         load_config("synthref-tiny", init_from="runs/mine/model")
 
 
-def test_print_config_shows_the_resolved_config_and_trains_nothing(capsys, tmp_path):
+def test_print_config_shows_the_resolved_config_and_trains_nothing(capsys):
     from train.loop import main
     assert main(["--preset", "synthref-tiny-refine-train", "--print-config", "--seed", "7"]) == 0
     printed = json.loads(capsys.readouterr().out)

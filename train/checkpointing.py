@@ -54,9 +54,7 @@ def save_checkpoint(engine, root: Path, step: int, keep: int = 2, keep_tags: fro
         shutil.rmtree(final, ignore_errors=True)
         os.replace(staging / tag, final)
         shutil.rmtree(staging, ignore_errors=True)
-        marker = root / ".latest.tmp"
-        marker.write_text(tag)
-        os.replace(marker, root / "latest")
+        write_text_atomically(root / "latest", tag)
         for old in sorted(p for p in root.glob("step-*") if p.is_dir())[:-keep]:
             if old.name not in keep_tags:
                 shutil.rmtree(old, ignore_errors=True)
@@ -93,6 +91,14 @@ def _set_rng_state(state: dict) -> None:
     random.setstate((version, tuple(internal), gauss_next))
 
 
+def write_text_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to a hidden file beside ``path``, then rename it over ``path``: a reader (or a run killed
+    meanwhile) sees the old file or the new one, never half of it."""
+    staged = path.with_name(f".{path.name}.tmp")
+    staged.write_text(text)
+    os.replace(staged, path)
+
+
 def truncate_logs(paths: list[Path], step: int) -> None:
     """Drop the JSONL entries logged after ``step`` (a run killed after its last checkpoint logged steps that the
     resumed run logs again, and maybe half a line), each file rewritten atomically; missing files are left alone."""
@@ -103,9 +109,7 @@ def truncate_logs(paths: list[Path], step: int) -> None:
         kept = [line for line, logged in zip(lines, map(_step_of, lines)) if logged is not None and logged <= step]
         if len(kept) == len(lines):
             continue
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text("".join(kept))
-        os.replace(tmp, path)
+        write_text_atomically(path, "".join(kept))
 
 
 def _step_of(line: str) -> int | None:

@@ -24,7 +24,8 @@ import torch.distributed as dist
 
 from anyref.batching import collate, prepare
 from anyref.lora import enable_lora, merge_lora
-from train.checkpointing import checkpoint_tag, latest_tag, load_latest, save_checkpoint, truncate_logs
+from train.checkpointing import (checkpoint_tag, latest_tag, load_latest, save_checkpoint, truncate_logs,
+                                 write_text_atomically)
 from train.config import TrainConfig, config_changes, load_config, preset_lines
 from train.data import Mixture
 from train.model_factory import build_model
@@ -116,11 +117,11 @@ def _optimizer_groups(groups: dict, weight_decay: float) -> tuple[list[dict], li
     return result, names
 
 
-def _refuse_a_changed_config(out: Path, checkpoints: Path, config: TrainConfig) -> None:
+def _refuse_a_changed_config(out: Path, config: TrainConfig) -> None:
     """A run is resumed with the config it started with: a preset edited since (or one it extends), another seed
     or another --init-from would silently change the rest of the run."""
     saved = out / "train_config.json"
-    if latest_tag(checkpoints) is None or not saved.is_file():
+    if latest_tag(out / "checkpoints") is None or not saved.is_file():
         return
     try:
         changes = config_changes(json.loads(saved.read_text()), config)
@@ -182,7 +183,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.out:
         raise SystemExit("anyref train: --out RUN_FOLDER is required (where checkpoints, logs and the model go)")
-    _refuse_a_changed_config(Path(args.out), Path(args.out) / "checkpoints", config)
+    _refuse_a_changed_config(Path(args.out), config)
     import deepspeed
     from tqdm import tqdm
 
@@ -195,9 +196,7 @@ def run(args: argparse.Namespace) -> int:
     checkpoints = out / "checkpoints"
     if rank == 0:
         checkpoints.mkdir(parents=True, exist_ok=True)
-        staged = out / ".train_config.json.tmp"  # written whole or not at all
-        staged.write_text(json.dumps(config.to_dict(), indent=2))
-        os.replace(staged, out / "train_config.json")
+        write_text_atomically(out / "train_config.json", json.dumps(config.to_dict(), indent=2))
 
     torch.manual_seed(config.seed)
     model = build_model(config)
@@ -295,8 +294,7 @@ def branch(source: Path, checkpoints: Path, rank: int) -> None:
                                 "(one of OTHER/checkpoints/step-*)")
     if rank == 0:
         shutil.copytree(source, checkpoints / source.name)
-        (checkpoints / ".latest.tmp").write_text(source.name)
-        os.replace(checkpoints / ".latest.tmp", checkpoints / "latest")
+        write_text_atomically(checkpoints / "latest", source.name)
     if dist.is_initialized():
         dist.barrier()
 
