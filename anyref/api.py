@@ -13,7 +13,7 @@ from anyref.batching import collate, prepare
 from anyref.candidates import check_candidates, sam_candidates
 from anyref.checkpoint import load_directory, save_directory
 from anyref.heads import placed_nowhere, upscale_masks
-from anyref.images import load_image
+from anyref.images import binary_mask, load_image
 from anyref.model import AnyRefModel, unique_rows
 from anyref.outputs import REJECTED, Generation, GroupResult, SegmentResult, mark_nowhere
 from anyref.prefix import PrefixCache
@@ -218,7 +218,8 @@ class AnyRef(AnyRefModel):
         if region is None:
             raise ValueError("no region given: pass region= a Box or an H x W bool mask of the image")
         box = region if isinstance(region, Box) else Box.around(_region_mask(region, pixels.shape[:2]))
-        return float(self._verify_probabilities(pixels, [(box, _references(expression))], allow_untrained)[0])
+        return float(self._verify_probabilities(pixels, [(box, _references(expression, "expression"))],
+                                                allow_untrained)[0])
 
     def _verify_probabilities(self, image, questions: list[tuple[Box, list]], allow_untrained: bool) -> np.ndarray:
         """P(yes) for each (box, references) question on one image: Q. The answers are generated (one batch), then
@@ -285,6 +286,7 @@ class AnyRef(AnyRefModel):
         """
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"threshold must be a probability in (0, 1), got {threshold}")
+        _references(prompt, "prompt")  # before SAM's candidates, which take long to find
         pixels, features = self._pixels_and_features(image)
         height, width = pixels.shape[:2]
         source = "caller" if candidates is not None else "sam"
@@ -420,10 +422,12 @@ def _region_mask(region, size: tuple[int, int]) -> np.ndarray:
     if mask.shape != tuple(size):
         raise ValueError(f"a region mask must be H x W at the image's size {tuple(size)}, got shape {mask.shape}; "
                          "or pass a Box")
-    return mask.astype(bool)
+    return binary_mask(mask, "the region mask")
 
 
-def _references(ref) -> list:
+def _references(ref, argument: str = "ref") -> list:
+    """``ref`` as a list of references; ``argument`` names the caller's parameter in the error for None."""
     if ref is None:
-        raise ValueError("no reference given: pass ref= a str, Box, ExampleImage, Audio, or a list of them")
+        raise ValueError(f"no reference given: pass {argument}= a str, Box, ExampleImage, Audio, MaskRef, or a list "
+                         "of them")
     return as_reference_list(ref)

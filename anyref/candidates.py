@@ -4,6 +4,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from anyref.images import binary_mask
+
 __all__ = ["check_candidates", "sam_candidates", "NoCandidatesFound"]
 
 
@@ -26,7 +28,7 @@ def check_candidates(candidates, height: int, width: int) -> np.ndarray:
                          f"{candidates.shape}")
     if len(candidates) == 0:
         raise ValueError("candidates is empty: pass at least one mask, or candidates=None for SAM's automatic masks")
-    masks = candidates > 0 if candidates.dtype != np.bool_ else candidates
+    masks = binary_mask(candidates, "candidates")
     empty = [i for i, m in enumerate(masks) if not m.any()]
     if empty:
         raise ValueError(f"candidate masks {empty[:10]} are empty (no pixel set); drop them")

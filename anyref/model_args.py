@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["add_inference_settings", "add_model_arguments", "resolve_device", "load_model"]
+__all__ = ["add_inference_settings", "add_model_arguments", "inference_setting_words", "resolve_device", "load_model"]
 
 
 def _on_off(text: str) -> bool:
@@ -58,6 +58,17 @@ def add_inference_settings(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(flag, dest=setter, default=argparse.SUPPRESS, **options)
 
 
+def inference_setting_words(args: argparse.Namespace) -> list[str]:
+    """The inference-setting flags the parsed arguments hold, written as they parse back ('on', 'off', numbers):
+    for recording the command that reproduces a run."""
+    words = []
+    for flag, setter, _ in _INFERENCE_SETTINGS:
+        if hasattr(args, setter):
+            value = getattr(args, setter)
+            words += [flag, "off" if value is None or value is False else "on" if value is True else str(value)]
+    return words
+
+
 def add_model_arguments(parser: argparse.ArgumentParser, default_model: str | None = None) -> None:
     """--model (required unless ``default_model``), --device, --allow-untrained and the inference settings."""
     parser.add_argument("--model", required=default_model is None, default=default_model,
@@ -70,10 +81,21 @@ def add_model_arguments(parser: argparse.ArgumentParser, default_model: str | No
 
 
 def resolve_device(name: str | None) -> str:
-    """The device a command runs on: the one named, else cuda when available, else cpu."""
+    """The device a command runs on: the one named (checked before any model loads), else cuda when available,
+    else cpu."""
     import torch
 
-    return name or ("cuda" if torch.cuda.is_available() else "cpu")
+    if name is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name!r} is not a device; give cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and (not torch.cuda.is_available()
+                                  or (device.index or 0) >= torch.cuda.device_count()):
+        raise ValueError(f"--device {name}: {torch.cuda.device_count()} CUDA device(s) available here; "
+                         "give cpu, or leave --device out to use cuda when there is one")
+    return name
 
 
 def load_model(args: argparse.Namespace):

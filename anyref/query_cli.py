@@ -66,20 +66,23 @@ def register(subparsers) -> None:
 
 def read_candidates(paths: list[str]) -> np.ndarray:
     """N x H x W bool from --candidates: one .npy holding N x H x W, or one H x W mask file per candidate."""
+    from anyref.images import binary_mask
     from anyref.reference_args import read_mask_array
 
     arrays = [read_mask_array(path, "candidate") for path in paths]
     if len(arrays) == 1 and arrays[0].ndim == 3:
-        return arrays[0] > 0
+        return binary_mask(arrays[0], f"candidate file {paths[0]!r}")
     for path, array in zip(paths, arrays):
         if array.ndim != 2:
             raise ValueError(f"candidate file {path!r} holds an array of shape {array.shape}; give one H x W mask "
                              "per file, or one .npy of N x H x W")
-    return np.stack(arrays) > 0
+    return np.stack([binary_mask(array, f"candidate file {path!r}") for path, array in zip(paths, arrays)])
 
 
 def _prepare(args):
-    """(model, image pixels H x W x 3, references) with every input checked before the model loads."""
+    """(model, image pixels H x W x 3, references): the files, the references' syntax, --out and --device are
+    checked before the model loads; what needs the image's geometry (a box inside it, a mask of its size) is checked
+    by the API, in one place."""
     from anyref.images import load_image
     from anyref.reference_args import parse_references
 
@@ -95,10 +98,19 @@ def _check_out(out: str | None) -> None:
     """An --out folder is replaced whole; refuse one that holds anything but an earlier answer of these commands."""
     if out is None:
         return
-    path = Path(out)
-    if path.exists() and (not path.is_dir() or (any(path.iterdir()) and not (path / "result.json").is_file())):
-        raise ValueError(f"--out {out!r} exists and is not an earlier anyref answer folder (no result.json); "
-                         "give a new folder, since it would be replaced")
+    path = Path(out).resolve()
+    if path == Path.cwd().resolve() or path in Path.cwd().resolve().parents:
+        raise ValueError(f"--out {out!r} is the current folder or one above it; give a new folder for the answer")
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise ValueError(f"--out {out!r} is a file; give a folder for the answer")
+    entries = list(path.iterdir())
+    ours = (path / "result.json").is_file() and all(
+        entry.is_file() and (entry.name == "result.json" or entry.suffix == ".png") for entry in entries)
+    if entries and not ours:
+        raise ValueError(f"--out {out!r} exists and is not an earlier anyref answer folder (result.json, overlay and "
+                         "mask PNGs only); give a new folder, since it would be replaced")
 
 
 def _write(out: str, pixels: np.ndarray, references: list, masks: np.ndarray, names: list[str],

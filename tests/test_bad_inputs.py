@@ -1,11 +1,14 @@
 """Bad input gets a clear error naming what to fix; odd-but-valid input is converted."""
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from anyref import Audio, Box, ExampleImage, MaskRef
 from anyref.builders import build_tiny
-from anyref.images import load_image
+from anyref.candidates import check_candidates
+from anyref.images import load_image, load_mask
+from anyref.model_args import resolve_device
 from tests.conftest import scene
 
 
@@ -41,6 +44,45 @@ def test_grayscale_rgba_and_16_bit_are_converted(tmp_path):
     loaded = load_image(tmp_path / "deep.png")
     assert loaded.dtype == np.uint8 and loaded.shape == (5, 6, 3) and (loaded == 255).all()
     assert load_image(Image.new("P", (6, 5))).shape == (5, 6, 3)
+
+
+def test_photos_are_read_upright_and_normalised_arrays_refused(tmp_path):
+    photo = Image.fromarray(np.zeros((10, 20, 3), np.uint8))
+    exif = photo.getexif()
+    exif[0x0112] = 6  # EXIF orientation: the camera was turned; viewers show the photo rotated 90 degrees
+    photo.save(tmp_path / "phone.jpg", exif=exif)
+    assert load_image(tmp_path / "phone.jpg").shape == (20, 10, 3)
+    with Image.open(tmp_path / "phone.jpg") as opened:
+        assert load_image(opened).shape == (20, 10, 3)
+    with pytest.raises(ValueError, match="negative values"):
+        load_image(np.full((4, 4, 3), -0.5, np.float32))
+    with pytest.raises(ValueError, match="values up to 300"):
+        load_image(np.full((4, 4, 3), 300, np.int32))
+
+
+def test_masks_must_be_binary():
+    soft = np.zeros((6, 6), np.float32)
+    soft[1:4, 1:4] = 0.8
+    soft[2, 2] = 0.3
+    with pytest.raises(ValueError, match="not a binary mask"):
+        load_mask(soft, 6, 6, "reference mask")
+    with pytest.raises(ValueError, match="not a binary mask"):
+        check_candidates(np.stack([soft, soft > 0.5]), 6, 6)
+    labels = np.zeros((6, 6), np.uint8)
+    labels[:2], labels[4:] = 1, 2
+    with pytest.raises(ValueError, match="labels == k"):
+        load_mask(labels, 6, 6, "reference mask")
+    assert load_mask((labels == 2) * 255, 6, 6, "reference mask").sum() == 12
+    assert load_mask(soft > 0.5, 6, 6, "reference mask").sum() == 8
+
+
+def test_devices_are_checked():
+    with pytest.raises(ValueError, match="not a device"):
+        resolve_device("gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA device"):
+            resolve_device("cuda")
+    assert resolve_device("cpu") == "cpu"
 
 
 def test_boxes(tiny_model):

@@ -170,6 +170,37 @@ def test_bad_command_lines_write_nothing(scenes, tmp_path, capsys):
     assert anyref.cli.main(["segment", str(root / "scene.png"), "the circle", "--out", str(mine)]) == 2
     assert "not an earlier anyref answer folder" in capsys.readouterr().err
     assert (mine / "notes.txt").read_text() == "keep me"
+    # an answer folder with a foreign file beside its result.json, the current folder, a device that is not one:
+    # refused before the model loads
+    (mine / "result.json").write_text("{}")
+    assert anyref.cli.main(["segment", str(root / "scene.png"), "the circle", "--out", str(mine)]) == 2
+    assert "not an earlier anyref answer folder" in capsys.readouterr().err
+    assert anyref.cli.main(["segment", str(root / "scene.png"), "the circle", "--out", "."]) == 2
+    assert "current folder" in capsys.readouterr().err
+    assert anyref.cli.main(["segment", str(root / "scene.png"), "the circle", "--device", "gpu"]) == 2
+    assert "give cpu, cuda or cuda:N" in capsys.readouterr().err
+
+
+def test_reference_prefixes_ignore_case_and_likely_typos_are_refused(tmp_path):
+    assert parse_reference("Box:1,2,30,40") == Box(1, 2, 30, 40)
+    for typo, meant in (("boxes:1,2,30,40", "box"), ("exmaple:cat.png", "example"), ("MASKS:m.png", "mask")):
+        with pytest.raises(ValueError, match=f"mistyped {meant}: reference"):
+            parse_reference(typo)
+    assert parse_reference("text:boxes:1,2,30,40") == "boxes:1,2,30,40"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "icon@2x.png")
+    assert parse_reference(f"example:{tmp_path / 'icon@2x.png'}").mask is None  # a file name with an @
+    with pytest.raises(ValueError, match="e.g. mask:mask.png"):
+        parse_reference("mask:")
+
+
+def test_mask_files_must_be_binary(tmp_path):
+    Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8)).save(tmp_path / "grey.png")
+    np.save(tmp_path / "soft.npy", np.linspace(0, 1, 64).reshape(8, 8))
+    for name in ("grey.png", "soft.npy"):
+        with pytest.raises(ValueError, match="not a binary mask"):
+            read_mask_file(tmp_path / name, "mask")
+    np.save(tmp_path / "ones.npy", np.eye(8))
+    assert read_mask_file(tmp_path / "ones.npy", "mask").sum() == 8
 
 
 def test_overlay_gives_each_mask_its_own_colour():
