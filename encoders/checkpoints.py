@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Mapping
 
 import torch
 from torch import nn
 
-__all__ = ["load_pth", "load_state_dict_strict", "CheckpointError", "atomic_write_dir", "share_like_new_files"]
+__all__ = ["load_pth", "load_state_dict_strict", "CheckpointError", "atomic_file", "atomic_write_dir",
+           "share_like_new_files", "write_text_atomically"]
 
 
 class CheckpointError(ValueError):
@@ -77,6 +79,30 @@ def share_like_new_files(path: str | Path) -> None:
     path = Path(path)
     for item in [path, *path.rglob("*")] if path.is_dir() else [path]:
         os.chmod(item, (0o777 if item.is_dir() else 0o666) & ~mask)
+
+
+@contextmanager
+def atomic_file(target: str | Path):
+    """Context manager: yields a temporary path beside ``target`` to write the file to, renamed over ``target`` on
+    success (with a plainly created file's permissions); an exception deletes it and leaves any old ``target``. A
+    reader, or a run killed meanwhile, sees the old file or the new one, never half of one."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(handle)
+    staged = Path(name)
+    try:
+        yield staged
+        share_like_new_files(staged)
+        os.replace(staged, target)
+    finally:
+        staged.unlink(missing_ok=True)
+
+
+def write_text_atomically(path: str | Path, text: str) -> None:
+    """``text`` written to ``path`` through :func:`atomic_file`."""
+    with atomic_file(path) as staged:
+        staged.write_text(text, encoding="utf-8")
 
 
 class atomic_write_dir:

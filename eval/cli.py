@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from anyref.model_args import add_model_arguments, load_model
+from anyref.model_args import add_model_arguments, inference_setting_words, load_model
 
 __all__ = ["register", "main"]
 
@@ -161,17 +161,19 @@ def _model_name(model: str) -> str:
 
 
 def _command_line(args) -> str:
-    """The command that reproduces this run: ``anyref eval BENCHMARK`` plus every option not at its default."""
+    """The command that reproduces this run: ``anyref eval BENCHMARK`` plus every option not at its default (the
+    inference settings as given, 'off' included)."""
     words = ["anyref", "eval", args.benchmark]
+    settings = inference_setting_words(args)
     for action in args._parser._actions:
-        if not action.option_strings or action.dest == "help":
-            continue
+        if not action.option_strings or action.dest == "help" or action.option_strings[-1] in settings:
+            continue  # help, or an inference setting: written as given below
         value = getattr(args, action.dest, None)
         if value is None or value == action.default:
             continue
         option = action.option_strings[-1]
         words += [option] if value is True else [option, str(value)]
-    return shlex.join(words)
+    return shlex.join(words + settings)
 
 
 def _emit(results: dict, out) -> None:

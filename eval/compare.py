@@ -47,6 +47,16 @@ def _case_share(hit: str, miss: str) -> Statistic:
     return statistic
 
 
+def _precision_at(threshold: float) -> Statistic:
+    """ReLA's Pr@t: share of the samples with targets (cases TN and FP) whose iou reaches t."""
+    def statistic(records: dict, index: np.ndarray) -> np.ndarray:
+        cases, ious = records["case"][index], records["iou"][index]
+        targeted = (cases == "tn") | (cases == "fp")
+        hits, total = (targeted & (ious >= threshold)).sum(1), targeted.sum(1)
+        return np.divide(hits, total, out=np.zeros(len(index)), where=total > 0)
+    return statistic
+
+
 # metric name -> how to compute it from a task's per-sample records; the names are eval.metrics' and
 # eval.synthref_eval's. tests/test_compare.py checks each against the figure the evaluation itself reported.
 STATISTICS: dict[str, Statistic] = {
@@ -61,6 +71,7 @@ STATISTICS: dict[str, Statistic] = {
     "yes_rate": _mean("said_yes"),
     "n_acc": _case_share("tp", "fn"),
     "t_acc": _case_share("tn", "fp"),
+    **{f"pr@{t}": _precision_at(t) for t in (0.7, 0.8, 0.9)},
 }
 
 

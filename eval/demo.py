@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from encoders.checkpoints import atomic_file
+
 __all__ = ["register", "run_demo", "contact_sheet"]
 
 DEFAULT_MODEL = "synthref-tiny"
@@ -110,10 +112,8 @@ def contact_sheet(overlays: Path, path: Path, per_task: int = 3) -> Path:
         for c, image in enumerate(row):
             pixels = np.asarray(image)
             sheet[r * cell_h:r * cell_h + pixels.shape[0], c * cell_w:c * cell_w + pixels.shape[1]] = pixels
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(sheet).save(tmp, format="PNG")
-    tmp.replace(path)
+    with atomic_file(path) as staged:
+        Image.fromarray(sheet).save(staged, format="PNG")
     return path
 
 

@@ -192,15 +192,19 @@ class GresAccumulator:
             self.per_sample[key].append(value)
 
     def result(self) -> dict[str, float]:
-        """{"giou", "ciou", "n_acc", "t_acc"} as fractions; cIoU, N-acc and T-acc are 0 when undefined."""
+        """{"giou", "ciou", "n_acc", "t_acc", "pr@0.7", "pr@0.8", "pr@0.9"} as fractions; Pr@t is the share of the
+        samples with targets (TN and FP) whose iou reaches t, as ReLA counts it; each is 0 when undefined."""
         if self.count == 0:
             raise ValueError("GresAccumulator: no samples were added")
         c = self.cases
+        targeted = [iou for iou, case in zip(self.per_sample["iou"], self.per_sample["case"]) if case in ("tn", "fp")]
         return {
             "giou": self._iou_sum / self.count,
             "ciou": self._inter / self._union if self._union else 0.0,
             "n_acc": c["tp"] / (c["tp"] + c["fn"]) if c["tp"] + c["fn"] else 0.0,
             "t_acc": c["tn"] / (c["tn"] + c["fp"]) if c["tn"] + c["fp"] else 0.0,
+            **{f"pr@{t}": sum(iou >= t for iou in targeted) / len(targeted) if targeted else 0.0
+               for t in (0.7, 0.8, 0.9)},
         }
 
 

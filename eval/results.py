@@ -12,16 +12,14 @@ import argparse
 import datetime as _dt
 import json
 import math
-import os
 import shlex
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from encoders.checkpoints import share_like_new_files
+from encoders.checkpoints import write_text_atomically
 
 __all__ = ["RunOutput", "make_results", "write_results", "write_module_results", "diagnostic_parser", "read_results"]
 
@@ -66,18 +64,7 @@ def make_results(benchmark: str, run: RunOutput, model: str, dataset: str, split
 def write_results(path: str | Path, results: dict) -> Path:
     """Write ``results`` as JSON atomically: a temporary file in the same folder, then ``os.replace``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            json.dump(_jsonable(results), out, indent=2)
-            out.write("\n")
-        share_like_new_files(tmp)  # a results file is for sharing
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_text_atomically(path, json.dumps(_jsonable(results), indent=2) + "\n")
     return path
 
 

@@ -141,7 +141,8 @@ def run_groups(model, reader, limit: Optional[int] = None, overlays=None, progre
                               allow_untrained=allow_untrained)
         shape = sample.image.shape[:2]
         pred, gt = result.union, union_mask(sample.candidates[sample.selected], shape)
-        empty = not sample.selected.any()
+        # the annotation's no-target flag where the reader has one; rule-drawn groups are empty when nothing is chosen
+        empty = bool(sample.meta.get("no_target", not sample.selected.any()))
         acc.add(pred, gt, pred_no_target=not result.found, gt_no_target=empty)
         counts["samples"] += 1
         counts["candidates"] += len(sample.candidates)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
+from encoders.checkpoints import write_text_atomically
 from eval.results import read_results
 
 __all__ = ["PaperFigure", "PAPER_FIGURES", "render_summary", "write_summary", "display_value"]
@@ -19,7 +20,8 @@ __all__ = ["PaperFigure", "PAPER_FIGURES", "render_summary", "write_summary", "d
 @dataclass(frozen=True)
 class PaperFigure:
     """One published number, on the paper's own scale. variant: the paper's setting ("generalist", "fine-tuned",
-    "5-shot, mask crop", ...); shot / mask_crop only for few-shot figures (they pick the matching run)."""
+    "5-shot, mask crop", ...); shot / mask_crop only for few-shot figures, split_by only for the RefCOCO family's
+    (they pick the matching run: refcocog's "google" val is not the paper's "umd" val)."""
 
     benchmark: str
     dataset: str
@@ -31,6 +33,7 @@ class PaperFigure:
     source: str
     shot: Optional[int] = None
     mask_crop: Optional[bool] = None
+    split_by: Optional[str] = None
 
 
 _RES = "AnyRef (CVPR 2024), referring segmentation table: cIoU, generalist and per-dataset fine-tuned"
@@ -41,11 +44,15 @@ _REG = "AnyRef (CVPR 2024), referring expression generation table: RefCOCOg val,
 _RAS = "RAS (Refer to Any Segmentation Mask Group), GRES table: gRefCOCO val gIoU / cIoU / N-acc"
 
 
+_SPLIT_BY = {"refcoco": "unc", "refcoco+": "unc", "refcocog": "umd"}  # the partitions the papers report
+
+
 def _res(dataset: str, splits: Sequence[str], generalist: Sequence[float], tuned: Sequence[float]) -> list:
     rows = []
     for split, g, t in zip(splits, generalist, tuned):
-        rows.append(PaperFigure("res", dataset, split, "ciou", g, "generalist", "AnyRef", _RES))
-        rows.append(PaperFigure("res", dataset, split, "ciou", t, "fine-tuned", "AnyRef", _RES))
+        for value, variant in ((g, "generalist"), (t, "fine-tuned")):
+            rows.append(PaperFigure("res", dataset, split, "ciou", value, variant, "AnyRef", _RES,
+                                    split_by=_SPLIT_BY[dataset]))
     return rows
 
 
@@ -66,10 +73,10 @@ PAPER_FIGURES: tuple[PaperFigure, ...] = tuple(
        PaperFigure("avs", "avsbench-s4", "test", "fscore", 0.908, "generalist", "AnyRef", _AVS),
        PaperFigure("avs", "avsbench-ms3", "test", "miou", 55.6, "generalist", "AnyRef", _AVS),
        PaperFigure("avs", "avsbench-ms3", "test", "fscore", 0.663, "generalist", "AnyRef", _AVS),
-       PaperFigure("reg", "refcocog", "val", "meteor", 16.2, "generalist", "AnyRef", _REG),
-       PaperFigure("reg", "refcocog", "val", "cider", 69.0, "generalist", "AnyRef", _REG),
-       PaperFigure("reg", "refcocog", "val", "meteor", 17.1, "fine-tuned", "AnyRef", _REG),
-       PaperFigure("reg", "refcocog", "val", "cider", 79.7, "fine-tuned", "AnyRef", _REG),
+       PaperFigure("reg", "refcocog", "val", "meteor", 16.2, "generalist", "AnyRef", _REG, split_by="umd"),
+       PaperFigure("reg", "refcocog", "val", "cider", 69.0, "generalist", "AnyRef", _REG, split_by="umd"),
+       PaperFigure("reg", "refcocog", "val", "meteor", 17.1, "fine-tuned", "AnyRef", _REG, split_by="umd"),
+       PaperFigure("reg", "refcocog", "val", "cider", 79.7, "fine-tuned", "AnyRef", _REG, split_by="umd"),
        PaperFigure("gres", "grefcoco", "val", "giou", 68.86, "generalist", "RAS", _RAS),
        PaperFigure("gres", "grefcoco", "val", "ciou", 64.44, "generalist", "RAS", _RAS),
        PaperFigure("gres", "grefcoco", "val", "n_acc", 57.19, "generalist", "RAS", _RAS),
@@ -109,6 +116,8 @@ def _matching(result: dict, metric: str) -> list[PaperFigure]:
                 continue
         elif fig.split != result["split"]:
             continue
+        if None not in (fig.split_by, settings.get("split_by")) and settings["split_by"] != fig.split_by:
+            continue  # another partition of the same dataset (refcocog's google val is not the paper's umd val)
         found.append(fig)
     return found
 
@@ -179,6 +188,5 @@ def write_summary(paths: Sequence[str | Path], out: Optional[str | Path] = None)
     results = [read_results(p) for p in paths]
     table = render_summary(results, [str(p) for p in paths])
     if out is not None:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(table, encoding="utf-8")
+        write_text_atomically(out, table)
     return table

@@ -130,6 +130,8 @@ def test_pascal_reader_errors(pascal_root, tmp_path):
         FewShotReader(pascal_root, "pascal", fold=1)
     with pytest.raises(FileNotFoundError, match="split lists"):
         FewShotReader(pascal_root / "VOC2012", "pascal", fold=0)
+    with pytest.raises(ValueError, match="unknown split 'test'.*available: val"):
+        FewShotReader(pascal_root, "pascal", fold=0, split="test")
     with pytest.raises(ValueError, match="outside fold"):
         (pascal_root / "splits" / "pascal" / "val" / "fold0.txt").write_text("2007_000032__7\n")
         FewShotReader(pascal_root, "pascal", fold=0)

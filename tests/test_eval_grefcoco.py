@@ -69,12 +69,13 @@ def test_gref_reader_errors(gref_root, tmp_path):
 
 def test_run_gres_end_to_end(tiny_model, gref_root, tmp_path):
     out = run_gres(tiny_model, GrefReader(gref_root, "val"), overlays=tmp_path / "png", progress=False)
-    assert set(out.metrics) == {"giou", "ciou", "n_acc", "t_acc"}
+    assert set(out.metrics) == {"giou", "ciou", "n_acc", "t_acc", "pr@0.7", "pr@0.8", "pr@0.9"}
     counts = out.counts
     assert counts["samples"] == 3 and counts["no_target_gt"] == 2
     assert counts["tp"] + counts["fn"] == 2 and counts["tn"] + counts["fp"] == 1
     # the untrained tiny model answers without <obj>: every answer is a "no target" flag
     if counts["no_target_predicted"] == 3:
-        assert out.metrics == pytest.approx({"giou": 2 / 3, "ciou": 0.0, "n_acc": 1.0, "t_acc": 0.0})
+        assert out.metrics == pytest.approx({"giou": 2 / 3, "ciou": 0.0, "n_acc": 1.0, "t_acc": 0.0, "pr@0.7": 0.0,
+                                         "pr@0.8": 0.0, "pr@0.9": 0.0})
     assert len(list((tmp_path / "png").glob("*.png"))) == 3
     assert np.isfinite(list(out.metrics.values())).all()

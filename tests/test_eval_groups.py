@@ -1,6 +1,7 @@
 """Mask groups over COCO-format annotations: gRefCOCO / RefCOCO expressions as groups over the image's instances,
 rule-drawn groups (category, same category, absolute and relative position), the groups runner and CLI, and the
 training sources that read them - all on the refer fixture written in the official layout."""
+import dataclasses
 import json
 
 import numpy as np
@@ -63,7 +64,7 @@ def test_rule_groups_follow_their_rule(root):
 def test_run_groups_and_cli(tiny_model, root, tmp_path):
     out = run_groups(tiny_model, ExpressionGroupReader(GrefReader(root, "val")), progress=False,
                      overlays=tmp_path / "png")
-    assert set(out.metrics) == {"giou", "ciou", "n_acc", "t_acc"} and out.counts["samples"] == 3
+    assert set(out.metrics) == {"giou", "ciou", "n_acc", "t_acc", "pr@0.7", "pr@0.8", "pr@0.9"} and out.counts["samples"] == 3
     assert out.counts["empty_groups_gt"] == 2 and out.counts["candidates"] == 6
     assert len(list((tmp_path / "png").glob("*.png"))) == 3
     model_dir = tiny_model.save_pretrained(tmp_path / "model")
@@ -104,3 +105,18 @@ def test_image_referring_points_from_one_image_at_another(root):
     assert all(s.references[0].mask is None for s in whole)
     with pytest.raises(ValueError, match="probability"):
         ImageReferringReader(root / "refcoco" / "instances.json", masked=2.0)
+
+
+def test_groups_take_no_target_from_the_annotation(tiny_model, root):
+    """A targeted expression whose target is no candidate (a crowd annotation) selects nothing, yet is scored as
+    targeted, as ReLA scores it; a reader without the flag (rule-drawn groups) is empty when nothing is chosen."""
+    _, cat, _ = list(ExpressionGroupReader(GrefReader(root, "val")))
+    assert cat.meta["no_target"] and not cat.selected.any()
+    crowd_only = dataclasses.replace(cat, meta={**cat.meta, "no_target": False})
+    unflagged = dataclasses.replace(cat, meta={})
+
+    class Listed(list):
+        dataset, split = "mine", "val"
+
+    out = run_groups(tiny_model, Listed([cat, crowd_only, unflagged]), progress=False)
+    assert out.counts["samples"] == 3 and out.counts["empty_groups_gt"] == 2

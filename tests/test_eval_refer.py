@@ -201,3 +201,23 @@ def test_cli_res_through_anyref_main(model_dir, refer_root, tmp_path, monkeypatc
     # bad input: a clear message and exit status 2, no traceback
     code = anyref.cli.main(["eval", "res", "--model", str(model_dir), "--data", str(refer_root), "--split", "dev"])
     assert code == 2 and "unknown split 'dev'" in capsys.readouterr().err
+
+
+def test_recorded_command_reproduces_the_inference_settings():
+    """A results file's command parses back to the same run, the on/off and 'off' settings included."""
+    import argparse
+    import shlex
+
+    from eval.cli import _command_line, register
+
+    parser = argparse.ArgumentParser(prog="anyref")
+    register(parser.add_subparsers(dest="command", required=True))
+    given = ["eval", "synthref", "--model", "m", "--n", "7", "--example-self-mask", "off",
+             "--describe-box-margin", "off", "--describe-box-prior", "on", "--mask-refinements", "0"]
+    args = parser.parse_args(given)
+    command = shlex.split(_command_line(args))
+    assert command[:3] == ["anyref", "eval", "synthref"]
+    again = parser.parse_args(command[1:])
+    settings = ("set_example_self_mask", "set_describe_box_margin", "set_describe_box_prior", "set_mask_refinements")
+    assert {s: getattr(again, s) for s in settings} == {s: getattr(args, s) for s in settings}
+    assert again.n == 7 and not hasattr(parser.parse_args(["eval", "synthref", "--model", "m"]), settings[0])

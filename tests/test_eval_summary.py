@@ -43,6 +43,9 @@ def test_render_summary_matches_results_to_published_numbers():
     assert "| 0.900 | 4 | 0.663 (generalist)" in _row(table, "avs", "avsbench-ms3", "test", "fscore")
     assert "| 100.0 | 200 | - |" in _row(table, "synthref", "synthref", "test", "box", "caption_acc")
     assert "[1] AnyRef (CVPR 2024), referring segmentation table" in table
+    google = make_results("res", RunOutput({"ciou": 0.5}, {"samples": 10}, {"split_by": "google"}), "m", "refcocog",
+                          "val", 1.0)  # another partition than the paper's umd val: nothing to compare with
+    assert "| 50.0 | 10 | - |" in _row(render_summary([google]), "res", "refcocog", "val", "ciou")
     with pytest.raises(ValueError, match="no results"):
         render_summary([])
 

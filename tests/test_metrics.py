@@ -97,25 +97,31 @@ def test_gres_four_cases():
     flags = [True, False, True, False]
     scores = gres_scores(preds, gts, flags)
     # gIoU = (1 + 0 + 0 + 0.5) / 4; cIoU = (0 + 0 + 0 + 2) / (0 + 3 + 3 + 4);
-    # N-acc = TP / (TP + FN) = 1/2; T-acc = TN / (TN + FP) = 1/2.
-    assert scores == pytest.approx({"giou": 0.375, "ciou": 0.2, "n_acc": 0.5, "t_acc": 0.5})
+    # N-acc = TP / (TP + FN) = 1/2; T-acc = TN / (TN + FP) = 1/2; Pr@t over the two targeted samples (ious 0, 0.5)
+    assert scores == pytest.approx({"giou": 0.375, "ciou": 0.2, "n_acc": 0.5, "t_acc": 0.5,
+                                    "pr@0.7": 0.0, "pr@0.8": 0.0, "pr@0.9": 0.0})
+    exact = gres_scores([m([[1, 1], [0, 0]]), m([[1, 1], [1, 0]]), m([[0, 0], [0, 0]])],
+                        [m([[1, 1], [0, 0]]), m([[1, 1], [1, 1]]), m([[0, 0], [0, 0]])], [False, False, True])
+    # targeted ious 1 and 0.75; the no-target sample is not counted in Pr@t
+    assert (exact["pr@0.7"], exact["pr@0.8"], exact["pr@0.9"]) == (1.0, 0.5, 0.5)
 
 
 def test_gres_flag_is_not_inferred_from_an_empty_mask():
     # Empty prediction on an empty GT but no flag: still FN (iou 0); cIoU 0/0 -> 0; T-acc undefined -> 0.
     scores = gres_scores([m([[0, 0]])], [m([[0, 0]])], [False])
-    assert scores == {"giou": 0.0, "ciou": 0.0, "n_acc": 0.0, "t_acc": 0.0}
+    assert scores == {"giou": 0.0, "ciou": 0.0, "n_acc": 0.0, "t_acc": 0.0, "pr@0.7": 0.0, "pr@0.8": 0.0, "pr@0.9": 0.0}
 
 
 def test_gres_zero_union_and_undefined_accuracies():
     # Annotated as having a target but both masks empty: TN with U = 0 -> iou 0 (not 1 as in LISA).
     scores = gres_scores([m([[0, 0]])], [m([[0, 0]])], [False], gt_no_target=[False])
-    assert scores == {"giou": 0.0, "ciou": 0.0, "n_acc": 0.0, "t_acc": 1.0}
+    assert scores == {"giou": 0.0, "ciou": 0.0, "n_acc": 0.0, "t_acc": 1.0, "pr@0.7": 0.0, "pr@0.8": 0.0, "pr@0.9": 0.0}
     # Only no-target samples, all detected: gIoU 1, no pixels -> cIoU 0, T-acc undefined -> 0.
     acc = GresAccumulator()
     for _ in range(2):
         acc.add(m([[0, 1]]), m([[0, 0]]), pred_no_target=True)
-    assert acc.result() == {"giou": 1.0, "ciou": 0.0, "n_acc": 1.0, "t_acc": 0.0}
+    assert acc.result() == {"giou": 1.0, "ciou": 0.0, "n_acc": 1.0, "t_acc": 0.0, "pr@0.7": 0.0, "pr@0.8": 0.0,
+                            "pr@0.9": 0.0}
     assert acc.cases == {"tp": 2, "fn": 0, "fp": 0, "tn": 0}
 
 

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from encoders.checkpoints import write_text_atomically
+
 __all__ = ["save_checkpoint", "load_latest", "latest_tag", "checkpoint_tag", "truncate_logs"]
 
 
@@ -89,14 +91,6 @@ def _set_rng_state(state: dict) -> None:
     np.random.set_state((kind, state["numpy_keys"].numpy().astype(np.uint32), pos, has_gauss, gauss))
     version, internal, gauss_next = state["python"]
     random.setstate((version, tuple(internal), gauss_next))
-
-
-def write_text_atomically(path: Path, text: str) -> None:
-    """Write ``text`` to a hidden file beside ``path``, then rename it over ``path``: a reader (or a run killed
-    meanwhile) sees the old file or the new one, never half of it."""
-    staged = path.with_name(f".{path.name}.tmp")
-    staged.write_text(text)
-    os.replace(staged, path)
 
 
 def truncate_logs(paths: list[Path], step: int) -> None:

@@ -11,6 +11,8 @@ import json
 import sys
 from pathlib import Path
 
+from encoders.checkpoints import atomic_file
+
 __all__ = ["read_log", "read_validation", "plot_curves", "main"]
 
 TERMS = ("loss", "ce", "bce", "dice", "group")
@@ -84,11 +86,11 @@ def plot_curves(logs: list[str | Path], out: str | Path, labels: list[str] | Non
         figure.suptitle(title)
     figure.tight_layout()
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    figure.savefig(tmp, dpi=110, format="png")
-    plt.close(figure)
-    tmp.replace(out)
+    try:
+        with atomic_file(out) as staged:
+            figure.savefig(staged, dpi=110, format="png")
+    finally:
+        plt.close(figure)
     return out
 
 

@@ -24,8 +24,8 @@ import torch.distributed as dist
 
 from anyref.batching import collate, prepare
 from anyref.lora import enable_lora, merge_lora
-from train.checkpointing import (checkpoint_tag, latest_tag, load_latest, save_checkpoint, truncate_logs,
-                                 write_text_atomically)
+from encoders.checkpoints import write_text_atomically
+from train.checkpointing import checkpoint_tag, latest_tag, load_latest, save_checkpoint, truncate_logs
 from train.config import TrainConfig, config_changes, load_config, preset_lines
 from train.data import Mixture
 from train.model_factory import build_model

@@ -25,7 +25,9 @@ import numpy as np
 
 from anyref.references import ExampleImage
 from anyref.samples import OBJ, ReferringSample
-from eval.datasets._common import first_existing, load_pickle, read_image, read_labels, require_dir, require_file
+from eval.datasets._common import (
+    check_split, first_existing, load_pickle, read_image, read_labels, require_dir, require_file,
+)
 
 __all__ = ["PASCAL_CLASSES", "COCO_CLASSES", "FEWSHOT_BENCHMARKS", "Episode", "fold_classes", "pascal_episodes",
            "coco_episodes", "FewShotReader"]
@@ -146,6 +148,9 @@ class FewShotReader:
         split_root = require_dir(splits, "splits directory") if splits is not None else first_existing(
             [root / "splits", root / "data" / "splits", self.base / "splits"], "HSNet split lists",
             "pass --splits with HSNet's data/splits folder", kind="dir")
+        listed = split_root / benchmark
+        if listed.is_dir():  # a missing folder is named by the fold list's own error below
+            check_split(split, [p.name for p in listed.iterdir() if p.is_dir()], f"HSNet's split lists in {listed}")
         if benchmark == "pascal":
             self.image_dir = require_dir(self.base / "JPEGImages", "image directory",
                                          "--data must hold VOC2012/JPEGImages")

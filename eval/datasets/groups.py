@@ -46,7 +46,9 @@ def instance_candidates(index: ReferIndex, image_id: int) -> tuple[list[int], np
 
 class ExpressionGroupReader:
     """A GrefReader or ResReader's expressions as group samples over all the image's instances. meta: the
-    reader's, plus candidate_ann_ids."""
+    reader's, plus candidate_ann_ids and no_target, the annotation's flag (a RefCOCO expression always has a
+    target): a target that is no candidate (a crowd annotation) leaves the selection empty, but the sample is
+    scored as targeted, as ReLA scores it."""
 
     def __init__(self, reader) -> None:
         self.reader, self.dataset, self.split = reader, reader.dataset, reader.split
@@ -72,7 +74,8 @@ class ExpressionGroupReader:
         selected = np.array([a in targets for a in ids], dtype=bool)
         return ReferringSample(image=sample.image, references=sample.references, task="select", candidates=masks,
                                selected=selected, source=f"{self.dataset}-groups",
-                               meta={**sample.meta, "candidate_ann_ids": ids})
+                               meta={**sample.meta, "candidate_ann_ids": ids,
+                                     "no_target": bool(sample.meta.get("no_target", False))})
 
 
 def _centre(box: list[float]) -> tuple[float, float]:
