@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer
+from transformers import AutoTokenizer, LlavaConfig
 
 from anyref.api import AnyRef
 from anyref.config import CLIP_MEAN, CLIP_STD, AnyRefConfig
@@ -111,7 +111,7 @@ def build_from_weights(llava_dir: str | Path, sam_checkpoint: str | Path, sam_ty
     return model.to(dtype).eval()
 
 
-def full_size_llava_config(vocab_size: int, image_token_id: int, pad_token_id: int) -> "LlavaConfig":
+def full_size_llava_config(vocab_size: int, image_token_id: int, pad_token_id: int) -> LlavaConfig:
     """LLaVA-1.5-7B's architecture: LLaMA-7B (4096 wide, 32 layers) and CLIP ViT-L/14 at 336 px (24 x 24 patches),
     the two-layer GELU projector."""
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
@@ -120,14 +120,16 @@ def full_size_llava_config(vocab_size: int, image_token_id: int, pad_token_id: i
                               image_size=336, patch_size=14, projection_dim=768)
     text = LlamaConfig(vocab_size=vocab_size, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
                        num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096,
-                       pad_token_id=pad_token_id, bos_token_id=None, eos_token_id=None, tie_word_embeddings=False)
+                       rms_norm_eps=1e-5, pad_token_id=pad_token_id, bos_token_id=None, eos_token_id=None,
+                       tie_word_embeddings=False)  # vicuna-7b-v1.5's eps, as llava-hf/llava-1.5-7b-hf
     return LlavaConfig(vision_config=vision, text_config=text, image_token_id=image_token_id, vision_feature_layer=-2,
                        vision_feature_select_strategy="default", projector_hidden_act="gelu")
 
 
-def full_size_parts(vocab_size: int = 32000 + len(SPECIAL_TOKENS)) -> dict:
+def full_size_parts(vocab_size: int = 32002 + len(SPECIAL_TOKENS) - 1) -> dict:
     """The full-size modules (LLaVA-1.5-7B, SAM ViT-H, ImageBind-H audio) on the meta device: shapes and parameter
-    counts without memory."""
+    counts without memory. The vocabulary is llava-hf's (LLaMA's 32,000, ``<image>`` and ``<pad>``) plus AnyRef's
+    tokens but ``<image>``, which it already has."""
     with torch.device("meta"):
         llava = build_llava(full_size_llava_config(vocab_size, 32000, 0))
         return {"llava": llava, "sam": build_sam(SamConfig.named("vit_h")),

@@ -37,6 +37,11 @@ class AnyRefConfig:
         LISA did ("\nCan you segment the dog in this image? ASSISTANT:" at once). Off, every template piece and
         text reference is encoded alone, which with LLaMA's sentencepiece adds a "▁" piece at each start; the
         tiny SynthRef models were trained that way, converted and real-weight models set it on.
+    strip_special_whitespace: strip the whitespace at both ends of each run of text encoded between special ids,
+        prompt and answer, as LISA's tokenizer (transformers 4.31, slow) did around its added tokens: LISA saw
+        "USER:" <im_start> ... <im_end> "Can you ..." (no "▁" piece before <im_start>, the "\n" after <im_end>
+        gone) and "Sure, it is" [SEG] "." (the answer's first word right after "ASSISTANT:"). Set by the LISA
+        converter; off, text is encoded as written (LLaVA-1.5, the SynthRef models).
     image_token_merge: merge each k x k block of image tokens into one before the LLM (1: off, LLaVA's own
         layout). The tiny SynthRef model's LLM spends most of its time on its 256 image tokens; with k = 2 it reads
         64 (:class:`anyref.image_tokens.ImageTokenMerger`). References still pool the full patch grid.
@@ -145,6 +150,7 @@ class AnyRefConfig:
     image_wrap: bool = False
     obj_token: str = "<obj>"
     join_prompt_text: bool = False
+    strip_special_whitespace: bool = False
     image_token_merge: int = 1
     image_positions: bool = False
     obj_location_prompt: bool = False

@@ -129,7 +129,7 @@ class PromptBuilder:
 
         def flush() -> None:
             if pending:
-                ids.extend(encode_text(self.tokenizer, "".join(pending)))
+                ids.extend(self._encode_run("".join(pending)))
                 pending.clear()
 
         for part in parts:
@@ -145,6 +145,11 @@ class PromptBuilder:
         flush()
         return ids
 
+    def _encode_run(self, text: str) -> list[int]:
+        """One run of text between special ids -> ids, without special-token parsing; stripped at both ends with
+        ``config.strip_special_whitespace``."""
+        return encode_text(self.tokenizer, text.strip() if self.config.strip_special_whitespace else text)
+
     def answer_ids(self, answer: list[AnswerPart]) -> list[int]:
         """Answer parts -> ids (text encoded without special-token parsing, OBJ by id), then eos."""
         ids: list[int] = []
@@ -152,7 +157,7 @@ class PromptBuilder:
         for part in answer:
             if part is OBJ:
                 if text:
-                    ids += encode_text(self.tokenizer, text)
+                    ids += self._encode_run(text)
                     text = ""
                 ids.append(self.ids.obj)
             elif isinstance(part, str):
@@ -160,7 +165,7 @@ class PromptBuilder:
             else:
                 raise TypeError(f"answer parts are str or OBJ, got {type(part).__name__}")
         if text.strip():
-            ids += encode_text(self.tokenizer, text)
+            ids += self._encode_run(text)
         return ids + [self.ids.eos]
 
     def image_block(self) -> list[int]:

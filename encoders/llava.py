@@ -7,11 +7,14 @@ AnyRef needs three things from LLaVA beyond the stock forward:
 """
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
 import torch
 from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+from encoders.checkpoints import CheckpointError
 
 __all__ = ["tiny_llava_config", "build_llava", "load_llava", "patch_grid_size", "vision_patch_grid", "project_vision"]
 
@@ -76,7 +79,26 @@ def load_llava(path: str | Path, dtype: torch.dtype = torch.float32) -> LlavaFor
     path = Path(path)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path} is not an HF LLaVA checkpoint directory (no config.json in it)")
-    return LlavaForConditionalGeneration.from_pretrained(path, dtype=dtype, attn_implementation="sdpa")
+    try:
+        model_type = json.loads((path / "config.json").read_text()).get("model_type")
+    except (ValueError, AttributeError) as error:
+        raise CheckpointError(f"{path / 'config.json'} is not a JSON object: {error}") from None
+    if model_type != "llava":
+        # transformers would build a default LlavaConfig, whose shapes are LLaVA-1.5-7B's, load what matches by name
+        # (little of the original repository's layout) and only warn: a model of random weights
+        raise CheckpointError(f"{path} holds a {model_type!r} model, not an HF-format LLaVA (model_type 'llava'); "
+                              "for the original liuhaotian/llava-v1.5-* repositories use their HF conversion "
+                              "(llava-hf/llava-1.5-7b-hf), or transformers' convert_llava_weights_to_hf.py")
+    model, info = LlavaForConditionalGeneration.from_pretrained(path, dtype=dtype, attn_implementation="sdpa",
+                                                                output_loading_info=True)
+    problems = {name: sorted(map(str, info.get(name) or ())) for name in ("missing_keys", "unexpected_keys",
+                                                                            "mismatched_keys")}
+    problems = {name: keys for name, keys in problems.items() if keys}
+    if problems:  # transformers only logs these; a half-loaded LLaVA answers, wrongly
+        listed = "; ".join(f"{len(keys)} {name.replace('_', ' ')} (e.g. {', '.join(keys[:3])})"
+                           for name, keys in problems.items())
+        raise CheckpointError(f"{path}: the checkpoint does not fit LlavaForConditionalGeneration: {listed}")
+    return model
 
 
 def patch_grid_size(config: LlavaConfig) -> int:

@@ -5,11 +5,13 @@ any timm model, its last feature map as a grid, frozen, weights from a file the 
     grid = encoder(pixels)          # B x 3 x s x s (encoder.preprocess) -> B x C x h x w
 
 The model is built with ``timm.create_model(name, pretrained=False)`` (no download) and its weights loaded strictly
-from ``weights`` (safetensors, or .pth/.bin read with ``weights_only=True``). Without weights it stays random, which
-only tests want.
+from ``weights`` (safetensors, or .pth/.bin read with ``weights_only=True``): a timm-hub file, or a release timm's
+own loader converts (its ``checkpoint_filter_fn``; a classifier head is dropped). Without weights it stays random,
+which only tests want.
 """
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +51,8 @@ class TimmFeatures(nn.Module):
         self.mean = tuple(config.get("mean", (0.485, 0.456, 0.406)))
         self.std = tuple(config.get("std", (0.229, 0.224, 0.225)))
         if weights is not None:
-            load_state_dict_strict(self.model, _read(weights), what=f"{name} weights {Path(weights).name}")
+            load_state_dict_strict(self.model, _fit(self.model, _read(weights)),
+                                   what=f"{name} weights {Path(weights).name}")
         self.requires_grad_(False)
         with torch.no_grad():
             probe = self(torch.zeros(1, 3, self.image_size, self.image_size))
@@ -66,6 +69,19 @@ class TimmFeatures(nn.Module):
         resized = Image.fromarray(image).resize((self.image_size, self.image_size), Image.BICUBIC)
         pixels = torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255.0).permute(2, 0, 1)
         return (pixels - torch.tensor(self.mean)[:, None, None]) / torch.tensor(self.std)[:, None, None]
+
+
+def _fit(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A checkpoint as timm's own pretrained loading would fit it to ``model``: the model family's
+    ``checkpoint_filter_fn`` (original releases' key names, e.g. DINOv2's ``mask_token``, position embeddings of
+    another size), then the classifier's keys dropped (the encoder is built without one)."""
+    filter_fn = getattr(importlib.import_module(type(model).__module__), "checkpoint_filter_fn", None)
+    if filter_fn is not None:
+        state = filter_fn(state, model)
+    classifier = model.pretrained_cfg.get("classifier") or ()
+    heads = (classifier,) if isinstance(classifier, str) else tuple(classifier)
+    return {key: value for key, value in state.items()
+            if not any(key == head or key.startswith(head + ".") for head in heads)}
 
 
 def _read(path: str | Path) -> dict[str, torch.Tensor]:

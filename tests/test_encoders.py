@@ -1,8 +1,9 @@
 """LLaVA and SAM wrappers against the upstream classes."""
+import json
+
 import pytest
 import torch
 from segment_anything import sam_model_registry
-from transformers import CLIPVisionConfig
 
 from encoders.checkpoints import CheckpointError
 from encoders.llava import build_llava, load_llava, patch_grid_size, project_vision, tiny_llava_config, vision_patch_grid
@@ -34,6 +35,24 @@ def test_llava_from_pretrained_round_trip(tmp_path):
     torch.testing.assert_close(loaded(input_ids=ids).logits, llava(input_ids=ids).logits)
     with pytest.raises(FileNotFoundError, match="config.json"):
         load_llava(tmp_path / "missing")
+
+
+def test_llava_checkpoints_that_would_load_half_are_refused(tmp_path):
+    """transformers only warns about missing keys or another model_type; load_llava refuses them."""
+    from safetensors.torch import load_file, save_file
+
+    llava = build_llava(tiny_llava_config(vocab_size=50, image_token_id=3, pad_token_id=0))
+    llava.save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    dropped = next(k for k in weights if "layers.0.self_attn.q_proj" in k)
+    save_file({k: v for k, v in weights.items() if k != dropped}, tmp_path / "model.safetensors",
+              metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match="1 missing keys"):
+        load_llava(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "model_type": "llava_llama"}))
+    with pytest.raises(CheckpointError, match="'llava_llama' model, not an HF-format LLaVA"):
+        load_llava(tmp_path)
 
 
 def test_official_sam_layout_loads_strictly(tmp_path):

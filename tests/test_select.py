@@ -199,3 +199,19 @@ def test_timm_encoder_as_a_further_mask_source(tmp_path):
     again = type(model).from_pretrained(model.save_pretrained(tmp_path / "m")).select(
         scene(5), "all squares", candidates=_candidates())
     np.testing.assert_allclose(result.candidate_scores, again.candidate_scores, atol=1e-6)
+
+
+def test_timm_weights_with_a_classifier_load_as_timm_would(tmp_path):
+    """A timm checkpoint that carries its classifier (a fine-tuned model's) loads into the head-less encoder, and
+    gives the features of the model it came from."""
+    import timm
+    from safetensors.torch import save_file
+
+    from encoders.timm_features import TimmFeatures
+
+    source = timm.create_model("test_vit", pretrained=False, num_classes=7).eval()
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, tmp_path / "vit.safetensors")
+    encoder = TimmFeatures("test_vit", weights=tmp_path / "vit.safetensors")
+    pixels = torch.randn(1, 3, encoder.image_size, encoder.image_size)
+    expected = source.forward_intermediates(pixels, indices=1, intermediates_only=True)[-1]
+    torch.testing.assert_close(encoder(pixels), expected)

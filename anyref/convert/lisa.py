@@ -406,7 +406,8 @@ def convert_lisa(
         system_prompt=LLAVA_V1_SYSTEM,
         image_wrap=spec.image_wrap,
         obj_token=SEG_TOKEN,
-        join_prompt_text=True,  # LISA tokenized each text run between special tokens in one call
+        join_prompt_text=True,  # LISA tokenized each text run between special tokens in one call,
+        strip_special_whitespace=True,  # and its tokenizer stripped the whitespace around them
         refocus_lambda=refocus_lambda,
         untrained_references=tuple(untrained_references),
     )
