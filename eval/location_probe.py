@@ -16,7 +16,6 @@ import time
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from anyref.batching import collate, prepare
 from anyref.heads import coverage_logits, decode_masks, location_cells, location_prompt, upscale_masks

@@ -2,7 +2,6 @@
 previous mask's own coverage of the image-token grid - in the whole image's frame, an empty mask kept as it is -
 and the setting is refused where that coverage would mean nothing; a training stage's refine_weight trains that
 same pass."""
-import numpy as np
 import pytest
 import torch
 
