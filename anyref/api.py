@@ -179,8 +179,8 @@ class AnyRef(AnyRefModel):
                  with_masks: bool = False) -> str | SegmentResult:
         """A caption of the referred region, e.g. ``describe(image, Box(10, 20, 60, 80))``.
 
-        with_masks: return a SegmentResult instead, whose ``text`` is the caption and whose ``masks`` come from the
-        ``<obj>`` tokens of the same answer (AnyRef answers a region caption with the region's mask). With
+        with_masks: return a SegmentResult instead, whose ``text`` is the caption (``answer``: the answer with its
+        ``<obj>`` / ``<nowhere>`` markers) and whose ``masks`` come from the ``<obj>`` tokens of the same answer (AnyRef answers a region caption with the region's mask). With
         ``config.describe_box_prior`` and exactly one Box in ``ref``, the first ``<obj>``'s mask is drawn from that
         box (the region the caption is about) rather than from the ``<obj>``'s own location map; with
         ``config.describe_box_margin`` it is kept within that box, grown by the margin.
@@ -198,7 +198,7 @@ class AnyRef(AnyRefModel):
             if self.config.describe_box_margin is not None:
                 bounds = boxes[0].grown(self.config.describe_box_margin).mask(*batch.image_sizes[0])
         result = self._masks_for(generations, batch, sam, regions=[region], bounds=[bounds])[0]
-        result.text = caption
+        result.answer, result.text = result.text, caption
         return result
 
     @torch.no_grad()

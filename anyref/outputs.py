@@ -72,12 +72,15 @@ class SegmentResult:
         ``obj_nowhere`` emitted an ``<obj>`` but placed it nowhere, ``<rejected>`` where ``verify_answers`` dropped
         its mask: no mask).
     logits: K x H x W float32 mask logits (masks = logits > 0), for metrics that threshold probabilities.
+    answer: the answer with its markers when ``text`` holds something else (``describe``'s caption); None when
+        ``text`` is the answer.
     """
 
     masks: np.ndarray
     scores: np.ndarray
     text: str
     logits: np.ndarray | None = None
+    answer: str | None = None
 
     @property
     def found(self) -> bool:
@@ -88,9 +91,10 @@ class SegmentResult:
     def note(self) -> str:
         if self.found:
             return f"{len(self.masks)} mask(s)"
-        if NOWHERE in self.text:
+        answer = self.text if self.answer is None else self.answer
+        if NOWHERE in answer:
             return "no mask: the answer's <obj> was placed nowhere (the model found no such object)"
-        if REJECTED in self.text:
+        if REJECTED in answer:
             return "no mask: the model's check of its own answer said it is not the described object"
         return "no mask: the answer contains no <obj> token (the model found no such object)"
 

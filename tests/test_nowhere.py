@@ -83,6 +83,9 @@ def test_a_model_learns_to_place_an_absent_object_nowhere(tmp_path):
     assert present.text == "square <obj>." and present.masks.shape == (1, *image.shape[:2]) and present.masks.any()
     assert absent.text == f"star {NOWHERE}." and not absent.found and absent.masks.shape == (0, *image.shape[:2])
     assert "placed nowhere" in absent.note
+    # describe's caption drops the markers; its note still reads them from the answer
+    caption = model.describe(image, "the star", with_masks=True)
+    assert NOWHERE not in caption.text and NOWHERE in caption.answer and "placed nowhere" in caption.note
     loaded = AnyRef.from_pretrained(model.save_pretrained(tmp_path / "nowhere"))
     assert loaded.config.obj_nowhere
     assert loaded.segment(image, "the star").text == absent.text
