@@ -126,6 +126,11 @@ def test_two_ranks_zero2_over_gloo(tmp_path):
     assert len((out / "log.jsonl").read_text().splitlines()) == sum(stage["steps"] for stage in config["stages"])
     model = AnyRef.from_pretrained(out / "model")
     assert model.segment(np.zeros((48, 64, 3), np.uint8), "the red circle").masks.shape[1:] == (48, 64)
+    # resumed by one rank, its samples and optimizer shards would not line up: refused, saying how to resume
+    single = subprocess.run(command[:1] + command[command.index("train.loop") - 1:], cwd=ROOT, env=_env(),
+                            capture_output=True, text=True, timeout=600)
+    assert single.returncode == 2 and "saved by 2 rank(s), this run has 1" in single.stderr
+    assert "Traceback" not in single.stderr
 
 
 def test_nan_loss_stops_with_last_checkpoint_intact(tmp_path):

@@ -15,7 +15,8 @@ from train.semseg import read_class_names
 
 
 def write_ade20k(root):
-    """root/images/training/*.jpg, root/annotations/training/*.png (class indices), root/objectInfo150.csv."""
+    """root/images/training/*.jpg, root/annotations/training/*.png (class indices), root/objectInfo150.txt as
+    ADEChallengeData2016 ships it (tab-separated, comma-separated synonyms)."""
     rng = np.random.default_rng(0)
     (root / "images" / "training").mkdir(parents=True)
     (root / "annotations" / "training").mkdir(parents=True)
@@ -26,16 +27,25 @@ def write_ade20k(root):
         labels[5:20, 5:30] = 1
         labels[25:35, 10:45] = 3
         Image.fromarray(labels).save(root / "annotations" / "training" / f"ADE_train_{i:08d}.png")
-    (root / "objectInfo150.csv").write_text("Idx,Ratio,Train,Val,Name\n1,0.1,1,1,wall\n2,0.1,1,1,building;edifice\n"
-                                            "3,0.1,1,1,sky\n")
+    (root / "objectInfo150.txt").write_text("Idx\tRatio\tTrain\tVal\tName\n1\t0.1576\t11664\t1172\twall\n"
+                                            "2\t0.1072\t6046\t612\tbuilding, edifice\n3\t0.0878\t8265\t796\tsky\n")
     return root
 
 
 def test_class_names_from_ade20k_csv_and_text(tmp_path):
     write_ade20k(tmp_path / "ade")
-    assert read_class_names(tmp_path / "ade" / "objectInfo150.csv") == {1: "wall", 2: "building", 3: "sky"}
+    assert read_class_names(tmp_path / "ade" / "objectInfo150.txt") == {1: "wall", 2: "building", 3: "sky"}
     (tmp_path / "names.txt").write_text("cat\n\ndog\n")
     assert read_class_names(tmp_path / "names.txt") == {1: "cat", 3: "dog"}
+    (tmp_path / "plain.csv").write_text("Idx,Name\n1,pool table\n2,sky\n")
+    assert read_class_names(tmp_path / "plain.csv") == {1: "pool table", 2: "sky"}
+    # semantic-segmentation-pytorch's object150_info.csv: a name cannot be told from its synonyms
+    (tmp_path / "object150_info.csv").write_text("Idx,Ratio,Train,Val,Name\n57,0.0042,1,1,pool;table;billiard;table\n")
+    with pytest.raises(ValueError, match="objectInfo150.txt"):
+        read_class_names(tmp_path / "object150_info.csv")
+    (tmp_path / "header.txt").write_text("Idx,Name\nwall\n")
+    with pytest.raises(ValueError, match="header"):
+        read_class_names(tmp_path / "header.txt")
 
 
 def test_every_public_source_feeds_the_collator(tiny_model, tmp_path):
@@ -56,6 +66,7 @@ def test_every_public_source_feeds_the_collator(tiny_model, tmp_path):
     assert {s.source for s in samples} >= {"refcoco", "grefcoco", "avsbench-s4", "ade20k"}
     regions = [s for s in samples if s.task == "describe"]
     assert regions and all(OBJ in s.answer and s.masks.shape[0] == 1 for s in regions)
+    assert all(s.answer[0] in s.meta["sentences"] for s in regions)  # one of the ref's sentences
     semseg = [s for s in samples if s.source == "ade20k"]
     assert all(s.references[0] in ("the wall", "the sky") and s.masks[0].any() for s in semseg)
     batch = collate([prepare(s, tiny_model.builder) for s in samples[:8]], tiny_model.ids.pad)
@@ -94,3 +105,18 @@ def test_relational_prob_reaches_the_synthref_stream():
     assert relational_share(0.0) == 0.0
     assert relational_share(1.0) > relational_share(0.35) > 0.0
 
+
+
+@pytest.mark.parametrize("mixture, stage_mixture, words", [
+    ({"synthref": {"ratio": 0}}, {}, "at least one source with a ratio > 0"),
+    ({"synthref": {"ratio": float("nan")}}, {}, "give a number >= 0"),
+    ({"synthref": [1]}, {}, "must be an object of options"),
+    ({"synthref": {"ratio": 1}}, {"sythref": {"ratio": 0}}, "names source 'sythref'"),
+    ({"synthref": {"ratio": 1}, "res": {"ratio": 0, "data": "x"}}, {"res": {"ratio": 1, "split": "val"}},
+     r"change res's ratio only, not \['split'\]"),
+    ({"synthref": {"ratio": 1}}, {"synthref": {"ratio": 0}}, "stage 'joint''s mixture needs at least one"),
+])
+def test_mixture_ratios_and_stage_sources_are_checked(mixture, stage_mixture, words):
+    stages = [{"name": "joint", "steps": 1, "trainable": "all", "mixture": stage_mixture}]
+    with pytest.raises(ValueError, match=words):
+        TrainConfig.from_dict({"model": {"tiny": {}}, "mixture": mixture, "stages": stages})

@@ -70,6 +70,11 @@ def load_latest(engine, root: Path) -> int:
     tag = latest_tag(root)
     if tag is None:
         return 0
+    saved = len(list((root / tag).glob("rng_rank*.pt")))  # one per rank that saved it
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    if saved != world:  # sample positions and ZeRO's optimizer partitions both follow the number of ranks
+        raise ValueError(f"checkpoint {root / tag} was saved by {saved} rank(s), this run has {world}; resume it "
+                         f"with {saved} (deepspeed --num_gpus {saved}, or torchrun --nproc_per_node {saved} on CPU)")
     path, client = engine.load_checkpoint(str(root), tag=tag)
     if path is None:
         raise RuntimeError(f"could not load checkpoint {root / tag}; delete it to start over")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -118,6 +119,26 @@ _CONTINUATION_KEYS = {
 }
 
 
+def _check_ratios(mixture: dict, where: str) -> None:
+    """Every source an object of options with a finite ratio >= 0 (1 when not given, as the sampler reads it), and
+    at least one ratio > 0."""
+    if not mixture:
+        raise ValueError(f"{where} needs at least one source")
+    ratios = []
+    for name, options in mixture.items():
+        if not isinstance(options, dict):
+            raise ValueError(f"{where}: source {name!r} must be an object of options, e.g. {{\"ratio\": 1}}")
+        try:
+            ratio = float(options.get("ratio", 1.0))
+        except (TypeError, ValueError):
+            ratio = math.nan
+        if not math.isfinite(ratio) or ratio < 0:
+            raise ValueError(f"{where}: source {name!r} has ratio {options.get('ratio')!r}; give a number >= 0")
+        ratios.append(ratio)
+    if not any(ratios):
+        raise ValueError(f"{where} needs at least one source with a ratio > 0")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """model: {"tiny": {sizes...}} to build a tiny model, or {"init_from": DIR} to start from an AnyRef directory
@@ -170,13 +191,22 @@ class TrainConfig:
                 raise ValueError(f'"{key}" {what}')
         if "group_obj_answer" in self.model and not self.model.get("group_by_obj"):
             raise ValueError('"group_obj_answer" says how group_by_obj answers: it needs "group_by_obj": true')
-        if not self.mixture or any(float(v.get("ratio", 0)) < 0 for v in self.mixture.values()):
-            raise ValueError("mixture needs at least one source with a ratio >= 0")
+        _check_ratios(self.mixture, "mixture")
         for stage in self.stages:
             fixed = sorted(set(stage.mixture.get("synthref", {})) - {"ratio", "tasks"})
             if fixed:  # the SynthRef world is built once, from the config's own mixture
                 raise ValueError(f"stage {stage.name!r}: a stage's mixture may change SynthRef's ratio and tasks only, "
                                  f"not {fixed}; set them in the config's mixture")
+            for name, options in stage.mixture.items():
+                if name not in self.mixture:  # the sources are built once, from the config's own mixture
+                    raise ValueError(f"stage {stage.name!r} names source {name!r}, which the config's mixture lacks; "
+                                     "add it there (with ratio 0 to draw it only in this stage)")
+                other = sorted(set(options) - {"ratio"}) if name != "synthref" else []
+                if other:
+                    raise ValueError(f"stage {stage.name!r}: a stage's mixture may change {name}'s ratio only, not "
+                                     f"{other}; set them in the config's mixture")
+            _check_ratios({name: {**options, **stage.mixture.get(name, {})} for name, options in self.mixture.items()},
+                          f"stage {stage.name!r}'s mixture")
         if self.eval_every < 0 or self.eval_n < 1:
             raise ValueError("eval_every must be >= 0 and eval_n >= 1")
 

@@ -101,7 +101,8 @@ class ResSource(_ReaderSource):
 
 
 class RegSource(_ReaderSource):
-    """Region captions: the box, answered with the ref's first sentence and the object's mask (as AnyRef trains)."""
+    """Region captions: the box, answered with one of the ref's sentences (drawn per sample, so every expression of
+    an object is trained on) and the object's mask (as AnyRef trains)."""
 
     kinds = {"box"}
 
@@ -116,7 +117,8 @@ class RegSource(_ReaderSource):
 
         sample = self.reader[self._item(index)]
         mask = self.reader.index.mask(sample.meta["ann_id"])
-        sentence = sample.answer[0] if sample.answer else "the region"
+        sentences = sample.meta.get("sentences") or ["the region"]
+        sentence = sentences[int(np.random.default_rng([self.seed, index, 10]).integers(len(sentences)))]
         return ReferringSample(image=sample.image, references=sample.references, task="describe",
                                answer=[sentence, " ", OBJ, "."], masks=mask[None], source=sample.source,
                                meta=sample.meta)

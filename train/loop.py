@@ -168,7 +168,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run(parse_args(argv))
+    """``python -m train.loop`` (what the deepspeed and torchrun launchers start): ``anyref train``'s arguments; a
+    bad config, data or checkpoint ends with its message, as ``anyref train`` ends."""
+    try:
+        return run(parse_args(argv))
+    except (ValueError, FileNotFoundError) as error:
+        print(f"anyref train: error: {error}", file=sys.stderr)
+        return 2
 
 
 def run(args: argparse.Namespace) -> int:

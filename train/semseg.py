@@ -3,10 +3,13 @@
     ADEChallengeData2016/
         images/training/ADE_train_00000001.jpg       (validation/ for the val split)
         annotations/training/ADE_train_00000001.png  (class index per pixel: 1..150, 0 = other / ignored)
-        objectInfo150.csv                            (Idx,Ratio,Train,Val,Name; first name before ";" is used)
+        objectInfo150.txt                            (tab-separated Idx Ratio Train Val Name; "pool table, billiard
+                                                      table, ...": the first synonym is used)
 
 A sample is one category present in an image: "the {category}" -> "{category} <obj>." with the category's mask.
-``classes`` may instead name a text file with one category per line (line i is class index i).
+``classes`` may instead name a CSV with Idx and Name columns whose names are written plainly, or a text file with
+one category per line (line i is class index i). semantic-segmentation-pytorch's object150_info.csv is refused: it
+writes the spaces inside a name and the separators between synonyms alike as ";" ("pool;table;billiard;table").
 """
 from __future__ import annotations
 
@@ -25,16 +28,23 @@ SPLIT_DIRS = {"train": "training", "val": "validation"}
 
 
 def read_class_names(path: Path) -> dict[int, str]:
-    """index -> name from objectInfo150.csv (its Idx and Name columns) or a text file of one name per line."""
-    path = require_file(path, "class-name file", "objectInfo150.csv of ADE20K, or one name per line")
-    if path.suffix == ".csv":
-        with path.open(newline="", encoding="utf-8") as handle:
-            rows = list(csv.DictReader(handle))
+    """index -> name from ADE20K's objectInfo150.txt (tab-separated, its Idx and Name columns, the first of the
+    comma-separated synonyms), a CSV with Idx and Name columns, or a text file of one name per line."""
+    path = require_file(path, "class-name file", "ADE20K's objectInfo150.txt, or one name per line")
+    text = path.read_text(encoding="utf-8")
+    first = text.splitlines()[0] if text.strip() else ""
+    if path.suffix == ".csv" or "\t" in first:
+        rows = list(csv.DictReader(text.splitlines(), delimiter="," if path.suffix == ".csv" else "\t"))
         if not rows or "Idx" not in rows[0] or "Name" not in rows[0]:
-            raise ValueError(f"{path} has no Idx and Name columns; is it ADE20K's objectInfo150.csv?")
-        return {int(row["Idx"]): row["Name"].split(";")[0].strip() for row in rows}
-    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
-    return {index: name for index, name in enumerate(lines, 1) if name}
+            raise ValueError(f"{path} has no Idx and Name columns; is it ADE20K's objectInfo150.txt?")
+        if any(";" in row["Name"] for row in rows):
+            raise ValueError(f"{path} writes names with ';' for spaces and synonym separators alike "
+                             "('pool;table;billiard;table'), so a name cannot be read from it; give ADE20K's own "
+                             "objectInfo150.txt (ADEChallengeData2016/) instead")
+        return {int(row["Idx"]): row["Name"].split(",")[0].strip() for row in rows}
+    if first.replace(",", " ").split()[:1] == ["Idx"]:
+        raise ValueError(f"{path} starts with a header ({first!r}); a names file holds one name per line")
+    return {index: name.strip() for index, name in enumerate(text.splitlines(), 1) if name.strip()}
 
 
 class SemSegReader:
@@ -46,7 +56,7 @@ class SemSegReader:
             raise ValueError(f"unknown split {split!r}; available: {sorted(SPLIT_DIRS)}")
         self.images = require_dir(root / "images" / SPLIT_DIRS[split], "ADE20K image folder")
         self.labels = require_dir(root / "annotations" / SPLIT_DIRS[split], "ADE20K annotation folder")
-        self.names = read_class_names(Path(classes) if classes else root / "objectInfo150.csv")
+        self.names = read_class_names(Path(classes) if classes else root / "objectInfo150.txt")
         self.files = sorted(p.stem for p in self.images.glob("*.jpg"))
         self.dataset = "ade20k"
 
