@@ -120,3 +120,19 @@ def test_groups_take_no_target_from_the_annotation(tiny_model, root):
 
     out = run_groups(tiny_model, Listed([cat, crowd_only, unflagged]), progress=False)
     assert out.counts["samples"] == 3 and out.counts["empty_groups_gt"] == 2
+
+
+def test_benchmark_images_are_kept_out_of_training_sources(root):
+    """RefCOCO-family and gRefCOCO val/test images are COCO train2014 images: exclude_images_of drops them."""
+    from eval.datasets.benchmark_images import evaluated_image_ids
+
+    assert evaluated_image_ids(root, "refcoco") == {1, 2}  # val refs on image 1; testA on 2 (train ones too)
+    assert evaluated_image_ids(root, "grefcoco") == {1, 2}
+    instances = root / "refcoco" / "instances.json"
+    kept = CocoGroupReader(instances, items=10, seed=0, exclude_image_ids={1})
+    assert kept.image_ids == [2] and {s.meta["image_id"] for s in kept} == {2}
+    with pytest.raises(ValueError, match="no non-crowd instance"):  # every image is a benchmark's: nothing left
+        Mixture({"groups": {"ratio": 1, "instances": str(instances),
+                            "exclude_images_of": [{"data": str(root), "dataset": "refcoco"}]}}, seed=0)
+    with pytest.raises(ValueError, match="exclude_images_of takes entries like"):
+        Mixture({"groups": {"ratio": 1, "instances": str(instances), "exclude_images_of": ["refcoco"]}}, seed=0)

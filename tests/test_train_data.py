@@ -120,3 +120,12 @@ def test_mixture_ratios_and_stage_sources_are_checked(mixture, stage_mixture, wo
     stages = [{"name": "joint", "steps": 1, "trainable": "all", "mixture": stage_mixture}]
     with pytest.raises(ValueError, match=words):
         TrainConfig.from_dict({"model": {"tiny": {}}, "mixture": mixture, "stages": stages})
+
+
+def test_trained_kinds_are_those_of_the_tasks_and_sources_drawn():
+    """What export clears from untrained_references: only kinds some drawn task quotes."""
+    mix = Mixture({"synthref": {"ratio": 1, "tasks": {"text": 1, "box": 0}}}, seed=0)
+    assert mix.reference_kinds() == {"text"}
+    assert mix.reference_kinds([{}, {"synthref": {"tasks": {"audio1": 1}}}]) == {"text", "audio"}
+    assert mix.reference_kinds([{"synthref": {"tasks": {"mask_caption": 1}}}]) == {"mask"}  # the stage replaces
+    assert Mixture({"synthref": {"ratio": 1}}, seed=0).reference_kinds() == {"text", "box", "example", "audio", "mask"}

@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from anyref.samples import ReferringSample
-from anyref.synthref import SynthRef, SynthRefConfig
+from anyref.synthref import SYNTHREF_TASKS, SynthRef, SynthRefConfig
 
 __all__ = ["Mixture", "SOURCES"]
 
@@ -54,12 +54,18 @@ class SynthRefSource:
     def sample(self, index: int, options: dict) -> ReferringSample:
         return self.world.sample_at(self.seed, index, options.get("tasks", self.tasks))
 
-    def reference_kinds(self) -> set[str]:
-        """Reference kinds its tasks train (text, box, example, audio; mask with the group task)."""
-        kinds = {"text", "box", "example", "audio"}
-        tasks = self.tasks or {"group": 1}
-        mask_tasks = tasks.get("group", 0) + tasks.get("mask_caption", 0)
-        return kinds | ({"mask"} if mask_tasks > 0 else set())
+    # the reference kinds each task's prompts quote
+    TASK_KINDS = {"text": {"text"}, "box": {"box"}, "example": {"example"}, "example_masked": {"example"},
+                  "audio1": {"audio"}, "audio2": {"audio"}, "no_target": {"text"}, "group": {"text", "mask"},
+                  "mask_caption": {"mask"}, "verify": {"text", "box"}}
+
+    def reference_kinds(self, drawn_options: list[dict]) -> set[str]:
+        """Reference kinds trained by the tasks of weight > 0 under each of the options it was drawn with."""
+        weights = [options.get("tasks", self.tasks) for options in drawn_options]
+        drawn = {task for tasks in weights
+                 for task, weight in (dict.fromkeys(SYNTHREF_TASKS, 1.0) if tasks is None else tasks).items()
+                 if weight > 0}
+        return set().union(*(self.TASK_KINDS[task] for task in drawn))
 
 
 class _ReaderSource:
@@ -82,8 +88,15 @@ class _ReaderSource:
     def sample(self, index: int, options: dict) -> ReferringSample:
         return self.reader[self._item(index)]
 
-    def reference_kinds(self) -> set[str]:
+    def reference_kinds(self, drawn_options: list[dict]) -> set[str]:
         return set(self.kinds)
+
+
+def _excluded(options: dict) -> set[int]:
+    """The image ids of the benchmarks named by ``exclude_images_of`` (their val and test images)."""
+    from eval.datasets.benchmark_images import excluded_image_ids
+
+    return excluded_image_ids(options.get("exclude_images_of", ()))
 
 
 def _need(options: dict, key: str, source: str) -> str:
@@ -168,7 +181,8 @@ class ImageReferringSource(_ReaderSource):
         from eval.datasets import ImageReferringReader
 
         return ImageReferringReader(_need(options, "instances", "image_referring"), options.get("images"),
-                                    seed=self.seed, masked=float(options.get("masked", 0.5)))
+                                    seed=self.seed, masked=float(options.get("masked", 0.5)),
+                                    exclude_image_ids=_excluded(options))
 
     def sample(self, index: int, options: dict) -> ReferringSample:
         return self.reader[index]  # the reader draws by index itself
@@ -185,7 +199,8 @@ class GroupSource(_ReaderSource):
         rules = tuple(options.get("rules", ())) or None
         extra = {"rules": rules} if rules else {}
         return CocoGroupReader(_need(options, "instances", "groups"), options.get("images"), seed=self.seed,
-                               margin=float(options.get("margin", 0.05)), **extra)
+                               margin=float(options.get("margin", 0.05)), exclude_image_ids=_excluded(options),
+                               **extra)
 
     def sample(self, index: int, options: dict) -> ReferringSample:
         return self.reader[index]  # the reader draws by index itself
@@ -223,9 +238,17 @@ class Mixture:
         self.seed = seed
         self.sources = {name: SOURCES[name](options, seed) for name, options in mixture.items()}
 
-    def reference_kinds(self) -> set[str]:
-        """Every reference kind some source of the mixture trains."""
-        return set().union(*(source.reference_kinds() for source in self.sources.values()))
+    def reference_kinds(self, stage_mixtures: list[dict] | None = None) -> set[str]:
+        """Every reference kind some source trains where it is drawn (ratio > 0), with the options it is drawn
+        with: in each stage's mixture (``stage_mixtures``, one override per stage), or the mixture itself."""
+        effective = [{name: {**options, **stage.get(name, {})} for name, options in self.base.items()}
+                     for stage in (stage_mixtures if stage_mixtures is not None else [{}])]
+        kinds = set()
+        for name, source in self.sources.items():
+            drawn = [mixture[name] for mixture in effective if float(mixture[name].get("ratio", 1.0)) > 0]
+            if drawn:
+                kinds |= source.reference_kinds(drawn)
+        return kinds
 
     def sample(self, index: int, stage_mixture: dict | None = None) -> ReferringSample:
         options = {name: {**self.base[name], **(stage_mixture or {}).get(name, {})} for name in self.base}

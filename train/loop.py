@@ -288,7 +288,7 @@ def run(args: argparse.Namespace) -> int:
             log.close()
     if rank == 0 and (step == config.total_steps or args.export):
         target = out / ("model" if step == config.total_steps else f"model-{checkpoint_tag(step)}")
-        export(model, target, trained_kinds=mixture.reference_kinds())
+        export(model, target, trained_kinds=mixture.reference_kinds([stage.mixture for stage in config.stages]))
         print(f"wrote {target} (load it with AnyRef.from_pretrained)", flush=True)
     return 0
 

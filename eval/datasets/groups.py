@@ -13,7 +13,7 @@ Both yield ``ReferringSample(task="select", candidates=N x H x W, selected=N)``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterable, Iterator, Optional
 
 import numpy as np
 
@@ -34,8 +34,8 @@ def instance_candidates(index: ReferIndex, image_id: int) -> tuple[list[int], np
     """(annotation ids, N x H x W bool masks) of every non-crowd, non-empty instance of an image."""
     info = index.image_info(image_id)
     ids, masks = [], []
-    for ann_id, ann in index.annotations.items():
-        if ann["image_id"] == image_id and not ann.get("iscrowd", 0):
+    for ann_id in index.annotations_of_image.get(image_id, []):  # not a scan of every annotation per sample
+        if not index.annotation(ann_id).get("iscrowd", 0):
             mask = index.mask(ann_id)
             if mask.any():
                 ids.append(ann_id)
@@ -90,15 +90,17 @@ class CocoGroupReader:
     fraction of the image side a box centre must clear to count as left/right/above/below."""
 
     def __init__(self, instances: str | Path, images: Optional[str | Path] = None, items: int = 100_000,
-                 seed: int = 0, margin: float = 0.05, rules: tuple[str, ...] = GROUP_RULES) -> None:
+                 seed: int = 0, margin: float = 0.05, rules: tuple[str, ...] = GROUP_RULES,
+                 exclude_image_ids: Iterable[int] = ()) -> None:
         path = require_file(instances, "COCO instances file", "pass the path of a COCO-format instances.json")
         unknown = set(rules) - set(GROUP_RULES)
         if unknown:
             raise ValueError(f"unknown group rules {sorted(unknown)}; known: {GROUP_RULES}")
         self.index = ReferIndex(path, [path.parent, path.parent.parent], images, COCO_IMAGE_DIRS, None)
         by_image: dict[int, list[int]] = {}
+        excluded = set(exclude_image_ids)  # a benchmark's images, kept out of training
         for ann_id, ann in self.index.annotations.items():
-            if not ann.get("iscrowd", 0):
+            if not ann.get("iscrowd", 0) and ann["image_id"] not in excluded:
                 by_image.setdefault(ann["image_id"], []).append(ann_id)
         self.image_ids = sorted(i for i, anns in by_image.items() if anns)
         if not self.image_ids:

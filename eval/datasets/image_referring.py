@@ -13,7 +13,7 @@ query image.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterable, Iterator, Optional
 
 import numpy as np
 
@@ -30,14 +30,15 @@ class ImageReferringReader:
     example_image_id, example_ann_id, category, target_ann_ids, masked."""
 
     def __init__(self, instances: str | Path, images: Optional[str | Path] = None, items: int = 100_000,
-                 seed: int = 0, masked: float = 0.5) -> None:
+                 seed: int = 0, masked: float = 0.5, exclude_image_ids: Iterable[int] = ()) -> None:
         path = require_file(instances, "COCO instances file", "pass the path of a COCO-format instances.json")
         if not 0.0 <= masked <= 1.0:
             raise ValueError(f"masked must be a probability in [0, 1], got {masked}")
         self.index = ReferIndex(path, [path.parent, path.parent.parent], images, COCO_IMAGE_DIRS, None)
         self.by_category: dict[int, dict[int, list[int]]] = {}  # category -> image -> its non-crowd annotations
+        excluded = set(exclude_image_ids)  # a benchmark's images, kept out of training
         for ann_id, ann in self.index.annotations.items():
-            if not ann.get("iscrowd", 0):
+            if not ann.get("iscrowd", 0) and ann["image_id"] not in excluded:
                 self.by_category.setdefault(ann["category_id"], {}).setdefault(ann["image_id"], []).append(ann_id)
         # a category can be referred to only when two different images show it
         self.categories = sorted(c for c, images in self.by_category.items() if len(images) >= 2)

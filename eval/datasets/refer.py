@@ -72,6 +72,9 @@ class ReferIndex:
                 raise ValueError(f"{instances_path} has no {key!r}; is it a COCO-format instances.json?")
         self.images = {im["id"]: im for im in data["images"]}
         self.annotations = {ann["id"]: ann for ann in data["annotations"]}
+        self.annotations_of_image: dict[int, list[int]] = {}  # image id -> its annotation ids, in file order
+        for ann in data["annotations"]:
+            self.annotations_of_image.setdefault(ann["image_id"], []).append(ann["id"])
         self.categories = {cat["id"]: cat.get("name", str(cat["id"])) for cat in data.get("categories", [])}
         self.image_dir: Optional[Path] = None
         if first_image_id is not None:
