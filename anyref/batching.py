@@ -99,7 +99,8 @@ class Batch:
             return t.to(device)
         changes = {k: move(getattr(self, k)) for k in
                    ("input_ids", "labels", "attention_mask", "answer_starts", "clip_pixels", "sam_pixels",
-                    "boxes", "examples", "audio", "mask_owners", "candidate_slots")}
+                    "examples", "audio", "mask_owners", "candidate_slots")}
+        changes["boxes"] = self.boxes.to(device)  # pixel coordinates: bfloat16 would round 223.9 to 224
         changes["masks"] = [m.to(device) for m in self.masks]
         changes["mask_weights"] = {k: move(v) for k, v in self.mask_weights.items()}
         changes["extra_pixels"] = {k: move(v) for k, v in self.extra_pixels.items()}

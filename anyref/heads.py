@@ -97,6 +97,23 @@ def location_prompt(sam: Sam, location_logits: torch.Tensor) -> torch.Tensor:
     return dense
 
 
+def dense_positions(sam: Sam) -> torch.Tensor:
+    """SAM's dense positional encoding, 1 x C x h x w float32, whatever dtype the model was cast to.
+
+    segment-anything multiplies a float32 coordinate grid by its random Fourier matrix, a buffer that
+    ``model.to(torch.bfloat16)`` casts too, and the matmul then refuses the mixed dtypes: the matrix is lent back in
+    float32 for the call."""
+    encoder = sam.prompt_encoder.pe_layer
+    matrix = encoder.positional_encoding_gaussian_matrix
+    if matrix.dtype == torch.float32:
+        return sam.prompt_encoder.get_dense_pe()
+    encoder.positional_encoding_gaussian_matrix = matrix.float()
+    try:
+        return sam.prompt_encoder.get_dense_pe()
+    finally:
+        encoder.positional_encoding_gaussian_matrix = matrix
+
+
 def decode_masks(sam: Sam, image_embeddings: torch.Tensor, prompts: torch.Tensor,
                  dense: torch.Tensor | None = None) -> torch.Tensor:
     """Low-resolution mask logits for N prompts, as SAM's mask decoder gives them with ``multimask_output=False``.
@@ -117,7 +134,7 @@ def decode_masks(sam: Sam, image_embeddings: torch.Tensor, prompts: torch.Tensor
         dense = sam.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
     dense = dense.to(dtype)
     src = image_embeddings.expand(count, -1, -1, -1) + dense
-    positions = sam.prompt_encoder.get_dense_pe().to(dtype).expand(count, -1, -1, -1)
+    positions = dense_positions(sam).to(dtype).expand(count, -1, -1, -1)
     output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight]).to(dtype)
     sparse = prompts[:, None, :] if prompts.dim() == 2 else prompts
     tokens = torch.cat([output_tokens[None].expand(count, -1, -1), sparse.to(dtype)], dim=1)

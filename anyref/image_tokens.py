@@ -74,7 +74,8 @@ class ImageTokenPositions(nn.Module):
     def at_boxes(self, boxes: torch.Tensor, pool: int) -> torch.Tensor:
         """The map RoIAligned as box features are: boxes Nb x 5 (sample index, x0, y0, x1, y1 in vision-input
         pixels) -> Nb x pool*pool x H, one position per box token, in the tokens' order."""
-        rois = torch.cat([torch.zeros_like(boxes[:, :1]), boxes[:, 1:]], 1).to(self.table.dtype)
-        sampled = roi_align(self.table[None], rois, output_size=pool, spatial_scale=1.0 / self.cell,
-                            sampling_ratio=2, aligned=True)  # Nb x H x pool x pool
+        rois = torch.cat([torch.zeros_like(boxes[:, :1]), boxes[:, 1:]], 1).float()
+        # in float32: torchvision's RoIAlign has no bfloat16 kernel
+        sampled = roi_align(self.table[None].float(), rois, output_size=pool, spatial_scale=1.0 / self.cell,
+                            sampling_ratio=2, aligned=True).to(self.table.dtype)  # Nb x H x pool x pool
         return sampled.flatten(2).transpose(1, 2)

@@ -48,7 +48,7 @@ def unique_rows(pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     once."""
     keys, first, inverse = {}, [], []
     for row in range(len(pixels)):
-        key = pixels[row].detach().cpu().numpy().tobytes()
+        key = pixels[row].detach().float().cpu().numpy().tobytes()  # float: numpy has no bfloat16
         if key not in keys:
             keys[key] = len(first)
             first.append(row)
@@ -312,17 +312,17 @@ class AnyRefModel(nn.Module):
         x0, y0, x1, y1 in vision-input pixels): RoIAligned from the images' patch grids (B x C_v x G x G), or with
         ``config.box_zoom`` the vision tower's grid of each box's crop, resampled to the tower's input size."""
         pool = self.config.region_pool
-        boxes = batch.boxes.to(grids.dtype)
+        boxes = batch.boxes.float()  # RoIAlign in float32: torchvision's kernels have no bfloat16
         if not self.config.box_zoom:
             patch = self.llava.config.vision_config.patch_size
-            return roi_align(grids, boxes, output_size=pool, spatial_scale=1.0 / patch, sampling_ratio=2,
-                             aligned=True)
+            return roi_align(grids.float(), boxes, output_size=pool, spatial_scale=1.0 / patch, sampling_ratio=2,
+                             aligned=True).to(grids.dtype)
         if not len(boxes):  # never the tower on zero images
             return grids.new_zeros((0, grids.shape[1], pool, pool))
         side = self.llava.config.vision_config.image_size
         # one bilinear sample per output pixel: a crop is an upsampling, and a whole-image box gives the image back
-        crops = roi_align(batch.clip_pixels.to(grids.dtype), boxes, output_size=side, spatial_scale=1.0,
-                          sampling_ratio=1, aligned=True)  # Nb x 3 x S x S
+        crops = roi_align(batch.clip_pixels.float(), boxes, output_size=side, spatial_scale=1.0,
+                          sampling_ratio=1, aligned=True).to(grids.dtype)  # Nb x 3 x S x S
         return F.adaptive_avg_pool2d(vision_patch_grid(self.llava, crops), pool)
 
     def reference_tokens(self, batch: Batch, grids: torch.Tensor, example_grids: torch.Tensor,

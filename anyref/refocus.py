@@ -77,8 +77,9 @@ def attention_rows(
     queries = _rotary(queries, cos_rows[:, None], sin_rows[:, None])
     groups = queries.shape[1] // keys.shape[1]
     keys = keys.repeat_interleave(groups, dim=1)  # grouped-query attention: KV heads shared by query heads
-    scores = (queries @ keys.transpose(-1, -2)).squeeze(2) * attention.scaling  # N x heads x K
-    scores = scores.float().masked_fill(~key_mask[:, None, :], float("-inf"))
+    # scores in float32, as SDPA keeps them: bfloat16 products would move the weights by percents
+    scores = (queries.float() @ keys.float().transpose(-1, -2)).squeeze(2) * attention.scaling  # N x heads x K
+    scores = scores.masked_fill(~key_mask[:, None, :], float("-inf"))
     return scores.softmax(dim=-1).mean(dim=1)
 
 
