@@ -1,9 +1,10 @@
 """Segmentation benchmark metrics, reproducing each benchmark's reference evaluator to float tolerance.
 
-The definitions are those of ``shared/reference/metrics.md``:
+The definitions are the reference evaluators' own, each spelled out in its accumulator's docstring:
 
 - referring segmentation (RefCOCO family, ReasonSeg): LISA's gIoU / cIoU -> :class:`RefSegAccumulator`;
-- generalised referring segmentation (gRefCOCO): ReLA's gIoU / cIoU / N-acc / T-acc -> :class:`GresAccumulator`;
+- generalised referring segmentation (gRefCOCO): ReLA's gIoU / cIoU / N-acc / T-acc / Pr@t ->
+  :class:`GresAccumulator`;
 - audio-visual segmentation (AVSBench S4, MS3): per-video mIoU and F-score -> :class:`AvsAccumulator`;
 - few-shot segmentation (COCO-20i, PASCAL-5i): HSNet's mIoU / FB-IoU -> :class:`FewShotAccumulator`.
 
@@ -144,7 +145,7 @@ def giou(preds: Sequence, gts: Sequence) -> float:
 
 
 class GresAccumulator:
-    """ReLA's gRefCOCO evaluator: gIoU, cIoU, N-acc, T-acc over a stream of samples.
+    """ReLA's gRefCOCO evaluator: gIoU, cIoU, N-acc, T-acc and Pr@0.7/0.8/0.9 over a stream of samples.
 
     Cases, in ReLA's naming (a "positive" is a no-target expression):
       TP: GT no target, flag predicted     -> iou 1, nothing added to the cIoU sums;

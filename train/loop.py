@@ -3,8 +3,8 @@
 Launch:
     anyref train --preset synthref-tiny --out runs/synthref-tiny          # one process (CPU or one GPU)
     torchrun --nproc_per_node 2 -m train.loop --preset synthref-tiny --out runs/x      # 2 ranks (gloo on CPU)
-    deepspeed --num_gpus 8 -m train.loop --config cfg.json --out runs/full             # one machine, 8 GPUs
-    deepspeed --hostfile hostfile -m train.loop --config cfg.json --out runs/full      # several machines
+    deepspeed --num_gpus 8 --module train.loop --config cfg.json --out runs/full       # one machine, 8 GPUs
+    deepspeed --hostfile hostfile --module train.loop --config cfg.json --out runs/full  # several machines
 A run resumes from OUT/checkpoints/latest when one exists; at the end the LoRA is merged and OUT/model is written,
 a directory ``AnyRef.from_pretrained`` loads.
 """
