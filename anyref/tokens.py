@@ -70,8 +70,21 @@ def add_special_tokens(tokenizer: PreTrainedTokenizerBase, texts: dict[str, str]
     """
     missing = [t for t in texts.values() if t not in tokenizer.get_vocab()]
     added = tokenizer.add_special_tokens({"additional_special_tokens": missing}) if missing else 0
+    # a checkpoint may ship one as a plain added token, which typed text would still produce: make it special
+    plain = [t for t in texts.values() if t not in missing and _typed(tokenizer, t)]
+    if plain:
+        tokenizer.add_special_tokens({"additional_special_tokens": plain}, replace_extra_special_tokens=False)
     check_single_ids(tokenizer, texts.values())
+    injectable = [t for t in texts.values() if _typed(tokenizer, t)]
+    if injectable:
+        raise ValueError(f"typed text still produces the special tokens {injectable}; the tokenizer must treat them "
+                         "as special (split_special_tokens)")
     return added
+
+
+def _typed(tokenizer: PreTrainedTokenizerBase, text: str) -> bool:
+    """Whether user text holding ``text`` encodes to that token's id (it must not: no injection)."""
+    return tokenizer.convert_tokens_to_ids(text) in encode_text(tokenizer, f"a {text} b")
 
 
 def check_single_ids(tokenizer: PreTrainedTokenizerBase, texts: Iterable[str]) -> None:

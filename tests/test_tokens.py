@@ -36,6 +36,18 @@ def test_add_special_tokens_is_idempotent():
     assert add_special_tokens(tokenizer, SPECIAL_TOKENS) == 0
 
 
+def test_a_checkpoints_plain_added_token_is_made_special():
+    """A tokenizer that ships one of the tokens as a plain added token (typed text would produce its id) keeps the
+    id, and typed text no longer produces it."""
+    tokenizer = build_tiny_tokenizer(["a b c"])
+    tokenizer.add_tokens(["<zed>"])
+    zed = tokenizer.convert_tokens_to_ids("<zed>")
+    assert zed in encode_text(tokenizer, "a <zed> b")  # injectable as shipped
+    assert add_special_tokens(tokenizer, {"zed": "<zed>", **SPECIAL_TOKENS}) == 0  # no new id
+    assert tokenizer.convert_tokens_to_ids("<zed>") == zed and zed not in encode_text(tokenizer, "a <zed> b")
+    assert tokenizer("a <zed> b", add_special_tokens=False).input_ids.count(zed) == 1  # the builder's own use
+
+
 def test_user_text_cannot_inject_special_tokens(tiny_model):
     ids = tiny_model.ids
     special = {ids.obj, ids.img_ref_start, ids.img_ref_end, ids.aud_ref_start, ids.aud_ref_end, ids.ref_feature,
