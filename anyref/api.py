@@ -180,7 +180,8 @@ class AnyRef(AnyRefModel):
         """A caption of the referred region, e.g. ``describe(image, Box(10, 20, 60, 80))``.
 
         with_masks: return a SegmentResult instead, whose ``text`` is the caption (``answer``: the answer with its
-        ``<obj>`` / ``<nowhere>`` markers) and whose ``masks`` come from the ``<obj>`` tokens of the same answer (AnyRef answers a region caption with the region's mask). With
+        ``<obj>`` / ``<nowhere>`` markers) and whose ``masks`` come from the ``<obj>`` tokens of the same answer
+        (AnyRef answers a region caption with the region's mask). With
         ``config.describe_box_prior`` and exactly one Box in ``ref``, the first ``<obj>``'s mask is drawn from that
         box (the region the caption is about) rather than from the ``<obj>``'s own location map; with
         ``config.describe_box_margin`` it is kept within that box, grown by the margin.

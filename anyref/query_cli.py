@@ -98,8 +98,8 @@ def _check_out(out: str | None) -> None:
     """An --out folder is replaced whole; refuse one that holds anything but an earlier answer of these commands."""
     if out is None:
         return
-    path = Path(out).resolve()
-    if path == Path.cwd().resolve() or path in Path.cwd().resolve().parents:
+    path, here = Path(out).resolve(), Path.cwd().resolve()
+    if path == here or path in here.parents:
         raise ValueError(f"--out {out!r} is the current folder or one above it; give a new folder for the answer")
     if not path.exists():
         return

@@ -20,6 +20,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from eval.metrics import GRES_PRECISION_THRESHOLDS
 from eval.results import read_results, write_results
 
 __all__ = ["STATISTICS", "compare_results", "render_comparison", "write_comparison"]
@@ -71,7 +72,7 @@ STATISTICS: dict[str, Statistic] = {
     "yes_rate": _mean("said_yes"),
     "n_acc": _case_share("tp", "fn"),
     "t_acc": _case_share("tn", "fp"),
-    **{f"pr@{t}": _precision_at(t) for t in (0.7, 0.8, 0.9)},
+    **{f"pr@{t}": _precision_at(t) for t in GRES_PRECISION_THRESHOLDS},
 }
 
 

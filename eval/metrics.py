@@ -32,7 +32,10 @@ __all__ = [
     "avs_miou",
     "avs_fscore",
     "fewshot_scores",
+    "GRES_PRECISION_THRESHOLDS",
 ]
+
+GRES_PRECISION_THRESHOLDS = (0.7, 0.8, 0.9)  # ReLA's Pr@t
 
 _F32 = torch.float32
 
@@ -205,7 +208,7 @@ class GresAccumulator:
             "n_acc": c["tp"] / (c["tp"] + c["fn"]) if c["tp"] + c["fn"] else 0.0,
             "t_acc": c["tn"] / (c["tn"] + c["fp"]) if c["tn"] + c["fp"] else 0.0,
             **{f"pr@{t}": sum(iou >= t for iou in targeted) / len(targeted) if targeted else 0.0
-               for t in (0.7, 0.8, 0.9)},
+               for t in GRES_PRECISION_THRESHOLDS},
         }
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
 from encoders.checkpoints import write_text_atomically
+from eval.datasets.refer import DEFAULT_SPLIT_BY
 from eval.results import read_results
 
 __all__ = ["PaperFigure", "PAPER_FIGURES", "render_summary", "write_summary", "display_value"]
@@ -41,10 +42,8 @@ _FSS = ("AnyRef (CVPR 2024), few-shot segmentation table: mIoU, mean over the 4 
         "(5-shot, HSNet protocol), with and without cropping the support to its mask")
 _AVS = "AnyRef (CVPR 2024), AVSBench table: mIoU and F-score"
 _REG = "AnyRef (CVPR 2024), referring expression generation table: RefCOCOg val, METEOR and CIDEr"
+_UMD = DEFAULT_SPLIT_BY["refcocog"]
 _RAS = "RAS (Refer to Any Segmentation Mask Group), GRES table: gRefCOCO val gIoU / cIoU / N-acc"
-
-
-_SPLIT_BY = {"refcoco": "unc", "refcoco+": "unc", "refcocog": "umd"}  # the partitions the papers report
 
 
 def _res(dataset: str, splits: Sequence[str], generalist: Sequence[float], tuned: Sequence[float]) -> list:
@@ -52,7 +51,7 @@ def _res(dataset: str, splits: Sequence[str], generalist: Sequence[float], tuned
     for split, g, t in zip(splits, generalist, tuned):
         for value, variant in ((g, "generalist"), (t, "fine-tuned")):
             rows.append(PaperFigure("res", dataset, split, "ciou", value, variant, "AnyRef", _RES,
-                                    split_by=_SPLIT_BY[dataset]))
+                                    split_by=DEFAULT_SPLIT_BY[dataset]))  # the partition the papers report
     return rows
 
 
@@ -73,10 +72,10 @@ PAPER_FIGURES: tuple[PaperFigure, ...] = tuple(
        PaperFigure("avs", "avsbench-s4", "test", "fscore", 0.908, "generalist", "AnyRef", _AVS),
        PaperFigure("avs", "avsbench-ms3", "test", "miou", 55.6, "generalist", "AnyRef", _AVS),
        PaperFigure("avs", "avsbench-ms3", "test", "fscore", 0.663, "generalist", "AnyRef", _AVS),
-       PaperFigure("reg", "refcocog", "val", "meteor", 16.2, "generalist", "AnyRef", _REG, split_by="umd"),
-       PaperFigure("reg", "refcocog", "val", "cider", 69.0, "generalist", "AnyRef", _REG, split_by="umd"),
-       PaperFigure("reg", "refcocog", "val", "meteor", 17.1, "fine-tuned", "AnyRef", _REG, split_by="umd"),
-       PaperFigure("reg", "refcocog", "val", "cider", 79.7, "fine-tuned", "AnyRef", _REG, split_by="umd"),
+       PaperFigure("reg", "refcocog", "val", "meteor", 16.2, "generalist", "AnyRef", _REG, split_by=_UMD),
+       PaperFigure("reg", "refcocog", "val", "cider", 69.0, "generalist", "AnyRef", _REG, split_by=_UMD),
+       PaperFigure("reg", "refcocog", "val", "meteor", 17.1, "fine-tuned", "AnyRef", _REG, split_by=_UMD),
+       PaperFigure("reg", "refcocog", "val", "cider", 79.7, "fine-tuned", "AnyRef", _REG, split_by=_UMD),
        PaperFigure("gres", "grefcoco", "val", "giou", 68.86, "generalist", "RAS", _RAS),
        PaperFigure("gres", "grefcoco", "val", "ciou", 64.44, "generalist", "RAS", _RAS),
        PaperFigure("gres", "grefcoco", "val", "n_acc", 57.19, "generalist", "RAS", _RAS),

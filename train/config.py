@@ -119,9 +119,18 @@ _CONTINUATION_KEYS = {
 }
 
 
+def source_ratio(options: dict) -> float:
+    """A mixture source's sampling ratio (1 when not given)."""
+    return float(options.get("ratio", 1.0))
+
+
+def stage_options(mixture: dict, stage_mixture: dict | None) -> dict:
+    """source -> the options it is drawn with in a stage: the config's, with the stage's override laid over."""
+    return {name: {**options, **(stage_mixture or {}).get(name, {})} for name, options in mixture.items()}
+
+
 def _check_ratios(mixture: dict, where: str) -> None:
-    """Every source an object of options with a finite ratio >= 0 (1 when not given, as the sampler reads it), and
-    at least one ratio > 0."""
+    """Every source an object of options with a finite ratio >= 0, and at least one ratio > 0."""
     if not mixture:
         raise ValueError(f"{where} needs at least one source")
     ratios = []
@@ -129,7 +138,7 @@ def _check_ratios(mixture: dict, where: str) -> None:
         if not isinstance(options, dict):
             raise ValueError(f"{where}: source {name!r} must be an object of options, e.g. {{\"ratio\": 1}}")
         try:
-            ratio = float(options.get("ratio", 1.0))
+            ratio = source_ratio(options)
         except (TypeError, ValueError):
             ratio = math.nan
         if not math.isfinite(ratio) or ratio < 0:
@@ -205,8 +214,7 @@ class TrainConfig:
                 if other:
                     raise ValueError(f"stage {stage.name!r}: a stage's mixture may change {name}'s ratio only, not "
                                      f"{other}; set them in the config's mixture")
-            _check_ratios({name: {**options, **stage.mixture.get(name, {})} for name, options in self.mixture.items()},
-                          f"stage {stage.name!r}'s mixture")
+            _check_ratios(stage_options(self.mixture, stage.mixture), f"stage {stage.name!r}'s mixture")
         if self.eval_every < 0 or self.eval_n < 1:
             raise ValueError("eval_every must be >= 0 and eval_n >= 1")
 

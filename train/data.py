@@ -22,7 +22,8 @@ from __future__ import annotations
 import numpy as np
 
 from anyref.samples import ReferringSample
-from anyref.synthref import SYNTHREF_TASKS, SynthRef, SynthRefConfig
+from anyref.synthref import SynthRef, SynthRefConfig, drawn_tasks
+from train.config import source_ratio, stage_options
 
 __all__ = ["Mixture", "SOURCES"]
 
@@ -60,12 +61,9 @@ class SynthRefSource:
                   "mask_caption": {"mask"}, "verify": {"text", "box"}}
 
     def reference_kinds(self, drawn_options: list[dict]) -> set[str]:
-        """Reference kinds trained by the tasks of weight > 0 under each of the options it was drawn with."""
-        weights = [options.get("tasks", self.tasks) for options in drawn_options]
-        drawn = {task for tasks in weights
-                 for task, weight in (dict.fromkeys(SYNTHREF_TASKS, 1.0) if tasks is None else tasks).items()
-                 if weight > 0}
-        return set().union(*(self.TASK_KINDS[task] for task in drawn))
+        """Reference kinds trained by the tasks drawn under each of the options it was drawn with."""
+        return set().union(*(self.TASK_KINDS[task] for options in drawn_options
+                             for task in drawn_tasks(options.get("tasks", self.tasks))))
 
 
 class _ReaderSource:
@@ -241,19 +239,18 @@ class Mixture:
     def reference_kinds(self, stage_mixtures: list[dict] | None = None) -> set[str]:
         """Every reference kind some source trains where it is drawn (ratio > 0), with the options it is drawn
         with: in each stage's mixture (``stage_mixtures``, one override per stage), or the mixture itself."""
-        effective = [{name: {**options, **stage.get(name, {})} for name, options in self.base.items()}
-                     for stage in (stage_mixtures if stage_mixtures is not None else [{}])]
+        effective = [stage_options(self.base, stage) for stage in (stage_mixtures or [None])]
         kinds = set()
         for name, source in self.sources.items():
-            drawn = [mixture[name] for mixture in effective if float(mixture[name].get("ratio", 1.0)) > 0]
+            drawn = [mixture[name] for mixture in effective if source_ratio(mixture[name]) > 0]
             if drawn:
                 kinds |= source.reference_kinds(drawn)
         return kinds
 
     def sample(self, index: int, stage_mixture: dict | None = None) -> ReferringSample:
-        options = {name: {**self.base[name], **(stage_mixture or {}).get(name, {})} for name in self.base}
-        names = [n for n in options if float(options[n].get("ratio", 1.0)) > 0]
-        ratios = np.array([float(options[n].get("ratio", 1.0)) for n in names])
+        options = stage_options(self.base, stage_mixture)
+        names = [n for n in options if source_ratio(options[n]) > 0]
+        ratios = np.array([source_ratio(options[n]) for n in names])
         rng = np.random.default_rng([self.seed, index])
         name = names[int(rng.choice(len(names), p=ratios / ratios.sum()))] if len(names) > 1 else names[0]
         return self.sources[name].sample(index, options[name])

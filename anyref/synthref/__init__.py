@@ -2,7 +2,7 @@
 from anyref.synthref.config import SynthRefConfig
 from anyref.synthref.overview import render_overview
 from anyref.synthref.vocabulary import NO_TARGET_ANSWER, SHAPES, COLOURS, SIZES
-from anyref.synthref.world import SYNTHREF_TASKS, SynthRef
+from anyref.synthref.world import SYNTHREF_TASKS, SynthRef, drawn_tasks
 
-__all__ = ["SynthRef", "SynthRefConfig", "SYNTHREF_TASKS", "NO_TARGET_ANSWER", "SHAPES", "COLOURS", "SIZES",
-           "render_overview"]
+__all__ = ["SynthRef", "SynthRefConfig", "SYNTHREF_TASKS", "drawn_tasks", "NO_TARGET_ANSWER", "SHAPES", "COLOURS",
+           "SIZES", "render_overview"]

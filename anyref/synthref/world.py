@@ -21,12 +21,19 @@ from anyref.synthref.config import SynthRefConfig
 from anyref.synthref.tasks import TASK_BUILDERS
 from anyref.synthref.vocabulary import vocabulary_words
 
-__all__ = ["SYNTHREF_TASKS", "SynthRefConfig", "SynthRef"]
+__all__ = ["SYNTHREF_TASKS", "SynthRefConfig", "SynthRef", "drawn_tasks"]
 
 # appended tasks keep the splits of the earlier ones (a split's generators are keyed by the task's index here)
 SYNTHREF_TASKS = ("text", "box", "example", "example_masked", "audio1", "audio2", "no_target", "group",
                   "mask_caption", "verify")
 assert set(SYNTHREF_TASKS) == set(TASK_BUILDERS)
+
+
+def drawn_tasks(task_weights: dict[str, float] | None) -> dict[str, float]:
+    """task -> weight of the tasks a stream with ``task_weights`` draws (weight > 0), in SYNTHREF_TASKS order;
+    None: every task, equally often."""
+    weights = dict.fromkeys(SYNTHREF_TASKS, 1.0) if task_weights is None else task_weights
+    return {task: weights[task] for task in SYNTHREF_TASKS if weights.get(task, 0) > 0}
 
 _PURPOSE = {"train": 0, "val": 1, "test": 2}
 
@@ -62,10 +69,11 @@ class SynthRef:
             self._check_task(task)
             if not weight >= 0:
                 raise ValueError(f"task weight for {task!r} must be >= 0, got {weight!r}")
-        tasks = [t for t in SYNTHREF_TASKS if weights.get(t, 0) > 0]
-        if not tasks:
+        drawn = drawn_tasks(weights)
+        if not drawn:
             raise ValueError("task_weights gives no task a positive weight")
-        probs = np.array([weights[t] for t in tasks], dtype=np.float64)
+        tasks = list(drawn)
+        probs = np.array(list(drawn.values()), dtype=np.float64)
         probs /= probs.sum()
         index = 0
         while True:
@@ -75,10 +83,9 @@ class SynthRef:
     def sample_at(self, seed: int, index: int, task_weights: dict[str, float] | None = None) -> ReferringSample:
         """The ``index``-th sample of ``stream(seed, task_weights)``, without drawing the ones before it (so a
         resumed or sharded training run can start anywhere)."""
-        weights = dict.fromkeys(SYNTHREF_TASKS, 1.0) if task_weights is None else dict(task_weights)
-        tasks = [t for t in SYNTHREF_TASKS if weights.get(t, 0) > 0]
-        probs = np.array([weights[t] for t in tasks], dtype=np.float64)
-        return self._draw(tasks, probs / probs.sum(), seed, index)
+        drawn = drawn_tasks(task_weights)
+        probs = np.array(list(drawn.values()), dtype=np.float64)
+        return self._draw(list(drawn), probs / probs.sum(), seed, index)
 
     def _draw(self, tasks: list[str], probs: np.ndarray, seed: int, index: int) -> ReferringSample:
         rng = self._rng(_PURPOSE["train"], int(seed), int(index))

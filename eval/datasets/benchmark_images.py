@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable, Optional
 
-from eval.datasets._common import load_json, load_pickle
-from eval.datasets.refer import DEFAULT_SPLIT_BY, REFER_DATASETS, annotation_dir
+from eval.datasets.grefcoco import read_grefs
+from eval.datasets.refer import REFER_DATASETS, read_refs
 
 __all__ = ["evaluated_image_ids", "excluded_image_ids"]
 
@@ -20,17 +20,12 @@ def evaluated_image_ids(data: str | Path, dataset: str, split_by: Optional[str] 
     """Image ids of every ref outside the train split of ``dataset`` (a refer dataset, or "grefcoco") under
     ``data`` (the folder holding DATASET/refs(SPLIT_BY).p, or grefcoco/grefs(unc).json)."""
     if dataset == "grefcoco":
-        filename = f"grefs({split_by or 'unc'}).json"
-        refs = load_json(annotation_dir(data, dataset, filename) / filename)
-        refs = refs["refs"] if isinstance(refs, dict) and "refs" in refs else refs
+        _, refs = read_grefs(data, split_by or "unc")
     elif dataset in REFER_DATASETS:
-        filename = f"refs({split_by or DEFAULT_SPLIT_BY[dataset]}).p"
-        refs = load_pickle(annotation_dir(data, dataset, filename) / filename)
+        _, _, refs = read_refs(data, dataset, split_by)
     else:
         raise ValueError(f"unknown benchmark {dataset!r} to exclude; choose one of "
                          f"{sorted([*REFER_DATASETS, 'grefcoco'])}")
-    if not isinstance(refs, list):
-        raise ValueError(f"{dataset}'s refs under {data} are a {type(refs).__name__}, not a list of refs")
     return {int(ref["image_id"]) for ref in refs if ref["split"] != "train"}
 
 

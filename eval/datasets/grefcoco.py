@@ -21,7 +21,7 @@ from anyref.synthref.vocabulary import NO_TARGET_ANSWER
 from eval.datasets._common import check_split, first_existing, load_json
 from eval.datasets.refer import COCO_IMAGE_DIRS, ReferIndex, annotation_dir
 
-__all__ = ["GrefReader"]
+__all__ = ["GrefReader", "read_grefs"]
 
 
 def _as_list(value) -> list:
@@ -34,6 +34,18 @@ def target_ann_ids(ref: dict) -> list[int]:
     return [] if ref.get("no_target", False) else ids
 
 
+def read_grefs(data: str | Path, split_by: str = "unc", dataset: str = "grefcoco") -> tuple[Path, list[dict]]:
+    """(the folder holding it, the refs) of ``DATA/grefcoco/grefs(SPLIT_BY).json`` (a list, or {"refs": list})."""
+    filename = f"grefs({split_by}).json"
+    folder = annotation_dir(data, dataset, filename)
+    refs = load_json(folder / filename)
+    if isinstance(refs, dict) and "refs" in refs:
+        refs = refs["refs"]
+    if not isinstance(refs, list):
+        raise ValueError(f"{folder / filename} should hold a list of refs")
+    return folder, refs
+
+
 class GrefReader:
     """gRefCOCO samples: references [sentence]; answer [sentence, " ", OBJ, "."] with the union of the targets as
     the one mask, or the no-target answer with no mask. meta: ref_id, sent_id, image_id, ann_ids, category_ids,
@@ -42,16 +54,11 @@ class GrefReader:
     def __init__(self, data: str | Path, split: str = "val", split_by: str = "unc",
                  images: Optional[str | Path] = None, dataset: str = "grefcoco") -> None:
         self.dataset, self.split, self.split_by = dataset, split, split_by
-        filename = f"grefs({split_by}).json"
-        folder = annotation_dir(data, dataset, filename)
-        refs = load_json(folder / filename)
-        if isinstance(refs, dict) and "refs" in refs:
-            refs = refs["refs"]
-        if not isinstance(refs, list):
-            raise ValueError(f"{folder / filename} should hold a list of refs")
+        folder, refs = read_grefs(data, split_by, dataset)
         check_split(split, {r["split"] for r in refs}, f"{dataset} ({split_by})")
         self.refs = [r for r in refs if r["split"] == split]
-        instances = first_existing([folder / "instances.json"], "instances.json", f"it belongs beside {filename}")
+        instances = first_existing([folder / "instances.json"], "instances.json",
+                                   f"it belongs beside grefs({split_by}).json")
         self.index = ReferIndex(instances, [Path(data), folder.parent], images, COCO_IMAGE_DIRS,
                                 self.refs[0]["image_id"] if self.refs else None)
         self._items = [(ref, sent) for ref in self.refs for sent in ref["sentences"]]

@@ -27,7 +27,7 @@ from eval.datasets._common import (
 )
 
 __all__ = ["REFER_DATASETS", "DEFAULT_SPLIT_BY", "ReferIndex", "ResReader", "RegReader", "annotation_dir",
-           "find_image_dir"]
+           "find_image_dir", "read_refs"]
 
 # dataset -> the splitBy variants released for it
 REFER_DATASETS = {"refcoco": ("unc", "google"), "refcoco+": ("unc",), "refcocog": ("umd", "google"),
@@ -115,22 +115,29 @@ class ReferIndex:
         return Box(x, y, x + max(w, 1e-3), y + max(h, 1e-3))
 
 
+def read_refs(data: str | Path, dataset: str, split_by: Optional[str] = None) -> tuple[Path, str, list[dict]]:
+    """(the folder holding it, the splitBy, the refs) of ``DATA/dataset/refs(SPLIT_BY).p``; the pickle is read only
+    from the folder the user gave."""
+    if dataset not in REFER_DATASETS:
+        raise ValueError(f"unknown refer dataset {dataset!r}; choose one of {sorted(REFER_DATASETS)}")
+    split_by = split_by or DEFAULT_SPLIT_BY[dataset]
+    if split_by not in REFER_DATASETS[dataset]:
+        raise ValueError(f"{dataset} is released with splitBy {REFER_DATASETS[dataset]}, not {split_by!r}")
+    folder = annotation_dir(data, dataset, f"refs({split_by}).p")
+    refs_path = folder / f"refs({split_by}).p"
+    refs = load_pickle(refs_path)
+    if not isinstance(refs, list):
+        raise ValueError(f"{refs_path} holds a {type(refs).__name__}, not refer's list of refs")
+    return folder, split_by, refs
+
+
 class _ReferReader:
     """Refs of one split of a refer dataset, loaded once (shared by the RES and REG readers)."""
 
     def __init__(self, data: str | Path, dataset: str = "refcoco", split: str = "val",
                  split_by: Optional[str] = None, images: Optional[str | Path] = None) -> None:
-        if dataset not in REFER_DATASETS:
-            raise ValueError(f"unknown refer dataset {dataset!r}; choose one of {sorted(REFER_DATASETS)}")
-        split_by = split_by or DEFAULT_SPLIT_BY[dataset]
-        if split_by not in REFER_DATASETS[dataset]:
-            raise ValueError(f"{dataset} is released with splitBy {REFER_DATASETS[dataset]}, not {split_by!r}")
+        folder, split_by, refs = read_refs(data, dataset, split_by)
         self.dataset, self.split, self.split_by = dataset, split, split_by
-        folder = annotation_dir(data, dataset, f"refs({split_by}).p")
-        refs_path = folder / f"refs({split_by}).p"
-        refs = load_pickle(refs_path)
-        if not isinstance(refs, list):
-            raise ValueError(f"{refs_path} holds a {type(refs).__name__}, not refer's list of refs")
         check_split(split, {r["split"] for r in refs}, f"{dataset} ({split_by})")
         self.refs = [r for r in refs if r["split"] == split]
         instances = first_existing([folder / "instances.json"], "instances.json",
