@@ -104,6 +104,12 @@ def test_killed_run_resumes_exactly(tmp_path):
     again = _weights(branched)
     for key in straight:
         assert torch.equal(straight[key], again[key]), key
+    # a branch whose config doubles the learning rate trains at the doubled rates, not at the checkpoint's
+    faster = _config(tmp_path, "faster", steps=14, checkpoint_every=2, log_every=1, lr=2e-3)
+    _train(faster, tmp_path / "faster", "--branch-from", str(warm_end))
+    rates = [[e["lr"] for e in map(json.loads, (run / "log.jsonl").read_text().splitlines()) if e["step"] > 2]
+             for run in (tmp_path / "straight", tmp_path / "faster")]
+    assert len(rates[1]) == 14 and rates[1] == pytest.approx([2 * r for r in rates[0]], rel=1e-12)
     entries = [json.loads(line) for line in (killed / "log.jsonl").read_text().splitlines()]
     assert entries[-1]["step"] == 2 + 14 and '"lr"' in (killed / "log.jsonl").read_text()
     assert {e["stage"] for e in entries} == {"warm-up", "all"}

@@ -105,6 +105,20 @@ def lr_multipliers(config: TrainConfig, group_names: list[str]):
     return [schedule(name) for name in group_names]
 
 
+def follow_config_schedule(scheduler, base_lr: float) -> None:
+    """Make a loaded scheduler follow this run's config: a checkpoint brings back the base learning rates and the
+    current ones of the run that saved it, so a run branched from another with a different ``lr`` would otherwise
+    train at the other's rates without a word. For a run resumed with its own config this rewrites the same values
+    (the same expression LambdaLR computes), so the resumed run stays bit-identical."""
+    for group, factor in zip(scheduler.optimizer.param_groups, scheduler.lr_lambdas, strict=True):
+        group["initial_lr"] = base_lr
+        group["lr"] = base_lr * factor(scheduler.last_epoch)
+    state = scheduler.state_dict()  # LambdaLR's own record of both, as get_last_lr() reports it
+    state.update(base_lrs=[base_lr] * len(scheduler.base_lrs),
+                 _last_lr=[group["lr"] for group in scheduler.optimizer.param_groups])
+    scheduler.load_state_dict(state)
+
+
 def _optimizer_groups(groups: dict, weight_decay: float) -> tuple[list[dict], list[str]]:
     """DeepSpeed parameter groups: per trainable group, decayed matrices and undecayed vectors (norms, biases)."""
     result, names = [], []
@@ -224,6 +238,7 @@ def run(args: argparse.Namespace) -> int:
     if args.branch_from and latest_tag(checkpoints) is None:
         branch(Path(args.branch_from), checkpoints, rank)
     step = load_latest(engine, checkpoints)
+    follow_config_schedule(scheduler, config.lr)
     if rank == 0 and step:
         print(f"resumed from {checkpoints / latest_tag(checkpoints)} at step {step}", flush=True)
     if config.refocus_lambda is not None:  # again: a loaded checkpoint brings the lambda it was saved with
