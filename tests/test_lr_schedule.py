@@ -31,7 +31,7 @@ def test_a_branch_with_another_lr_follows_its_own_config(steps):
     optimizer.load_state_dict(optimizer_state)
     scheduler.load_state_dict(scheduler_state)
     assert scheduler.base_lrs == [1e-3, 1e-3]  # what loading alone leaves: the saving run's rates
-    follow_config_schedule(scheduler, 2e-3)
+    follow_config_schedule(scheduler, 2e-3, steps)
     factors = [factor(steps) for factor in scheduler.lr_lambdas]
     assert scheduler.base_lrs == [2e-3, 2e-3]
     assert [group["lr"] for group in optimizer.param_groups] == [2e-3 * f for f in factors]
@@ -50,6 +50,22 @@ def test_a_resumed_run_keeps_exactly_its_rates():
     optimizer, scheduler = _scheduler(config, 1e-3)
     optimizer.load_state_dict(optimizer_state)
     scheduler.load_state_dict(scheduler_state)
-    follow_config_schedule(scheduler, 1e-3)
+    follow_config_schedule(scheduler, 1e-3, 2100)
     assert scheduler.get_last_lr() == straight.get_last_lr()
     assert [g["lr"] for g in optimizer.param_groups] == [g["lr"] for g in straight_optimizer.param_groups]
+
+
+def test_a_step_the_scheduler_missed_is_caught_up():
+    """DeepSpeed leaves the scheduler alone on a step it skips (fp16 overflow): the loop's step decides."""
+    config = load_config("synthref-tiny")
+    optimizer, scheduler = _scheduler(config, 1e-3)
+    for _ in range(2099):
+        optimizer.step()
+        scheduler.step()
+    assert scheduler.last_epoch == 2099  # one step short of the loop's 2,100, across the stage boundary at 2,000
+    follow_config_schedule(scheduler, 1e-3, 2100)
+    assert scheduler.last_epoch == 2100
+    assert scheduler.get_last_lr() == [1e-3 * factor(2100) for factor in scheduler.lr_lambdas]
+    optimizer.step()
+    scheduler.step()
+    assert scheduler.get_last_lr() == [1e-3 * factor(2101) for factor in scheduler.lr_lambdas]

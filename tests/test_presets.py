@@ -94,14 +94,16 @@ def _shared_part(preset: dict, stages: int, free: tuple[str, ...]) -> dict:
 # it may change). The first four branch from synthref-tiny-full-grid's run (the model shipped before
 # image_token_merge): refocusing acts in the joint stage only (the ablation sets its lambda on the command line); the
 # continuations change their settings after step 8,500. The next two continue a finished synthref-tiny-merge run;
-# synthref-tiny-long lengthens synthref-tiny's joint stage (its run branched from the warm-up's end).
+# synthref-tiny-long lengthens synthref-tiny's joint stage and synthref-tiny-joint-lr2 raises its learning rate (their
+# runs branched from the warm-up's end).
 BRANCHING_PRESETS = {"synthref-ablation": ("synthref-tiny-full-grid", 1, ("refocus_answer_grad",)),
                      "synthref-tiny-answer-grad": ("synthref-tiny-full-grid", 1, ("refocus_answer_grad",)),
                      "synthref-token-norm": ("synthref-tiny-full-grid", 2, ("mask_token_norm",)),
                      "synthref-group-focus": ("synthref-tiny-full-grid", 2, ("group_weight",)),
                      "synthref-tiny-continue": ("synthref-tiny-merge", 2, ()),
                      "synthref-caption-focus": ("synthref-tiny-merge", 2, ()),
-                     "synthref-tiny-long": ("synthref-tiny", 1, ())}
+                     "synthref-tiny-long": ("synthref-tiny", 1, ()),
+                     "synthref-tiny-joint-lr2": ("synthref-tiny", 1, ())}
 
 
 def test_every_preset_loads_and_the_branching_presets_match_the_run_they_branch_from():
@@ -171,3 +173,16 @@ def test_a_run_is_resumed_only_with_the_config_it_started_with(tmp_path):
     older = started.to_dict()
     older.pop("eval_tasks")
     assert config_changes(older, started) == []
+
+
+def test_field_types_are_checked_by_name(tmp_path):
+    for changes, message in (({"micro_batch": "2"}, r"micro_batch must be int, not '2' \(str\); write the number"),
+                             ({"lr": "1e-4"}, "lr must be float, not '1e-4'"),
+                             ({"num_threads": True}, r"num_threads must be int or None, not True \(bool\)"),
+                             ({"precision": 16}, r"precision must be str, not 16 \(int\)$"),
+                             ({"stages": [{"name": "a", "steps": "100"}]}, "stage 'a': steps must be int")):
+        (tmp_path / "f.json").write_text(json.dumps({"extends": "smoke", **changes}))
+        with pytest.raises(ValueError, match=message):
+            load_config(path=tmp_path / "f.json")
+    (tmp_path / "f.json").write_text(json.dumps({"extends": "smoke", "lr": 1, "refocus_lambda": None}))
+    assert load_config(path=tmp_path / "f.json").lr == 1  # an int where a float goes, and None where allowed

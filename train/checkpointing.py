@@ -19,7 +19,7 @@ import torch.distributed as dist
 
 from encoders.checkpoints import write_text_atomically
 
-__all__ = ["save_checkpoint", "load_latest", "latest_tag", "checkpoint_tag", "truncate_logs"]
+__all__ = ["save_checkpoint", "load_latest", "check_pickled_globals", "latest_tag", "checkpoint_tag", "truncate_logs"]
 
 
 def _rank() -> int:
@@ -64,6 +64,25 @@ def save_checkpoint(engine, root: Path, step: int, keep: int = 2, keep_tags: fro
     return tag
 
 
+# Everything a ZeRO-2 checkpoint pickles besides tensors and builtins (deepspeed/runtime/zero/stage_1_and_2.py
+# state_dict: the loss scaler, ZeRO's stage enum and its parameter-slice records). Nothing else may be imported.
+DEEPSPEED_PICKLED_GLOBALS = frozenset({
+    "deepspeed.runtime.fp16.loss_scaler.LossScaler", "deepspeed.runtime.fp16.loss_scaler.DynamicLossScaler",
+    "deepspeed.runtime.zero.config.ZeroStageEnum", "deepspeed.utils.tensor_fragment.fragment_address"})
+
+
+def check_pickled_globals(folder: Path) -> None:
+    """Refuse a checkpoint folder whose ``.pt`` files would import anything beyond DeepSpeed's known state when
+    unpickled. DeepSpeed loads its files with ``weights_only=False`` (any pickled callable would run); this reads
+    only the pickles' opcodes (torch.serialization.get_unsafe_globals_in_checkpoint) and executes nothing."""
+    for path in sorted(folder.glob("*.pt")):
+        unknown = set(torch.serialization.get_unsafe_globals_in_checkpoint(path)) - DEEPSPEED_PICKLED_GLOBALS
+        if unknown:
+            raise ValueError(f"{path} would import {sorted(unknown)} when loaded; a trainer checkpoint holds only "
+                             "tensors and DeepSpeed's own state, so it was not loaded. Use a checkpoint this "
+                             "trainer wrote, or delete the folder to start over")
+
+
 def load_latest(engine, root: Path) -> int:
     """Restore the latest checkpoint under ``root`` (engine, scheduler, RNG); returns the step to continue from
     (0 when there is none)."""
@@ -75,6 +94,7 @@ def load_latest(engine, root: Path) -> int:
     if saved != world:  # sample positions and ZeRO's optimizer partitions both follow the number of ranks
         raise ValueError(f"checkpoint {root / tag} was saved by {saved} rank(s), this run has {world}; resume it "
                          f"with {saved} (deepspeed --num_gpus {saved}, or torchrun --nproc_per_node {saved} on CPU)")
+    check_pickled_globals(root / tag)
     path, client = engine.load_checkpoint(str(root), tag=tag)
     if path is None:
         raise RuntimeError(f"could not load checkpoint {root / tag}; delete it to start over")
@@ -83,15 +103,21 @@ def load_latest(engine, root: Path) -> int:
 
 
 def _rng_state() -> dict:
-    """torch, numpy and python RNG states as tensors and plain values (loadable with weights_only=True)."""
+    """torch (CPU, and on a GPU the current device's), numpy and python RNG states as tensors and plain values
+    (loadable with weights_only=True). On a GPU, LoRA dropout and SAM's box jitter draw from the CUDA generator."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     version, internal, gauss_next = random.getstate()
-    return {"torch": torch.get_rng_state(), "numpy_keys": torch.from_numpy(keys.astype(np.int64)),
-            "numpy": (kind, pos, has_gauss, gauss), "python": (version, list(internal), gauss_next)}
+    state = {"torch": torch.get_rng_state(), "numpy_keys": torch.from_numpy(keys.astype(np.int64)),
+             "numpy": (kind, pos, has_gauss, gauss), "python": (version, list(internal), gauss_next)}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
 
 
 def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():  # a checkpoint saved on CPU has none to restore
+        torch.cuda.set_rng_state(state["cuda"])
     kind, pos, has_gauss, gauss = state["numpy"]
     np.random.set_state((kind, state["numpy_keys"].numpy().astype(np.uint32), pos, has_gauss, gauss))
     version, internal, gauss_next = state["python"]

@@ -18,6 +18,23 @@ PRESETS_DIR = Path(__file__).parent / "presets"
 TRAINABLE_POLICIES = tuple(POLICIES)
 OBJECTIVES = ("anyref", "synthref_dense")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+_PLAIN_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "dict": (dict,)}  # JSON's, by annotation
+
+
+def _check_field_types(config, where: str) -> None:
+    """Refuse a plain field (int, float, str, dict, each maybe None) of a JSON value of another type, naming it:
+    "100" for steps or "1e-4" for lr would otherwise fail later, inside DeepSpeed, or train with a wrong value.
+    Structured fields (stages, eval_tasks) are checked where they are read."""
+    for spec in dataclasses.fields(config):
+        kinds = [kind.strip() for kind in str(spec.type).split("|")]
+        value = getattr(config, spec.name)
+        allowed = tuple(t for kind in kinds for t in _PLAIN_TYPES.get(kind, ()))
+        if not allowed or (value is None and "None" in kinds):
+            continue
+        if isinstance(value, bool) or not isinstance(value, allowed):  # JSON true is not a number here
+            hint = "; write the number without quotes" if isinstance(value, str) else ""
+            raise ValueError(f"{where}{spec.name} must be {' or '.join(kinds)}, not {value!r} "
+                             f"({type(value).__name__}){hint}")
 
 
 @dataclass(frozen=True)
@@ -65,6 +82,7 @@ class Stage:
     new_layers_lr: float | None = None
 
     def __post_init__(self) -> None:
+        _check_field_types(self, f"stage {self.name!r}: ")
         if self.steps < 1:
             raise ValueError(f"stage {self.name!r}: steps must be >= 1")
         if self.trainable not in TRAINABLE_POLICIES:
@@ -187,6 +205,7 @@ class TrainConfig:
     eval_tasks: tuple[str, ...] | None = None  # default: every scored SynthRef task
 
     def __post_init__(self) -> None:
+        _check_field_types(self, "")
         if not self.stages:
             raise ValueError("config needs at least one stage")
         if self.precision not in PRECISIONS:

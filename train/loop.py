@@ -56,7 +56,9 @@ def _precision(config: TrainConfig) -> str:
         return config.precision
     if not torch.cuda.is_available():
         return "fp32"
-    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    # without the emulation flag torch says yes on any GPU that can hold a bf16 tensor (a T4 too), where bf16 is
+    # emulated and slow; the paper's older GPUs train in fp16 with dynamic loss scaling
+    return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
 
 
 def deepspeed_config(config: TrainConfig, world_size: int) -> dict:
@@ -105,16 +107,18 @@ def lr_multipliers(config: TrainConfig, group_names: list[str]):
     return [schedule(name) for name in group_names]
 
 
-def follow_config_schedule(scheduler, base_lr: float) -> None:
-    """Make a loaded scheduler follow this run's config: a checkpoint brings back the base learning rates and the
-    current ones of the run that saved it, so a run branched from another with a different ``lr`` would otherwise
-    train at the other's rates without a word. For a run resumed with its own config this rewrites the same values
-    (the same expression LambdaLR computes), so the resumed run stays bit-identical."""
+def follow_config_schedule(scheduler, base_lr: float, step: int) -> None:
+    """Set the scheduler to this run's config at optimiser step ``step``. Two things move it off: a checkpoint
+    brings back the base and current rates of the run that saved it (so a run branched from another with a
+    different ``lr`` would train at the other's rates without a word), and DeepSpeed does not step the scheduler
+    on a step it skips (an fp16 overflow, a non-finite gradient), which would shift warm-up, cosine and the stage
+    boundaries behind the loop's own step. For a run on schedule this rewrites the same values (the expression
+    LambdaLR computes), so a resumed run stays bit-identical."""
     for group, factor in zip(scheduler.optimizer.param_groups, scheduler.lr_lambdas, strict=True):
         group["initial_lr"] = base_lr
-        group["lr"] = base_lr * factor(scheduler.last_epoch)
-    state = scheduler.state_dict()  # LambdaLR's own record of both, as get_last_lr() reports it
-    state.update(base_lrs=[base_lr] * len(scheduler.base_lrs),
+        group["lr"] = base_lr * factor(step)
+    state = scheduler.state_dict()  # LambdaLR's own record, as get_last_lr() and its next step read it
+    state.update(base_lrs=[base_lr] * len(scheduler.base_lrs), last_epoch=step,
                  _last_lr=[group["lr"] for group in scheduler.optimizer.param_groups])
     scheduler.load_state_dict(state)
 
@@ -238,7 +242,7 @@ def run(args: argparse.Namespace) -> int:
     if args.branch_from and latest_tag(checkpoints) is None:
         branch(Path(args.branch_from), checkpoints, rank)
     step = load_latest(engine, checkpoints)
-    follow_config_schedule(scheduler, config.lr)
+    follow_config_schedule(scheduler, config.lr, step)
     if rank == 0 and step:
         print(f"resumed from {checkpoints / latest_tag(checkpoints)} at step {step}", flush=True)
     if config.refocus_lambda is not None:  # again: a loaded checkpoint brings the lambda it was saved with
@@ -280,6 +284,8 @@ def run(args: argparse.Namespace) -> int:
                 for key, value in terms.items():
                     window[key] = window.get(key, 0.0) + float(value.detach()) / config.grad_accumulation
             step += 1
+            if scheduler.last_epoch != step:  # DeepSpeed skipped the step and its scheduler (see the function)
+                follow_config_schedule(scheduler, config.lr, step)
             window["steps"] = window.get("steps", 0) + 1
             bar.update(1)
             if rank == 0 and (step % config.log_every == 0 or step == last_step):
@@ -313,8 +319,13 @@ def branch(source: Path, checkpoints: Path, rank: int) -> None:
     if not (source / f"rng_rank{rank}.pt").is_file():
         raise FileNotFoundError(f"--branch-from {source} is not a trainer checkpoint folder with rng_rank{rank}.pt "
                                 "(one of OTHER/checkpoints/step-*)")
+    target = checkpoints / source.name
+    if rank == 0 and not target.is_dir():  # a whole copy from a run killed before "latest" is used as it is
+        staging = checkpoints / f".branch-{source.name}"  # copied aside and renamed: a killed copy leaves no half
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(source, staging)
+        os.replace(staging, target)
     if rank == 0:
-        shutil.copytree(source, checkpoints / source.name)
         write_text_atomically(checkpoints / "latest", source.name)
     if dist.is_initialized():
         dist.barrier()
@@ -322,7 +333,8 @@ def branch(source: Path, checkpoints: Path, rank: int) -> None:
 
 def _check_finite(output, step: int, checkpoints: Path) -> None:
     """Stop every rank on a NaN/inf loss, before it reaches the weights."""
-    bad = torch.tensor([0.0 if torch.isfinite(output.loss).item() else 1.0])
+    # on the loss's device: NCCL, the process group on GPUs, reduces CUDA tensors only
+    bad = torch.tensor([0.0 if torch.isfinite(output.loss).item() else 1.0], device=output.loss.device)
     if dist.is_initialized():
         dist.all_reduce(bad)
     if bad.item():
