@@ -16,7 +16,9 @@ from transformers import AutoTokenizer, LlavaConfig
 
 from anyref.config import AnyRefConfig
 from anyref.lora import base_state_dict, lora_enabled
-from encoders.checkpoints import CheckpointError, atomic_write_dir, load_state_dict_strict
+from encoders.checkpoints import (
+    CheckpointError, atomic_write_dir, load_state_dict_strict, read_json_object, read_weight_map,
+)
 from encoders.imagebind_audio import ImageBindAudioEncoder
 from encoders.llava import build_llava
 from encoders.sam import build_sam
@@ -28,6 +30,9 @@ PRETRAINED_DIR = Path(__file__).parent / "pretrained"
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
+TOKENIZER_JSON_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+# fields every saved config has and AnyRefConfig.from_dict cannot do without
+REQUIRED_CONFIG_FIELDS = ("llava", "sam")
 
 
 def resolve_model_path(name_or_path: str | Path) -> Path:
@@ -43,7 +48,10 @@ def resolve_model_path(name_or_path: str | Path) -> Path:
 
 
 def save_directory(model, directory: str | Path, max_shard_size: str = "4GB") -> Path:
-    """Write ``model`` (an AnyRefModel) to ``directory``, replacing it atomically."""
+    """Write ``model`` (an AnyRefModel) to ``directory``, replacing it atomically.
+
+    The whole folder is replaced, so it must be new, empty, or an earlier AnyRef directory (refused otherwise)."""
+    _check_replaceable(Path(directory))
     state = {k: v.detach().contiguous() for k, v in base_state_dict(model).items()}
     with atomic_write_dir(directory) as tmp:
         (tmp / CONFIG_NAME).write_text(json.dumps(model.config.to_dict(), indent=2))
@@ -60,9 +68,58 @@ def save_directory(model, directory: str | Path, max_shard_size: str = "4GB") ->
     return Path(directory)
 
 
+def _is_anyref_directory(directory: Path) -> bool:
+    """Whether ``directory`` holds an AnyRef config.json (a JSON object with AnyRef's required fields)."""
+    try:
+        data = read_json_object(directory / CONFIG_NAME)
+    except CheckpointError:
+        return False
+    return all(name in data for name in REQUIRED_CONFIG_FIELDS)
+
+
+def _check_replaceable(directory: Path) -> None:
+    """Refuse a ``directory`` that saving would wrongly replace: a file, or a folder of other things."""
+    if not directory.exists() and not directory.is_symlink():
+        return
+    if not directory.is_dir():
+        raise ValueError(f"cannot save the model to {directory}: it exists and is not a folder; give a new folder")
+    if any(directory.iterdir()) and not _is_anyref_directory(directory):
+        raise ValueError(f"cannot save the model to {directory}: the folder holds other files and is not an earlier "
+                         f"AnyRef model directory (no AnyRef {CONFIG_NAME}), and saving replaces the whole folder; "
+                         "give a new or empty folder")
+
+
+def _read_config(directory: Path) -> AnyRefConfig:
+    """The directory's AnyRefConfig; CheckpointError naming config.json and what is wrong with it."""
+    path = directory / CONFIG_NAME
+    if not path.is_file():
+        raise CheckpointError(f"{directory} is not an AnyRef directory (no {CONFIG_NAME})")
+    data = read_json_object(path)
+    missing = [name for name in REQUIRED_CONFIG_FIELDS if name not in data]
+    if missing:
+        raise CheckpointError(f"{path} lacks the fields {missing} that every AnyRef config has; it is damaged or "
+                              "not an AnyRef config: restore it, or save the model again")
+    try:
+        return AnyRefConfig.from_dict(data)
+    except (ValueError, TypeError, KeyError) as error:
+        raise CheckpointError(f"{path} is not a valid AnyRef config ({type(error).__name__}: {error})") from error
+
+
+def _read_tokenizer(directory: Path):
+    """The directory's tokenizer; CheckpointError naming the tokenizer file that could not be read."""
+    for name in TOKENIZER_JSON_FILES:
+        if (directory / name).is_file():
+            read_json_object(directory / name)  # names the file, where transformers' JSON error would not
+    try:
+        return AutoTokenizer.from_pretrained(directory)
+    except Exception as error:  # transformers and tokenizers raise many types for a damaged tokenizer
+        raise CheckpointError(f"could not load the tokenizer in {directory} ({type(error).__name__}: {error}); "
+                              f"restore its {' / '.join(TOKENIZER_JSON_FILES)}, or save the model again") from error
+
+
 def _read_weights(directory: Path) -> dict[str, torch.Tensor]:
     if (directory / INDEX_NAME).is_file():
-        files = sorted(set(json.loads((directory / INDEX_NAME).read_text())["weight_map"].values()))
+        files = sorted(set(read_weight_map(directory / INDEX_NAME).values()))
     elif (directory / WEIGHTS_NAME).is_file():
         files = [WEIGHTS_NAME]
     else:
@@ -79,15 +136,17 @@ def _read_weights(directory: Path) -> dict[str, torch.Tensor]:
 def load_directory(cls, name_or_path: str | Path, device: str | torch.device = "cpu"):
     """Build ``cls`` (AnyRef) from a directory written by :func:`save_directory`; strict key check."""
     directory = resolve_model_path(name_or_path)
-    if not (directory / CONFIG_NAME).is_file():
-        raise CheckpointError(f"{directory} is not an AnyRef directory (no {CONFIG_NAME})")
-    config = AnyRefConfig.from_dict(json.loads((directory / CONFIG_NAME).read_text()))
-    tokenizer = AutoTokenizer.from_pretrained(directory)
+    config = _read_config(directory)
+    tokenizer = _read_tokenizer(directory)
     llava = build_llava(LlavaConfig.from_dict(config.llava))
     audio = None if config.audio is None else ImageBindAudioEncoder(config.audio)
     # further mask-token encoders are built random here; their weights are in the directory's safetensors
     mask_encoders = {name: TimmFeatures(name) for name in timm_sources(config.mask_features)}
-    model = cls(config, llava, build_sam(config.sam), tokenizer, audio, mask_encoders)
+    try:
+        # the model checks its tokens here: each known, and special (typed text never produces it)
+        model = cls(config, llava, build_sam(config.sam), tokenizer, audio, mask_encoders)
+    except ValueError as error:
+        raise CheckpointError(f"{directory} does not make an AnyRef model: {error}") from error
     load_state_dict_strict(model, _read_weights(directory), what=f"AnyRef weights in {directory}")
     if (directory / "adapter").is_dir():
         lm = model.llava.model.language_model

@@ -6,17 +6,23 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
-__all__ = ["binary_mask", "load_image", "load_mask", "VisionTransform", "vision_input"]
+__all__ = ["binary_mask", "load_image", "load_mask", "VisionTransform", "vision_input", "UNREADABLE_IMAGE_ERRORS"]
+
+# what PIL raises for a file it cannot read: OSError (UnidentifiedImageError, truncated data), SyntaxError (broken
+# PNG chunks), ValueError (a truncated PNG header), and DecompressionBombError (an image too large to decode
+# safely, which is none of those)
+UNREADABLE_IMAGE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
-def load_image(image: object) -> np.ndarray:
+def load_image(image: object, upright: bool = True) -> np.ndarray:
     """An RGB H x W x 3 uint8 array from a path, a PIL image or an array.
 
-    Grayscale, RGBA/LA, palette and 16-bit images are converted (alpha dropped, 16-bit scaled to 8). Files and
-    PIL images are turned upright by their EXIF orientation, as image viewers show them (so boxes and masks drawn
-    on the displayed photo line up). Raises FileNotFoundError / ValueError / TypeError naming what to fix; never
+    Grayscale, RGBA/LA, palette and 16-bit images are converted (alpha dropped, 16-bit scaled to 8). With
+    ``upright``, files and PIL images are turned by their EXIF orientation, as image viewers show them (so boxes and
+    masks drawn on the displayed photo line up); dataset readers pass False, since annotations index the pixels as
+    stored. Raises FileNotFoundError / ValueError / TypeError naming what to fix; never
     returns a partial image.
     """
     if isinstance(image, (str, Path)):
@@ -27,10 +33,10 @@ def load_image(image: object) -> np.ndarray:
             with Image.open(path) as opened:
                 opened.load()
                 image = opened.copy()
-        except (UnidentifiedImageError, OSError, SyntaxError) as error:
+        except UNREADABLE_IMAGE_ERRORS as error:
             raise ValueError(f"could not read image {path}: {error} (is it a complete PNG/JPEG file?)") from error
     if isinstance(image, Image.Image):
-        image = _pil_to_array(ImageOps.exif_transpose(image))
+        image = _pil_to_array(ImageOps.exif_transpose(image) if upright else image)
     if isinstance(image, torch.Tensor):
         raise TypeError("pass images as a path, PIL image or H x W x 3 uint8 numpy array, not a torch tensor")
     if not isinstance(image, np.ndarray):
@@ -48,6 +54,9 @@ def _pil_to_array(image: Image.Image) -> np.ndarray:
 
 
 def _normalise_array(array: np.ndarray) -> np.ndarray:
+    if array.dtype.kind not in "biuf":  # complex, dates, objects, strings: no pixel values to read
+        raise TypeError(f"image array has dtype {array.dtype}; give pixel values as uint8 (0-255), uint16, or "
+                        "floats in 0-1 or 0-255")
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[:, :, 0]
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (2, 3, 4)):

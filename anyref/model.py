@@ -30,12 +30,12 @@ from anyref.losses import mask_bce, mask_dice
 from anyref.mask_tokens import MaskProjector, MaskSource, pool_masks, position_map
 from anyref.language_depth import insert_identity_layers
 from anyref.lora import lora_enabled, unwrapped
-from anyref.outputs import AnyRefOutput, Generation
+from anyref.outputs import AnyRefOutput, Generation, escape_obj_text
 from anyref.prefix import PrefixCache
 from anyref.prompts import IGNORE_INDEX, PromptBuilder
 from anyref.refocus import LastLayerAttentionTap, attention_rows, project_keys, refocus
 from anyref.region_geometry import RegionGeometry, box_geometry, mask_geometry
-from anyref.tokens import SPECIAL_TOKENS, SpecialTokenIds
+from anyref.tokens import IMAGE_WRAP_TOKENS, SPECIAL_TOKENS, SpecialTokenIds, special_token_ids
 from encoders.imagebind_audio import ImageBindAudioEncoder
 from encoders.llava import patch_grid_size, project_vision, vision_patch_grid
 from encoders.timm_features import TIMM_PREFIX, timm_sources
@@ -97,7 +97,8 @@ class AnyRefModel(nn.Module):
                              f"{llava.config.image_token_id}")
         wrap = None
         if config.image_wrap:
-            wrap = (tokenizer.convert_tokens_to_ids("<im_start>"), tokenizer.convert_tokens_to_ids("<im_end>"))
+            wrap_ids = special_token_ids(tokenizer, IMAGE_WRAP_TOKENS, "config.image_wrap")
+            wrap = (wrap_ids["start"], wrap_ids["end"])
         self.grid = patch_grid_size(llava.config)
         if self.grid % config.image_token_merge:
             raise ValueError(f"image_token_merge {config.image_token_merge} does not divide the {self.grid} x "
@@ -703,14 +704,19 @@ class AnyRefModel(nn.Module):
                                keep_prefix, share_prefix)
 
     def decode_text(self, token_ids: list[int]) -> str:
-        """Answer text with ``<obj>`` marking each mask; other special tokens dropped."""
+        """Answer text with ``<obj>`` marking each mask (and nothing else: see outputs.escape_obj_text); other
+        special tokens dropped."""
         pieces, current = [], []
         for token in token_ids:
             if token == self.ids.obj:
-                pieces.append(self.tokenizer.decode(current, skip_special_tokens=True))
+                pieces.append(self._decode_plain(current))
                 pieces.append(self.config.obj_token)
                 current = []
             else:
                 current.append(token)
-        pieces.append(self.tokenizer.decode(current, skip_special_tokens=True))
+        pieces.append(self._decode_plain(current))
         return "".join(pieces).strip()
+
+    def _decode_plain(self, token_ids: list[int]) -> str:
+        """Text of answer tokens without an ``<obj>``: ordinary tokens that spell "<obj>" do not read as one."""
+        return escape_obj_text(self.tokenizer.decode(token_ids, skip_special_tokens=True), self.config.obj_token)

@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-__all__ = ["AnyRefOutput", "SegmentResult", "Generation", "GroupResult", "NOWHERE", "REJECTED", "mark_nowhere"]
+__all__ = ["AnyRefOutput", "SegmentResult", "Generation", "GroupResult", "NOWHERE", "REJECTED", "LITERAL_MARK",
+           "escape_obj_text", "mark_nowhere"]
 
 
 @dataclass
@@ -39,7 +40,8 @@ class AnyRefOutput:
 class Generation:
     """One generated answer: token ids (eos excluded), the refocused ``<obj>`` states (K x H), the text, and the
     last-layer states of the image tokens of its prompt (T x H; kept only for models whose SAM prompt needs them,
-    ``obj_location_prompt``)."""
+    ``obj_location_prompt``). The text holds ``<obj>`` exactly where the answer has an ``<obj>`` token: one spelled
+    out in ordinary text pieces is written with LITERAL_MARK after its first character."""
 
     token_ids: list[int]
     obj_states: torch.Tensor
@@ -49,6 +51,19 @@ class Generation:
 
 NOWHERE = "<nowhere>"
 REJECTED = "<rejected>"
+# written after the first character of an ``<obj>`` that the model spelled out as ordinary text: it shows the same,
+# but only real ``<obj>`` tokens then read as one (mark_nowhere, counting masks by splitting the answer)
+LITERAL_MARK = "\u2060"  # WORD JOINER: invisible, no width
+
+
+def escape_obj_text(text: str, obj_token: str) -> str:
+    """Plain answer text (no ``<obj>`` token in it) with each literal ``obj_token`` broken by LITERAL_MARK."""
+    if len(obj_token) < 2:  # a mark after its only character would not break it
+        raise ValueError(f"obj_token {obj_token!r} must be at least 2 characters long")
+    escaped = obj_token[:1] + LITERAL_MARK + obj_token[1:]
+    while obj_token in text:  # a loop: one pass could leave a token that overlaps the one it broke
+        text = text.replace(obj_token, escaped)
+    return text
 
 
 def mark_nowhere(text: str, obj_token: str, placed: list[bool], mark: str = NOWHERE) -> str:
@@ -70,7 +85,7 @@ class SegmentResult:
     scores: K float, the mean foreground probability inside each mask (0 for an empty mask).
     text: the answer, with ``<obj>`` where each mask was emitted (and ``<nowhere>`` where a model with
         ``obj_nowhere`` emitted an ``<obj>`` but placed it nowhere, ``<rejected>`` where ``verify_answers`` dropped
-        its mask: no mask).
+        its mask: no mask). An ``<obj>`` the model wrote as ordinary text carries LITERAL_MARK (see Generation).
     logits: K x H x W float32 mask logits (masks = logits > 0), for metrics that threshold probabilities.
     answer: the answer with its markers when ``text`` holds something else (``describe``'s caption); None when
         ``text`` is the answer.

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from anyref.images import binary_mask
+from anyref.images import UNREADABLE_IMAGE_ERRORS, binary_mask
 from anyref.references import Audio, Box, ExampleImage, MaskRef, Reference
 
 __all__ = ["parse_reference", "parse_references", "read_mask_array", "read_mask_file"]
@@ -36,15 +36,26 @@ def read_mask_array(path: str | Path, what: str) -> np.ndarray:
     if not path.is_file():
         raise FileNotFoundError(f"{what} file {str(path)!r} not found")
     if path.suffix.lower() == ".npy":
-        try:
-            return np.load(path, allow_pickle=False)
-        except ValueError as error:
-            raise ValueError(f"{what} file {str(path)!r} is not a plain .npy array ({error})") from None
+        return _read_npy(path, what)
     try:
         with Image.open(path) as image:
             return np.asarray(image.convert("L"))
-    except OSError as error:
+    except UNREADABLE_IMAGE_ERRORS as error:
         raise ValueError(f"{what} file {str(path)!r} is not an image PIL can read ({error})") from None
+
+
+def _read_npy(path: Path, what: str) -> np.ndarray:
+    """The array of a .npy file, read without pickles; ValueError naming the file for anything else."""
+    fix = "save the mask with numpy.save(path, mask) as one H x W array"
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except (ValueError, EOFError, OSError) as error:  # EOFError: an empty or truncated file
+        raise ValueError(f"{what} file {str(path)!r} is not a plain .npy array ({type(error).__name__}: "
+                         f"{error}); {fix}") from None
+    if not isinstance(loaded, np.ndarray):  # np.load reads a .npz archive whatever the file is called
+        loaded.close()
+        raise ValueError(f"{what} file {str(path)!r} is a .npz archive, not a .npy array; {fix}")
+    return loaded
 
 
 def read_mask_file(path: str | Path, what: str) -> np.ndarray:

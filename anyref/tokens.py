@@ -13,7 +13,8 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 __all__ = [
-    "SPECIAL_TOKENS", "SpecialTokenIds", "add_special_tokens", "encode_text", "build_tiny_tokenizer",
+    "SPECIAL_TOKENS", "IMAGE_WRAP_TOKENS", "SpecialTokenIds", "add_special_tokens", "special_token_ids",
+    "check_not_typed", "encode_text", "build_tiny_tokenizer",
 ]
 
 # name -> default token text. "obj" is the mask token (LISA checkpoints use "[SEG]" for it, see AnyRefConfig).
@@ -28,6 +29,8 @@ SPECIAL_TOKENS = {
     "mask_ref_pre": "<mask-ref-pre>",    # precedes a reference mask's token (RAS)
     "mask_pool_pre": "<mask-pool-pre>",  # precedes a candidate mask's token (RAS)
 }
+# LISA's tokens around the image's tokens, for models with config.image_wrap (converted LISA checkpoints)
+IMAGE_WRAP_TOKENS = {"start": "<im_start>", "end": "<im_end>"}
 
 
 @dataclass(frozen=True)
@@ -49,13 +52,8 @@ class SpecialTokenIds:
 
     @classmethod
     def from_tokenizer(cls, tokenizer: PreTrainedTokenizerBase, texts: dict[str, str]) -> "SpecialTokenIds":
-        """Ids for ``texts`` (name -> token text); raises if one is not a single known token."""
-        ids = {}
-        for name, text in texts.items():
-            token_id = tokenizer.convert_tokens_to_ids(text)
-            if token_id is None or token_id == tokenizer.unk_token_id:
-                raise ValueError(f"tokenizer has no special token {text!r}; call add_special_tokens first")
-            ids[name] = token_id
+        """Ids for ``texts`` (name -> token text), checked by :func:`special_token_ids`."""
+        ids = special_token_ids(tokenizer, texts, "AnyRef")
         if tokenizer.eos_token_id is None:
             raise ValueError("tokenizer has no eos token")
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -75,11 +73,34 @@ def add_special_tokens(tokenizer: PreTrainedTokenizerBase, texts: dict[str, str]
     if plain:
         tokenizer.add_special_tokens({"additional_special_tokens": plain}, replace_extra_special_tokens=False)
     check_single_ids(tokenizer, texts.values())
-    injectable = [t for t in texts.values() if _typed(tokenizer, t)]
-    if injectable:
-        raise ValueError(f"typed text still produces the special tokens {injectable}; the tokenizer must treat them "
-                         "as special (split_special_tokens)")
+    check_not_typed(tokenizer, texts.values())
     return added
+
+
+def special_token_ids(tokenizer: PreTrainedTokenizerBase, texts: dict[str, str], needed_by: str) -> dict[str, int]:
+    """name -> id of each token text in ``texts`` (name -> text), for a model about to use them.
+
+    Raises, naming the tokens, when one is not a known token of ``tokenizer`` or when typed text still produces
+    one (a tokenizer saved with the token as a plain added token: a user typing "<obj>" would get a mask token).
+    needed_by: what needs the tokens, for the message (e.g. "config.image_wrap").
+    """
+    ids = {name: tokenizer.convert_tokens_to_ids(text) for name, text in texts.items()}
+    missing = [texts[name] for name, token_id in ids.items()
+               if token_id is None or token_id == tokenizer.unk_token_id]
+    if missing:
+        raise ValueError(f"the tokenizer lacks the tokens {missing} that {needed_by} needs; add them with "
+                         "anyref.tokens.add_special_tokens (and resize the LLM's embeddings) before building the model")
+    check_not_typed(tokenizer, texts.values())
+    return ids
+
+
+def check_not_typed(tokenizer: PreTrainedTokenizerBase, texts: Iterable[str]) -> None:
+    """Raise unless every token text is special: typed (user or dataset) text must never produce its id."""
+    injectable = [text for text in texts if _typed(tokenizer, text)]
+    if injectable:
+        raise ValueError(f"typed text still produces the special tokens {injectable}: the tokenizer holds them as "
+                         'plain tokens. Mark them special ("special": true in tokenizer.json\'s added_tokens), or '
+                         "pass the tokenizer through anyref.tokens.add_special_tokens and save it again")
 
 
 def _typed(tokenizer: PreTrainedTokenizerBase, text: str) -> bool:

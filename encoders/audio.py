@@ -27,6 +27,11 @@ TARGET_LEN = 204  # fbank frames per clip after padding/truncation
 FBANK_MEAN = -4.268  # AudioSet statistics ImageBind normalises with
 FBANK_STD = 9.138
 _FRAME_SAMPLES = 400  # one 25 ms kaldi window at 16 kHz: the shortest audio that yields a frame
+# The largest |sample| accepted (+18 dBFS). Samples belong in [-1, 1], but float files may hold overs beyond full
+# scale (mastering, resampling, effects) and unit-variance noise (peaks near 5) is common test input, so the bound is
+# generous; it is meant for samples left at 16-bit scale (w * 32768), which exceed it for any sound louder than
+# -72 dBFS and would shift every log-mel value by about 2 * ln(32768) = 21 (2.3 of ImageBind's std).
+MAX_PEAK = 8.0
 
 
 def read_audio(path: str | os.PathLike) -> tuple[torch.Tensor, int]:
@@ -57,7 +62,8 @@ def audio_clips(waveform: torch.Tensor | np.ndarray, sample_rate: int) -> torch.
     """ImageBind's audio input for one sound: 3 normalised log-mel clips of 2 s.
 
     waveform: float [C, T] or [T] samples in [-1, 1], any channel count (tensor or numpy; float64 is cast to
-        float32, the dtype torchaudio.load gives ImageBind). It is not modified.
+        float32, the dtype torchaudio.load gives ImageBind). It is not modified. Peaks above MAX_PEAK (8) are
+        refused: such samples are at integer scale (divide 16-bit PCM by 32768).
     sample_rate: its rate in Hz (any positive integer; resampled to 16 kHz with torchaudio's defaults).
 
     Returns a float32 [3, 1, 128, 204] tensor, the same as ImageBind's ``load_and_transform_audio_data``:
@@ -167,7 +173,7 @@ def _check_sample_rate(sample_rate: object) -> int:
 
 
 def _check_waveform(waveform: torch.Tensor, source: str) -> None:
-    """Refuse empty or non-finite audio; ``source`` names it in the message."""
+    """Refuse empty, non-finite or out-of-range audio (peak above MAX_PEAK); ``source`` names it in the message."""
     if waveform.numel() == 0:
         raise ValueError(f"{source} is empty (shape {tuple(waveform.shape)}); give at least 25 ms of sound")
     finite = torch.isfinite(waveform)
@@ -176,4 +182,10 @@ def _check_waveform(waveform: torch.Tensor, source: str) -> None:
         raise ValueError(
             f"{source} has {bad} NaN or infinite sample(s); clean or re-export the audio "
             "(e.g. replace them with torch.nan_to_num) before using it"
+        )
+    peak = float(waveform.abs().max())
+    if peak > MAX_PEAK:
+        raise ValueError(
+            f"{source} has samples up to {peak:.6g} in magnitude, but float audio belongs in [-1, 1]; samples at "
+            "16-bit scale must be divided by 32768 (int16), at 32-bit scale by 2147483648 (int32)"
         )

@@ -1,6 +1,7 @@
 """Checkpoint reading that never runs pickled code and never loads half a model silently."""
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from contextlib import contextmanager
@@ -11,7 +12,7 @@ import torch
 from torch import nn
 
 __all__ = ["load_pth", "load_state_dict_strict", "CheckpointError", "atomic_file", "atomic_write_dir",
-           "share_like_new_files", "write_text_atomically"]
+           "share_like_new_files", "write_text_atomically", "read_json_object", "read_weight_map"]
 
 
 class CheckpointError(ValueError):
@@ -39,6 +40,29 @@ def load_pth(path: str | Path) -> dict[str, torch.Tensor]:
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{path} does not hold a state dict of tensors")
     return obj
+
+
+def read_json_object(path: str | Path) -> dict:
+    """The JSON object (field -> value) a checkpoint file holds; CheckpointError naming the file otherwise."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"could not read {path} as JSON ({error}); the file is corrupt or truncated: "
+                              "restore it, or save the checkpoint again") from error
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} holds a JSON {type(data).__name__}, not an object (field -> value); restore "
+                              "the file, or save the checkpoint again")
+    return data
+
+
+def read_weight_map(path: str | Path) -> dict[str, str]:
+    """tensor name -> shard file name, from a sharded checkpoint's index (``*.index.json``)."""
+    weight_map = read_json_object(path).get("weight_map")
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise CheckpointError(f'{path} is not a weights index: it lacks a "weight_map" of tensor name -> shard file; '
+                              "restore the index, or save the checkpoint again")
+    return weight_map
 
 
 def _short(keys: list[str], limit: int = 12) -> str:

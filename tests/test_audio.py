@@ -252,6 +252,8 @@ def test_reference_sampler_spacing(seconds, expected):
         (torch.zeros(1, 16_000, dtype=torch.int16), 16_000, TypeError, "float samples"),
         (np.zeros(16_000, dtype=np.int16), 16_000, TypeError, "float samples"),
         ([0.0] * 16_000, 16_000, TypeError, "torch.Tensor or numpy array"),
+        (torch.full((1, 16_000), 3_000.0), 16_000, ValueError, "divided by 32768"),  # 16-bit PCM cast to float
+        (np.full(16_000, -8.5, np.float32), 16_000, ValueError, "samples up to 8.5 in magnitude"),
     ],
 )
 def test_audio_clips_refuses_bad_input(waveform, rate, error, match):
@@ -293,3 +295,16 @@ def test_read_audio_refuses_bad_files(tmp_path):
     soundfile.write(nan, np.array([0.1, np.nan] * 400, dtype=np.float32), 16_000, subtype="FLOAT")
     with pytest.raises(ValueError, match="nan.wav has 400 NaN"):
         read_audio(nan)
+
+
+def test_read_audio_passes_float_overs_and_refuses_integer_scale(tmp_path):
+    """A float file may hold samples beyond full scale (here 1.5); one written at 16-bit scale is refused."""
+    waveform = _waveform(1, 16_000, 16_000, seed=5)
+    loud = tmp_path / "loud.wav"
+    soundfile.write(loud, (waveform[0] * 1.5 / waveform.abs().max()).numpy(), 16_000, subtype="FLOAT")
+    read, rate = read_audio(loud)
+    assert abs(float(read.abs().max()) - 1.5) < 1e-6 and audio_clips(read, rate).shape == (3, 1, 128, 204)
+    scaled = tmp_path / "scaled.wav"
+    soundfile.write(scaled, (waveform[0] * 32_768).numpy(), 16_000, subtype="FLOAT")
+    with pytest.raises(ValueError, match="scaled.wav has samples up to .* divided by 32768"):
+        read_audio(scaled)

@@ -1,4 +1,6 @@
 """Bad input gets a clear error naming what to fix; odd-but-valid input is converted."""
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -146,3 +148,16 @@ def test_example_mask_problems(tiny_model):
         tiny_model.segment(scene(0), ExampleImage(example, mask=np.ones((3, 3), dtype=bool)))
     with pytest.raises(ValueError, match="empty"):
         tiny_model.segment(scene(0), ExampleImage(example, mask=np.zeros(example.shape[:2], dtype=bool)))
+
+
+@pytest.mark.parametrize("dtype", [np.complex64, "datetime64[s]", object, "<U1"])
+def test_image_arrays_without_pixel_values_are_refused(dtype):
+    with pytest.raises(TypeError, match=re.escape(f"image array has dtype {np.dtype(dtype)};")):
+        load_image(np.zeros((4, 4, 3), dtype=dtype))
+
+
+def test_decompression_bombs_are_unreadable_images(tmp_path, monkeypatch):
+    Image.fromarray(scene(0)).save(tmp_path / "huge.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # the scene's pixels then count as a decompression bomb
+    with pytest.raises(ValueError, match="could not read image .*huge.png"):
+        load_image(tmp_path / "huge.png")

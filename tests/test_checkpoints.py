@@ -102,3 +102,50 @@ class _Payload:
 def test_unknown_model_name_lists_shipped_models():
     with pytest.raises(FileNotFoundError, match="shipped models"):
         AnyRef.from_pretrained("no-such-model")
+
+
+def test_save_refuses_to_replace_a_folder_of_other_files(tiny_model, tmp_path):
+    notes = tmp_path / "mine" / "notes.txt"
+    notes.parent.mkdir()
+    notes.write_text("keep me")
+    with pytest.raises(ValueError, match="not an earlier AnyRef model directory"):
+        tiny_model.save_pretrained(notes.parent)
+    assert notes.read_text() == "keep me"
+    with pytest.raises(ValueError, match="not a folder"):
+        tiny_model.save_pretrained(notes)
+    assert notes.read_text() == "keep me"
+    (tmp_path / "empty").mkdir()
+    tiny_model.save_pretrained(tmp_path / "empty")
+    tiny_model.save_pretrained(tmp_path / "empty")  # an earlier AnyRef directory is replaced
+    assert AnyRef.from_pretrained(tmp_path / "empty").ids == tiny_model.ids
+
+
+@pytest.fixture(scope="module")
+def saved_directory(tiny_model, tmp_path_factory):
+    return tiny_model.save_pretrained(tmp_path_factory.mktemp("saved") / "model")
+
+
+def _without_sam(directory):
+    import json
+
+    config = json.loads((directory / "config.json").read_text())
+    del config["sam"]
+    (directory / "config.json").write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize("damage, words", [
+    (lambda d: (d / "config.json").write_text("[]"), r"config.json holds a JSON list, not an object"),
+    (_without_sam, r"config.json lacks the fields \['sam'\]"),
+    (lambda d: (d / "config.json").write_text('{"llava": '), r"could not read .*config.json as JSON"),
+    (lambda d: (d / "tokenizer.json").write_text('{"added_tokens": ['), r"could not read .*tokenizer.json as JSON"),
+    (lambda d: (d / "model.safetensors.index.json").write_text('{"metadata": {}}'),
+     r'model.safetensors.index.json is not a weights index: it lacks a "weight_map"'),
+])
+def test_damaged_directories_name_the_file_and_the_fault(saved_directory, tmp_path, damage, words):
+    import shutil
+
+    directory = tmp_path / "model"
+    shutil.copytree(saved_directory, directory)
+    damage(directory)
+    with pytest.raises(CheckpointError, match=words):
+        AnyRef.from_pretrained(directory)

@@ -116,3 +116,18 @@ def test_a_training_config_adds_nowhere_to_a_finished_model(tmp_path):
     with pytest.raises(ValueError, match='"add_nowhere"'):
         TrainConfig.from_dict({"model": {"tiny": {}, "add_nowhere": True}, "mixture": {"synthref": {"ratio": 1.0}},
                                "stages": stages})
+
+
+def test_only_real_obj_tokens_mark_masks_in_the_answer_text(tiny_model):
+    """Ordinary tokens that spell "<obj>" stay text: the answer holds one mask marker, at its real <obj> token."""
+    from anyref.outputs import LITERAL_MARK
+    from anyref.tokens import encode_text
+
+    tokenizer, obj = tiny_model.tokenizer, tiny_model.ids.obj
+    spelled = encode_text(tokenizer, "a literal <obj> here and the mask")
+    assert obj not in spelled
+    text = tiny_model.decode_text(spelled + [obj] + encode_text(tokenizer, "."))
+    assert text.count("<obj>") == 1 and text.endswith("the mask<obj>.")
+    assert text.replace(LITERAL_MARK, "") == "a literal <obj> here and the mask<obj>."
+    marked = mark_nowhere(text, "<obj>", [False])
+    assert marked.endswith(f"the mask{NOWHERE}.") and marked.replace(LITERAL_MARK, "").startswith("a literal <obj>")

@@ -213,3 +213,31 @@ def test_overlay_gives_each_mask_its_own_colour():
     assert len(colours) == 3 and tuple(picture[band + 5, 5]) == (100, 100, 100)
     single = np.asarray(render_overlay(image, "", masks[0]))
     assert np.array_equal(single[band:], np.asarray(render_overlay(image, "", masks[:1]))[band:])
+
+
+def _broken_pngs(tmp_path) -> list:
+    """PNG mask files PIL fails on in different ways: a zeroed data-chunk length (SyntaxError: broken PNG file), and
+    a truncated header length (ValueError)."""
+    Image.fromarray(np.eye(8, dtype=np.uint8) * 255).save(tmp_path / "good.png")
+    good = (tmp_path / "good.png").read_bytes()
+    at = good.index(b"IDAT")
+    broken = {"broken.png": good[:at - 4] + b"\0\0\0\0" + good[at:], "header.png": good[:11] + b"\0" + good[12:]}
+    for name, data in broken.items():
+        (tmp_path / name).write_bytes(data)
+    return [tmp_path / name for name in broken]
+
+
+def test_unreadable_mask_files_are_named(tmp_path, monkeypatch):
+    np.savez(tmp_path / "archive.npz", mask=np.eye(4))
+    (tmp_path / "archive.npz").rename(tmp_path / "archive.npy")  # np.load reads it as an archive
+    with pytest.raises(ValueError, match="archive.npy' is a .npz archive, not a .npy array"):
+        read_mask_file(tmp_path / "archive.npy", "mask")
+    (tmp_path / "empty.npy").write_bytes(b"")
+    with pytest.raises(ValueError, match="empty.npy' is not a plain .npy array"):
+        read_mask_file(tmp_path / "empty.npy", "mask")
+    for path in _broken_pngs(tmp_path):
+        with pytest.raises(ValueError, match=f"{path.name}' is not an image PIL can read"):
+            read_mask_file(path, "mask")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10)  # good.png's 64 pixels are then a decompression bomb
+    with pytest.raises(ValueError, match="good.png' is not an image PIL can read"):
+        read_mask_file(tmp_path / "good.png", "mask")

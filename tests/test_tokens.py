@@ -100,3 +100,59 @@ def test_the_shipped_models_tokenizer_is_the_one_its_preset_builds():
 
     shipped = AutoTokenizer.from_pretrained(resolve_model_path("synthref-tiny"))
     assert build_tiny_tokenizer(template_corpus() + SynthRef().vocabulary()).get_vocab() == shipped.get_vocab()
+
+
+def _shipped_copy(tmp_path, tokenizer_edit=None, config_edit=None):
+    """The shipped tiny model copied into tmp_path, its tokenizer.json and config.json changed by the edits
+    (functions of the parsed JSON, changing it in place)."""
+    import json
+    import shutil
+
+    from anyref.checkpoint import resolve_model_path
+
+    directory = tmp_path / "model"
+    shutil.copytree(resolve_model_path("synthref-tiny"), directory)
+    for name, edit in (("tokenizer.json", tokenizer_edit), ("config.json", config_edit)):
+        if edit is not None:
+            data = json.loads((directory / name).read_text())
+            edit(data)
+            (directory / name).write_text(json.dumps(data))
+    return directory
+
+
+def test_a_loaded_model_refuses_special_tokens_that_typed_text_produces(tmp_path):
+    """A saved tokenizer whose <obj> or <image> became a plain added token would turn a user's typed "<obj>" into a
+    mask token: loading refuses it, naming the tokens."""
+    from anyref import AnyRef
+    from encoders.checkpoints import CheckpointError
+
+    def make_plain(data):
+        for token in data["added_tokens"]:
+            if token["content"] in ("<obj>", "<image>"):
+                token["special"] = False
+
+    directory = _shipped_copy(tmp_path, tokenizer_edit=make_plain)
+    with pytest.raises(CheckpointError, match=r"typed text still produces the special tokens \['<image>', '<obj>'\]"):
+        AnyRef.from_pretrained(directory)
+
+
+def test_a_loaded_image_wrap_model_needs_its_wrap_tokens(tmp_path):
+    from anyref import AnyRef
+    from encoders.checkpoints import CheckpointError
+
+    directory = _shipped_copy(tmp_path, config_edit=lambda data: data.update(image_wrap=True))
+    with pytest.raises(CheckpointError, match=r"lacks the tokens \['<im_start>', '<im_end>'\] that config.image_wrap"):
+        AnyRef.from_pretrained(directory)
+
+
+def test_image_wrap_tokens_must_be_special():
+    from anyref.tokens import IMAGE_WRAP_TOKENS, special_token_ids
+
+    tokenizer = build_tiny_tokenizer(["a b c"])
+    tokenizer.add_tokens(list(IMAGE_WRAP_TOKENS.values()))  # plain added tokens, as a careless conversion leaves them
+    with pytest.raises(ValueError, match=r"typed text still produces the special tokens \['<im_start>', '<im_end>'\]"):
+        special_token_ids(tokenizer, IMAGE_WRAP_TOKENS, "config.image_wrap")
+    add_special_tokens(tokenizer, IMAGE_WRAP_TOKENS)
+    ids = special_token_ids(tokenizer, IMAGE_WRAP_TOKENS, "config.image_wrap")
+    assert ids == {"start": tokenizer.convert_tokens_to_ids("<im_start>"),
+                   "end": tokenizer.convert_tokens_to_ids("<im_end>")}

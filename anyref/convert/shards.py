@@ -6,14 +6,13 @@ index assigns to it, so a truncated download or a mixed-up folder fails before a
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Iterator
 
 import torch
 from safetensors.torch import load_file
 
-from encoders.checkpoints import CheckpointError, load_pth
+from encoders.checkpoints import CheckpointError, load_pth, read_weight_map
 
 __all__ = ["shard_files", "read_shard", "iter_shards"]
 
@@ -25,11 +24,7 @@ def _index(directory: Path) -> tuple[Path, dict[str, str]] | None:
     for name in INDEXES:
         path = directory / name
         if path.is_file():
-            try:
-                weight_map = json.loads(path.read_text())["weight_map"]
-            except (json.JSONDecodeError, KeyError, TypeError) as error:
-                raise CheckpointError(f"{path} is not a weights index (no weight_map): {error}") from error
-            return path, weight_map
+            return path, read_weight_map(path)
     return None
 
 
