@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from anyref.model_args import resolve_device
+from eval.provenance import run_provenance
 
 __all__ = ["register", "run_bench", "reference_segment", "full_size_budget"]
 
@@ -50,17 +51,19 @@ def register(subparsers) -> None:
 
 
 def _run(args) -> int:
-    from eval.results import write_results
+    from eval.results import check_results_out, write_results
 
     if args.repeats < 3:
         raise ValueError(f"--repeats must be >= 3, got {args.repeats}")
+    check_results_out(args.out)  # before the bench runs: a folder or an unwritable place fails now
     if args.threads:
         torch.set_num_threads(args.threads)
     results = run_bench(args.model, resolve_device(args.device), args.repeats, full=args.full)
     results["command"] = " ".join(["anyref", "bench", *sys.argv[2:]]) if sys.argv[1:2] == ["bench"] else ""
-    path = write_results(args.out, results)
+    # the figures first: a write that still fails (a full disk) must not lose them
     for key, value in results["ratios"].items():
-        print(f"{key}: {value['value']:.3f} (target {value['target']})")
+        print(f"{key}: {value['value']:.3f} (target {value['target']})", flush=True)
+    path = write_results(args.out, results)
     print(f"wrote {path}")
     return 0
 
@@ -258,6 +261,7 @@ def run_bench(model_name: str, device: str = "cpu", repeats: int = 15, full: boo
         "answer_tokens": ANSWER_TOKENS,
         "select_scaling": _select_scaling(model, repeats, device),
         "full_size_budget": full_size_budget(),
+        "provenance": run_provenance(model_name, model),
     }
     if full:
         results["full_size"] = _full_size(device, repeats)

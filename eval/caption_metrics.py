@@ -1,7 +1,9 @@
 """CIDEr-D and METEOR for referring expression generation, computed by pycocoevalcap (the COCO caption code).
 
 Both captions and references go through pycocoevalcap's PTB tokenizer first (lower-cased, punctuation tokens
-dropped), as in the benchmark protocol. Needs ``pip install pycocoevalcap`` and a ``java`` executable: the
+dropped), as in the benchmark protocol, after their whitespace is collapsed to single spaces: the tokenizer reads
+one caption per line and replaces only line feeds, so a carriage return, U+2028 or form feed in any caption would
+shift every later caption onto the wrong id. Needs ``pip install pycocoevalcap`` and a ``java`` executable: the
 tokenizer and METEOR 1.5 are Java programs. The tokenizer writes a temporary file into pycocoevalcap's own
 package folder, so that folder must be writable. METEOR's first call takes ~15 s (the jar loads its paraphrase
 tables).
@@ -48,6 +50,12 @@ def _check_java() -> None:
                            "writable; install pycocoevalcap into a writable environment (e.g. a venv)")
 
 
+def _one_line(text: str) -> str:
+    """``text`` with every run of whitespace (line and paragraph separators included) as one space: the tokenizer
+    takes each line of its input for the next caption."""
+    return " ".join(text.split())
+
+
 def caption_scores(predictions: Mapping[Hashable, str],
                    references: Mapping[Hashable, Sequence[str]]) -> dict[str, float]:
     """Corpus CIDEr-D (n = 4, sigma = 6) and METEOR 1.5 of generated expressions.
@@ -60,8 +68,8 @@ def caption_scores(predictions: Mapping[Hashable, str],
     _check_inputs(predictions, references)
     _check_java()
     tokenizer = PTBTokenizer()
-    res = tokenizer.tokenize({key: [{"caption": text}] for key, text in predictions.items()})
-    gts = tokenizer.tokenize({key: [{"caption": r} for r in refs] for key, refs in references.items()})
+    res = tokenizer.tokenize({key: [{"caption": _one_line(text)}] for key, text in predictions.items()})
+    gts = tokenizer.tokenize({key: [{"caption": _one_line(r)} for r in refs] for key, refs in references.items()})
     cider, _ = Cider(n=4, sigma=6.0).compute_score(gts, res)
     meteor_scorer = Meteor()
     try:

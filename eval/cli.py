@@ -59,6 +59,7 @@ def _common(parser: argparse.ArgumentParser, split: str, data: bool = True) -> N
 def register(subparsers) -> None:
     """Add the ``eval`` command and its benchmark sub-commands to ``anyref``'s sub-parsers."""
     from eval.datasets import AVS_SUBSETS, FEWSHOT_BENCHMARKS, REFER_DATASETS
+    from eval.datasets.fewshot import HSNET_EPISODES, HSNET_SEED
 
     parser = subparsers.add_parser("eval", help="evaluate a model on a benchmark, or summarise results",
                                    description=__doc__.split("\n\n")[0])
@@ -95,9 +96,12 @@ def register(subparsers) -> None:
     fewshot.add_argument("--dataset", default="pascal", choices=sorted(FEWSHOT_BENCHMARKS))
     fewshot.add_argument("--fold", type=int, default=0)
     fewshot.add_argument("--shot", type=_positive, default=1)
-    fewshot.add_argument("--episodes", type=_positive, default=1000)
-    fewshot.add_argument("--seed", type=int, default=0)
-    fewshot.add_argument("--splits", help="HSNet's data/splits folder (default: --data/splits)")
+    fewshot.add_argument("--episodes", type=_positive, default=HSNET_EPISODES,
+                         help=f"episodes to draw (default {HSNET_EPISODES}, HSNet's and the papers')")
+    fewshot.add_argument("--seed", type=int, default=HSNET_SEED,
+                         help=f"seed of the episode draw (default {HSNET_SEED}, HSNet's and the papers')")
+    fewshot.add_argument("--splits", help="HSNet's data/splits folder; required for coco (its fold lists are pickles, "
+                                          "read only from a folder you name); pascal's default: --data/splits")
     fewshot.add_argument("--no-mask-crop", action="store_true",
                          help="give the support images without their masks (the paper's plain setting)")
 
@@ -177,19 +181,21 @@ def _command_line(args) -> str:
 
 
 def _emit(results: dict, out) -> None:
+    """Print the metrics, then write the results file: a write that fails after a long run still shows them."""
     from eval.results import write_results
 
+    print(json.dumps({"benchmark": results["benchmark"], "dataset": results["dataset"], "split": results["split"],
+                      "metrics": results["metrics"], "seconds": results["seconds"]}, indent=2), flush=True)
     if out:
         path = write_results(out, results)
         print(f"wrote {path}", file=sys.stderr)
-    print(json.dumps({"benchmark": results["benchmark"], "dataset": results["dataset"], "split": results["split"],
-                      "metrics": results["metrics"], "seconds": results["seconds"]}, indent=2))
 
 
 def _run_benchmark(args) -> int:
     from eval import runners
-    from eval.results import RunOutput, make_results
+    from eval.results import RunOutput, check_results_out, make_results
 
+    check_results_out(args.out)  # before hours of work: a folder or an unwritable place fails now
     progress = not args.no_progress
     if args.benchmark == "synthref":
         from eval.synthref_eval import evaluate_synthref
@@ -214,7 +220,7 @@ def _run_benchmark(args) -> int:
         dataset, data = reader.dataset, str(Path(args.data).resolve())
     seconds = time.perf_counter() - start
     results = make_results(args.benchmark, run, _model_name(args.model), dataset, args.split, seconds,
-                           _command_line(args), data, args.limit)
+                           _command_line(args), data, args.limit, loaded_model=model)
     _emit(results, args.out)
     return 0
 

@@ -2,8 +2,10 @@
 
     {"benchmark": "res", "dataset": "refcoco", "split": "val", "model": "/path/to/model", "data": "/path/to/data",
      "metrics": {"ciou": 0.74, "giou": 0.76}, "counts": {"samples": 10834, ...}, "settings": {"split_by": "unc"},
-     "limit": null, "seconds": 812.3, "command": "anyref eval res --model ...", "created": "2025-...Z"}
+     "limit": null, "seconds": 812.3, "command": "anyref eval res --model ...", "created": "2025-...Z",
+     "provenance": {"anyref": "0.1.0", "git_commit": "ab80...", "git_dirty": false, "torch": "...", ...}}
 
+``provenance`` (:mod:`eval.provenance`) is absent from files written before it existed; readers must not need it.
 Metrics are fractions in [0, 1] (CIDEr on pycocoevalcap's 0-10 scale); the summary table scales them as papers do.
 """
 from __future__ import annotations
@@ -12,6 +14,7 @@ import argparse
 import datetime as _dt
 import json
 import math
+import os
 import shlex
 import sys
 import time
@@ -20,8 +23,10 @@ from pathlib import Path
 from typing import Optional
 
 from encoders.checkpoints import write_text_atomically
+from eval.provenance import run_provenance
 
-__all__ = ["RunOutput", "make_results", "write_results", "write_module_results", "diagnostic_parser", "read_results"]
+__all__ = ["RunOutput", "make_results", "write_results", "check_results_out", "write_module_results",
+           "diagnostic_parser", "read_results"]
 
 
 @dataclass
@@ -51,12 +56,16 @@ def _jsonable(value):
 
 
 def make_results(benchmark: str, run: RunOutput, model: str, dataset: str, split: str, seconds: float,
-                 command: str = "", data: Optional[str] = None, limit: Optional[int] = None) -> dict:
+                 command: str = "", data: Optional[str] = None, limit: Optional[int] = None,
+                 loaded_model: object = None) -> dict:
+    """The results dict of a run (module docstring). model: the model's directory or shipped name; loaded_model:
+    the model object that ran, when the caller has it, for the provenance's device and dtype."""
     return _jsonable({
         "benchmark": benchmark, "dataset": dataset, "split": split, "model": str(model),
         "data": None if data is None else str(data), "metrics": run.metrics, "counts": run.counts,
         "settings": run.settings, "limit": limit, "seconds": round(float(seconds), 3), "command": command,
         "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "provenance": run_provenance(model, loaded_model),
         **({} if run.per_sample is None else {"per_sample": run.per_sample}),
     })
 
@@ -66,6 +75,32 @@ def write_results(path: str | Path, results: dict) -> Path:
     path = Path(path)
     write_text_atomically(path, json.dumps(_jsonable(results), indent=2) + "\n")
     return path
+
+
+def check_results_out(out: str | Path | None, option: str = "--out") -> None:
+    """Refuse, before any work is done, a results file path that cannot be written: ValueError (a usage error, exit
+    status 2) naming ``option`` and what to give instead. Missing folders are fine: write_results creates them."""
+    if out is None:
+        return
+    path = Path(out)
+    if path.is_dir():
+        raise ValueError(f"{option} {str(out)!r} is a directory; give the name of the results file to write, e.g. "
+                         f"{path / 'results.json'}")
+    folder = _nearest_existing(path.parent)
+    if not folder.is_dir():
+        raise ValueError(f"{option} {str(out)!r} cannot be written: {folder} is a file, not a folder; give a path "
+                         "whose folders are folders")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"{option} {str(out)!r} cannot be written: folder {folder} is not writable; give a path "
+                         "in a folder you can write to")
+
+
+def _nearest_existing(path: Path) -> Path:
+    """``path`` or its closest ancestor that exists (where write_results would create the missing folders)."""
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return candidate
+    return Path(".")  # not reached while the current folder (or "/") exists
 
 
 def write_module_results(path: str | Path, benchmark: str, run: RunOutput, model: str, split: str,

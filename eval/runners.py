@@ -206,8 +206,10 @@ def run_fewshot(model, reader, limit: Optional[int] = None, overlays=None, progr
         if writer:
             writer.save(index, f"ep{index}_{sample.meta['class_name']}", sample.image,
                         f"{sample.meta['class_name']}: {describe_references(sample.references)}", pred, gt == 1)
+    # episodes and seed say whether the draw was HSNet's (the summary marks other draws next to the papers' numbers)
     settings = {"benchmark": reader.benchmark, "fold": reader.fold, "shot": reader.shot,
-                "mask_crop": reader.mask_crop, "episodes": len(reader), "fold_classes": reader.fold_classes}
+                "mask_crop": reader.mask_crop, "episodes": len(reader), "seed": reader.seed,
+                "fold_classes": reader.fold_classes}
     return RunOutput(acc.result(), counts, settings)
 
 

@@ -3,7 +3,9 @@
     anyref eval summary results/*.json --out table.md
 
 Our metrics are stored as fractions; the table prints them on the paper's scale (IoUs and accuracies in percent,
-F-score as a fraction, METEOR and CIDEr x 100). A result run with ``--limit`` is marked partial.
+F-score as a fraction, METEOR and CIDEr x 100). A result run with ``--limit`` is marked partial; so is a few-shot run
+whose episodes are not HSNet's draw, which the papers' numbers use (``--episodes`` other than 1000 or ``--seed``
+other than 0).
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
 from encoders.checkpoints import write_text_atomically
+from eval.datasets.fewshot import HSNET_EPISODES, HSNET_SEED
 from eval.datasets.refer import DEFAULT_SPLIT_BY
 from eval.results import read_results
 
@@ -149,6 +152,24 @@ def _what(result: dict) -> str:
     return ""
 
 
+def _protocol_note(result: dict) -> Optional[str]:
+    """A note for a few-shot run whose episodes are not HSNet's draw (the published numbers' protocol): other
+    episode counts or seeds score other episodes. None otherwise, and for a seed a file does not record (older
+    files did not)."""
+    if result["benchmark"] != "fewshot":
+        return None
+    settings = result.get("settings") or {}
+    episodes, seed = settings.get("episodes"), settings.get("seed")
+    changed = []
+    if episodes not in (None, HSNET_EPISODES):
+        changed.append(f"{episodes} episodes")
+    if seed not in (None, HSNET_SEED):
+        changed.append(f"seed {seed}")
+    if not changed:
+        return None
+    return f"not HSNet's episodes: {', '.join(changed)} (published: {HSNET_EPISODES} episodes, seed {HSNET_SEED})"
+
+
 def render_summary(results: Sequence[dict], names: Optional[Sequence[str]] = None) -> str:
     """The markdown table for ``results`` (dicts as written by :func:`eval.results.write_results`)."""
     if not results:
@@ -160,6 +181,9 @@ def render_summary(results: Sequence[dict], names: Optional[Sequence[str]] = Non
         notes = []
         if result.get("limit") is not None:
             notes.append(f"partial: first {result['limit']}")
+        protocol = _protocol_note(result)
+        if protocol:
+            notes.append(protocol)
         if names:
             notes.append(Path(names[i]).name)
         for label, metric, value, count in _rows(result):

@@ -137,9 +137,16 @@ def test_pascal_reader_errors(pascal_root, tmp_path):
         FewShotReader(pascal_root, "pascal", fold=0)
 
 
+def test_coco_fold_pickle_is_read_only_from_a_named_splits_folder(tmp_path):
+    root, _ = write_coco(tmp_path / "hsn")  # splits/coco/val/fold1.pkl sits below --data
+    with pytest.raises(ValueError, match="pass --splits"):  # a pickle runs code: never one found by searching
+        FewShotReader(root, "coco", fold=1)
+    assert len(FewShotReader(root, "coco", fold=1, episodes=3, splits=root / "splits")) == 3
+
+
 def test_coco_reader_from_the_fold_pickle(tmp_path):
     root, classwise = write_coco(tmp_path / "hsn")
-    reader = FewShotReader(root, "coco", fold=1, shot=1, episodes=4, seed=0)
+    reader = FewShotReader(root, "coco", fold=1, shot=1, episodes=4, seed=0, splits=root / "splits")
     rng = np.random.RandomState(0)  # HSNet: class, then query, then supports, from one generator
     for sample in reader:
         class_id = int(rng.choice(fold_classes("coco", 1), 1, replace=False)[0])
@@ -173,7 +180,7 @@ def test_run_fewshot_end_to_end(tiny_model, pascal_root, tmp_path):
     out = run_fewshot(tiny_model, reader, limit=3, overlays=tmp_path / "png", progress=False)
     assert out.counts["episodes"] == 3 and out.counts["segment_calls"] == 6
     assert out.settings == {"benchmark": "pascal", "fold": 0, "shot": 2, "mask_crop": True, "episodes": 1000,
-                            "fold_classes": [0, 1, 2, 3, 4]}
+                            "seed": 0, "fold_classes": [0, 1, 2, 3, 4]}  # the draw, to tell HSNet's from others
     assert set(out.metrics) == {"miou", "fbiou"}
     assert len(list((tmp_path / "png").glob("*.png"))) == 3
     if out.counts["no_mask"] == 6:  # the untrained model answers without masks: an all-background prediction

@@ -1,6 +1,8 @@
 """RefCOCO-family readers on a tiny dataset written in refer's own layout (refs pickle + COCO instances.json with
 polygon and RLE masks + JPEG images), and the RES / REG runners and the CLI end to end with the tiny model."""
+import hashlib
 import json
+import os
 import pickle
 from importlib.metadata import entry_points
 
@@ -10,6 +12,8 @@ from PIL import Image
 from pycocotools import mask as mask_api
 
 import anyref.cli
+from eval import cli as eval_cli
+from eval import results as eval_results
 from eval.datasets import RegReader, ResReader
 from eval.runners import run_reg, run_res
 
@@ -155,6 +159,33 @@ def test_res_reader_errors_name_what_to_fix(refer_root, tmp_path):
         ResReader(refer_root, "refcoco", "val")
 
 
+def test_unreadable_release_files_are_named(refer_root):
+    refs = refer_root / "refcoco" / "refs(unc).p"
+    whole = refs.read_bytes()
+    for broken in (b"", whole[: len(whole) // 2]):  # EOFError "Ran out of input", UnpicklingError "truncated"
+        refs.write_bytes(broken)
+        with pytest.raises(ValueError, match=r"refs\(unc\)\.p.*download it again"):
+            ResReader(refer_root, "refcoco", "val")
+    refs.write_bytes(whole)
+    instances = refer_root / "refcoco" / "instances.json"
+    instances.write_bytes('{"images": [], "info": "caf\u00e9"}'.encode("latin-1"))  # not UTF-8
+    with pytest.raises(ValueError, match=r"instances\.json is not UTF-8"):
+        ResReader(refer_root, "refcoco", "val")
+
+
+def test_images_are_read_as_stored_not_turned_by_their_exif_orientation(refer_root):
+    """COCO annotations index the stored pixels; an EXIF orientation (3: viewers show it turned 180 degrees) must
+    not move the image under them."""
+    mask = ResReader(refer_root, "refcoco", "val")[0].masks[0]  # annotation 10's polygon, in stored pixels
+    stored = Image.fromarray(np.repeat(mask[:, :, None], 3, axis=2).astype(np.uint8) * 255)
+    exif = stored.getexif()
+    exif[0x0112] = 3
+    stored.save(refer_root / "images" / "mscoco" / "images" / "train2014" / file_name(1), exif=exif, quality=95)
+    sample = ResReader(refer_root, "refcoco", "val")[0]
+    assert sample.image.shape == (*SIZES[1], 3)
+    assert sample.image[mask].mean() > 200 and sample.image[~mask].mean() < 50
+
+
 def test_reg_reader_one_sample_per_ref_with_its_box_and_sentences(refer_root):
     samples = list(RegReader(refer_root, "refcoco", "val"))
     assert len(samples) == 2
@@ -196,6 +227,9 @@ def test_cli_res_through_anyref_main(model_dir, refer_root, tmp_path, monkeypatc
     assert set(results["metrics"]) == {"giou", "ciou"} and results["counts"]["samples"] == 2
     assert results["model"] == str(model_dir.resolve()) and results["limit"] == 2 and results["seconds"] > 0
     assert results["command"].startswith("anyref eval res --model") and "--limit 2" in results["command"]
+    provenance = results["provenance"]  # the model that ran, traceable
+    assert provenance["device"] == "cpu" and provenance["dtype"] == "torch.float32"
+    assert provenance["model_config_sha256"] == hashlib.sha256((model_dir / "config.json").read_bytes()).hexdigest()
     assert not list(out.parent.glob(".*.tmp"))  # the temporary file was renamed into place
     assert '"ciou"' in capsys.readouterr().out
     # bad input: a clear message and exit status 2, no traceback
@@ -221,3 +255,39 @@ def test_recorded_command_reproduces_the_inference_settings():
     settings = ("set_example_self_mask", "set_describe_box_margin", "set_describe_box_prior", "set_mask_refinements")
     assert {s: getattr(again, s) for s in settings} == {s: getattr(args, s) for s in settings}
     assert again.n == 7 and not hasattr(parser.parse_args(["eval", "synthref", "--model", "m"]), settings[0])
+
+
+def _refuse_to_load(args):
+    raise AssertionError("the model was loaded before --out was checked")
+
+
+@pytest.mark.parametrize("case", ["a folder", "a file in the way", "an unwritable folder"])
+def test_cli_checks_out_before_loading_the_model(case, refer_root, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(eval_cli, "load_model", _refuse_to_load)
+    if case == "a folder":
+        out, expected = tmp_path / "results", "is a directory"
+        out.mkdir()
+    elif case == "a file in the way":
+        (tmp_path / "notes.txt").write_text("not a folder")
+        out, expected = tmp_path / "notes.txt" / "refcoco_val.json", "is a file"
+    else:
+        locked = tmp_path / "locked"
+        locked.mkdir()
+        real_access = os.access  # root may write anywhere, so the refusal is simulated
+        monkeypatch.setattr(os, "access", lambda path, mode, **kw: path != locked and real_access(path, mode, **kw))
+        out, expected = locked / "refcoco_val.json", "not writable"
+    code = eval_cli.main(["res", "--model", "unused", "--data", str(refer_root), "--out", str(out), "--no-progress"])
+    assert code == 2
+    error = capsys.readouterr().err
+    assert "--out" in error and expected in error
+
+
+def test_cli_prints_the_metrics_before_writing_them(model_dir, refer_root, tmp_path, monkeypatch, capsys):
+    def full_disk(path, results):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(eval_results, "write_results", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        eval_cli.main(["res", "--model", str(model_dir), "--data", str(refer_root), "--limit", "1",
+                       "--out", str(tmp_path / "r.json"), "--no-progress"])
+    assert set(json.loads(capsys.readouterr().out)["metrics"]) == {"giou", "ciou"}  # a long run's figures survive

@@ -1,7 +1,12 @@
 """How the runners turn answers into metric inputs, checked with stand-in models whose answers are known: mask
 unions, the GRES no-target flag, per-video AVS scoring from logits, and the atomic results file."""
+import hashlib
 import json
 import os
+import shutil
+import subprocess
+from importlib import metadata
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,8 +15,11 @@ import torch
 from anyref.outputs import SegmentResult
 from eval.datasets import AvsReader, GrefReader, ResReader
 from eval.metrics import avs_fscore, avs_miou, ciou, giou, gres_scores
+from eval import provenance
+from eval.compare import compare_results
 from eval.results import RunOutput, make_results, read_results, write_results
 from eval.runners import NO_MASK_LOGIT, logit_map, run_avs, run_gres, run_res
+from eval.summary import render_summary
 from tests.test_eval_avsbench import write_ms3
 from tests.test_eval_grefcoco import write_grefcoco
 from tests.test_eval_refer import write_refer
@@ -144,3 +152,64 @@ def test_results_file_is_written_atomically_and_read_back(tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps({"metrics": {}}))
     with pytest.raises(ValueError, match="not an `anyref eval` results file"):
         read_results(tmp_path / "bad.json")
+
+
+class _Loaded:
+    """What a results file reads from the model that ran: its device and dtype."""
+
+    device = torch.device("cpu")
+    dtype = torch.bfloat16
+
+
+def test_results_record_code_libraries_and_model(tmp_path):
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text('{"hidden_size": 32}')
+    run = RunOutput({"ciou": 0.5}, {"samples": 1})
+    found = make_results("res", run, str(model_dir), "refcoco", "val", 1.0, loaded_model=_Loaded())["provenance"]
+    assert found["model_config_sha256"] == hashlib.sha256(b'{"hidden_size": 32}').hexdigest()
+    assert (found["device"], found["dtype"]) == ("cpu", "torch.bfloat16")
+    assert found["torch"] == metadata.version("torch") and found["transformers"] == metadata.version("transformers")
+    assert found["anyref"] == metadata.version("anyref")
+    assert found["git_commit"] is None or len(found["git_commit"]) == 40
+    assert (found["git_dirty"] is None) == (found["git_commit"] is None)
+    unknown = make_results("res", run, "no-such-model", "refcoco", "val", 1.0)["provenance"]
+    assert unknown["model_config_sha256"] is None and unknown["device"] is None and unknown["dtype"] is None
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_provenance_git_state_of_a_checkout(tmp_path):
+    package = tmp_path / "repo" / "pkg"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    assert provenance._git_state(package) == (None, None)  # not in a checkout (an installed copy)
+    git = ["git", "-C", str(tmp_path / "repo"), "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "pkg/__init__.py"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "first"], check=True)
+    commit, dirty = provenance._git_state(package)
+    assert len(commit) == 40 and dirty is False
+    (package / "__init__.py").write_text("changed = True\n")
+    assert provenance._git_state(package) == (commit, True)
+
+
+def test_provenance_never_fails_without_git(monkeypatch):
+    def no_git(*args, **kwargs):
+        raise FileNotFoundError("git")
+
+    monkeypatch.setattr(provenance.subprocess, "run", no_git)
+    found = provenance.run_provenance("no-such-model")
+    assert found["git_commit"] is None and found["git_dirty"] is None and found["torch"]
+
+
+def test_results_files_without_provenance_still_read(tmp_path):
+    old = make_results("res", RunOutput({"ciou": 0.5}, {"samples": 2}, {"split_by": "unc"}), "m", "refcoco", "val", 1)
+    del old["provenance"]  # as written before it existed
+    path = write_results(tmp_path / "old.json", old)
+    assert "| 50.0 | 2 |" in render_summary([read_results(path)])
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    checked_in = [p for p in sorted(docs.glob("*.json")) if {"benchmark", "split"} <= set(json.loads(p.read_text()))]
+    assert checked_in and all(read_results(p)["metrics"] for p in checked_in)
+    per_sample = [p for p in checked_in if "per_sample" in json.loads(p.read_text())]
+    if per_sample:
+        assert compare_results(per_sample[:1], resamples=100)["files"]

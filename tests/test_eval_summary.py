@@ -60,3 +60,17 @@ def test_cli_summary_writes_markdown(tmp_path, capsys):
     assert "| 60.0 | 5 | 69.0 (generalist); 79.7 (fine-tuned)" in _row(table, "reg", "refcocog", "val", "cider")
     assert cli.main(["summary", str(tmp_path / "missing.json")]) == 2
     assert "missing.json does not exist" in capsys.readouterr().err
+
+
+def _fewshot(**settings) -> dict:
+    run = RunOutput({"miou": 0.7}, {"episodes": 1000}, {"fold": 0, "shot": 1, "mask_crop": True, **settings})
+    return make_results("fewshot", run, "m", "pascal-5i", "val", 1.0)
+
+
+def test_summary_marks_fewshot_runs_not_drawn_as_hsnet_draws():
+    row = _row(render_summary([_fewshot(episodes=500, seed=3)]), "fewshot", "pascal-5i", "val", "miou")
+    assert "76.5 (1-shot, mask crop)" in row  # still next to the papers' number, with a note saying it differs
+    assert "not HSNet's episodes: 500 episodes, seed 3 (published: 1000 episodes, seed 0)" in row
+    assert "not HSNet's episodes: seed 1 (" in render_summary([_fewshot(episodes=1000, seed=1)])
+    assert "not HSNet" not in render_summary([_fewshot(episodes=1000, seed=0)])
+    assert "not HSNet" not in render_summary([_fewshot(episodes=1000)])  # written before the seed was recorded

@@ -3,6 +3,7 @@
 Each expected value is worked out in the comments next to it; masks are tiny so the arithmetic can be checked by eye.
 """
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -338,6 +339,40 @@ def test_caption_scores_rank_exact_above_wrong(caption_metrics):
         assert set(scores) == {"cider", "meteor"} and all(math.isfinite(v) for v in scores.values())
         assert 0.0 <= scores["meteor"] <= 1.0
     assert exact["cider"] > wrong["cider"] and exact["meteor"] > wrong["meteor"]
+
+
+needs_java = pytest.mark.skipif(shutil.which("java") is None, reason="pycocoevalcap's tokenizer and METEOR need java")
+
+
+class _NoMeteor:
+    """METEOR's stand-in where only the tokenizer and CIDEr are under test (the jar takes ~15 s to start)."""
+
+    def compute_score(self, gts, res):
+        return 0.0, []
+
+
+@needs_java
+def test_caption_scores_keep_each_caption_on_its_id(caption_metrics, monkeypatch):
+    # The PTB tokenizer reads one caption per line and replaces only "\n": any other line break inside a caption
+    # moved every later caption onto the next id, silently.
+    monkeypatch.setattr(caption_metrics, "Meteor", _NoMeteor)
+    plain = {1: "a man riding a horse", 2: "a red car by the road", 3: "dogs running on a lawn"}
+    broken = {1: "a man\rriding a horse", 2: "a red car\u2028by the road", 3: "dogs running\x0con a lawn"}
+    references = {k: [r.replace("the red", "the\r\nred") for r in refs] for k, refs in REFERENCES.items()}
+    expected = caption_metrics.caption_scores(plain, REFERENCES)["cider"]
+    assert expected > 0
+    assert caption_metrics.caption_scores(broken, references)["cider"] == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.slow  # METEOR's jar takes ~15 s to load its paraphrase tables
+@needs_java
+def test_caption_scores_see_captions_after_ptb_normalisation(caption_metrics):
+    # Pinned: case and punctuation are the tokenizer's to drop (lower-cased, punctuation tokens removed), so a
+    # caption scores as its normalised form on both metrics; scoring the raw text would tell them apart.
+    raw = caption_metrics.caption_scores({1: "A man, riding.", 2: "The RED car!", 3: "two dogs"}, REFERENCES)
+    normalised = caption_metrics.caption_scores({1: "a man riding", 2: "the red car", 3: "two dogs"}, REFERENCES)
+    assert raw["cider"] > 0 and raw["meteor"] > 0
+    assert raw == pytest.approx(normalised, abs=1e-12)
 
 
 def test_caption_scores_checks_inputs_and_java(caption_metrics, monkeypatch):

@@ -43,11 +43,15 @@ def first_existing(candidates: Iterable[Path], what: str, hint: str = "", kind: 
 
 
 def load_json(path: Path):
+    """The JSON document at ``path``; ValueError naming the file when it is not UTF-8 JSON."""
     try:
         with open(path, encoding="utf-8") as handle:
             return json.load(handle)
     except json.JSONDecodeError as error:
         raise ValueError(f"{path} is not valid JSON ({error}); is the download complete?") from error
+    except UnicodeDecodeError as error:  # the decoder's own message does not say which file
+        raise ValueError(f"{path} is not UTF-8 text ({error}); is it the release's JSON file, and is the download "
+                         "complete?") from error
 
 
 def load_pickle(path: Path):
@@ -58,6 +62,15 @@ def load_pickle(path: Path):
     when they are not plain ASCII.
     """
     path = require_file(path, "pickle file")
+    try:
+        return _unpickle(path)
+    except (EOFError, pickle.UnpicklingError) as error:  # "Ran out of input" etc. would not name the file
+        raise ValueError(f"could not read pickle file {path} ({type(error).__name__}: {error}); it is empty, "
+                         "truncated or not a pickle: download it again from the dataset's official release") from error
+
+
+def _unpickle(path: Path):
+    """pickle.load of ``path``, again with latin-1 strings when it is a Python 2 pickle of non-ASCII text."""
     with open(path, "rb") as handle:
         try:
             return pickle.load(handle)
@@ -67,8 +80,14 @@ def load_pickle(path: Path):
 
 
 def read_image(path: Path) -> np.ndarray:
-    """An RGB H x W x 3 uint8 image; FileNotFoundError naming the file when it is missing."""
-    return load_image(require_file(path, "image file"))
+    """A dataset image's stored pixels as RGB H x W x 3 uint8; FileNotFoundError naming the file when it is missing,
+    ValueError when it cannot be decoded.
+
+    The EXIF orientation is NOT applied (unlike a user's photo, which :func:`anyref.images.load_image` turns
+    upright): COCO, ADE20K and PASCAL annotations index the pixels as stored, so a turned image would put every mask
+    and box on the wrong pixels.
+    """
+    return load_image(require_file(path, "image file"), upright=False)
 
 
 def read_labels(path: Path) -> np.ndarray:

@@ -5,7 +5,7 @@ Layouts (HSNet's ``--datapath``; ``--data`` may also be the VOC2012 / COCO2014 f
     VOC2012/JPEGImages/{name}.jpg, VOC2012/SegmentationClassAug/{name}.png   class indices, 255 = boundary
     COCO2014/{val2014/COCO_val2014_*.jpg}, COCO2014/annotations/{val2014/COCO_val2014_*.png}
     splits/pascal/val/fold{i}.txt   lines "{name}__{class}" with a 1-based class   (HSNet's data/splits)
-    splits/coco/val/fold{i}.pkl     a pickle: {class id: [image names]}
+    splits/coco/val/fold{i}.pkl     a pickle: {class id: [image names]}   (only from the ``splits`` folder given)
 
 Protocol (HSNet ``test.py``): numpy's legacy generator seeded with 0, 1000 episodes, batch 1, in order.
 PASCAL: episode i queries line ``i % len(lines)`` of the fold list; each support is drawn with
@@ -13,7 +13,9 @@ PASCAL: episode i queries line ``i % len(lines)`` of the fold list; each support
 COCO: each episode draws the class (among the fold's), then the query, then the supports the same way.
 PASCAL-5i fold i = classes 5i..5i+4; COCO-20i fold i = {i + 4v}, 0-based; a class c is pixel value c + 1.
 
-The COCO fold lists are pickles; loading a pickle runs code, so they are read only from the folder the user gave.
+The COCO fold lists are pickles; loading a pickle runs code, so they are read only from the ``splits`` folder the
+user names (``--splits``), never from one found below ``--data``. PASCAL's fold lists are text: ``splits`` defaults
+to ``DATA/splits`` (or ``DATA/data/splits``) there.
 """
 from __future__ import annotations
 
@@ -29,8 +31,8 @@ from eval.datasets._common import (
     check_split, first_existing, load_pickle, read_image, read_labels, require_dir, require_file,
 )
 
-__all__ = ["PASCAL_CLASSES", "COCO_CLASSES", "FEWSHOT_BENCHMARKS", "Episode", "fold_classes", "pascal_episodes",
-           "coco_episodes", "FewShotReader"]
+__all__ = ["PASCAL_CLASSES", "COCO_CLASSES", "FEWSHOT_BENCHMARKS", "HSNET_EPISODES", "HSNET_SEED", "Episode",
+           "fold_classes", "pascal_episodes", "coco_episodes", "FewShotReader"]
 
 PASCAL_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
                   "dining table", "dog", "horse", "motorbike", "person", "potted plant", "sheep", "sofa", "train",
@@ -47,6 +49,9 @@ COCO_CLASSES = (
     "hair drier", "toothbrush")
 FEWSHOT_BENCHMARKS = {"pascal": (PASCAL_CLASSES, 4), "coco": (COCO_CLASSES, 4)}
 IGNORE_INDEX = 255
+# HSNet's test protocol, which the papers' few-shot numbers follow: 1000 episodes from a generator seeded with 0
+HSNET_EPISODES = 1000
+HSNET_SEED = 0
 
 
 def fold_classes(benchmark: str, fold: int) -> list[int]:
@@ -82,7 +87,8 @@ def _supports(rng: np.random.RandomState, pool: list[str], query: str, shot: int
     return tuple(chosen)
 
 
-def pascal_episodes(lines: list[tuple[str, int]], shot: int, episodes: int = 1000, seed: int = 0) -> list[Episode]:
+def pascal_episodes(lines: list[tuple[str, int]], shot: int, episodes: int = HSNET_EPISODES,
+                    seed: int = HSNET_SEED) -> list[Episode]:
     """HSNet's PASCAL episodes. lines: (image name, 0-based class) in the fold list's order."""
     if not lines:
         raise ValueError("the fold list is empty")
@@ -97,8 +103,8 @@ def pascal_episodes(lines: list[tuple[str, int]], shot: int, episodes: int = 100
     return result
 
 
-def coco_episodes(classwise: dict[int, list[str]], class_ids: list[int], shot: int, episodes: int = 1000,
-                  seed: int = 0) -> list[Episode]:
+def coco_episodes(classwise: dict[int, list[str]], class_ids: list[int], shot: int, episodes: int = HSNET_EPISODES,
+                  seed: int = HSNET_SEED) -> list[Episode]:
     """HSNet's COCO episodes. classwise: class id -> image names (the fold pickle); class_ids: the fold's classes."""
     missing = [c for c in class_ids if not classwise.get(c)]
     if missing:
@@ -129,25 +135,27 @@ class FewShotReader:
     """Few-shot episodes as ReferringSamples: references = ``shot`` ExampleImage(support, mask=support mask) (no
     mask when ``mask_crop`` is False); masks 1 x H x W = query pixels of the class; meta["ignore"] H x W bool
     (PASCAL's 255 boundary, not scored); meta also: episode, class_id, class_name, query, supports.
+
+    splits: HSNet's data/splits folder; required for COCO-20i, whose fold lists are pickles (read only from a folder
+    the user names); for PASCAL-5i it defaults to ``data/splits`` (or ``data/data/splits``).
     """
 
     def __init__(self, data: str | Path, benchmark: str = "pascal", fold: int = 0, shot: int = 1,
-                 episodes: int = 1000, seed: int = 0, splits: Optional[str | Path] = None, split: str = "val",
-                 mask_crop: bool = True) -> None:
+                 episodes: int = HSNET_EPISODES, seed: int = HSNET_SEED, splits: Optional[str | Path] = None,
+                 split: str = "val", mask_crop: bool = True) -> None:
         self.fold_classes = fold_classes(benchmark, fold)
         if not (isinstance(shot, int) and shot >= 1):
             raise ValueError(f"shot must be an int >= 1, got {shot!r}")
         if episodes < 1:
             raise ValueError(f"episodes must be >= 1, got {episodes}")
         self.benchmark, self.fold, self.shot, self.split, self.mask_crop = benchmark, fold, shot, split, mask_crop
+        self.seed = seed
         self.dataset = {"pascal": "pascal-5i", "coco": "coco-20i"}[benchmark]
         self.class_names = FEWSHOT_BENCHMARKS[benchmark][0]
         root = require_dir(data, "data directory", "pass --data with HSNet's datapath (holding VOC2012/ or COCO2014/)")
         folder_name = "VOC2012" if benchmark == "pascal" else "COCO2014"
         self.base = root / folder_name if (root / folder_name).is_dir() else root
-        split_root = require_dir(splits, "splits directory") if splits is not None else first_existing(
-            [root / "splits", root / "data" / "splits", self.base / "splits"], "HSNet split lists",
-            "pass --splits with HSNet's data/splits folder", kind="dir")
+        split_root = self._split_root(root, splits)
         listed = split_root / benchmark
         if listed.is_dir():  # a missing folder is named by the fold list's own error below
             check_split(split, [p.name for p in listed.iterdir() if p.is_dir()], f"HSNet's split lists in {listed}")
@@ -171,6 +179,18 @@ class FewShotReader:
                 raise ValueError(f"{fold_list} holds a {type(classwise).__name__}, not HSNet's {{class: images}}")
             self.episodes = coco_episodes({int(k): list(v) for k, v in classwise.items()}, self.fold_classes, shot,
                                           episodes, seed)
+
+    def _split_root(self, root: Path, splits: Optional[str | Path]) -> Path:
+        """HSNet's data/splits folder: ``splits`` when given; PASCAL's text lists may also be found below ``root``,
+        COCO's pickled ones never are (loading a pickle runs code, so only a folder the user named is read)."""
+        if splits is not None:
+            return require_dir(splits, "splits directory", "pass --splits with HSNet's data/splits folder")
+        if self.benchmark == "coco":
+            raise ValueError("COCO-20i's fold lists are pickles, and loading a pickle runs code stored in it, so they "
+                             "are read only from a folder you name: pass --splits with HSNet's data/splits folder "
+                             "(holding coco/val/fold{i}.pkl) from a copy you trust")
+        return first_existing([root / "splits", root / "data" / "splits", self.base / "splits"], "HSNet split lists",
+                              "pass --splits with HSNet's data/splits folder", kind="dir")
 
     def __len__(self) -> int:
         return len(self.episodes)
