@@ -1,5 +1,6 @@
 """The trainer end to end (DeepSpeed ZeRO-2 on CPU, gloo): a run killed with SIGKILL resumes to exactly the weights
-of an uninterrupted one, two ranks train and export, and a NaN loss stops the run with the last checkpoint intact."""
+of an uninterrupted one, two ranks train and export, a NaN loss stops the run with the last checkpoint intact, and a
+bf16 run merges LoRA from its fp32 masters."""
 import json
 import os
 import signal
@@ -150,3 +151,20 @@ def test_nan_loss_stops_with_last_checkpoint_intact(tmp_path):
     # the checkpoint is loadable: resuming reaches the same non-finite step again rather than crashing on load
     again = _train(config, out, expect=3)
     assert f"resumed from {out / 'checkpoints' / tag}" in again.stdout
+
+
+def test_a_bf16_run_merges_lora_from_its_fp32_masters(tmp_path):
+    """DeepSpeed trains a bf16 run's weights as rounded copies of fp32 masters; export merges LoRA from the masters,
+    so the exported q_proj is the bf16 rounding of (base + scale * B @ A) computed in float32."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    config = _config(tmp_path, "bf16", precision="bf16", lora={"r": 8, "alpha": 16, "dropout": 0.05}, eval_every=0,
+                     stages=[{"name": "paper", "steps": 3, "trainable": "paper"}])
+    _train(config, tmp_path / "run")
+    masters = get_fp32_state_dict_from_zero_checkpoint(str(tmp_path / "run" / "checkpoints"), tag="step-000003")
+    layer = "model.llava.model.language_model.base_model.model.layers.0.self_attn.q_proj."
+    lora_b = masters[layer + "lora_B.default.weight"]
+    assert lora_b.abs().max() > 0  # trained: B starts at zero
+    merged = masters[layer + "base_layer.weight"] + (16 / 8) * lora_b @ masters[layer + "lora_A.default.weight"]
+    exported = _weights(tmp_path / "run")["llava.model.language_model.layers.0.self_attn.q_proj.weight"]
+    assert exported.dtype == torch.bfloat16 and torch.equal(exported, merged.to(torch.bfloat16))

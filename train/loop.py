@@ -307,9 +307,12 @@ def run(args: argparse.Namespace) -> int:
         bar.close()
         if log:
             log.close()
-    if rank == 0 and (step == config.total_steps or args.export):
-        target = out / ("model" if step == config.total_steps else f"model-{checkpoint_tag(step)}")
-        export(model, target, trained_kinds=mixture.reference_kinds([stage.mixture for stage in config.stages]))
+    if step == config.total_steps or args.export:
+        masters = fp32_masters(model)  # every rank: ZeRO gathers each master from its partitions
+        if rank == 0:
+            target = out / ("model" if step == config.total_steps else f"model-{checkpoint_tag(step)}")
+            export(model, target, trained_kinds=mixture.reference_kinds([stage.mixture for stage in config.stages]),
+                   masters=masters)
         print(f"wrote {target} (load it with AnyRef.from_pretrained)", flush=True)
     return 0
 
@@ -345,13 +348,34 @@ def _check_finite(output, step: int, checkpoints: Path) -> None:
             "Lower the learning rate or check the data, then resume.")
 
 
-def export(model, directory: Path, trained_kinds: set[str]) -> None:
+def fp32_masters(model) -> dict:
+    """parameter -> its float32 master weights, for a model DeepSpeed trains in bf16 or fp16 (there the module's
+    weights are rounded copies and the optimizer keeps the masters); {} for a float32 model. Call it on every rank."""
+    if all(p.dtype == torch.float32 for p in model.parameters() if p.requires_grad):
+        return {}
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    return {p: safe_get_full_fp32_param(p) for p in model.parameters() if p.requires_grad}
+
+
+def export(model, directory: Path, trained_kinds: set[str], masters: dict | None = None) -> None:
     """Merge LoRA into the base weights and write one directory AnyRef.from_pretrained loads; its config records
-    the lambda the run used and no longer marks the reference kinds it trained as untrained."""
+    the lambda the run used and no longer marks the reference kinds it trained as untrained. masters
+    (fp32_masters): LoRA is merged in float32 from the trained weights' masters, so that a small update is not lost
+    to bf16 rounding before it is added, and the merged model is saved in the dtype it trained in."""
     from anyref.lora import lora_enabled
 
+    dtypes = {}
+    if masters:  # parameters only (buffers keep their dtype), and the same objects, so the masters still match them
+        for param in model.parameters():
+            dtypes[param], param.data = param.dtype, param.data.float()
+            if masters.get(param) is not None:
+                param.data.copy_(masters[param].reshape(param.shape))
     if lora_enabled(model):
-        merge_lora(model)
+        merge_lora(model)  # merged into the base layers' own parameters; the adapters are dropped
+    for param in model.parameters():
+        if param in dtypes:
+            param.data = param.data.to(dtypes[param])
     model.config = model.config.replace(
         refocus_lambda=float(model.refocus_lambda),
         untrained_references=tuple(k for k in model.config.untrained_references if k not in trained_kinds))
