@@ -173,6 +173,19 @@ def test_unreadable_release_files_are_named(refer_root):
         ResReader(refer_root, "refcoco", "val")
 
 
+def test_python2_refs_pickles_with_non_ascii_text_are_read(tmp_path):
+    """refer's refs files were pickled by Python 2, whose byte strings Python 3 refuses to decode as ASCII; they are
+    read with latin-1. The bytes are what Python 2's pickle.dump(refs, f, 2) writes for [{"sent": "caf\xe9",
+    "ref_id": 7}] (SHORT_BINSTRING opcodes)."""
+    from eval.datasets._common import load_pickle
+
+    python2 = b"\x80\x02]q\x00}q\x01(U\x04sentq\x02U\x04caf\xe9q\x03U\x06ref_idq\x04K\x07ua."
+    with pytest.raises(UnicodeDecodeError):
+        pickle.loads(python2)  # what a plain load does
+    (tmp_path / "refs(unc).p").write_bytes(python2)
+    assert load_pickle(tmp_path / "refs(unc).p") == [{"sent": "caf\u00e9", "ref_id": 7}]
+
+
 def test_images_are_read_as_stored_not_turned_by_their_exif_orientation(refer_root):
     """COCO annotations index the stored pixels; an EXIF orientation (3: viewers show it turned 180 degrees) must
     not move the image under them."""
