@@ -41,7 +41,8 @@ class Generation:
     """One generated answer: token ids (eos excluded), the refocused ``<obj>`` states (K x H), the text, and the
     last-layer states of the image tokens of its prompt (T x H; kept only for models whose SAM prompt needs them,
     ``obj_location_prompt``). The text holds ``<obj>`` exactly where the answer has an ``<obj>`` token: one spelled
-    out in ordinary text pieces is written with LITERAL_MARK after its first character."""
+    out in ordinary text pieces (and a spelled <nowhere> or <rejected>) is written with LITERAL_MARK after its
+    first character."""
 
     token_ids: list[int]
     obj_states: torch.Tensor
@@ -51,18 +52,21 @@ class Generation:
 
 NOWHERE = "<nowhere>"
 REJECTED = "<rejected>"
-# written after the first character of an ``<obj>`` that the model spelled out as ordinary text: it shows the same,
-# but only real ``<obj>`` tokens then read as one (mark_nowhere, counting masks by splitting the answer)
+# written after the first character of an ``<obj>`` (or a ``<nowhere>``, ``<rejected>``) that the model spelled out
+# as ordinary text: it shows the same, but only real ``<obj>`` tokens then read as one (mark_nowhere, counting masks
+# by splitting the answer) and only the library's own markers as markers (SegmentResult.note)
 LITERAL_MARK = "\u2060"  # WORD JOINER: invisible, no width
 
 
 def escape_obj_text(text: str, obj_token: str) -> str:
-    """Plain answer text (no ``<obj>`` token in it) with each literal ``obj_token`` broken by LITERAL_MARK."""
+    """Plain answer text (no ``<obj>`` token in it) with each literal ``obj_token``, NOWHERE and REJECTED broken by
+    LITERAL_MARK."""
     if len(obj_token) < 2:  # a mark after its only character would not break it
         raise ValueError(f"obj_token {obj_token!r} must be at least 2 characters long")
-    escaped = obj_token[:1] + LITERAL_MARK + obj_token[1:]
-    while obj_token in text:  # a loop: one pass could leave a token that overlaps the one it broke
-        text = text.replace(obj_token, escaped)
+    for marker in (obj_token, NOWHERE, REJECTED):
+        escaped = marker[:1] + LITERAL_MARK + marker[1:]
+        while marker in text:  # a loop: one pass could leave a marker that overlaps the one it broke
+            text = text.replace(marker, escaped)
     return text
 
 

@@ -131,3 +131,14 @@ def test_only_real_obj_tokens_mark_masks_in_the_answer_text(tiny_model):
     assert text.replace(LITERAL_MARK, "") == "a literal <obj> here and the mask<obj>."
     marked = mark_nowhere(text, "<obj>", [False])
     assert marked.endswith(f"the mask{NOWHERE}.") and marked.replace(LITERAL_MARK, "").startswith("a literal <obj>")
+
+
+def test_spelled_markers_do_not_read_as_the_librarys_own():
+    """An answer that spells "<rejected>" or "<nowhere>" as text is not taken for a rejected or placed-nowhere mask."""
+    from anyref.outputs import LITERAL_MARK, REJECTED, SegmentResult, escape_obj_text
+
+    text = escape_obj_text(f"no {REJECTED} and no {NOWHERE} here", "<obj>")
+    assert REJECTED not in text and NOWHERE not in text
+    assert text.replace(LITERAL_MARK, "") == f"no {REJECTED} and no {NOWHERE} here"
+    empty = SegmentResult(np.zeros((0, 4, 4), bool), np.zeros(0, np.float32), text)
+    assert empty.note == "no mask: the answer contains no <obj> token (the model found no such object)"
