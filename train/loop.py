@@ -313,7 +313,7 @@ def run(args: argparse.Namespace) -> int:
             target = out / ("model" if step == config.total_steps else f"model-{checkpoint_tag(step)}")
             export(model, target, trained_kinds=mixture.reference_kinds([stage.mixture for stage in config.stages]),
                    masters=masters)
-        print(f"wrote {target} (load it with AnyRef.from_pretrained)", flush=True)
+            print(f"wrote {target} (load it with AnyRef.from_pretrained)", flush=True)
     return 0
 
 
