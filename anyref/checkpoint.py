@@ -138,7 +138,12 @@ def load_directory(cls, name_or_path: str | Path, device: str | torch.device = "
     directory = resolve_model_path(name_or_path)
     config = _read_config(directory)
     tokenizer = _read_tokenizer(directory)
-    llava = build_llava(LlavaConfig.from_dict(config.llava))
+    try:
+        llava = build_llava(LlavaConfig.from_dict(config.llava))
+    except Exception as error:  # transformers' config classes raise many types for a bad field
+        raise CheckpointError(f'{directory / CONFIG_NAME}: its "llava" entry does not make a LLaVA config '
+                              f"({type(error).__name__}: {error}); restore the file, or save the model "
+                              "again") from error
     audio = None if config.audio is None else ImageBindAudioEncoder(config.audio)
     # further mask-token encoders are built random here; their weights are in the directory's safetensors
     mask_encoders = {name: TimmFeatures(name) for name in timm_sources(config.mask_features)}

@@ -125,6 +125,14 @@ def saved_directory(tiny_model, tmp_path_factory):
     return tiny_model.save_pretrained(tmp_path_factory.mktemp("saved") / "model")
 
 
+def _llava_field_of_wrong_type(directory):
+    import json
+
+    config = json.loads((directory / "config.json").read_text())
+    config["llava"]["text_config"]["hidden_size"] = "big"
+    (directory / "config.json").write_text(json.dumps(config))
+
+
 def _without_sam(directory):
     import json
 
@@ -136,6 +144,7 @@ def _without_sam(directory):
 @pytest.mark.parametrize("damage, words", [
     (lambda d: (d / "config.json").write_text("[]"), r"config.json holds a JSON list, not an object"),
     (_without_sam, r"config.json lacks the fields \['sam'\]"),
+    (_llava_field_of_wrong_type, r'config.json: its "llava" entry does not make a LLaVA config'),
     (lambda d: (d / "config.json").write_text('{"llava": '), r"could not read .*config.json as JSON"),
     (lambda d: (d / "tokenizer.json").write_text('{"added_tokens": ['), r"could not read .*tokenizer.json as JSON"),
     (lambda d: (d / "model.safetensors.index.json").write_text('{"metadata": {}}'),
