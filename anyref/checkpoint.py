@@ -69,12 +69,12 @@ def save_directory(model, directory: str | Path, max_shard_size: str = "4GB") ->
 
 
 def _is_anyref_directory(directory: Path) -> bool:
-    """Whether ``directory`` holds an AnyRef config.json (a JSON object with AnyRef's required fields)."""
+    """Whether ``directory`` holds an AnyRef config.json (one :func:`_read_config` accepts)."""
     try:
-        data = read_json_object(directory / CONFIG_NAME)
+        _read_config(directory)
     except CheckpointError:
         return False
-    return all(name in data for name in REQUIRED_CONFIG_FIELDS)
+    return True
 
 
 def _check_replaceable(directory: Path) -> None:

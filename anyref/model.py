@@ -30,7 +30,7 @@ from anyref.losses import mask_bce, mask_dice
 from anyref.mask_tokens import MaskProjector, MaskSource, pool_masks, position_map
 from anyref.language_depth import insert_identity_layers
 from anyref.lora import lora_enabled, unwrapped
-from anyref.outputs import AnyRefOutput, Generation, escape_obj_text
+from anyref.outputs import AnyRefOutput, Generation, escape_answer_markers
 from anyref.prefix import PrefixCache
 from anyref.prompts import IGNORE_INDEX, PromptBuilder
 from anyref.refocus import LastLayerAttentionTap, attention_rows, project_keys, refocus
@@ -704,7 +704,7 @@ class AnyRefModel(nn.Module):
                                keep_prefix, share_prefix)
 
     def decode_text(self, token_ids: list[int]) -> str:
-        """Answer text with ``<obj>`` marking each mask (and nothing else: see outputs.escape_obj_text); other
+        """Answer text with ``<obj>`` marking each mask (and nothing else: see outputs.escape_answer_markers); other
         special tokens dropped."""
         pieces, current = [], []
         for token in token_ids:
@@ -719,4 +719,4 @@ class AnyRefModel(nn.Module):
 
     def _decode_plain(self, token_ids: list[int]) -> str:
         """Text of answer tokens without an ``<obj>``: ordinary tokens that spell "<obj>" do not read as one."""
-        return escape_obj_text(self.tokenizer.decode(token_ids, skip_special_tokens=True), self.config.obj_token)
+        return escape_answer_markers(self.tokenizer.decode(token_ids, skip_special_tokens=True), self.config.obj_token)

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 __all__ = ["AnyRefOutput", "SegmentResult", "Generation", "GroupResult", "NOWHERE", "REJECTED", "LITERAL_MARK",
-           "escape_obj_text", "mark_nowhere"]
+           "escape_answer_markers", "mark_nowhere"]
 
 
 @dataclass
@@ -58,7 +58,7 @@ REJECTED = "<rejected>"
 LITERAL_MARK = "\u2060"  # WORD JOINER: invisible, no width
 
 
-def escape_obj_text(text: str, obj_token: str) -> str:
+def escape_answer_markers(text: str, obj_token: str) -> str:
     """Plain answer text (no ``<obj>`` token in it) with each literal ``obj_token``, NOWHERE and REJECTED broken by
     LITERAL_MARK."""
     if len(obj_token) < 2:  # a mark after its only character would not break it

@@ -135,9 +135,9 @@ def test_only_real_obj_tokens_mark_masks_in_the_answer_text(tiny_model):
 
 def test_spelled_markers_do_not_read_as_the_librarys_own():
     """An answer that spells "<rejected>" or "<nowhere>" as text is not taken for a rejected or placed-nowhere mask."""
-    from anyref.outputs import LITERAL_MARK, REJECTED, SegmentResult, escape_obj_text
+    from anyref.outputs import LITERAL_MARK, REJECTED, SegmentResult, escape_answer_markers
 
-    text = escape_obj_text(f"no {REJECTED} and no {NOWHERE} here", "<obj>")
+    text = escape_answer_markers(f"no {REJECTED} and no {NOWHERE} here", "<obj>")
     assert REJECTED not in text and NOWHERE not in text
     assert text.replace(LITERAL_MARK, "") == f"no {REJECTED} and no {NOWHERE} here"
     empty = SegmentResult(np.zeros((0, 4, 4), bool), np.zeros(0, np.float32), text)

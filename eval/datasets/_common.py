@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from anyref.images import load_image
+from anyref.images import UNREADABLE_IMAGE_ERRORS, load_image
 
 __all__ = ["require_dir", "require_file", "first_existing", "load_json", "load_pickle", "read_image", "read_labels",
            "read_binary_mask", "decode_segmentation", "check_split"]
@@ -95,12 +95,12 @@ def read_labels(path: Path) -> np.ndarray:
     path = require_file(path, "label file")
     try:
         with Image.open(path) as image:
-            if image.mode not in ("L", "P"):
-                raise ValueError(f"label file {path} has mode {image.mode}; expected a grayscale or palette PNG "
-                                 "of class indices")
-            return np.asarray(image, dtype=np.uint8).copy()
-    except (UnidentifiedImageError, OSError) as error:
+            mode, labels = image.mode, np.asarray(image, dtype=np.uint8).copy()
+    except UNREADABLE_IMAGE_ERRORS as error:
         raise ValueError(f"could not read label file {path}: {error}") from error
+    if mode not in ("L", "P"):
+        raise ValueError(f"label file {path} has mode {mode}; expected a grayscale or palette PNG of class indices")
+    return labels
 
 
 def read_binary_mask(path: Path) -> np.ndarray:
@@ -109,7 +109,7 @@ def read_binary_mask(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as image:
             return np.asarray(image.convert("L")) >= 128
-    except (UnidentifiedImageError, OSError) as error:
+    except UNREADABLE_IMAGE_ERRORS as error:
         raise ValueError(f"could not read mask file {path}: {error}") from error
 
 
