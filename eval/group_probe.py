@@ -97,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     from anyref import AnyRef
 
     started = time.time()
-    run = probe_group_head(AnyRef.from_pretrained(args.model).eval(), args.n_fit, args.n_test)
+    model = AnyRef.from_pretrained(args.model).eval()
+    run = probe_group_head(model, args.n_fit, args.n_test)
     for vector in ("token", "state"):
         print(f"{vector:>5}: colour {run.metrics[vector]['colour']:.3f}  shape {run.metrics[vector]['shape']:.3f}")
     for rule, means in run.metrics["membership"].items():
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
               f"non-member {means.get('non_member', float('nan')):.3f}")
     if args.out:
         write_module_results(args.out, "group_probe", run, args.model, "val->test", started,
-                             "eval.group_probe", argv)
+                             "eval.group_probe", argv, loaded_model=model)
     return 0
 
 

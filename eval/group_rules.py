@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     from anyref import AnyRef
 
     started = time.time()
-    run = group_rules(AnyRef.from_pretrained(args.model).eval(), args.n, args.split)
+    model = AnyRef.from_pretrained(args.model).eval()
+    run = group_rules(model, args.n, args.split)
     print(f"groups decided by {run.settings['decided_by']}")
     print(f"{'rule':>12} {'n':>4} {'empty':>5} | {'cIoU':>5} {'gIoU':>5} {'N-acc':>5} | exact | missed / extra")
     for rule, m in run.metrics.items():
@@ -69,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{rule:>12} {m['samples']:4d} {m['empty_groups']:5d} | {m['ciou']:5.3f} {m['giou']:5.3f} {n_acc:>5} | "
               f"{m['exact']:5.2f} | {m['missed']:.2f} / {m['extra']:.2f}")
     if args.out:
-        write_module_results(args.out, "group_rules", run, args.model, args.split, started, "eval.group_rules", argv)
+        write_module_results(args.out, "group_rules", run, args.model, args.split, started, "eval.group_rules", argv,
+                             loaded_model=model)
     return 0
 
 

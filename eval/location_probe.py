@@ -74,13 +74,14 @@ def main(argv: list[str] | None = None) -> int:
     from anyref import AnyRef
 
     started = time.time()
-    run = location_probe(AnyRef.from_pretrained(args.model).eval(), args.tasks, args.n, args.split)
+    model = AnyRef.from_pretrained(args.model).eval()
+    run = location_probe(model, args.tasks, args.n, args.split)
     print(f"{'task':>15} {'scored':>6} | mean IoU: " + " / ".join(MAPS))
     for task, figures in run.metrics.items():
         print(f"{task:>15} {run.counts[task]['scored']:>6} | " + " / ".join(f"{figures[m]:.3f}" for m in MAPS))
     if args.out:
         write_module_results(args.out, "location_probe", run, args.model, args.split, started,
-                             "eval.location_probe", argv)
+                             "eval.location_probe", argv, loaded_model=model)
     return 0
 
 

@@ -102,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     from anyref import AnyRef
 
     started = time.time()
-    run = mask_errors(AnyRef.from_pretrained(args.model).eval(), tuple(args.tasks), args.n, args.split)
+    model = AnyRef.from_pretrained(args.model).eval()
+    run = mask_errors(model, tuple(args.tasks), args.n, args.split)
     print(f"{'task':>15} {'IoU':>6} | share right / wrong / none | IoU right | lost: right / wrong / none"
           " | right P / R")
     def figure(value, digits: int) -> str:  # a case no sample fell into has no figure
@@ -124,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(line(kind[:15], figures))
     if args.out:
         write_module_results(args.out, "mask_errors", run, args.model, args.split, started,
-                             "eval.mask_errors", argv)
+                             "eval.mask_errors", argv, loaded_model=model)
     return 0
 
 

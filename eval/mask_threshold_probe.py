@@ -73,14 +73,15 @@ def main(argv: list[str] | None = None) -> int:
     from anyref import AnyRef
 
     started = time.time()
-    run = mask_threshold_probe(AnyRef.from_pretrained(args.model).eval(), tuple(args.tasks), args.n, args.split)
+    model = AnyRef.from_pretrained(args.model).eval()
+    run = mask_threshold_probe(model, tuple(args.tasks), args.n, args.split)
     print("cIoU at mask threshold " + " / ".join(f"{t:g}" for t in THRESHOLDS))
     for task, m in run.metrics.items():
         figures = " / ".join(f"{m['by_threshold'][str(t)]['ciou']:.3f}" for t in THRESHOLDS)
         print(f"{task:>15} {figures}   best {m['best']:g}")
     if args.out:
         write_module_results(args.out, "mask_threshold_probe", run, args.model, args.split, started,
-                             "eval.mask_threshold_probe", argv)
+                             "eval.mask_threshold_probe", argv, loaded_model=model)
     return 0
 
 

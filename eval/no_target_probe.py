@@ -93,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     from anyref import AnyRef
 
     started = time.time()
-    run = no_target_probe(AnyRef.from_pretrained(args.model).eval(), args.n, args.split)
+    model = AnyRef.from_pretrained(args.model).eval()
+    run = no_target_probe(model, args.n, args.split)
     print(f"decided by: {'the nowhere place' if run.settings['decision'] == 'nowhere' else 'the refusal token'}; "
           f"AUC (no_target above text): {run.metrics['auc']:.3f}")
     print(f"{'prompts':>10} {'mean':>6} {'median':>6} | no mask if p > " + " / ".join(map(str, THRESHOLDS)))
@@ -103,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
               + " / ".join(f"{m['refused_at'][str(t)]:.2f}" for t in THRESHOLDS))
     if args.out:
         write_module_results(args.out, "no_target_probe", run, args.model, args.split, started,
-                             "eval.no_target_probe", argv)
+                             "eval.no_target_probe", argv, loaded_model=model)
     return 0
 
 

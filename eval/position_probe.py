@@ -80,13 +80,14 @@ def main(argv: list[str] | None = None) -> int:
     from anyref import AnyRef
 
     started = time.time()
-    run = position_probe(AnyRef.from_pretrained(args.model).eval(), args.n, args.split)
+    model = AnyRef.from_pretrained(args.model).eval()
+    run = position_probe(model, args.n, args.split)
     print(f"{'features':>11} {'R2 x':>6} {'R2 y':>6} {'exact cell':>10}")
     for kind, m in run.metrics.items():
         print(f"{kind:>11} {m['r2_x']:6.3f} {m['r2_y']:6.3f} {m['exact_cell']:10.3f}")
     if args.out:
         write_module_results(args.out, "position_probe", run, args.model, args.split, started,
-                             "eval.position_probe", argv)
+                             "eval.position_probe", argv, loaded_model=model)
     return 0
 
 

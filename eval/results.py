@@ -104,12 +104,15 @@ def _nearest_existing(path: Path) -> Path:
 
 
 def write_module_results(path: str | Path, benchmark: str, run: RunOutput, model: str, split: str,
-                         started: float, module: str, argv: Optional[list[str]] = None) -> Path:
+                         started: float, module: str, argv: Optional[list[str]] = None,
+                         loaded_model: object = None) -> Path:
     """write_results for a ``python -m MODULE`` diagnostic (eval.mask_errors...): SynthRef results whose command
-    is that module with ``argv`` (the process's own arguments when None), timed from ``started``."""
+    is that module with ``argv`` (the process's own arguments when None), timed from ``started``; loaded_model:
+    the model that ran, for the provenance's device and dtype."""
     words = ["python", "-m", module, *(sys.argv[1:] if argv is None else argv)]
     return write_results(path, make_results(benchmark, run, model=model, dataset="synthref", split=split,
-                                            seconds=time.time() - started, command=shlex.join(words)))
+                                            seconds=time.time() - started, command=shlex.join(words),
+                                            loaded_model=loaded_model))
 
 
 def diagnostic_parser(doc: str, n: int, split: str, tasks: Optional[tuple[str, ...]] = None,

@@ -19,6 +19,8 @@ def test_threshold_zero_is_what_the_evaluation_scores(tmp_path):
     assert main(["--n", "1", "--tasks", "audio1", "--out", str(tmp_path / "probe.json")]) == 0
     written = read_results(tmp_path / "probe.json")
     assert written["counts"] == {"audio1": {"samples": 1}} and written["settings"]["split"] == "val"
+    # the provenance names what the probe ran on, as every results file's does
+    assert written["provenance"]["device"] == "cpu" and written["provenance"]["dtype"] == "torch.float32"
     with pytest.raises(ValueError, match="answer is masks"):
         mask_threshold_probe(model, ("group",), n=1)
 
