@@ -31,6 +31,9 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
 TOKENIZER_JSON_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+# what transformers records in tokenizer_config.json about how the tokenizer was loaded, not what it is: a saved
+# model must not carry one session's loading state (nor an "offline or not" into the next load)
+TOKENIZER_LOAD_STATE_KEYS = ("is_local", "local_files_only")
 # fields every saved config has and AnyRefConfig.from_dict cannot do without
 REQUIRED_CONFIG_FIELDS = ("llava", "sam")
 
@@ -56,6 +59,7 @@ def save_directory(model, directory: str | Path, max_shard_size: str = "4GB") ->
     with atomic_write_dir(directory) as tmp:
         (tmp / CONFIG_NAME).write_text(json.dumps(model.config.to_dict(), indent=2))
         model.tokenizer.save_pretrained(tmp)
+        _drop_tokenizer_load_state(tmp / "tokenizer_config.json")
         split = split_torch_state_dict_into_shards(state, filename_pattern="model{suffix}.safetensors",
                                                    max_shard_size=max_shard_size)
         for filename, keys in split.filename_to_tensors.items():
@@ -66,6 +70,16 @@ def save_directory(model, directory: str | Path, max_shard_size: str = "4GB") ->
         if lora_enabled(model):
             model.llava.model.language_model.save_pretrained(tmp / "adapter")
     return Path(directory)
+
+
+def _drop_tokenizer_load_state(path: Path) -> None:
+    """Remove TOKENIZER_LOAD_STATE_KEYS from a just-written tokenizer_config.json, keeping transformers' layout."""
+    if not path.is_file():
+        return
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if any(key in data for key in TOKENIZER_LOAD_STATE_KEYS):
+        kept = {k: v for k, v in data.items() if k not in TOKENIZER_LOAD_STATE_KEYS}
+        path.write_text(json.dumps(kept, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def _is_anyref_directory(directory: Path) -> bool:

@@ -8,6 +8,7 @@ from safetensors.torch import load_file, save_file
 
 from anyref import AnyRef
 from anyref.builders import build_tiny
+from anyref.checkpoint import PRETRAINED_DIR
 from anyref.lora import enable_lora, merge_lora
 from encoders.checkpoints import CheckpointError, load_pth
 from tests.conftest import scene
@@ -42,6 +43,15 @@ def test_lora_adapter_round_trip_and_merge(tmp_path):
     merge_lora(loaded)
     merged = loaded.segment(image, "the red circle")
     assert merged.text == before.text
+
+
+def test_saving_the_shipped_model_keeps_its_tokenizer_files(tmp_path):
+    # transformers writes how a tokenizer was loaded ("is_local", "local_files_only") into tokenizer_config.json;
+    # a saved model carries what the tokenizer is, so saving the shipped model again gives its files byte for byte
+    shipped = AnyRef.from_pretrained("synthref-tiny")
+    saved = shipped.save_pretrained(tmp_path / "again")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        assert (saved / name).read_bytes() == (PRETRAINED_DIR / "synthref-tiny" / name).read_bytes(), name
 
 
 def test_wrong_keys_are_named(tmp_path):
