@@ -272,8 +272,8 @@ class AnyRef(AnyRefModel):
         return checked
 
     @torch.no_grad()
-    def select(self, image=None, prompt=None, candidates=None, allow_untrained: bool = False, threshold: float = 0.5,
-               sam_options: dict | None = None) -> GroupResult:
+    def select(self, image=None, prompt=None, candidates=None, allow_untrained: bool = False,
+               threshold: float | None = None, sam_options: dict | None = None) -> GroupResult:
         """The group of masks ``prompt`` refers to, chosen among candidates in ONE forward pass (RAS), or with
         ``config.group_by_obj`` by the mask of one ``<obj>`` the prompt is answered with (one forward as well;
         with ``config.group_obj_answer="generated"`` the model writes that answer itself, a few decoding steps
@@ -283,8 +283,10 @@ class AnyRef(AnyRefModel):
         Audio or a list of them ("everything the same colour as", MaskRef(mask)). candidates: N x H x W masks at
         the image's size (an instance segmenter's, say), or None for SAM's automatic masks
         (``SamAutomaticMaskGenerator`` on this model's SAM, with ``sam_options``). threshold: the membership
-        probability above which a candidate joins the group. Returns a GroupResult; the group may be empty.
+        probability above which a candidate joins the group (None: ``config.group_threshold``). Returns a
+        GroupResult; the group may be empty.
         """
+        threshold = self.config.group_threshold if threshold is None else threshold
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"threshold must be a probability in (0, 1), got {threshold}")
         _references(prompt, "prompt")  # before SAM's candidates, which take long to find

@@ -131,6 +131,10 @@ class AnyRefConfig:
         of that answer's masks becomes the example's mask, so the example is read from its object's crop as an
         example with a mask is; an answer without a mask leaves it as given. Inference only; one more answer per
         such example. On the tiny SynthRef model it lifts example cIoU 0.66 -> 0.71 (docs/training-experiments.md).
+    group_threshold: ``select`` keeps the candidates whose membership probability exceeds this (unless the call
+        gives its own ``threshold``). The RAS head is trained with its positives weighted ``group_pos_weight`` w,
+        which lifts its probabilities: a true probability of 0.5 reads as w / (w + 1). Inference only; 0.5 by
+        default. The shipped tiny SynthRef model takes 0.7, chosen on the val split (docs/mask-groups.md).
     verify_answers: each mask answered to a prompt of text alone is checked by asking the model whether the mask's
         bounding box is what the text describes ("Is <box> {text} in this image?", task "verify", scored by the
         log-likelihoods of the answers "yes." and "no." - ``AnyRef.verify``); a mask whose probability of "yes" is
@@ -181,6 +185,7 @@ class AnyRefConfig:
     describe_box_prior: bool = False
     describe_box_margin: float | None = None
     example_self_mask: bool = False
+    group_threshold: float = 0.5
     verify_answers: float | None = None
     untrained_references: tuple[str, ...] = field(default_factory=tuple)
 
@@ -214,6 +219,8 @@ class AnyRefConfig:
         if self.describe_box_margin is not None and not 0.0 <= self.describe_box_margin <= 1.0:
             raise ValueError(f"describe_box_margin must be None (off) or a fraction of the box's sides in [0, 1], "
                              f"got {self.describe_box_margin}")
+        if not 0.0 < self.group_threshold < 1.0:
+            raise ValueError(f"group_threshold must be a probability in (0, 1), got {self.group_threshold}")
         if self.verify_answers is not None and not 0.0 < self.verify_answers < 1.0:
             raise ValueError(f"verify_answers must be None (off) or a probability threshold in (0, 1), "
                              f"got {self.verify_answers}")

@@ -245,6 +245,11 @@ class AnyRefModel(nn.Module):
         (``config.example_self_mask``)."""
         self._reconfigure(example_self_mask=bool(on))
 
+    def set_group_threshold(self, threshold: float) -> None:
+        """The membership probability above which ``select`` keeps a candidate when the call gives none
+        (``config.group_threshold``, validated as the config is)."""
+        self._reconfigure(group_threshold=float(threshold))
+
     def set_verify_answers(self, threshold: float | None) -> None:
         """Check each mask answered to a text prompt with the model's own "verify" question, dropping those whose
         probability of "yes" is below ``threshold`` (``config.verify_answers``, validated as the config is);

@@ -44,6 +44,9 @@ _INFERENCE_SETTINGS = (
      dict(type=_on_off, metavar="on|off",
           help="mask an example image given without a mask by the model's own answer on it first, or not "
                "(default: the model's config.example_self_mask)")),
+    ("--group-threshold", "set_group_threshold",
+     dict(type=float, metavar="P", help="select's membership probability above which a candidate joins the group "
+                                        "(default: the model's config.group_threshold)")),
     ("--verify-answers", "set_verify_answers",
      dict(type=_number_or_off("a probability threshold such as 0.5"), metavar="THRESHOLD|off",
           help="check each mask answered to a text prompt by asking the model whether the mask's box is what the "

@@ -57,8 +57,6 @@ def register(subparsers) -> None:
     select.add_argument("--candidates", nargs="+", metavar="FILE",
                         help="candidate masks: one .npy of N x H x W, or one mask file (PNG or .npy H x W) each; "
                              "default: SAM's automatic masks")
-    select.add_argument("--threshold", type=float, default=0.5,
-                        help="membership probability above which a candidate joins the group (default 0.5)")
     segment.set_defaults(func=_run_segment)
     describe.set_defaults(func=_run_describe)
     select.set_defaults(func=_run_select)
@@ -179,8 +177,7 @@ def _run_select(args) -> int:
     candidates = None if args.candidates is None else read_candidates(args.candidates)
     model, pixels, references = _prepare(args)
     try:
-        group = model.select(pixels, references, candidates=candidates, allow_untrained=args.allow_untrained,
-                             threshold=args.threshold)
+        group = model.select(pixels, references, candidates=candidates, allow_untrained=args.allow_untrained)
     except NoCandidatesFound:
         raise ValueError("SAM's automatic mask generator found no masks in this image (a small SAM may never; the "
                          "shipped synthref-tiny's was not trained for point prompts): pass --candidates") from None

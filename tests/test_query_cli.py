@@ -140,7 +140,7 @@ def test_select_writes_the_api_group(shipped, scenes, tmp_path, given):
              else [str(root / "cands.npy")])
     out = tmp_path / "group"
     assert anyref.cli.main(["select", str(root / "group.png"), "everything below", f"mask:{root / 'ref.png'}",
-                            "--candidates", *files, "--threshold", "0.75", "--out", str(out)]) == 0
+                            "--candidates", *files, "--group-threshold", "0.75", "--out", str(out)]) == 0
     expected = shipped.select(str(root / "group.png"), ["everything below", MaskRef(group.references[1].mask)],
                               candidates=group.candidates, threshold=0.75)
     record = json.loads((out / "result.json").read_text())

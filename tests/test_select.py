@@ -72,6 +72,13 @@ def test_select_is_one_forward_pass_and_returns_the_group(tiny_model):
     np.testing.assert_allclose(more.candidate_scores[:3], result.candidate_scores[:3], atol=0.2)  # same masks
     nothing = tiny_model.select(image, "all squares", candidates=_candidates(), threshold=0.999999)
     assert not nothing.found and nothing.masks.shape == (0, *SHAPE) and not nothing.union.any()
+    try:  # without a threshold of its own, select takes the model's config.group_threshold
+        tiny_model.set_group_threshold(0.999999)
+        assert not tiny_model.select(image, "all squares", candidates=_candidates()).found
+        given = tiny_model.select(image, "all squares", candidates=_candidates(), threshold=1e-6)
+        assert given.indices.tolist() == [0, 1, 2]
+    finally:
+        tiny_model.set_group_threshold(0.5)
 
 
 def test_mask_references_in_segment_and_select(tiny_model):
@@ -112,6 +119,8 @@ def test_bad_group_inputs_say_what_to_fix(tiny_model):
         tiny_model.select(image, "all squares", candidates=np.stack([_candidates()[0], np.zeros(SHAPE, bool)]))
     with pytest.raises(ValueError, match="threshold"):
         tiny_model.select(image, "all squares", candidates=_candidates(), threshold=1.0)
+    with pytest.raises(ValueError, match="group_threshold must be a probability"):
+        tiny_model.set_group_threshold(0.0)
     with pytest.raises(ValueError, match="no reference given"):
         tiny_model.select(image, None, candidates=_candidates())
     limit = tiny_model.llava.config.text_config.max_position_embeddings
