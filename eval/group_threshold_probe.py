@@ -74,7 +74,9 @@ def _rule_figures(probabilities: list, candidates: list, selected: list, thresho
 
 def group_threshold_probe(model, n: int = 200, split: str = "val", thresholds=THRESHOLDS,
                           world_seed: int = 0) -> RunOutput:
-    """group_threshold_scores() over the first ``n`` ``group`` samples of the SynthRef split."""
+    """group_threshold_scores() over the first ``n`` ``group`` samples of the SynthRef split, at ``thresholds`` and
+    the model's own ``config.group_threshold`` (what ``anyref eval synthref`` scores)."""
+    thresholds = tuple(sorted({*thresholds, model.config.group_threshold}))
     world = SynthRef(SynthRefConfig(image_size=model.config.llava["vision_config"]["image_size"], seed=world_seed))
     probabilities, candidates, selected, rules = [], [], [], []
     for sample in world.split(split, "group", n):
@@ -108,8 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     threshold = str(model.config.group_threshold)
     print(f"\nper rule at the model's threshold {threshold} (member / group AUC: how well its probabilities rank)")
     for rule, m in run.metrics["by_rule"].items():
-        at = m["by_threshold"].get(threshold)
-        figures = "" if at is None else f"cIoU {at['ciou']:.3f}  N-acc {at['n_acc']:.3f}  T-acc {at['t_acc']:.3f}  "
+        at = m["by_threshold"][threshold]
+        figures = f"cIoU {at['ciou']:.3f}  N-acc {at['n_acc']:.3f}  T-acc {at['t_acc']:.3f}  "
         aucs = "  ".join(f"{name} {'-' if m[name] is None else format(m[name], '.2f')}"
                          for name in ("member_auc", "group_auc"))
         print(f"{rule:>12} ({m['samples']}, {m['empty_groups']} empty)  {figures}{aucs}")
