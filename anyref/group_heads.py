@@ -6,7 +6,8 @@
   token) attends over the prompt's positions (their states and input embeddings: the words, the ``MaskRef``
   token) and the classifier reads the candidate, what it attended to, and their product. Why it exists: in the
   tiny SynthRef model a candidate slot's last-layer state hardly depends on the prompt (docs/mask-groups.md), so
-  RAS's head had nothing to compare; this head makes the comparison itself.
+  RAS's head had nothing to compare; this head makes the comparison itself. The shipped synthref-tiny's group head
+  is one, fitted alone on the finished model (``anyref fit-group-head``, train/group_head_fit.py).
 - :class:`GroupMapHead` asks where the group is instead: the state that has read the whole prompt maps the image
   tokens (one logit per token, as :class:`anyref.heads.ObjLocator` maps an ``<obj>``), and each candidate scores
   the mean of its cells' logits. The map can be supervised per cell (:func:`group_cell_loss`), a signal on every

@@ -583,11 +583,19 @@ class AnyRefModel(nn.Module):
             return self.group_head(cells, coverage, owners), (cells, coverage, owners)
         if not isinstance(self.group_head, PromptGroupHead):
             return self.group_head(hidden[slots], embeds[slots]), None
-        rows = slots.any(1)  # only "select" samples have candidates (and a prompt the head must read)
+        candidates, candidate_mask, prompt, prompt_mask = self.prompt_head_inputs(hidden, embeds, batch)
+        return self.group_head(candidates, prompt, prompt_mask)[candidate_mask], None
+
+    def prompt_head_inputs(self, hidden: torch.Tensor, embeds: torch.Tensor, batch: Batch):
+        """What a :class:`PromptGroupHead` reads, for the S "select" samples of the batch (the others have no
+        candidates): (candidates S x C x 2H, their mask S x C bool, prompt S x P x 2H, its mask S x P bool), each
+        position's [last-layer state, input embedding], left-aligned and zero-padded (hidden, embeds: B x L x H)."""
+        slots = batch.candidate_slots
+        rows = slots.any(1)
         both = torch.cat([hidden, embeds.to(hidden.dtype)], dim=-1)[rows]
         candidates, candidate_mask = pad_rows(both, slots[rows])
         prompt, prompt_mask = pad_rows(both, self.prompt_positions(batch)[rows])
-        return self.group_head(candidates, prompt, prompt_mask)[candidate_mask], None
+        return candidates, candidate_mask, prompt, prompt_mask
 
     def candidate_cells(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Each candidate's share of each cell of the image-token grid the LLM reads (from the vision tower's

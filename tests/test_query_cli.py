@@ -145,6 +145,7 @@ def test_select_writes_the_api_group(shipped, scenes, tmp_path, given):
                               candidates=group.candidates, threshold=0.75)
     record = json.loads((out / "result.json").read_text())
     assert record["selected"] == expected.indices.tolist() and record["source"] == "caller"
+    assert record["threshold"] == 0.75  # the membership threshold the group was chosen at
     assert record["candidate_scores"] == pytest.approx(expected.candidate_scores.tolist(), abs=1e-4)
     for entry, index in zip(record["masks"], expected.indices):
         assert entry["file"] == f"mask_{index:02d}.png"

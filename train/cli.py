@@ -1,4 +1,5 @@
-"""``anyref train``: the training loop as a sub-command (see train/loop.py for multi-process launches)."""
+"""``anyref train``: the training loop as a sub-command (see train/loop.py for multi-process launches); and
+``anyref fit-group-head``: a new group head fitted alone on a finished model (train/group_head_fit.py)."""
 from __future__ import annotations
 
 __all__ = ["register"]
@@ -11,6 +12,12 @@ def register(subparsers) -> None:
                                    description="Train AnyRef. Resumes from OUT/checkpoints when present.")
     add_arguments(parser)
     parser.set_defaults(func=_run)
+    from train import group_head_fit
+
+    fit = subparsers.add_parser("fit-group-head", help="fit a new group head alone on a finished model",
+                                description=group_head_fit.__doc__.split("\n\n")[0])
+    group_head_fit.add_arguments(fit)
+    fit.set_defaults(func=group_head_fit.run)
 
 
 def _run(args) -> int:

@@ -1,0 +1,72 @@
+"""Fitting a group head alone on cached inputs (train/group_head_fit.py): the cache holds exactly what the head
+reads in ``select``, the fit keeps its best val epoch, and the saved model loads with the new head."""
+import json
+
+import pytest
+import torch
+
+from anyref import AnyRef
+from anyref.batching import collate, prepare
+from anyref.group_heads import GroupMapHead, PromptGroupHead
+from anyref.synthref import SynthRef, SynthRefConfig
+from train.group_head_fit import HEAD_KINDS, head_logits, main
+from train.head_input_cache import GROUPS_ONLY, cache_head_inputs, cache_stream_inputs
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return AnyRef.from_pretrained("synthref-tiny").eval()
+
+
+@pytest.mark.parametrize("kind", ["prompt", "ras-token"])
+def test_cached_inputs_give_the_logits_select_computes(shipped, kind):
+    model = AnyRef.from_pretrained("synthref-tiny").eval()
+    torch.manual_seed(0)
+    model.replace_group_head(**HEAD_KINDS[kind])
+    samples = SynthRef(SynthRefConfig()).split("val", "group", 6)
+    cached = cache_head_inputs(model, samples, 6, chunk=4, progress=False)
+    logits, targets, owners = head_logits(model.group_head, cached)
+    expected = model.select_logits(collate([prepare(s, model.builder) for s in samples], model.ids.pad))
+    torch.testing.assert_close(logits, expected, atol=2e-2, rtol=1e-2)  # the cache is float16
+    assert targets.tolist() == [bool(x) for s in samples for x in s.selected]
+    assert owners.tolist() == [i for i, s in enumerate(samples) for _ in s.selected]
+
+
+def test_a_head_that_reads_the_image_is_refused(shipped):
+    samples = SynthRef(SynthRefConfig()).split("val", "group", 1)
+    cached = cache_head_inputs(shipped, samples, 1, progress=False)
+    with pytest.raises(ValueError, match="not cached"):
+        head_logits(GroupMapHead(192), cached)
+    with pytest.raises(ValueError, match="ran out after 1 of 2"):
+        cache_head_inputs(shipped, samples, 2, progress=False)
+
+
+def test_two_processes_cache_the_stream_as_this_process_does(shipped):
+    world = SynthRef(SynthRefConfig())
+    here = cache_head_inputs(shipped, world.stream(3, GROUPS_ONLY), 5, chunk=2, progress=False)
+    there = cache_stream_inputs("synthref-tiny", 3, 5, workers=2, chunk=2, progress=False)
+    assert len(there) == 5
+    for a, b in zip(here, there):
+        torch.testing.assert_close(b.candidates.float(), a.candidates.float(), atol=2e-2, rtol=1e-2)
+        torch.testing.assert_close(b.prompt.float(), a.prompt.float(), atol=2e-2, rtol=1e-2)
+        assert torch.equal(a.selected, b.selected)
+    with pytest.raises(ValueError, match="at least one sample"):
+        cache_stream_inputs("synthref-tiny", 3, 0)
+
+
+def test_fit_keeps_its_best_val_epoch_and_saves_a_model_that_loads(tmp_path):
+    out = tmp_path / "fitted"
+    assert main(["--samples", "48", "--val", "16", "--epochs", "3", "--batch-size", "8", "--threshold", "0.6",
+                 "--workers", "1", "--out", str(out), "--no-progress"]) == 0
+    report = json.loads((out / "group_fit.json").read_text())
+    history = report["history"]
+    assert [r["epoch"] for r in history] == [1, 2, 3]
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert report["best_epoch"] == min(history, key=lambda r: r["val_loss"])["epoch"]
+    assert set(report["val_by_threshold"]) >= {"0.5", "0.6"}
+    loaded = AnyRef.from_pretrained(out)
+    assert isinstance(loaded.group_head, PromptGroupHead) and loaded.config.group_head_attends_prompt
+    assert loaded.config.group_threshold == 0.6
+    with pytest.raises(ValueError, match="at least 1"):
+        main(["--samples", "0", "--out", str(tmp_path / "none")])
+    assert not (tmp_path / "none").exists()

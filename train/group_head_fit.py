@@ -1,0 +1,193 @@
+"""Fit a new group head alone on a finished model, its frozen inputs computed once.
+
+    anyref fit-group-head --model synthref-tiny --out runs/prompt-head --samples 20000 --epochs 40
+    python -m train.group_head_fit ...      (the same)
+
+Every part but the group head is frozen, so what the head reads - each candidate's [last-layer state, mask token]
+and each prompt position's [last-layer state, input embedding] (``AnyRefModel.prompt_head_inputs``) - is the same
+every time a sample is seen. The command therefore runs the model once over ``--samples`` group samples of
+SynthRef's training stream and ``--val`` of its val split, keeps those inputs (float16), and trains the head on them
+for ``--epochs`` epochs: an epoch costs the head's forward and backward, not the model's. Why: a head that compares
+each candidate with its prompt (``--head prompt``, :class:`anyref.group_heads.PromptGroupHead`) learns SynthRef's
+rules from a finished model's features only after hundreds of thousands of sample passes (docs/mask-groups.md),
+which full forward passes make hours and this makes minutes. The head of the epoch with the lowest val loss is
+kept, and the model is saved to ``--out`` (atomically) with ``group_fit.json`` beside it: the loss curves and the
+val split's group scores at every membership threshold.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn.utils.rnn import pad_sequence
+from tqdm import tqdm
+
+from anyref.group_heads import GroupHead, PromptGroupHead, group_loss
+from anyref.synthref import SynthRef, SynthRefConfig
+from encoders.checkpoints import write_text_atomically
+from eval.group_threshold_probe import THRESHOLDS, group_threshold_scores
+from train.head_input_cache import GROUPS_ONLY, HeadInputs, cache_head_inputs, cache_stream_inputs
+
+__all__ = ["head_logits", "fit_group_head", "val_scores", "HEAD_KINDS",
+           "add_arguments", "run", "main"]
+
+# --head -> the replace_group_head() fields that build it
+HEAD_KINDS = {"prompt": {"group_head_attends_prompt": True, "group_head_reads_token": False},
+              "ras": {"group_head_attends_prompt": False, "group_head_reads_token": False},
+              "ras-token": {"group_head_attends_prompt": False, "group_head_reads_token": True}}
+
+
+def head_logits(head: torch.nn.Module, items: list[HeadInputs]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The head's membership logits over a list of cached samples, as the model computes them in ``select``:
+    (logits N, targets N bool, owners N: each candidate's index in ``items``)."""
+    dtype = next(head.parameters()).dtype
+
+    def stacked(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:  # B x N x 2H, B x N bool
+        lengths = torch.tensor([len(r) for r in rows])
+        chosen = torch.arange(int(lengths.max()))[None, :] < lengths[:, None]
+        return pad_sequence(rows, batch_first=True).to(dtype), chosen
+
+    candidates, candidate_mask = stacked([item.candidates for item in items])
+    if isinstance(head, PromptGroupHead):
+        prompt, prompt_mask = stacked([item.prompt for item in items])
+        logits = head(candidates, prompt, prompt_mask)[candidate_mask]
+    elif isinstance(head, GroupHead):
+        hidden = candidates.shape[-1] // 2
+        logits = head(candidates[candidate_mask][:, :hidden], candidates[candidate_mask][:, hidden:])
+    else:
+        raise ValueError(f"{type(head).__name__} reads the image tokens, which are not cached; fit it with "
+                         "`anyref train` and a group_head stage instead")
+    targets = torch.cat([item.selected for item in items])
+    owners = torch.cat([torch.full((len(item.selected),), i, dtype=torch.long) for i, item in enumerate(items)])
+    return logits, targets, owners
+
+
+def _mean_loss(head, items: list[HeadInputs], pos_weight: float, chunk: int = 256) -> float:
+    """group_loss over ``items`` (a mean over samples: each chunk's mean weighted by its size)."""
+    with torch.no_grad():
+        return sum(float(group_loss(*head_logits(head, items[i:i + chunk]), pos_weight)) * len(items[i:i + chunk])
+                   for i in range(0, len(items), chunk)) / len(items)
+
+
+def fit_group_head(head: torch.nn.Module, train: list[HeadInputs], val: list[HeadInputs], epochs: int = 40,
+                   lr: float = 1e-3, batch_size: int = 64, pos_weight: float = 5.0, weight_decay: float = 0.01,
+                   seed: int = 0, progress: bool = True) -> list[dict]:
+    """Train ``head`` in place (AdamW, cosine to 0) on ``train`` with RAS's loss (group_loss, positives weighted
+    ``pos_weight``), and leave it at the epoch of lowest loss on ``val``. Returns one record per epoch:
+    {"epoch", "train_loss", "val_loss"}."""
+    if not train or not val or epochs < 1:
+        raise ValueError(f"need training and val samples and at least one epoch (got {len(train)}, {len(val)}, "
+                         f"{epochs})")
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
+    steps = epochs * -(-len(train) // batch_size)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + np.cos(np.pi * step / steps)))
+    history, best = [], (float("inf"), None)
+    bar = tqdm(range(1, epochs + 1), desc="fit", unit="epoch", disable=not progress)
+    for epoch in bar:
+        head.train()
+        order = torch.randperm(len(train), generator=generator).tolist()
+        total = 0.0
+        for start in range(0, len(order), batch_size):
+            items = [train[i] for i in order[start:start + batch_size]]
+            loss = group_loss(*head_logits(head, items), pos_weight)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            total += float(loss.detach()) * len(items)
+        head.eval()
+        record = {"epoch": epoch, "train_loss": total / len(train), "val_loss": _mean_loss(head, val, pos_weight)}
+        history.append(record)
+        bar.set_postfix(train=f"{record['train_loss']:.3f}", val=f"{record['val_loss']:.3f}")
+        if record["val_loss"] < best[0]:
+            best = (record["val_loss"], {k: v.detach().clone() for k, v in head.state_dict().items()})
+    head.load_state_dict(best[1])
+    return history
+
+
+def val_scores(head, items: list[HeadInputs], samples: list, thresholds) -> dict:
+    """group_threshold_scores of the head's probabilities on the cached val samples (their candidates' masks from
+    ``samples``, in the same order)."""
+    with torch.no_grad():
+        logits, _, owners = head_logits(head, items)
+    probabilities = logits.float().sigmoid().numpy()
+    owners = owners.numpy()
+    return group_threshold_scores([probabilities[owners == i].astype(np.float64) for i in range(len(items))],
+                                  [np.asarray(s.candidates, dtype=bool) for s in samples],
+                                  [np.asarray(s.selected, dtype=bool) for s in samples], thresholds)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The command line of ``anyref fit-group-head`` (and ``python -m train.group_head_fit``)."""
+    parser.add_argument("--model", default="synthref-tiny", help="a shipped model name or an AnyRef directory")
+    parser.add_argument("--out", required=True, help="the directory to save the model with its new head to")
+    parser.add_argument("--head", default="prompt", choices=sorted(HEAD_KINDS), help="the kind of group head")
+    parser.add_argument("--samples", type=int, default=20000, help="group samples of the training stream")
+    parser.add_argument("--val", type=int, default=1000, help="group samples of the val split (the best epoch)")
+    parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=0, help="the head's initialisation, the stream and the order")
+    parser.add_argument("--threshold", type=float, help="save the model with this membership threshold "
+                        "(default: keep the model's own); group_fit.json scores every threshold on val")
+    parser.add_argument("--workers", type=int, default=2, help="processes of one thread each that cache the "
+                        "training samples (1: this process, on all its threads)")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    if min(args.samples, args.val, args.epochs, args.workers) < 1:
+        raise ValueError(f"--samples, --val, --epochs and --workers must be at least 1 (got {args.samples}, "
+                         f"{args.val}, {args.epochs}, {args.workers})")
+    from anyref import AnyRef
+
+    started = time.time()
+    model = AnyRef.from_pretrained(args.model).eval()
+    torch.manual_seed(args.seed)
+    model.replace_group_head(**HEAD_KINDS[args.head])
+    if args.threshold is not None:
+        model.set_group_threshold(args.threshold)
+    world = SynthRef(SynthRefConfig(image_size=model.config.llava["vision_config"]["image_size"]))
+    progress = not args.no_progress
+    val_samples = world.split("val", "group", args.val)
+    if args.workers > 1:
+        train = cache_stream_inputs(args.model, args.seed, args.samples, args.workers, progress=progress)
+    else:
+        train = cache_head_inputs(model, world.stream(args.seed, GROUPS_ONLY), args.samples, desc="cache train",
+                                  progress=progress)
+    val = cache_head_inputs(model, val_samples, args.val, desc="cache val", progress=progress)
+    cached = time.time() - started
+    head = model.group_head.float()
+    history = fit_group_head(head, train, val, args.epochs, args.lr, args.batch_size,
+                             model.config.group_pos_weight, seed=args.seed, progress=progress)
+    thresholds = tuple(sorted({*THRESHOLDS, model.config.group_threshold}))
+    scores = val_scores(head, val, val_samples, thresholds)
+    model.group_head.to(model.dtype)
+    model.save_pretrained(args.out)
+    best = min(history, key=lambda r: r["val_loss"])
+    report = {"model": args.model, "head": args.head, "samples": args.samples, "val_samples": args.val,
+              "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size, "seed": args.seed,
+              "best_epoch": best["epoch"], "group_threshold": model.config.group_threshold,
+              "seconds": {"cache": round(cached, 1), "total": round(time.time() - started, 1)},
+              "history": history, "val_by_threshold": scores}
+    write_text_atomically(Path(args.out) / "group_fit.json", json.dumps(report, indent=1) + "\n")
+    print(f"best epoch {best['epoch']}: val loss {best['val_loss']:.3f}; val split, {args.val} group samples:")
+    print(f"{'threshold':>9} {'cIoU':>6} {'gIoU':>6} {'N-acc':>6} {'T-acc':>6}")
+    for t, m in scores.items():
+        print(f"{t:>9} {m['ciou']:6.3f} {m['giou']:6.3f} {m['n_acc']:6.3f} {m['t_acc']:6.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
