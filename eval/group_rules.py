@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from anyref.synthref import SynthRef, SynthRefConfig
+from anyref.synthref import SynthRef
 from eval.metrics import GresAccumulator
 from eval.results import RunOutput, diagnostic_parser, write_module_results
 
@@ -37,7 +37,7 @@ def _summary(rows: list[dict]) -> dict:
 
 def group_rules(model, n: int = 200, split: str = "test", world_seed: int = 0) -> RunOutput:
     """_summary() over all of the first ``n`` group samples of the split and per rule."""
-    world = SynthRef(SynthRefConfig(image_size=model.config.llava["vision_config"]["image_size"], seed=world_seed))
+    world = SynthRef.for_model(model.config, world_seed)
     rows, rules = [], []
     for sample in world.split(split, "group", n):
         result = model.select(sample.image, sample.references, candidates=sample.candidates)

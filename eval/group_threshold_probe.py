@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from anyref.synthref import SynthRef, SynthRefConfig
+from anyref.synthref import SynthRef
 from eval.metrics import GresAccumulator
 from eval.results import RunOutput, diagnostic_parser, write_module_results
 from eval.runners import union_mask
@@ -77,7 +77,7 @@ def group_threshold_probe(model, n: int = 200, split: str = "val", thresholds=TH
     """group_threshold_scores() over the first ``n`` ``group`` samples of the SynthRef split, at ``thresholds`` and
     the model's own ``config.group_threshold`` (what ``anyref eval synthref`` scores)."""
     thresholds = tuple(sorted({*thresholds, model.config.group_threshold}))
-    world = SynthRef(SynthRefConfig(image_size=model.config.llava["vision_config"]["image_size"], seed=world_seed))
+    world = SynthRef.for_model(model.config, world_seed)
     probabilities, candidates, selected, rules = [], [], [], []
     for sample in world.split(split, "group", n):
         result = model.select(sample.image, sample.references, candidates=sample.candidates)

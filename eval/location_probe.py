@@ -19,7 +19,7 @@ import torch
 
 from anyref.batching import collate, prepare
 from anyref.heads import coverage_logits, decode_masks, location_cells, location_prompt, upscale_masks
-from anyref.synthref import SynthRef, SynthRefConfig
+from anyref.synthref import SynthRef
 from eval.results import RunOutput, diagnostic_parser, write_module_results
 
 __all__ = ["MAPS", "TASKS", "location_probe"]
@@ -60,7 +60,7 @@ def location_probe(model, tasks=TASKS, n: int = 200, split: str = "test", world_
     unknown = set(tasks) - set(TASKS)
     if unknown:
         raise ValueError(f"tasks {sorted(unknown)} have no single target per sample; choose from {TASKS}")
-    world = SynthRef(SynthRefConfig(image_size=model.config.llava["vision_config"]["image_size"], seed=world_seed))
+    world = SynthRef.for_model(model.config, world_seed)
     metrics, counts = {}, {}
     for task in tasks:
         rows = [r for r in (_ious(model, s) for s in world.split(split, task, n)) if r is not None]

@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from anyref.synthref import SynthRef, SynthRefConfig
+from anyref.synthref import SynthRef
 from eval.results import RunOutput, diagnostic_parser, write_module_results
 
 __all__ = ["MASK_TASKS", "classify_prediction", "summarise", "mask_errors"]
@@ -71,7 +71,7 @@ def mask_errors(model, tasks: tuple[str, ...] = MASK_TASKS, n: int = 200, split:
     unknown = set(tasks) - set(MASK_TASKS)
     if unknown:
         raise ValueError(f"mask_errors scores tasks whose answer is masks {MASK_TASKS}, not {sorted(unknown)}")
-    world = SynthRef(SynthRefConfig(image_size=model.config.llava["vision_config"]["image_size"], seed=world_seed))
+    world = SynthRef.for_model(model.config, world_seed)
     metrics, counts = {}, {}
     for task in tasks:
         samples = world.split(split, task, n)

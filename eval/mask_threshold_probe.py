@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from anyref.synthref import SynthRef, SynthRefConfig
+from anyref.synthref import SynthRef
 from eval.mask_errors import MASK_TASKS
 from eval.results import RunOutput, diagnostic_parser, write_module_results
 from eval.runners import logit_map, union_mask
@@ -48,7 +48,7 @@ def mask_threshold_probe(model, tasks: tuple[str, ...] = MASK_TASKS, n: int = 20
     unknown = set(tasks) - set(MASK_TASKS)
     if unknown:
         raise ValueError(f"the probe scores tasks whose answer is masks {MASK_TASKS}, not {sorted(unknown)}")
-    world = SynthRef(SynthRefConfig(image_size=model.config.llava["vision_config"]["image_size"], seed=world_seed))
+    world = SynthRef.for_model(model.config, world_seed)
     metrics, counts = {}, {}
     for task in tasks:
         maps, targets = [], []

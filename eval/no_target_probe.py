@@ -23,7 +23,7 @@ import torch
 
 from anyref.batching import collate, prepare
 from anyref.heads import nowhere_share
-from anyref.synthref import NO_TARGET_ANSWER, SynthRef, SynthRefConfig
+from anyref.synthref import NO_TARGET_ANSWER, SynthRef
 from eval.results import RunOutput, diagnostic_parser, write_module_results
 
 __all__ = ["refusal_probabilities", "nowhere_probabilities", "separation_auc", "no_target_probe"]
@@ -75,7 +75,7 @@ def separation_auc(positives: np.ndarray, negatives: np.ndarray) -> float:
 
 def no_target_probe(model, n: int = 100, split: str = "val", world_seed: int = 0) -> RunOutput:
     """The module docstring's figures over the first ``n`` no_target and text samples of the SynthRef split."""
-    world = SynthRef(SynthRefConfig(image_size=model.config.llava["vision_config"]["image_size"], seed=world_seed))
+    world = SynthRef.for_model(model.config, world_seed)
     decision = "nowhere" if model.config.obj_nowhere else "refusal"
     read = nowhere_probabilities if decision == "nowhere" else refusal_probabilities
     probs = {task: read(model, world.split(split, task, n)) for task in ("no_target", "text")}

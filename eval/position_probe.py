@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from anyref.batching import collate, prepare
-from anyref.synthref import SynthRef, SynthRefConfig
+from anyref.synthref import SynthRef
 from eval.results import RunOutput, diagnostic_parser, write_module_results
 
 __all__ = ["image_token_features", "ridge_probe", "position_probe"]
@@ -68,7 +68,7 @@ def ridge_probe(features: torch.Tensor, fit_share: float = 0.75, alpha: float = 
 
 def position_probe(model, n: int = 160, split: str = "val", world_seed: int = 0) -> RunOutput:
     """ridge_probe of both feature kinds over the first ``n`` text samples of the SynthRef split."""
-    world = SynthRef(SynthRefConfig(image_size=model.config.llava["vision_config"]["image_size"], seed=world_seed))
+    world = SynthRef.for_model(model.config, world_seed)
     features = image_token_features(model, world.split(split, "text", n))
     metrics = {kind: ridge_probe(values) for kind, values in features.items()}
     return RunOutput(metrics=metrics, counts={"images": n, "tokens_per_image": model.llm_grid ** 2},

@@ -288,3 +288,10 @@ def test_render_overview(tmp_path, samples):
     path = render_overview(picked, tmp_path / "overview.png", columns=4)
     with Image.open(path) as image:
         assert image.size[0] >= 4 * CFG.image_size and image.mode == "RGB"
+
+
+def test_world_for_a_model_draws_at_its_vision_side(tiny_model):
+    world = SynthRef.for_model(tiny_model.config, seed=3)
+    side = tiny_model.config.llava["vision_config"]["image_size"]
+    assert world.config == SynthRefConfig(image_size=side, seed=3)
+    assert world.split("val", "text", 1)[0].image.shape[:2] == (side, side)

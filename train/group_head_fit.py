@@ -27,7 +27,7 @@ from torch.nn.utils.rnn import pad_sequence
 from tqdm import tqdm
 
 from anyref.group_heads import GroupHead, PromptGroupHead, group_loss
-from anyref.synthref import SynthRef, SynthRefConfig
+from anyref.synthref import SynthRef
 from encoders.checkpoints import write_text_atomically
 from eval.group_threshold_probe import THRESHOLDS, group_threshold_scores
 from train.head_input_cache import GROUPS_ONLY, HeadInputs, cache_head_inputs, cache_stream_inputs
@@ -158,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
     model.replace_group_head(**HEAD_KINDS[args.head])
     if args.threshold is not None:
         model.set_group_threshold(args.threshold)
-    world = SynthRef(SynthRefConfig(image_size=model.config.llava["vision_config"]["image_size"]))
+    world = SynthRef.for_model(model.config)
     progress = not args.no_progress
     val_samples = world.split("val", "group", args.val)
     if args.workers > 1:

@@ -21,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 from anyref.batching import collate, prepare
-from anyref.synthref import SynthRef, SynthRefConfig
+from anyref.synthref import SynthRef
 
 __all__ = ["HeadInputs", "cache_head_inputs", "cache_stream_inputs", "GROUPS_ONLY"]
 
@@ -82,7 +82,7 @@ def _stream_worker(model_name: str, seed: int, start: int, stop: int, chunk: int
     from anyref import AnyRef
 
     model = AnyRef.from_pretrained(model_name).eval()
-    world = SynthRef(SynthRefConfig(image_size=model.config.llava["vision_config"]["image_size"]))
+    world = SynthRef.for_model(model.config)
     samples = (world.sample_at(seed, index, GROUPS_ONLY) for index in range(start, stop))
     torch.save(_pack(cache_head_inputs(model, samples, stop - start, chunk, progress=False, on_chunk=done.put)),
                path)

@@ -41,6 +41,12 @@ _PURPOSE = {"train": 0, "val": 1, "test": 2}
 class SynthRef:
     """The world. Holds only its (immutable) config; every method is a pure function of its arguments."""
 
+    @classmethod
+    def for_model(cls, model_config, seed: int = 0) -> "SynthRef":
+        """The world (seed ``seed``) at the image size of the model an ``AnyRefConfig`` describes (its vision
+        tower's input side), as the SynthRef diagnostics and the group head's fit draw it."""
+        return cls(SynthRefConfig(image_size=model_config.llava["vision_config"]["image_size"], seed=seed))
+
     def __init__(self, config: SynthRefConfig = SynthRefConfig()) -> None:
         if not isinstance(config, SynthRefConfig):
             raise TypeError(f"SynthRef takes a SynthRefConfig, got {type(config).__name__}")
