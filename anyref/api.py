@@ -36,9 +36,10 @@ class AnyRef(AnyRefModel):
         """Load a directory written by ``save_pretrained``, or a shipped model by name ("synthref-tiny")."""
         return load_directory(cls, name_or_path, device)
 
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """Write config.json, safetensors weights, the tokenizer (and ``adapter/`` with LoRA on), atomically."""
-        return save_directory(self, directory)
+    def save_pretrained(self, directory: str | Path, extra_files: dict[str, str] | None = None) -> Path:
+        """Write config.json, safetensors weights, the tokenizer (and ``adapter/`` with LoRA on), atomically;
+        ``extra_files`` (file name -> text, e.g. a report on these weights) in the same atomic replacement."""
+        return save_directory(self, directory, extra_files=extra_files)
 
     # ---------------------------------------------------------------------------------------- validation
     def check_references(self, refs: list, allow_untrained: bool = False) -> None:

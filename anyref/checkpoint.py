@@ -6,6 +6,7 @@ not fit.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -50,10 +51,17 @@ def resolve_model_path(name_or_path: str | Path) -> Path:
     raise FileNotFoundError(f"no AnyRef model directory at {path}; shipped models: {names or 'none'}")
 
 
-def save_directory(model, directory: str | Path, max_shard_size: str = "4GB") -> Path:
+def save_directory(model, directory: str | Path, max_shard_size: str = "4GB",
+                   extra_files: Mapping[str, str] | None = None) -> Path:
     """Write ``model`` (an AnyRefModel) to ``directory``, replacing it atomically.
 
-    The whole folder is replaced, so it must be new, empty, or an earlier AnyRef directory (refused otherwise)."""
+    The whole folder is replaced, so it must be new, empty, or an earlier AnyRef directory (refused otherwise).
+    ``extra_files`` (file name -> text) go into the same folder in the same replacement, so a report about the
+    weights (e.g. a fit's ``group_fit.json``) never sits beside other weights than its own."""
+    extra_files = dict(extra_files or {})
+    for name in extra_files:
+        if Path(name).name != name or name in (CONFIG_NAME, WEIGHTS_NAME, INDEX_NAME, *TOKENIZER_JSON_FILES):
+            raise ValueError(f"extra file {name!r}: give a plain file name that is not one of the model's own")
     _check_replaceable(Path(directory))
     state = {k: v.detach().contiguous() for k, v in base_state_dict(model).items()}
     with atomic_write_dir(directory) as tmp:
@@ -69,6 +77,8 @@ def save_directory(model, directory: str | Path, max_shard_size: str = "4GB") ->
             (tmp / INDEX_NAME).write_text(json.dumps(index, indent=2))
         if lora_enabled(model):
             model.llava.model.language_model.save_pretrained(tmp / "adapter")
+        for name, text in extra_files.items():
+            (tmp / name).write_text(text, encoding="utf-8")
     return Path(directory)
 
 

@@ -130,6 +130,19 @@ def test_save_refuses_to_replace_a_folder_of_other_files(tiny_model, tmp_path):
     assert AnyRef.from_pretrained(tmp_path / "empty").ids == tiny_model.ids
 
 
+def test_extra_files_are_written_and_replaced_with_the_weights(tiny_model, tmp_path):
+    out = tmp_path / "fitted"
+    tiny_model.save_pretrained(out, extra_files={"report.json": '{"epoch": 1}\n'})
+    assert (out / "report.json").read_text() == '{"epoch": 1}\n'
+    assert AnyRef.from_pretrained(out).ids == tiny_model.ids
+    tiny_model.save_pretrained(out)  # a later save without the report replaces the folder, report included
+    assert not (out / "report.json").exists()
+    for bad in ("config.json", "sub/report.json", "../report.json"):
+        with pytest.raises(ValueError, match="plain file name"):
+            tiny_model.save_pretrained(tmp_path / "other", extra_files={bad: "{}"})
+    assert not (tmp_path / "other").exists()
+
+
 @pytest.fixture(scope="module")
 def saved_directory(tiny_model, tmp_path_factory):
     return tiny_model.save_pretrained(tmp_path_factory.mktemp("saved") / "model")

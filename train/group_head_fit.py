@@ -11,7 +11,7 @@ for ``--epochs`` epochs: an epoch costs the head's forward and backward, not the
 each candidate with its prompt (``--head prompt``, :class:`anyref.group_heads.PromptGroupHead`) learns SynthRef's
 rules from a finished model's features only after hundreds of thousands of sample passes (docs/mask-groups.md),
 which full forward passes make hours and this makes minutes. The head of the epoch with the lowest val loss is
-kept, and the model is saved to ``--out`` (atomically) with ``group_fit.json`` beside it: the loss curves and the
+kept, and the model is saved to ``--out`` with ``group_fit.json`` in the same atomic write: the loss curves and the
 val split's group scores at every membership threshold.
 """
 from __future__ import annotations
@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -28,7 +27,6 @@ from tqdm import tqdm
 
 from anyref.group_heads import GroupHead, PromptGroupHead, group_loss
 from anyref.synthref import SynthRef
-from encoders.checkpoints import write_text_atomically
 from eval.group_threshold_probe import THRESHOLDS, group_threshold_scores
 from train.head_input_cache import GROUPS_ONLY, HeadInputs, cache_head_inputs, cache_stream_inputs
 
@@ -174,14 +172,13 @@ def run(args: argparse.Namespace) -> int:
     thresholds = tuple(sorted({*THRESHOLDS, model.config.group_threshold}))
     scores = val_scores(head, val, val_samples, thresholds)
     model.group_head.to(model.dtype)
-    model.save_pretrained(args.out)
     best = min(history, key=lambda r: r["val_loss"])
     report = {"model": args.model, "head": args.head, "samples": args.samples, "val_samples": args.val,
               "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size, "seed": args.seed,
               "best_epoch": best["epoch"], "group_threshold": model.config.group_threshold,
               "seconds": {"cache": round(cached, 1), "total": round(time.time() - started, 1)},
               "history": history, "val_by_threshold": scores}
-    write_text_atomically(Path(args.out) / "group_fit.json", json.dumps(report, indent=1) + "\n")
+    model.save_pretrained(args.out, extra_files={"group_fit.json": json.dumps(report, indent=1) + "\n"})
     print(f"best epoch {best['epoch']}: val loss {best['val_loss']:.3f}; val split, {args.val} group samples:")
     print(f"{'threshold':>9} {'cIoU':>6} {'gIoU':>6} {'N-acc':>6} {'T-acc':>6}")
     for t, m in scores.items():
