@@ -12,6 +12,7 @@ import torch
 from anyref.batching import collate, prepare
 from anyref.candidates import check_candidates, sam_candidates
 from anyref.checkpoint import load_directory, save_directory
+from anyref.group_heads import group_members
 from anyref.heads import placed_nowhere, upscale_masks
 from anyref.images import binary_mask, load_image
 from anyref.model import AnyRefModel, unique_rows
@@ -274,7 +275,8 @@ class AnyRef(AnyRefModel):
 
     @torch.no_grad()
     def select(self, image=None, prompt=None, candidates=None, allow_untrained: bool = False,
-               threshold: float | None = None, sam_options: dict | None = None) -> GroupResult:
+               threshold: float | None = None, empty_threshold: float | None = None,
+               sam_options: dict | None = None) -> GroupResult:
         """The group of masks ``prompt`` refers to, chosen among candidates in ONE forward pass (RAS), or with
         ``config.group_by_obj`` by the mask of one ``<obj>`` the prompt is answered with (one forward as well;
         with ``config.group_obj_answer="generated"`` the model writes that answer itself, a few decoding steps
@@ -284,12 +286,16 @@ class AnyRef(AnyRefModel):
         Audio or a list of them ("everything the same colour as", MaskRef(mask)). candidates: N x H x W masks at
         the image's size (an instance segmenter's, say), or None for SAM's automatic masks
         (``SamAutomaticMaskGenerator`` on this model's SAM, with ``sam_options``). threshold: the membership
-        probability above which a candidate joins the group (None: ``config.group_threshold``). Returns a
+        probability above which a candidate joins the group (None: ``config.group_threshold``). empty_threshold:
+        the group is empty unless some candidate's probability exceeds it (None: ``config.group_empty_threshold``;
+        when that is None too, ``threshold`` decides alone; :func:`anyref.group_heads.group_members`). Returns a
         GroupResult; the group may be empty.
         """
         threshold = self.config.group_threshold if threshold is None else threshold
-        if not 0.0 < threshold < 1.0:
-            raise ValueError(f"threshold must be a probability in (0, 1), got {threshold}")
+        empty_threshold = self.config.group_empty_threshold if empty_threshold is None else empty_threshold
+        for name, value in (("threshold", threshold), ("empty_threshold", empty_threshold)):
+            if value is not None and not 0.0 < value < 1.0:
+                raise ValueError(f"{name} must be a probability in (0, 1), got {value}")
         _references(prompt, "prompt")  # before SAM's candidates, which take long to find
         pixels, features = self._pixels_and_features(image)
         height, width = pixels.shape[:2]
@@ -310,7 +316,7 @@ class AnyRef(AnyRefModel):
             batch = self._batch([sample], allow_untrained, 0)
             grids, sam = self._cached(batch, features)
             probs = self.select_logits(batch, grids, sam).float().sigmoid().cpu().numpy()
-        indices = np.flatnonzero(probs > threshold)
+        indices = np.flatnonzero(group_members(probs, threshold, empty_threshold))
         return GroupResult(candidates[indices], probs[indices].astype(np.float32), indices, candidates,
                            probs.astype(np.float32), source, text)
 

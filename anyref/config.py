@@ -134,7 +134,12 @@ class AnyRefConfig:
     group_threshold: ``select`` keeps the candidates whose membership probability exceeds this (unless the call
         gives its own ``threshold``). The RAS head is trained with its positives weighted ``group_pos_weight`` w,
         which lifts its probabilities: a true probability of 0.5 reads as w / (w + 1). Inference only; 0.5 by
-        default. The shipped tiny SynthRef model takes 0.7, chosen on the val split (docs/mask-groups.md).
+        default.
+    group_empty_threshold: ``select`` answers with an empty group unless some candidate's membership probability
+        exceeds this; when one does, the group is the candidates over ``group_threshold``
+        (:func:`anyref.group_heads.group_members`). None: ``group_threshold`` decides both. Inference only. The
+        shipped tiny SynthRef model takes 0.9 and a ``group_threshold`` of 0.75, chosen on the val split
+        (docs/mask-groups.md).
     verify_answers: each mask answered to a prompt of text alone is checked by asking the model whether the mask's
         bounding box is what the text describes ("Is <box> {text} in this image?", task "verify", scored by the
         log-likelihoods of the answers "yes." and "no." - ``AnyRef.verify``); a mask whose probability of "yes" is
@@ -186,6 +191,7 @@ class AnyRefConfig:
     describe_box_margin: float | None = None
     example_self_mask: bool = False
     group_threshold: float = 0.5
+    group_empty_threshold: float | None = None
     verify_answers: float | None = None
     untrained_references: tuple[str, ...] = field(default_factory=tuple)
 
@@ -221,6 +227,9 @@ class AnyRefConfig:
                              f"got {self.describe_box_margin}")
         if not 0.0 < self.group_threshold < 1.0:
             raise ValueError(f"group_threshold must be a probability in (0, 1), got {self.group_threshold}")
+        if self.group_empty_threshold is not None and not 0.0 < self.group_empty_threshold < 1.0:
+            raise ValueError(f"group_empty_threshold must be None (group_threshold decides) or a probability in "
+                             f"(0, 1), got {self.group_empty_threshold}")
         if self.verify_answers is not None and not 0.0 < self.verify_answers < 1.0:
             raise ValueError(f"verify_answers must be None (off) or a probability threshold in (0, 1), "
                              f"got {self.verify_answers}")

@@ -17,6 +17,7 @@
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -24,7 +25,19 @@ from torch import nn
 from anyref.heads import ObjLocator
 
 __all__ = ["GroupHead", "PromptGroupHead", "GroupMapHead", "build_group_head", "group_loss", "group_cell_loss",
-           "pad_rows"]
+           "group_members", "pad_rows"]
+
+
+def group_members(probabilities: np.ndarray, threshold: float, empty_threshold: float | None = None) -> np.ndarray:
+    """N bool from N membership probabilities: the candidates over ``threshold``, or none at all when no candidate
+    is over ``empty_threshold`` (None: ``threshold``, one threshold for both). Why two: a candidate wrongly added
+    to a group costs part of its IoU, while any candidate added to an empty group makes the whole answer wrong (the
+    "no target" answer of gRefCOCO's rules), so "is anything there?" may ask for more certainty than "this one
+    too?" - the separate no-target decision of GRES models, here read from the same probabilities."""
+    chosen = probabilities > threshold
+    if empty_threshold is not None and not (probabilities > empty_threshold).any():
+        chosen[:] = False
+    return chosen
 
 
 class GroupHead(nn.Module):

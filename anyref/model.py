@@ -250,6 +250,11 @@ class AnyRefModel(nn.Module):
         (``config.group_threshold``, validated as the config is)."""
         self._reconfigure(group_threshold=float(threshold))
 
+    def set_group_empty_threshold(self, threshold: float | None) -> None:
+        """The probability some candidate must exceed for ``select`` to answer with a group at all
+        (``config.group_empty_threshold``, validated as the config is); None: the membership threshold decides."""
+        self._reconfigure(group_empty_threshold=None if threshold is None else float(threshold))
+
     def set_verify_answers(self, threshold: float | None) -> None:
         """Check each mask answered to a text prompt with the model's own "verify" question, dropping those whose
         probability of "yes" is below ``threshold`` (``config.verify_answers``, validated as the config is);

@@ -47,6 +47,10 @@ _INFERENCE_SETTINGS = (
     ("--group-threshold", "set_group_threshold",
      dict(type=float, metavar="P", help="select's membership probability above which a candidate joins the group "
                                         "(default: the model's config.group_threshold)")),
+    ("--group-empty-threshold", "set_group_empty_threshold",
+     dict(type=_number_or_off("a probability such as 0.9"), metavar="P|off",
+          help="select answers with an empty group unless some candidate's probability is over P; 'off': the "
+               "membership threshold decides (default: the model's config.group_empty_threshold)")),
     ("--verify-answers", "set_verify_answers",
      dict(type=_number_or_off("a probability threshold such as 0.5"), metavar="THRESHOLD|off",
           help="check each mask answered to a text prompt by asking the model whether the mask's box is what the "

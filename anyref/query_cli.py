@@ -9,7 +9,7 @@ one image, with results a user can look at and cite.
 References are written as anyref/reference_args.py reads them. ``--out DIR`` (default ``anyref-out`` for segment
 and select; describe writes one only when asked) gets ``overlay.png`` (the image, the references, every answered
 mask in its own colour), one ``mask_NN.png`` per mask (0 / 255) and ``result.json`` (the answer, its masks' files,
-scores, areas and boxes; select's also every candidate's score and the membership threshold it chose them at); the
+scores, areas and boxes; select's also every candidate's score and the membership and empty-group thresholds it chose them at); the
 directory appears whole or not at all.
 """
 from __future__ import annotations
@@ -189,4 +189,5 @@ def _run_select(args) -> int:
     return _answer(args, pixels, references, group.masks, group.scores,
                    [f"mask_{int(i):02d}.png" for i in group.indices], text=text, source=group.source,
                    selected=group.indices.tolist(), threshold=model.config.group_threshold,
+                   empty_threshold=model.config.group_empty_threshold,
                    candidate_scores=[round(float(s), 4) for s in group.candidate_scores])

@@ -64,6 +64,9 @@ def test_fit_keeps_its_best_val_epoch_and_saves_a_model_that_loads(tmp_path):
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     assert report["best_epoch"] == min(history, key=lambda r: r["val_loss"])["epoch"]
     assert set(report["val_by_threshold"]) >= {"0.5", "0.6"}
+    # with an empty threshold equal to the membership threshold, the pair is the one threshold's group
+    assert report["val_by_empty_threshold"]["0.6"]["0.6"] == report["val_by_threshold"]["0.6"]
+    assert set(report["val_by_empty_threshold"]["0.6"]) == {t for t in report["val_by_threshold"] if float(t) <= 0.6}
     loaded = AnyRef.from_pretrained(out)
     assert isinstance(loaded.group_head, PromptGroupHead) and loaded.config.group_head_attends_prompt
     assert loaded.config.group_threshold == 0.6

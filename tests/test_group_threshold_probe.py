@@ -4,7 +4,10 @@ import numpy as np
 import pytest
 
 from anyref import AnyRef
-from eval.group_threshold_probe import group_threshold_probe, group_threshold_scores, main, rank_auc
+from anyref.group_heads import group_members
+from eval.group_threshold_probe import (
+    empty_threshold_scores, group_threshold_probe, group_threshold_scores, main, rank_auc,
+)
 from eval.results import read_results
 from eval.synthref_eval import evaluate_synthref
 
@@ -19,6 +22,15 @@ def test_the_model_threshold_is_what_the_evaluation_scores(tmp_path):
     model.set_group_threshold(0.3)  # the probe's other threshold is select's there
     again = evaluate_synthref(model, n=6, tasks=["group"], split="val")["metrics"]["group"]
     assert run.metrics["group"]["by_threshold"]["0.3"]["ciou"] == pytest.approx(again["ciou"], abs=1e-6)
+    # and each pair of thresholds is what select chooses with them
+    model.set_group_empty_threshold(0.97)
+    paired = evaluate_synthref(model, n=6, tasks=["group"], split="val")["metrics"]["group"]
+    both = group_threshold_probe(model, n=6, split="val", thresholds=(0.3,))
+    assert both.settings["empty_threshold"] == 0.97
+    for name in ("ciou", "giou", "n_acc", "t_acc"):
+        assert both.metrics["group"]["by_threshold"]["0.3"][name] == pytest.approx(paired[name], abs=1e-6)
+        assert both.metrics["group"]["by_empty_threshold"]["0.97"]["0.3"][name] == pytest.approx(paired[name],
+                                                                                                   abs=1e-6)
     rules = run.metrics["by_rule"]
     assert sum(r["samples"] for r in rules.values()) == 6 and set(rules) <= {
         "all_colour", "all_shape", "all_size", "same_colour", "same_shape", "spatial"}
@@ -39,6 +51,20 @@ def test_group_threshold_scores():
     assert scores["0.7"] == {"ciou": 1.0, "giou": 1.0, "n_acc": 1.0, "t_acc": 1.0}
     with pytest.raises(ValueError, match="one probability vector"):
         group_threshold_scores(probabilities, [masks], selected)
+    # an empty threshold of 0.7 leaves the first group (0.9 passes it) and empties the second (0.65 does not)
+    assert group_threshold_scores(probabilities, [masks, masks], selected, (0.5,), 0.7)["0.5"] == {
+        "ciou": 8 / 16, "giou": (0.5 + 1.0) / 2, "n_acc": 1.0, "t_acc": 1.0}
+    grid = empty_threshold_scores(probabilities, [masks, masks], selected, thresholds=(0.5, 0.7))
+    assert set(grid) == {"0.5", "0.7"} and set(grid["0.5"]) == {"0.5"} and set(grid["0.7"]) == {"0.5", "0.7"}
+    assert grid["0.7"]["0.7"] == scores["0.7"] and grid["0.5"]["0.5"] == scores["0.5"]
+
+
+def test_group_members():
+    probabilities = np.array([0.95, 0.6, 0.2])
+    assert group_members(probabilities, 0.5).tolist() == [True, True, False]
+    assert group_members(probabilities, 0.5, 0.9).tolist() == [True, True, False]  # 0.95 passes the empty one
+    assert group_members(probabilities, 0.5, 0.97).tolist() == [False, False, False]
+    assert group_members(probabilities, 0.7, 0.1).tolist() == [True, False, False]  # below t: t decides
 
 
 def test_rank_auc():

@@ -140,12 +140,13 @@ def test_select_writes_the_api_group(shipped, scenes, tmp_path, given):
              else [str(root / "cands.npy")])
     out = tmp_path / "group"
     assert anyref.cli.main(["select", str(root / "group.png"), "everything below", f"mask:{root / 'ref.png'}",
-                            "--candidates", *files, "--group-threshold", "0.75", "--out", str(out)]) == 0
+                            "--candidates", *files, "--group-threshold", "0.75", "--group-empty-threshold", "0.8",
+                            "--out", str(out)]) == 0
     expected = shipped.select(str(root / "group.png"), ["everything below", MaskRef(group.references[1].mask)],
-                              candidates=group.candidates, threshold=0.75)
+                              candidates=group.candidates, threshold=0.75, empty_threshold=0.8)
     record = json.loads((out / "result.json").read_text())
     assert record["selected"] == expected.indices.tolist() and record["source"] == "caller"
-    assert record["threshold"] == 0.75  # the membership threshold the group was chosen at
+    assert record["threshold"] == 0.75 and record["empty_threshold"] == 0.8  # what the group was chosen at
     assert record["candidate_scores"] == pytest.approx(expected.candidate_scores.tolist(), abs=1e-4)
     for entry, index in zip(record["masks"], expected.indices):
         assert entry["file"] == f"mask_{index:02d}.png"

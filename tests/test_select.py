@@ -79,6 +79,17 @@ def test_select_is_one_forward_pass_and_returns_the_group(tiny_model):
         assert given.indices.tolist() == [0, 1, 2]
     finally:
         tiny_model.set_group_threshold(0.5)
+    # an empty threshold no candidate reaches answers with an empty group, whatever the membership threshold
+    assert not tiny_model.select(image, "all squares", candidates=_candidates(), threshold=1e-6,
+                                 empty_threshold=0.999999).found
+    try:
+        tiny_model.set_group_empty_threshold(1e-6)  # one every candidate passes leaves the membership threshold
+        assert tiny_model.select(image, "all squares", candidates=_candidates(), threshold=1e-6).indices.tolist() \
+            == [0, 1, 2]
+        tiny_model.set_group_empty_threshold(0.999999)
+        assert not tiny_model.select(image, "all squares", candidates=_candidates(), threshold=1e-6).found
+    finally:
+        tiny_model.set_group_empty_threshold(None)
 
 
 def test_mask_references_in_segment_and_select(tiny_model):
@@ -121,6 +132,10 @@ def test_bad_group_inputs_say_what_to_fix(tiny_model):
         tiny_model.select(image, "all squares", candidates=_candidates(), threshold=1.0)
     with pytest.raises(ValueError, match="group_threshold must be a probability"):
         tiny_model.set_group_threshold(0.0)
+    with pytest.raises(ValueError, match="empty_threshold must be a probability"):
+        tiny_model.select(image, "all squares", candidates=_candidates(), empty_threshold=1.5)
+    with pytest.raises(ValueError, match="group_empty_threshold must be None"):
+        tiny_model.set_group_empty_threshold(0.0)
     with pytest.raises(ValueError, match="no reference given"):
         tiny_model.select(image, None, candidates=_candidates())
     limit = tiny_model.llava.config.text_config.max_position_embeddings

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from anyref.group_heads import GroupHead, PromptGroupHead, group_loss
 from anyref.synthref import SynthRef
-from eval.group_threshold_probe import THRESHOLDS, group_threshold_scores
+from eval.group_threshold_probe import THRESHOLDS, empty_threshold_scores, group_threshold_scores
 from train.head_input_cache import GROUPS_ONLY, HeadInputs, cache_head_inputs, cache_stream_inputs
 
 __all__ = ["head_logits", "fit_group_head", "val_scores", "HEAD_KINDS",
@@ -108,16 +108,18 @@ def fit_group_head(head: torch.nn.Module, train: list[HeadInputs], val: list[Hea
     return history
 
 
-def val_scores(head, items: list[HeadInputs], samples: list, thresholds) -> dict:
-    """group_threshold_scores of the head's probabilities on the cached val samples (their candidates' masks from
-    ``samples``, in the same order)."""
+def val_scores(head, items: list[HeadInputs], samples: list, thresholds) -> tuple[dict, dict]:
+    """group_threshold_scores (one threshold) and empty_threshold_scores (an empty threshold and a membership
+    threshold) of the head's probabilities on the cached val samples (their candidates' masks from ``samples``,
+    in the same order)."""
     with torch.no_grad():
         logits, _, owners = head_logits(head, items)
     probabilities = logits.float().sigmoid().numpy()
     owners = owners.numpy()
-    return group_threshold_scores([probabilities[owners == i].astype(np.float64) for i in range(len(items))],
-                                  [np.asarray(s.candidates, dtype=bool) for s in samples],
-                                  [np.asarray(s.selected, dtype=bool) for s in samples], thresholds)
+    groups = ([probabilities[owners == i].astype(np.float64) for i in range(len(items))],
+              [np.asarray(s.candidates, dtype=bool) for s in samples],
+              [np.asarray(s.selected, dtype=bool) for s in samples])
+    return group_threshold_scores(*groups, thresholds), empty_threshold_scores(*groups, thresholds)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -169,15 +171,16 @@ def run(args: argparse.Namespace) -> int:
     head = model.group_head.float()
     history = fit_group_head(head, train, val, args.epochs, args.lr, args.batch_size,
                              model.config.group_pos_weight, seed=args.seed, progress=progress)
-    thresholds = tuple(sorted({*THRESHOLDS, model.config.group_threshold}))
-    scores = val_scores(head, val, val_samples, thresholds)
+    own = {model.config.group_threshold, model.config.group_empty_threshold} - {None}
+    scores, by_empty = val_scores(head, val, val_samples, tuple(sorted({*THRESHOLDS, *own})))
     model.group_head.to(model.dtype)
     best = min(history, key=lambda r: r["val_loss"])
     report = {"model": args.model, "head": args.head, "samples": args.samples, "val_samples": args.val,
               "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size, "seed": args.seed,
               "best_epoch": best["epoch"], "group_threshold": model.config.group_threshold,
+              "group_empty_threshold": model.config.group_empty_threshold,
               "seconds": {"cache": round(cached, 1), "total": round(time.time() - started, 1)},
-              "history": history, "val_by_threshold": scores}
+              "history": history, "val_by_threshold": scores, "val_by_empty_threshold": by_empty}
     model.save_pretrained(args.out, extra_files={"group_fit.json": json.dumps(report, indent=1) + "\n"})
     print(f"best epoch {best['epoch']}: val loss {best['val_loss']:.3f}; val split, {args.val} group samples:")
     print(f"{'threshold':>9} {'cIoU':>6} {'gIoU':>6} {'N-acc':>6} {'T-acc':>6}")
