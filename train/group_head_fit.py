@@ -12,7 +12,7 @@ each candidate with its prompt (``--head prompt``, :class:`anyref.group_heads.Pr
 rules from a finished model's features only after hundreds of thousands of sample passes (docs/mask-groups.md),
 which full forward passes make hours and this makes minutes. The head of the epoch with the lowest val loss is
 kept, and the model is saved to ``--out`` with ``group_fit.json`` in the same atomic write: the loss curves and the
-val split's group scores at every membership threshold.
+val split's group scores at every membership threshold and every pair of an empty and a membership threshold.
 """
 from __future__ import annotations
 
