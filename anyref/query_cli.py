@@ -9,8 +9,8 @@ one image, with results a user can look at and cite.
 References are written as anyref/reference_args.py reads them. ``--out DIR`` (default ``anyref-out`` for segment
 and select; describe writes one only when asked) gets ``overlay.png`` (the image, the references, every answered
 mask in its own colour), one ``mask_NN.png`` per mask (0 / 255) and ``result.json`` (the answer, its masks' files,
-scores, areas and boxes; select's also every candidate's score and the membership and empty-group thresholds it chose them at); the
-directory appears whole or not at all.
+scores, areas and boxes; select's also every candidate's score and the membership and empty-group thresholds it
+chose them at); the directory appears whole or not at all.
 """
 from __future__ import annotations
 

@@ -10,9 +10,10 @@ SynthRef's ``group`` samples once, as ``anyref eval synthref`` asks it, keeps ev
 scores the group chosen at each threshold with ReLA's gRefCOCO rules (cIoU, gIoU, N-acc, T-acc), the model's own
 empty threshold (``group_empty_threshold``) kept; at the model's own threshold it scores exactly what the
 evaluation scores. ``by_empty_threshold`` scores every pair of an empty threshold e (the group is empty unless a
-candidate's probability exceeds it) and a membership threshold t <= e. Per rule ("all_colour", "same_shape", "spatial"...) it also gives the
-same scores and how well the probabilities rank: members above non-members (``member_auc``), and non-empty groups
-above empty ones by their largest probability (``group_auc``); a rule the head has not learned sits near 0.5.
+candidate's probability exceeds it) and a membership threshold t <= e. Per rule ("all_colour", "same_shape",
+"spatial"...) it also gives the same scores and how well the probabilities rank: members above non-members
+(``member_auc``), and non-empty groups above empty ones by their largest probability (``group_auc``); a rule the
+head has not learned sits near 0.5.
 """
 from __future__ import annotations
 
