@@ -91,6 +91,10 @@ class AnyRefConfig:
         prompt's positions through an attention of its own (:class:`anyref.group_heads.PromptGroupHead`) instead
         of reading the candidate alone. RAS's head learned nothing in the tiny SynthRef runs: a candidate slot's
         state there hardly depends on the prompt (docs/mask-groups.md).
+    group_head_reads_geometry: the prompt-attending group classifier also reads each candidate's place and size
+        against the prompt's reference mask (``PromptGroupHead(geometry=True)``): the positional rules ("everything
+        left of" a mask), which the head without it did not learn on the tiny SynthRef model. Needs
+        ``group_head_attends_prompt``.
     group_head_maps_image: the group is a map over the image tokens the LLM read, queried by the last prompt
         position's state (:class:`anyref.group_heads.GroupMapHead`); each candidate scores its cells' mean, and the
         map is also trained per cell against the group's cover (weighted ``group_weight`` like the candidates' BCE).
@@ -138,7 +142,7 @@ class AnyRefConfig:
     group_empty_threshold: ``select`` answers with an empty group unless some candidate's membership probability
         exceeds this; when one does, the group is the candidates over ``group_threshold``
         (:func:`anyref.group_heads.group_members`). None: ``group_threshold`` decides both. Inference only. The
-        shipped tiny SynthRef model takes 0.9 and a ``group_threshold`` of 0.75, chosen on the val split
+        shipped tiny SynthRef model takes 0.85 and a ``group_threshold`` of 0.7, chosen on the val split
         (docs/mask-groups.md).
     verify_answers: each mask answered to a prompt of text alone is checked by asking the model whether the mask's
         bounding box is what the text describes ("Is <box> {text} in this image?", task "verify", scored by the
@@ -182,6 +186,7 @@ class AnyRefConfig:
     group_pos_weight: float = 5.0
     group_head_reads_token: bool = False
     group_head_attends_prompt: bool = False
+    group_head_reads_geometry: bool = False
     group_head_maps_image: bool = False
     group_by_obj: bool = False
     group_obj_answer: str = "given"
@@ -246,6 +251,9 @@ class AnyRefConfig:
         if self.group_head_attends_prompt and self.group_head_reads_token:
             raise ValueError("group_head_attends_prompt already reads each candidate's mask token: leave "
                              "group_head_reads_token off")
+        if self.group_head_reads_geometry and not self.group_head_attends_prompt:
+            raise ValueError("group_head_reads_geometry adds to the prompt-attending group head: it needs "
+                             "group_head_attends_prompt")
         if self.group_head_maps_image and (self.group_head_attends_prompt or self.group_head_reads_token):
             raise ValueError("group_head_maps_image is a group head of its own: leave group_head_attends_prompt and "
                              "group_head_reads_token off")

@@ -25,7 +25,27 @@ from torch import nn
 from anyref.heads import ObjLocator
 
 __all__ = ["GroupHead", "PromptGroupHead", "GroupMapHead", "build_group_head", "group_loss", "group_cell_loss",
-           "group_members", "pad_rows"]
+           "group_members", "pad_rows", "candidate_geometry", "GEOMETRY_INPUTS"]
+
+GEOMETRY_INPUTS = 16  # candidate_geometry's width: the candidate's 5 numbers, the reference's 5, their difference, 1
+# the geometry is fractions of the frame, and the differences that decide "left of" are about 0.1: scaled by 10 they
+# sit at the unit scale of the layer-normed features beside them (unscaled, a head fitted on the shipped model did
+# not learn the positional rules: val cIoU 0.35-0.40 on them against 0.99 scaled; docs/mask-groups.md)
+GEOMETRY_SCALE = 10.0
+
+
+def candidate_geometry(candidates: torch.Tensor, reference: torch.Tensor | None) -> torch.Tensor:
+    """C x GEOMETRY_INPUTS from the candidates' region geometry C x 5 and the prompt's (first) reference mask's 5
+    (``anyref.region_geometry.mask_geometry``: centre x, y, width, height, sqrt(area), fractions of the frame), or
+    None when the prompt has no mask: [candidate, reference, candidate - reference, has a reference], scaled."""
+    candidates = candidates.float()
+    if reference is None:
+        reference, present = torch.zeros_like(candidates), torch.zeros(len(candidates), 1, device=candidates.device)
+    else:
+        reference = reference.float().expand_as(candidates)
+        present = torch.ones(len(candidates), 1, device=candidates.device)
+    return GEOMETRY_SCALE * torch.cat([candidates, reference * present, (candidates - reference) * present, present],
+                                      dim=-1)
 
 
 def group_members(probabilities: np.ndarray, threshold: float, empty_threshold: float | None = None) -> np.ndarray:
@@ -66,24 +86,33 @@ class PromptGroupHead(nn.Module):
     (2H) at the prompt's positions; each is layer-normed (mask tokens are far larger than word embeddings). The
     candidate's query attends (``heads`` heads, width ``width``) over its own sample's prompt; the classifier,
     Linear -> GELU -> Linear(1), reads [c, a, c * a] with c the candidate's projection and a what it attended to:
-    the product lets one layer test "has the asked attribute" or "matches the reference mask".
+    the product lets one layer test "has the asked attribute" or "matches the reference mask". With ``geometry``
+    the classifier also reads where the candidate lies against the prompt's reference mask
+    (:func:`candidate_geometry`): "left of" a mask is a comparison of two places, which the candidate's and the
+    reference's tokens hold only in codes the head did not learn to compare.
     """
 
-    def __init__(self, hidden: int, width: int = 64, heads: int = 4):
+    def __init__(self, hidden: int, width: int = 64, heads: int = 4, geometry: bool = False):
         super().__init__()
         if width % heads:
             raise ValueError(f"group head width {width} must be a multiple of its heads {heads}")
-        self.heads = heads
+        self.heads, self.geometry = heads, geometry
         self.candidate_norm, self.prompt_norm = nn.LayerNorm(2 * hidden), nn.LayerNorm(2 * hidden)
         self.query, self.candidate = nn.Linear(2 * hidden, width), nn.Linear(2 * hidden, width)
         self.key, self.value = nn.Linear(2 * hidden, width), nn.Linear(2 * hidden, width)
-        self.mlp = nn.Sequential(nn.Linear(3 * width, hidden), nn.GELU(), nn.Linear(hidden, 1))
+        inputs = 3 * width + (GEOMETRY_INPUTS if geometry else 0)
+        self.mlp = nn.Sequential(nn.Linear(inputs, hidden), nn.GELU(), nn.Linear(hidden, 1))
 
-    def forward(self, candidates: torch.Tensor, prompt: torch.Tensor, prompt_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, candidates: torch.Tensor, prompt: torch.Tensor, prompt_mask: torch.Tensor,
+                geometry: torch.Tensor | None = None) -> torch.Tensor:
         """candidates: B x C x 2H; prompt: B x P x 2H; prompt_mask: B x P bool (True: a prompt position; every
-        sample needs at least one). Returns B x C logits."""
+        sample needs at least one); geometry: B x C x GEOMETRY_INPUTS (:func:`candidate_geometry`, needed with
+        ``geometry``, ignored without). Returns B x C logits."""
         if not bool(prompt_mask.any(1).all()):
             raise ValueError("every sample needs at least one prompt position for the group head to attend to")
+        if self.geometry and (geometry is None or geometry.shape[:2] != candidates.shape[:2]):
+            raise ValueError("this group head reads the candidates' geometry: pass geometry B x C x "
+                             f"{GEOMETRY_INPUTS} (candidate_geometry) for candidates {tuple(candidates.shape)}")
         batch, count, _ = candidates.shape
         c = self.candidate_norm(candidates)
         p = self.prompt_norm(prompt.to(c.dtype))
@@ -95,7 +124,8 @@ class PromptGroupHead(nn.Module):
                                                   attn_mask=prompt_mask[:, None, None, :])
         attended = attended.transpose(1, 2).reshape(batch, count, self.value.out_features)
         own = self.candidate(c)
-        return self.mlp(torch.cat([own, attended, own * attended], dim=-1)).squeeze(-1)
+        features = [own, attended, own * attended] + ([geometry.to(own.dtype)] if self.geometry else [])
+        return self.mlp(torch.cat(features, dim=-1)).squeeze(-1)
 
 
 class GroupMapHead(nn.Module):
@@ -131,7 +161,7 @@ def build_group_head(config, hidden: int) -> nn.Module:
     if config.group_head_maps_image:
         return GroupMapHead(hidden)
     if config.group_head_attends_prompt:
-        return PromptGroupHead(hidden)
+        return PromptGroupHead(hidden, geometry=config.group_head_reads_geometry)
     return GroupHead(hidden, config.group_head_reads_token)
 
 

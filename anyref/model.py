@@ -19,7 +19,10 @@ from transformers import LlavaForConditionalGeneration, PreTrainedTokenizerBase
 from anyref.batching import Batch
 from anyref.config import AnyRefConfig
 from anyref.decoding import greedy_generate
-from anyref.group_heads import GroupMapHead, PromptGroupHead, build_group_head, group_cell_loss, group_loss, pad_rows
+from anyref.group_heads import (
+    GEOMETRY_INPUTS, GroupMapHead, PromptGroupHead, build_group_head, candidate_geometry, group_cell_loss, group_loss,
+    pad_rows,
+)
 from anyref.heads import (
     ObjLocator, ObjProjection, coverage_logits, decode_masks, location_cells, location_prompt, placed_nowhere,
     upscale_masks,
@@ -588,19 +591,29 @@ class AnyRefModel(nn.Module):
             return self.group_head(cells, coverage, owners), (cells, coverage, owners)
         if not isinstance(self.group_head, PromptGroupHead):
             return self.group_head(hidden[slots], embeds[slots]), None
-        candidates, candidate_mask, prompt, prompt_mask = self.prompt_head_inputs(hidden, embeds, batch)
-        return self.group_head(candidates, prompt, prompt_mask)[candidate_mask], None
+        candidates, candidate_mask, prompt, prompt_mask, geometry = self.prompt_head_inputs(hidden, embeds, batch)
+        return self.group_head(candidates, prompt, prompt_mask, geometry)[candidate_mask], None
 
     def prompt_head_inputs(self, hidden: torch.Tensor, embeds: torch.Tensor, batch: Batch):
         """What a :class:`PromptGroupHead` reads, for the S "select" samples of the batch (the others have no
         candidates): (candidates S x C x 2H, their mask S x C bool, prompt S x P x 2H, its mask S x P bool), each
-        position's [last-layer state, input embedding], left-aligned and zero-padded (hidden, embeds: B x L x H)."""
+        position's [last-layer state, input embedding], left-aligned and zero-padded (hidden, embeds: B x L x H),
+        and the candidates' geometry against the prompt's first reference mask, S x C x GEOMETRY_INPUTS
+        (:func:`anyref.group_heads.candidate_geometry`, zero-padded)."""
         slots = batch.candidate_slots
         rows = slots.any(1)
         both = torch.cat([hidden, embeds.to(hidden.dtype)], dim=-1)[rows]
         candidates, candidate_mask = pad_rows(both, slots[rows])
         prompt, prompt_mask = pad_rows(both, self.prompt_positions(batch)[rows])
-        return candidates, candidate_mask, prompt, prompt_mask
+        geometry = torch.zeros((*candidates.shape[:2], GEOMETRY_INPUTS), device=hidden.device)
+        places = mask_geometry(batch.mask_weights["vision"])  # M x 5: the batch's MaskRefs, then candidates
+        for row, (sample, (first, count)) in enumerate((s, span) for s, span in enumerate(batch.candidate_spans)
+                                                       if span[1]):
+            references = torch.nonzero(batch.mask_owners == sample).flatten()
+            references = references[(references < first) | (references >= first + count)]
+            reference = places[references[0]] if len(references) else None
+            geometry[row, :count] = candidate_geometry(places[first:first + count], reference)
+        return candidates, candidate_mask, prompt, prompt_mask, geometry
 
     def candidate_cells(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Each candidate's share of each cell of the image-token grid the LLM reads (from the vision tower's

@@ -18,7 +18,7 @@ def shipped():
     return AnyRef.from_pretrained("synthref-tiny").eval()
 
 
-@pytest.mark.parametrize("kind", ["prompt", "ras-token"])
+@pytest.mark.parametrize("kind", ["prompt", "prompt-geometry", "ras-token"])
 def test_cached_inputs_give_the_logits_select_computes(shipped, kind):
     model = AnyRef.from_pretrained("synthref-tiny").eval()
     torch.manual_seed(0)

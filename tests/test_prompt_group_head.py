@@ -9,7 +9,7 @@ import torch
 from anyref import AnyRef, MaskRef
 from anyref.batching import collate, prepare
 from anyref.builders import build_tiny
-from anyref.group_heads import GroupHead, PromptGroupHead
+from anyref.group_heads import GEOMETRY_INPUTS, GroupHead, PromptGroupHead, candidate_geometry
 from anyref.samples import ReferringSample
 from tests.conftest import (
     assert_group_head_alone_learns, assert_select_batch_scores_as_alone, rect_mask, scene,
@@ -54,6 +54,34 @@ def test_batched_logits_equal_each_sample_alone(prompt_model):
     samples = [_select(["all squares"], _candidates(2)),
                _select(["everything the same colour as", MaskRef(_candidates()[1])], _candidates(4), image_seed=1)]
     assert assert_select_batch_scores_as_alone(prompt_model, samples).shape == (6,)
+
+
+def test_geometry_is_the_candidates_place_against_the_reference_mask():
+    places = torch.tensor([[0.2, 0.5, 0.1, 0.1, 0.1], [0.8, 0.5, 0.2, 0.2, 0.2]])
+    reference = torch.tensor([0.5, 0.5, 0.1, 0.1, 0.1])
+    with_reference = candidate_geometry(places, reference)
+    assert with_reference.shape == (2, GEOMETRY_INPUTS)
+    # the difference in x says which side of the reference each candidate lies on; the last input: a reference
+    assert with_reference[0, 10] < 0 < with_reference[1, 10] and with_reference[:, -1].tolist() == [10.0, 10.0]
+    alone = candidate_geometry(places, None)
+    assert torch.equal(alone[:, :5], with_reference[:, :5]) and not alone[:, 5:].any()
+
+
+def test_a_geometry_head_reads_the_candidates_places():
+    model = build_tiny(seed=5, config_overrides={**PROMPT_HEAD, "group_head_reads_geometry": True}).eval()
+    assert model.group_head.geometry
+    ref = MaskRef(_candidates()[1])
+    samples = [_select(["everything left of", ref], _candidates(4)), _select(["all squares"], _candidates(2))]
+    assert assert_select_batch_scores_as_alone(model, samples).shape == (6,)
+    batch = collate([prepare(samples[0], model.builder)], model.ids.pad)
+    *_, geometry = model.prompt_head_inputs(*model.select_states(batch), batch)
+    # the second candidate is the reference mask itself: no difference from it
+    assert geometry.shape == (1, 4, GEOMETRY_INPUTS) and not geometry[0, 1, 10:15].any()
+    width = 2 * model.llava.config.text_config.hidden_size
+    with pytest.raises(ValueError, match="reads the candidates' geometry"):
+        model.group_head(torch.zeros(1, 2, width), torch.zeros(1, 1, width), torch.ones(1, 1, dtype=torch.bool))
+    with pytest.raises(ValueError, match="needs group_head_attends_prompt"):
+        build_tiny(seed=5, config_overrides={"group_head_reads_geometry": True})
 
 
 def test_the_head_alone_learns_groups_that_only_the_prompt_tells_apart():

@@ -34,9 +34,13 @@ __all__ = ["head_logits", "fit_group_head", "val_scores", "HEAD_KINDS",
            "add_arguments", "run", "main"]
 
 # --head -> the replace_group_head() fields that build it
-HEAD_KINDS = {"prompt": {"group_head_attends_prompt": True, "group_head_reads_token": False},
-              "ras": {"group_head_attends_prompt": False, "group_head_reads_token": False},
-              "ras-token": {"group_head_attends_prompt": False, "group_head_reads_token": True}}
+HEAD_KINDS = {
+    "prompt": {"group_head_attends_prompt": True, "group_head_reads_token": False, "group_head_reads_geometry": False},
+    "prompt-geometry": {"group_head_attends_prompt": True, "group_head_reads_token": False,
+                        "group_head_reads_geometry": True},
+    "ras": {"group_head_attends_prompt": False, "group_head_reads_token": False, "group_head_reads_geometry": False},
+    "ras-token": {"group_head_attends_prompt": False, "group_head_reads_token": True,
+                  "group_head_reads_geometry": False}}
 
 
 def head_logits(head: torch.nn.Module, items: list[HeadInputs]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -52,7 +56,8 @@ def head_logits(head: torch.nn.Module, items: list[HeadInputs]) -> tuple[torch.T
     candidates, candidate_mask = stacked([item.candidates for item in items])
     if isinstance(head, PromptGroupHead):
         prompt, prompt_mask = stacked([item.prompt for item in items])
-        logits = head(candidates, prompt, prompt_mask)[candidate_mask]
+        geometry, _ = stacked([item.geometry for item in items])
+        logits = head(candidates, prompt, prompt_mask, geometry)[candidate_mask]
     elif isinstance(head, GroupHead):
         hidden = candidates.shape[-1] // 2
         logits = head(candidates[candidate_mask][:, :hidden], candidates[candidate_mask][:, hidden:])

@@ -1,7 +1,8 @@
 """What a group head reads, computed once by a frozen model: the inputs ``anyref fit-group-head`` trains on.
 
 A sample's :class:`HeadInputs` are each candidate's [last-layer state, mask token] and each prompt position's
-[last-layer state, input embedding] (``AnyRefModel.prompt_head_inputs``), kept in float16. A SynthRef training
+[last-layer state, input embedding], kept in float16, and each candidate's geometry against the prompt's
+reference mask (``AnyRefModel.prompt_head_inputs``). A SynthRef training
 stream is cached by several processes of one thread each (:func:`cache_stream_inputs`): on 2 cores two such
 processes give 1.3x the samples per second of one process running two threads, as the tiny model's matrices are
 too small to use both cores well. Sample ``i`` is always the stream's ``i``-th, so the cache does not depend on the
@@ -30,11 +31,13 @@ GROUPS_ONLY = {"group": 1.0}  # the stream's task weights: group samples only
 
 @dataclass
 class HeadInputs:
-    """One group sample as its head reads it: candidates C x 2H and prompt P x 2H (float16), selected C bool."""
+    """One group sample as its head reads it: candidates C x 2H and prompt P x 2H (float16), selected C bool,
+    geometry C x GEOMETRY_INPUTS (float32, ``anyref.group_heads.candidate_geometry``)."""
 
     candidates: torch.Tensor
     prompt: torch.Tensor
     selected: torch.Tensor
+    geometry: torch.Tensor
 
 
 @torch.no_grad()
@@ -51,11 +54,12 @@ def cache_head_inputs(model, samples, count: int, chunk: int = 16, desc: str = "
                 raise ValueError(f"the samples ran out after {len(out)} of {count}")
             batch = collate([prepare(s, model.builder) for s in part], model.ids.pad)
             hidden, embeds = model.select_states(batch)
-            candidates, candidate_mask, prompt, prompt_mask = model.prompt_head_inputs(hidden, embeds, batch)
+            candidates, candidate_mask, prompt, prompt_mask, geometry = model.prompt_head_inputs(hidden, embeds, batch)
             for row, sample in enumerate(part):
                 out.append(HeadInputs(candidates[row][candidate_mask[row]].to(torch.float16),
                                       prompt[row][prompt_mask[row]].to(torch.float16),
-                                      torch.as_tensor(sample.selected, dtype=torch.bool)))
+                                      torch.as_tensor(sample.selected, dtype=torch.bool),
+                                      geometry[row][candidate_mask[row]].float()))
             bar.update(len(part))
             if on_chunk is not None:
                 on_chunk(len(part))
@@ -65,16 +69,17 @@ def cache_head_inputs(model, samples, count: int, chunk: int = 16, desc: str = "
 def _pack(items: list[HeadInputs]) -> dict[str, torch.Tensor]:
     """Few large tensors instead of many small ones (cheap to save and load)."""
     return {"candidates": torch.cat([i.candidates for i in items]), "prompt": torch.cat([i.prompt for i in items]),
-            "selected": torch.cat([i.selected for i in items]),
+            "selected": torch.cat([i.selected for i in items]), "geometry": torch.cat([i.geometry for i in items]),
             "candidate_counts": torch.tensor([len(i.candidates) for i in items]),
             "prompt_counts": torch.tensor([len(i.prompt) for i in items])}
 
 
 def _unpack(packed: dict[str, torch.Tensor]) -> list[HeadInputs]:
     counts = packed["candidate_counts"].tolist()
-    return [HeadInputs(c, p, s) for c, p, s in zip(packed["candidates"].split(counts),
-                                                     packed["prompt"].split(packed["prompt_counts"].tolist()),
-                                                     packed["selected"].split(counts))]
+    return [HeadInputs(c, p, s, g) for c, p, s, g in zip(packed["candidates"].split(counts),
+                                                           packed["prompt"].split(packed["prompt_counts"].tolist()),
+                                                           packed["selected"].split(counts),
+                                                           packed["geometry"].split(counts))]
 
 
 def _stream_worker(model_name: str, seed: int, start: int, stop: int, chunk: int, path: str, done) -> None:
