@@ -40,12 +40,11 @@ def candidate_geometry(candidates: torch.Tensor, reference: torch.Tensor | None)
     None when the prompt has no mask: [candidate, reference, candidate - reference, has a reference], scaled."""
     candidates = candidates.float()
     if reference is None:
-        reference, present = torch.zeros_like(candidates), torch.zeros(len(candidates), 1, device=candidates.device)
+        relative = candidates.new_zeros((len(candidates), GEOMETRY_INPUTS - candidates.shape[1]))
     else:
         reference = reference.float().expand_as(candidates)
-        present = torch.ones(len(candidates), 1, device=candidates.device)
-    return GEOMETRY_SCALE * torch.cat([candidates, reference * present, (candidates - reference) * present, present],
-                                      dim=-1)
+        relative = torch.cat([reference, candidates - reference, candidates.new_ones((len(candidates), 1))], dim=-1)
+    return GEOMETRY_SCALE * torch.cat([candidates, relative], dim=-1)
 
 
 def group_members(probabilities: np.ndarray, threshold: float, empty_threshold: float | None = None) -> np.ndarray:

@@ -591,20 +591,25 @@ class AnyRefModel(nn.Module):
             return self.group_head(cells, coverage, owners), (cells, coverage, owners)
         if not isinstance(self.group_head, PromptGroupHead):
             return self.group_head(hidden[slots], embeds[slots]), None
-        candidates, candidate_mask, prompt, prompt_mask, geometry = self.prompt_head_inputs(hidden, embeds, batch)
+        candidates, candidate_mask, prompt, prompt_mask, geometry = self.prompt_head_inputs(
+            hidden, embeds, batch, with_geometry=self.group_head.geometry)
         return self.group_head(candidates, prompt, prompt_mask, geometry)[candidate_mask], None
 
-    def prompt_head_inputs(self, hidden: torch.Tensor, embeds: torch.Tensor, batch: Batch):
+    def prompt_head_inputs(self, hidden: torch.Tensor, embeds: torch.Tensor, batch: Batch,
+                           with_geometry: bool = True):
         """What a :class:`PromptGroupHead` reads, for the S "select" samples of the batch (the others have no
         candidates): (candidates S x C x 2H, their mask S x C bool, prompt S x P x 2H, its mask S x P bool), each
         position's [last-layer state, input embedding], left-aligned and zero-padded (hidden, embeds: B x L x H),
         and the candidates' geometry against the prompt's first reference mask, S x C x GEOMETRY_INPUTS
-        (:func:`anyref.group_heads.candidate_geometry`, zero-padded)."""
+        (:func:`anyref.group_heads.candidate_geometry`, zero-padded; None without ``with_geometry``, so that a
+        head that does not read it costs nothing)."""
         slots = batch.candidate_slots
         rows = slots.any(1)
         both = torch.cat([hidden, embeds.to(hidden.dtype)], dim=-1)[rows]
         candidates, candidate_mask = pad_rows(both, slots[rows])
         prompt, prompt_mask = pad_rows(both, self.prompt_positions(batch)[rows])
+        if not with_geometry:
+            return candidates, candidate_mask, prompt, prompt_mask, None
         geometry = torch.zeros((*candidates.shape[:2], GEOMETRY_INPUTS), device=hidden.device)
         places = mask_geometry(batch.mask_weights["vision"])  # M x 5: the batch's MaskRefs, then candidates
         for row, (sample, (first, count)) in enumerate((s, span) for s, span in enumerate(batch.candidate_spans)

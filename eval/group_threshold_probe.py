@@ -27,9 +27,16 @@ from eval.metrics import GresAccumulator
 from eval.results import RunOutput, diagnostic_parser, write_module_results
 from eval.runners import union_mask
 
-__all__ = ["THRESHOLDS", "rank_auc", "group_threshold_scores", "empty_threshold_scores", "group_threshold_probe"]
+__all__ = ["THRESHOLDS", "with_model_thresholds", "rank_auc", "group_threshold_scores", "empty_threshold_scores",
+           "group_threshold_probe"]
 
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.65, 0.7, 0.75, 0.8, 0.83, 0.85, 0.9, 0.95)
+
+
+def with_model_thresholds(thresholds, config) -> tuple[float, ...]:
+    """``thresholds`` and the model's own ``group_threshold`` and ``group_empty_threshold`` (when set), sorted."""
+    own = {config.group_threshold, config.group_empty_threshold} - {None}
+    return tuple(sorted({*thresholds, *own}))
 
 
 def group_threshold_scores(probabilities: list[np.ndarray], candidates: list[np.ndarray], selected: list[np.ndarray],
@@ -93,8 +100,7 @@ def group_threshold_probe(model, n: int = 200, split: str = "val", thresholds=TH
     threshold, what ``anyref eval synthref`` scores); and empty_threshold_scores() over the same thresholds and the
     model's empty threshold."""
     empty_threshold = model.config.group_empty_threshold
-    own = {model.config.group_threshold} | ({empty_threshold} if empty_threshold is not None else set())
-    thresholds = tuple(sorted({*thresholds, *own}))
+    thresholds = with_model_thresholds(thresholds, model.config)
     world = SynthRef.for_model(model.config, world_seed)
     probabilities, candidates, selected, rules = [], [], [], []
     for sample in world.split(split, "group", n):

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from anyref.group_heads import GroupHead, PromptGroupHead, group_loss
 from anyref.synthref import SynthRef
-from eval.group_threshold_probe import THRESHOLDS, empty_threshold_scores, group_threshold_scores
+from eval.group_threshold_probe import THRESHOLDS, empty_threshold_scores, with_model_thresholds
 from train.head_input_cache import GROUPS_ONLY, HeadInputs, cache_head_inputs, cache_stream_inputs
 
 __all__ = ["head_logits", "fit_group_head", "val_scores", "HEAD_KINDS",
@@ -121,10 +121,11 @@ def val_scores(head, items: list[HeadInputs], samples: list, thresholds) -> tupl
         logits, _, owners = head_logits(head, items)
     probabilities = logits.float().sigmoid().numpy()
     owners = owners.numpy()
-    groups = ([probabilities[owners == i].astype(np.float64) for i in range(len(items))],
-              [np.asarray(s.candidates, dtype=bool) for s in samples],
-              [np.asarray(s.selected, dtype=bool) for s in samples])
-    return group_threshold_scores(*groups, thresholds), empty_threshold_scores(*groups, thresholds)
+    by_empty = empty_threshold_scores([probabilities[owners == i].astype(np.float64) for i in range(len(items))],
+                                      [np.asarray(s.candidates, dtype=bool) for s in samples],
+                                      [np.asarray(s.selected, dtype=bool) for s in samples], thresholds)
+    # an empty threshold equal to the membership threshold is the one threshold: the grid's diagonal
+    return {t: row[t] for t, row in by_empty.items()}, by_empty
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -176,8 +177,7 @@ def run(args: argparse.Namespace) -> int:
     head = model.group_head.float()
     history = fit_group_head(head, train, val, args.epochs, args.lr, args.batch_size,
                              model.config.group_pos_weight, seed=args.seed, progress=progress)
-    own = {model.config.group_threshold, model.config.group_empty_threshold} - {None}
-    scores, by_empty = val_scores(head, val, val_samples, tuple(sorted({*THRESHOLDS, *own})))
+    scores, by_empty = val_scores(head, val, val_samples, with_model_thresholds(THRESHOLDS, model.config))
     model.group_head.to(model.dtype)
     best = min(history, key=lambda r: r["val_loss"])
     report = {"model": args.model, "head": args.head, "samples": args.samples, "val_samples": args.val,
