@@ -224,12 +224,12 @@ class AnyRef(AnyRefModel):
         return float(self._verify_probabilities(pixels, [(box, _references(expression, "expression"))],
                                                 allow_untrained)[0])
 
-    def _verify_probabilities(self, image, questions: list[tuple[Box, list]], allow_untrained: bool) -> np.ndarray:
-        """P(yes) for each (box, references) question on one image: Q. The answers are generated (one batch), then
-        each is scored as "yes." and as "no." after the caption it starts with, if any (one teacher-forced pass
-        over 2Q rows)."""
+    def _verify_probabilities(self, image, questions: list[tuple], allow_untrained: bool) -> np.ndarray:
+        """P(yes) for each (region, references) question on one image, a region a Box or an H x W bool mask read
+        as its bounding box: Q. The answers are generated (one batch), then each is scored as "yes." and as "no."
+        after the caption it starts with, if any (one teacher-forced pass over 2Q rows)."""
         pixels, features = self._pixels_and_features(image)
-        asked = [[box, *refs] for box, refs in questions]
+        asked = [[region if isinstance(region, Box) else Box.around(region), *refs] for region, refs in questions]
         generations, _, _ = self._run(pixels, asked, "verify", allow_untrained)  # pixels: the file is read once
         captions = [verify_caption(g.text) for g in generations]
         samples = [ReferringSample(image=pixels, references=refs, task="verify", answer=[verify_answer(yes, caption)])
@@ -243,14 +243,30 @@ class AnyRef(AnyRefModel):
         scores = self.answer_log_likelihoods(batch, grids, sams).view(-1, 2)
         return (scores[:, 0] - scores[:, 1]).sigmoid().cpu().numpy()
 
+    def _group_check_probabilities(self, image, questions: list[tuple[np.ndarray, list]],
+                                   allow_untrained: bool) -> np.ndarray:
+        """The group head's membership probability for each (mask H x W bool, references) question on one image:
+        the references asked as a "select" prompt with the mask as its one candidate, all Q in one batch."""
+        pixels, features = self._pixels_and_features(image)
+        samples = [ReferringSample(image=pixels, references=refs, task="select", candidates=mask[None],
+                                   selected=np.zeros(1, dtype=bool)) for mask, refs in questions]
+        self.check_references([MaskRef(questions[0][0])], allow_untrained)
+        batch = self._batch(samples, allow_untrained, 0)
+        grids, sam = self._cached(batch, features)
+        return self.select_logits(batch, grids, sam).float().sigmoid().cpu().numpy()
+
     def _verified(self, results: list[SegmentResult], images: list, ref_lists: list[list],
                   allow_untrained: bool) -> list[SegmentResult]:
-        """``results`` with ``config.verify_answers`` applied: each non-empty mask answered to a prompt of text
-        alone is kept only when ``verify`` on its bounding box and the prompt's text says "yes" with at least that
-        probability; a dropped mask's ``<obj>`` is written ``<rejected>``. The questions of the rows given the
-        same image object (all of a ``segment_many``) are asked in one batch."""
-        threshold = self.config.verify_answers
-        if threshold is None:
+        """``results`` with the answer checks applied, ``config.verify_answers`` and ``config.check_by_group_head``:
+        each non-empty mask answered to a prompt of text alone is kept only when every check that is on gives it
+        at least its threshold - ``verify`` on the mask's bounding box and the prompt's text saying "yes", the
+        group head taking the mask as the one member of the prompt's group; a dropped mask's ``<obj>`` is written
+        ``<rejected>``. The questions of the rows given the same image object (all of a ``segment_many``) are
+        asked in one batch per check."""
+        checks = [(threshold, probabilities) for threshold, probabilities in (
+            (self.config.verify_answers, self._verify_probabilities),
+            (self.config.check_by_group_head, self._group_check_probabilities)) if threshold is not None]
+        if not checks:
             return results
         checked = list(results)
         asked: dict[int, list[tuple[int, int]]] = {}  # id of an image given -> its (row, mask index) to check
@@ -260,8 +276,10 @@ class AnyRef(AnyRefModel):
                     if mask.any():
                         asked.setdefault(id(images[row]), []).append((row, k))
         for slots in asked.values():
-            questions = [(Box.around(results[row].masks[k]), ref_lists[row]) for row, k in slots]
-            passed = self._verify_probabilities(images[slots[0][0]], questions, allow_untrained) >= threshold
+            regions = [(results[row].masks[k], ref_lists[row]) for row, k in slots]
+            passed = np.ones(len(slots), dtype=bool)
+            for threshold, probabilities in checks:
+                passed &= probabilities(images[slots[0][0]], regions, allow_untrained) >= threshold
             keep = {row: np.ones(len(results[row].masks), dtype=bool) for row, _ in slots}
             for (row, k), ok in zip(slots, passed):
                 keep[row][k] = ok

@@ -149,6 +149,13 @@ class AnyRefConfig:
         log-likelihoods of the answers "yes." and "no." - ``AnyRef.verify``); a mask whose probability of "yes" is
         below this threshold is dropped and its ``<obj>`` written ``<rejected>``. None: off. Inference only; one
         more forward pass per mask; for models trained on "verify" samples.
+    check_by_group_head: each mask answered to a prompt of text alone is checked by the group head: the same text
+        is asked as a ``select`` prompt with that mask as its one candidate, and a mask whose membership
+        probability is below this threshold is dropped and its ``<obj>`` written ``<rejected>``. A text that
+        describes one object is a group of at most one, so a group head fitted on such prompts (SynthRef task
+        "text_select", ``anyref fit-group-head --tasks group,text_select``) can tell the described object from a
+        wrong one, or from one that is not there. None: off. Inference only; one more forward pass per image (its
+        masks in one batch); needs candidate selection (not group_by_obj).
     untrained_references: reference kinds whose encoders were never trained (e.g. after a LISA conversion);
         the model refuses them unless the caller insists.
     """
@@ -198,6 +205,7 @@ class AnyRefConfig:
     group_threshold: float = 0.5
     group_empty_threshold: float | None = None
     verify_answers: float | None = None
+    check_by_group_head: float | None = None
     untrained_references: tuple[str, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
@@ -238,6 +246,12 @@ class AnyRefConfig:
         if self.verify_answers is not None and not 0.0 < self.verify_answers < 1.0:
             raise ValueError(f"verify_answers must be None (off) or a probability threshold in (0, 1), "
                              f"got {self.verify_answers}")
+        if self.check_by_group_head is not None and not 0.0 < self.check_by_group_head < 1.0:
+            raise ValueError(f"check_by_group_head must be None (off) or a probability threshold in (0, 1), "
+                             f"got {self.check_by_group_head}")
+        if self.check_by_group_head is not None and self.group_by_obj:
+            raise ValueError("check_by_group_head asks the group head about a candidate mask: it needs candidate "
+                             "selection, not group_by_obj")
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if not self.mask_features or self.mask_features[0] != "vision":

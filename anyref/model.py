@@ -264,6 +264,12 @@ class AnyRefModel(nn.Module):
         None: off."""
         self._reconfigure(verify_answers=None if threshold is None else float(threshold))
 
+    def set_check_by_group_head(self, threshold: float | None) -> None:
+        """Check each mask answered to a text prompt with the group head (the text as a ``select`` prompt, the mask
+        its one candidate), dropping those whose membership probability is below ``threshold``
+        (``config.check_by_group_head``, validated as the config is); None: off."""
+        self._reconfigure(check_by_group_head=None if threshold is None else float(threshold))
+
     # ----------------------------------------------------------------------------------------------- parts
     @property
     def language_model(self) -> nn.Module:

@@ -56,6 +56,11 @@ _INFERENCE_SETTINGS = (
           help="check each mask answered to a text prompt by asking the model whether the mask's box is what the "
                "text describes, dropping it below THRESHOLD probability of yes, or 'off' (default: the model's "
                "config.verify_answers)")),
+    ("--check-by-group-head", "set_check_by_group_head",
+     dict(type=_number_or_off("a probability threshold such as 0.5"), metavar="THRESHOLD|off",
+          help="check each mask answered to a text prompt with the group head (the text as a select prompt, the "
+               "mask its one candidate), dropping it below THRESHOLD membership probability, or 'off' (default: "
+               "the model's config.check_by_group_head)")),
 )
 
 

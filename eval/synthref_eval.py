@@ -19,7 +19,9 @@ Per task (the first ``n`` samples of ``SynthRef(config).split(split, task, n)``;
 - mask_caption: ``describe(image, MaskRef(mask))``, the caption exact as for box -> caption_acc;
 - group: ``select(image, prompt, candidates=the sample's candidates)``; the union of the selected masks against
   the union of the group's, with ReLA's gRefCOCO rules (an empty group is a "no target" sample: the model must
-  select nothing) -> cIoU, gIoU, N-acc (empty groups answered empty), T-acc.
+  select nothing) -> cIoU, gIoU, N-acc (empty groups answered empty), T-acc;
+- text_select: a text or no-target expression asked as a group, scored as group is: does the group head pick the
+  one described object among the scene's object masks (an instance segmenter's proposals), or none?
 """
 from __future__ import annotations
 
@@ -44,7 +46,7 @@ __all__ = ["evaluate_synthref", "normalise_caption", "missed_targets", "PRIMARY"
 # task -> the metric a table shows for it
 PRIMARY = {"text": "ciou", "box": "caption_acc", "example": "ciou", "example_masked": "ciou", "audio1": "miou",
            "audio2": "miou", "no_target": "no_mask_rate", "group": "ciou", "mask_caption": "caption_acc",
-           "verify": "verify_acc"}
+           "verify": "verify_acc", "text_select": "ciou"}
 # what the shipped demo model must reach on the full test split (n=200): task -> [(metric, lowest value)]
 SYNTHREF_TARGETS = {"text": [("ciou", 0.80)], "box": [("ciou", 0.85), ("caption_acc", 0.90)],
                     "example": [("ciou", 0.70)], "example_masked": [("ciou", 0.70)], "audio1": [("miou", 0.75)],
@@ -98,7 +100,7 @@ def _score_task(model, task: str, reader: SynthRefReader, writer: Optional[Overl
             said_yes.append(int(probability >= 0.5))
             right.append(int(said_yes[-1] == sample.meta["matches"]))
             answer = f"P(yes) {probability:.2f} (truth: {'yes' if sample.meta['matches'] else 'no'})"
-        elif task == "group":
+        elif task in ("group", "text_select"):
             result = model.select(sample.image, sample.references, candidates=sample.candidates,
                                   allow_untrained=allow_untrained)
             gt = union_mask(sample.candidates[sample.selected], shape)
@@ -142,7 +144,7 @@ def _score_task(model, task: str, reader: SynthRefReader, writer: Optional[Overl
     elif task == "mask_caption":
         metrics, records = {"caption_acc": exact / n}, {"caption_exact": captions_exact}
         counts["exact_captions"] = exact
-    elif task == "group":
+    elif task in ("group", "text_select"):
         metrics, records = groups.result(), groups.per_sample
         counts.update(empty_groups=groups.cases["tp"] + groups.cases["fn"], cases=dict(groups.cases))
     elif task == "verify":

@@ -73,3 +73,24 @@ def test_fit_keeps_its_best_val_epoch_and_saves_a_model_that_loads(tmp_path):
     with pytest.raises(ValueError, match="at least 1"):
         main(["--samples", "0", "--out", str(tmp_path / "none")])
     assert not (tmp_path / "none").exists()
+
+
+def test_fit_with_texts_asked_as_groups_scores_them_apart(tmp_path):
+    out = tmp_path / "with-texts"
+    assert main(["--samples", "16", "--val", "8", "--text-samples", "16", "--text-val", "8", "--epochs", "2",
+                 "--batch-size", "8", "--workers", "1", "--out", str(out), "--no-progress"]) == 0
+    report = json.loads((out / "group_fit.json").read_text())
+    assert report["text_samples"] == 16 and report["text_val_samples"] == 8
+    assert set(report["text_val_by_threshold"]) == set(report["val_by_threshold"])
+    assert report["text_val_by_threshold"] != report["val_by_threshold"]  # scored on the text samples alone
+    with pytest.raises(ValueError, match="text-val"):
+        main(["--text-samples", "4", "--text-val", "0", "--out", str(tmp_path / "none")])
+
+
+def test_cached_text_select_inputs_give_the_logits_select_computes(shipped):
+    samples = SynthRef(SynthRefConfig()).split("val", "text_select", 4)
+    cached = cache_head_inputs(shipped, samples, 4, progress=False)
+    logits, targets, _ = head_logits(shipped.group_head, cached)
+    expected = shipped.select_logits(collate([prepare(s, shipped.builder) for s in samples], shipped.ids.pad))
+    torch.testing.assert_close(logits, expected, atol=2e-2, rtol=1e-2)
+    assert targets.sum() <= len(samples)

@@ -240,6 +240,25 @@ def test_group_selection_follows_rule(samples):
     assert 0 < empty < len(samples["group"]) / 2
 
 
+def test_text_select_marks_the_one_described_object_or_none(samples):
+    asked = []
+    for s in samples["text_select"]:
+        objs, meta = s.meta["objects"], s.meta
+        assert s.task == "select" and s.answer == [] and s.references == [meta["prompt"]]
+        ids = meta["candidate_object_ids"]
+        assert sorted(i for i in ids if i >= 0) == list(range(len(objs)))
+        for cand, i in zip(s.candidates, ids):
+            assert np.array_equal(cand, meta["object_masks"][i]) if i >= 0 else cand.any()
+        hits = [i for i, o in enumerate(objs) if _matches(o, meta["query"])]
+        if "relation" in meta["query"]:
+            (lm,) = [i for i, o in enumerate(objs) if _matches(o, meta["query"]["landmark"])]
+            hits = [i for i in hits if i != lm and _offset(objs[i], objs[lm], meta["query"]["relation"]) >= MARGIN]
+        assert [ids[k] for k in np.flatnonzero(s.selected)] == hits == meta["target_ids"]
+        assert len(hits) == (meta["asked"] == "text")
+        asked.append(meta["asked"])
+    assert 0.2 < asked.count("text") / len(asked) < 0.8  # half each (12 of these 40)
+
+
 def test_vocabulary_covers_every_text(samples):
     vocab = set(WORLD.vocabulary())
     for task_samples in samples.values():

@@ -58,7 +58,7 @@ class SynthRefSource:
     # the reference kinds each task's prompts quote
     TASK_KINDS = {"text": {"text"}, "box": {"box"}, "example": {"example"}, "example_masked": {"example"},
                   "audio1": {"audio"}, "audio2": {"audio"}, "no_target": {"text"}, "group": {"text", "mask"},
-                  "mask_caption": {"mask"}, "verify": {"text", "box"}}
+                  "mask_caption": {"mask"}, "verify": {"text", "box"}, "text_select": {"text", "mask"}}
 
     def reference_kinds(self, drawn_options: list[dict]) -> set[str]:
         """Reference kinds trained by the tasks drawn under each of the options it was drawn with."""

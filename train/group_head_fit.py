@@ -13,6 +13,12 @@ rules from a finished model's features only after hundreds of thousands of sampl
 which full forward passes make hours and this makes minutes. The head of the epoch with the lowest val loss is
 kept, and the model is saved to ``--out`` with ``group_fit.json`` in the same atomic write: the loss curves and the
 val split's group scores at every membership threshold and every pair of an empty and a membership threshold.
+
+With ``--text-samples N`` the head also learns SynthRef's "text_select" samples (a text or no-target expression
+asked as a group of at most one: which of the scene's objects it describes, if any), N of them cached from the
+training stream beside the group samples and ``--text-val`` from the val split, all trained on together. Such a head
+can check a mask answered to a text prompt (``AnyRefConfig.check_by_group_head``); group_fit.json adds its scores
+on those val samples, as group scores.
 """
 from __future__ import annotations
 
@@ -28,7 +34,7 @@ from tqdm import tqdm
 from anyref.group_heads import GroupHead, PromptGroupHead, group_loss
 from anyref.synthref import SynthRef
 from eval.group_threshold_probe import THRESHOLDS, empty_threshold_scores, with_model_thresholds
-from train.head_input_cache import GROUPS_ONLY, HeadInputs, cache_head_inputs, cache_stream_inputs
+from train.head_input_cache import GROUPS_ONLY, TEXT_SELECT_ONLY, HeadInputs, cache_head_inputs, cache_stream_inputs
 
 __all__ = ["head_logits", "fit_group_head", "val_scores", "HEAD_KINDS",
            "add_arguments", "run", "main"]
@@ -135,6 +141,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--head", default="prompt", choices=sorted(HEAD_KINDS), help="the kind of group head")
     parser.add_argument("--samples", type=int, default=20000, help="group samples of the training stream")
     parser.add_argument("--val", type=int, default=1000, help="group samples of the val split (the best epoch)")
+    parser.add_argument("--text-samples", type=int, default=0, help="text_select samples of the training stream "
+                        "trained on too (texts asked as groups of at most one: for config.check_by_group_head)")
+    parser.add_argument("--text-val", type=int, default=300, help="text_select samples of the val split (with "
+                        "--text-samples)")
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--batch-size", type=int, default=64)
@@ -152,10 +162,22 @@ def main(argv: list[str] | None = None) -> int:
     return run(parser.parse_args(argv))
 
 
+def _cache_train(args: argparse.Namespace, model, world, count: int, task_weights: dict) -> list[HeadInputs]:
+    """The head inputs of the first ``count`` samples of the training stream ``args.seed`` with ``task_weights``."""
+    if args.workers > 1:
+        return cache_stream_inputs(args.model, args.seed, count, args.workers, progress=not args.no_progress,
+                                   task_weights=task_weights)
+    return cache_head_inputs(model, world.stream(args.seed, task_weights), count, desc="cache train",
+                             progress=not args.no_progress)
+
+
 def run(args: argparse.Namespace) -> int:
     if min(args.samples, args.val, args.epochs, args.workers) < 1:
         raise ValueError(f"--samples, --val, --epochs and --workers must be at least 1 (got {args.samples}, "
                          f"{args.val}, {args.epochs}, {args.workers})")
+    if args.text_samples < 0 or (args.text_samples and args.text_val < 1):
+        raise ValueError(f"--text-samples must be >= 0, and --text-val >= 1 with it (got {args.text_samples}, "
+                         f"{args.text_val})")
     from anyref import AnyRef
 
     started = time.time()
@@ -167,17 +189,19 @@ def run(args: argparse.Namespace) -> int:
     world = SynthRef.for_model(model.config)
     progress = not args.no_progress
     val_samples = world.split("val", "group", args.val)
-    if args.workers > 1:
-        train = cache_stream_inputs(args.model, args.seed, args.samples, args.workers, progress=progress)
-    else:
-        train = cache_head_inputs(model, world.stream(args.seed, GROUPS_ONLY), args.samples, desc="cache train",
-                                  progress=progress)
+    train = _cache_train(args, model, world, args.samples, GROUPS_ONLY)
     val = cache_head_inputs(model, val_samples, args.val, desc="cache val", progress=progress)
+    text_val_samples = world.split("val", "text_select", args.text_val) if args.text_samples else []
+    text_train = _cache_train(args, model, world, args.text_samples, TEXT_SELECT_ONLY) if args.text_samples else []
+    text_val = cache_head_inputs(model, text_val_samples, len(text_val_samples), desc="cache text val",
+                                 progress=progress) if text_val_samples else []
     cached = time.time() - started
     head = model.group_head.float()
-    history = fit_group_head(head, train, val, args.epochs, args.lr, args.batch_size,
+    history = fit_group_head(head, train + text_train, val + text_val, args.epochs, args.lr, args.batch_size,
                              model.config.group_pos_weight, seed=args.seed, progress=progress)
-    scores, by_empty = val_scores(head, val, val_samples, with_model_thresholds(THRESHOLDS, model.config))
+    thresholds = with_model_thresholds(THRESHOLDS, model.config)
+    scores, by_empty = val_scores(head, val, val_samples, thresholds)
+    text_scores = val_scores(head, text_val, text_val_samples, thresholds)[0] if text_val else None
     model.group_head.to(model.dtype)
     best = min(history, key=lambda r: r["val_loss"])
     report = {"model": args.model, "head": args.head, "samples": args.samples, "val_samples": args.val,
@@ -185,12 +209,18 @@ def run(args: argparse.Namespace) -> int:
               "best_epoch": best["epoch"], "group_threshold": model.config.group_threshold,
               "group_empty_threshold": model.config.group_empty_threshold,
               "seconds": {"cache": round(cached, 1), "total": round(time.time() - started, 1)},
-              "history": history, "val_by_threshold": scores, "val_by_empty_threshold": by_empty}
+              "history": history, "val_by_threshold": scores, "val_by_empty_threshold": by_empty,
+              "text_samples": args.text_samples, "text_val_samples": len(text_val),
+              "text_val_by_threshold": text_scores}
     model.save_pretrained(args.out, extra_files={"group_fit.json": json.dumps(report, indent=1) + "\n"})
     print(f"best epoch {best['epoch']}: val loss {best['val_loss']:.3f}; val split, {args.val} group samples:")
     print(f"{'threshold':>9} {'cIoU':>6} {'gIoU':>6} {'N-acc':>6} {'T-acc':>6}")
     for t, m in scores.items():
         print(f"{t:>9} {m['ciou']:6.3f} {m['giou']:6.3f} {m['n_acc']:6.3f} {m['t_acc']:6.3f}")
+    if text_scores:
+        print(f"texts asked as groups, {len(text_val)} val samples (N-acc: no-target texts answered empty):")
+        for t, m in text_scores.items():
+            print(f"{t:>9} {m['ciou']:6.3f} {m['giou']:6.3f} {m['n_acc']:6.3f} {m['t_acc']:6.3f}")
     return 0
 
 

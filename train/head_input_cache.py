@@ -24,9 +24,10 @@ from tqdm import tqdm
 from anyref.batching import collate, prepare
 from anyref.synthref import SynthRef
 
-__all__ = ["HeadInputs", "cache_head_inputs", "cache_stream_inputs", "GROUPS_ONLY"]
+__all__ = ["HeadInputs", "cache_head_inputs", "cache_stream_inputs", "GROUPS_ONLY", "TEXT_SELECT_ONLY"]
 
 GROUPS_ONLY = {"group": 1.0}  # the stream's task weights: group samples only
+TEXT_SELECT_ONLY = {"text_select": 1.0}  # text and no-target expressions asked as groups of at most one
 
 
 @dataclass
@@ -82,22 +83,23 @@ def _unpack(packed: dict[str, torch.Tensor]) -> list[HeadInputs]:
                                                            packed["geometry"].split(counts))]
 
 
-def _stream_worker(model_name: str, seed: int, start: int, stop: int, chunk: int, path: str, done) -> None:
+def _stream_worker(model_name: str, seed: int, task_weights: dict, start: int, stop: int, chunk: int, path: str,
+                   done) -> None:
     torch.set_num_threads(1)
     from anyref import AnyRef
 
     model = AnyRef.from_pretrained(model_name).eval()
     world = SynthRef.for_model(model.config)
-    samples = (world.sample_at(seed, index, GROUPS_ONLY) for index in range(start, stop))
+    samples = (world.sample_at(seed, index, task_weights) for index in range(start, stop))
     torch.save(_pack(cache_head_inputs(model, samples, stop - start, chunk, progress=False, on_chunk=done.put)),
                path)
 
 
 def cache_stream_inputs(model_name: str, seed: int, count: int, workers: int = 2, chunk: int = 16,
-                        progress: bool = True) -> list[HeadInputs]:
-    """The head inputs of group samples 0 .. count-1 of SynthRef's training stream ``seed`` (its task weights
-    GROUPS_ONLY) under the model ``model_name`` (a shipped name or directory), in stream order, computed by
-    ``workers`` processes of one thread each, each a contiguous share of the samples."""
+                        progress: bool = True, task_weights: dict | None = None) -> list[HeadInputs]:
+    """The head inputs of samples 0 .. count-1 of SynthRef's training stream ``seed`` with ``task_weights``
+    ("select" tasks only; None: GROUPS_ONLY) under the model ``model_name`` (a shipped name or directory), in
+    stream order, computed by ``workers`` processes of one thread each, each a contiguous share of the samples."""
     if count < 1 or workers < 1:
         raise ValueError(f"need at least one sample and one worker, got {count} and {workers}")
     context = multiprocessing.get_context("spawn")  # a forked copy of a process running torch threads can hang
@@ -106,7 +108,8 @@ def cache_stream_inputs(model_name: str, seed: int, count: int, workers: int = 2
     with tempfile.TemporaryDirectory(prefix="anyref-head-cache-") as tmp:
         paths = [str(Path(tmp) / f"part-{w}.pt") for w in range(workers)]
         processes = [context.Process(target=_stream_worker, daemon=True,
-                                     args=(model_name, seed, bounds[w], bounds[w + 1], chunk, paths[w], done))
+                                     args=(model_name, seed, task_weights or GROUPS_ONLY, bounds[w], bounds[w + 1],
+                                           chunk, paths[w], done))
                      for w in range(workers)]
         for process in processes:
             process.start()

@@ -277,6 +277,15 @@ def _background_patches(cfg: SynthRefConfig, rng: np.random.Generator, scene: Sc
     return patches
 
 
+def _shuffled_candidates(cfg: SynthRefConfig, rng: np.random.Generator, scene: Scene) -> tuple[np.ndarray, list[int]]:
+    """(candidates N x H x W bool, their object ids, -1 for a background patch): the scene's object masks plus
+    background patches, in random order - what an instance segmenter would propose."""
+    masks = list(scene.masks()) + _background_patches(cfg, rng, scene)
+    owners = list(range(len(scene.objects))) + [-1] * (len(masks) - len(scene.objects))
+    order = [int(k) for k in rng.permutation(len(masks))]
+    return np.stack([masks[k] for k in order]), [owners[k] for k in order]
+
+
 def said_group_phrase(scene: Scene, phrase: str, rule_meta: dict) -> str:
     """The words a ``group_answer="said"`` answer restates a group rule with: a rule that points at a mask by an
     attribute becomes the attribute rule it stands for, less the referenced object ("everything the same shape as"
@@ -302,10 +311,7 @@ def build_group(cfg: SynthRefConfig, rng: np.random.Generator) -> ReferringSampl
         if picked is None:
             continue
         references, ids, rule_meta = picked
-        masks = list(scene.masks()) + _background_patches(cfg, rng, scene)
-        owners = list(range(len(scene.objects))) + [-1] * (len(masks) - len(scene.objects))
-        order = [int(k) for k in rng.permutation(len(masks))]
-        candidate_ids = [owners[k] for k in order]
+        candidates, candidate_ids = _shuffled_candidates(cfg, rng, scene)
         selected = np.array([c in ids for c in candidate_ids], dtype=bool)
         if cfg.group_answer in ("obj", "said"):
             answer = (single_answer(said_group_phrase(scene, references[0], rule_meta)) if cfg.group_answer == "said"
@@ -317,10 +323,29 @@ def build_group(cfg: SynthRefConfig, rng: np.random.Generator) -> ReferringSampl
                            candidate_object_ids=candidate_ids, target_ids=sorted(ids), **rule_meta))
         return ReferringSample(
             image=scene.image, references=references, task="select", answer=[],
-            candidates=np.stack([masks[k] for k in order]), selected=selected, source="group",
+            candidates=candidates, selected=selected, source="group",
             meta=_meta(scene, [], prompt=" ".join(r for r in references if isinstance(r, str)),
                        candidate_object_ids=candidate_ids, target_ids=sorted(ids), **rule_meta))
     raise RuntimeError("SynthRef group: found no unambiguous group rule")
+
+
+def build_text_select(cfg: SynthRefConfig, rng: np.random.Generator) -> ReferringSample:
+    """A text or no-target expression (half each) posed as a mask-group prompt: the candidates are the object
+    masks plus background patches, and ``selected`` marks the one object the expression describes, or none. It
+    teaches a group head whether a mask is what a text describes: the check ``AnyRefConfig.check_by_group_head``
+    asks of each mask answered to a text prompt."""
+    if rng.random() < 0.5:
+        scene, target, query = _text_query(cfg, rng)
+        ids, source = [target], "text"
+    else:
+        (scene, query), ids, source = _absent_query(cfg, rng), [], "no_target"
+    expression = query_text(query)
+    candidates, candidate_ids = _shuffled_candidates(cfg, rng, scene)
+    return ReferringSample(
+        image=scene.image, references=[expression], task="select", answer=[], candidates=candidates,
+        selected=np.array([c in ids for c in candidate_ids], dtype=bool), source="text_select",
+        meta=_meta(scene, [], prompt=expression, query=query, kind=_query_kind(query), asked=source,
+                   candidate_object_ids=candidate_ids, target_ids=ids))
 
 
 def build_mask_caption(cfg: SynthRefConfig, rng: np.random.Generator) -> ReferringSample:
@@ -338,5 +363,5 @@ def build_mask_caption(cfg: SynthRefConfig, rng: np.random.Generator) -> Referri
 TASK_BUILDERS: dict[str, Callable[[SynthRefConfig, np.random.Generator], ReferringSample]] = {
     "text": build_text, "box": build_box, "example": build_example, "example_masked": build_example_masked,
     "audio1": build_audio1, "audio2": build_audio2, "no_target": build_no_target, "group": build_group,
-    "mask_caption": build_mask_caption, "verify": build_verify,
+    "mask_caption": build_mask_caption, "verify": build_verify, "text_select": build_text_select,
 }

@@ -25,7 +25,7 @@ __all__ = ["SYNTHREF_TASKS", "SynthRefConfig", "SynthRef", "drawn_tasks"]
 
 # appended tasks keep the splits of the earlier ones (a split's generators are keyed by the task's index here)
 SYNTHREF_TASKS = ("text", "box", "example", "example_masked", "audio1", "audio2", "no_target", "group",
-                  "mask_caption", "verify")
+                  "mask_caption", "verify", "text_select")
 assert set(SYNTHREF_TASKS) == set(TASK_BUILDERS)
 
 

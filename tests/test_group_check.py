@@ -1,0 +1,95 @@
+"""``check_by_group_head``: each mask answered to a text prompt is asked of the group head as the one candidate of
+the same text, and dropped below the threshold."""
+import numpy as np
+import pytest
+
+from anyref import AnyRef
+from anyref.config import AnyRefConfig
+from anyref.outputs import REJECTED
+from anyref.synthref import SynthRef
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return AnyRef.from_pretrained("synthref-tiny")
+
+
+def test_the_check_drops_exactly_the_masks_below_its_threshold(shipped):
+    sample = next(s for s in SynthRef().split("val", "text", 10) if s.meta["kind"] != "relational")
+    before = shipped.config.check_by_group_head
+    try:
+        shipped.set_check_by_group_head(None)
+        plain = shipped.segment(sample.image, sample.references)
+        assert plain.found
+        # the check's probability is select's, with the answered mask as the only candidate
+        probability = float(shipped.select(sample.image, sample.references, candidates=plain.masks[:1])
+                            .candidate_scores[0])
+        assert 0.0 < probability < 1.0
+        shipped.set_check_by_group_head((probability + 1.0) / 2)  # just above it
+        rejected = shipped.segment(sample.image, sample.references)
+        shipped.set_check_by_group_head(probability / 2)  # below it
+        kept = shipped.segment(sample.image, sample.references)
+        [many] = shipped.segment_many(sample.image, [sample.references])
+        [batched] = shipped.segment_batch([sample.image], [sample.references])
+    finally:
+        shipped.set_check_by_group_head(before)
+    assert not rejected.found and REJECTED in rejected.text and "check" in rejected.note
+    for result in (kept, many, batched):
+        np.testing.assert_array_equal(result.masks, plain.masks)
+    assert kept.text == plain.text
+
+
+def test_the_check_leaves_prompts_with_other_references_alone(shipped):
+    sample = SynthRef().split("val", "example_masked", 1)[0]
+    before = shipped.config.check_by_group_head
+    try:
+        shipped.set_check_by_group_head(None)
+        plain = shipped.segment(sample.image, sample.references)
+        shipped.set_check_by_group_head(0.999)
+        checked = shipped.segment(sample.image, sample.references)
+    finally:
+        shipped.set_check_by_group_head(before)
+    assert plain.found
+    np.testing.assert_array_equal(checked.masks, plain.masks)
+
+
+def test_the_check_setting_is_validated(tiny_model):
+    llava = tiny_model.config.llava
+    for bad in (0.0, 1.0, -0.2):
+        with pytest.raises(ValueError, match="check_by_group_head"):
+            AnyRefConfig(llava=llava, check_by_group_head=bad)
+    with pytest.raises(ValueError, match="group_by_obj"):
+        AnyRefConfig(llava=llava, check_by_group_head=0.5, group_by_obj=True, obj_nowhere=True,
+                     obj_location_prompt=True)
+
+
+def _record(masks: list, probabilities: list, target) -> dict:
+    return {"masks": np.array(masks, dtype=bool).reshape(-1, 4, 4), "probabilities": np.array(probabilities),
+            "target": np.asarray(target, dtype=bool)}
+
+
+def test_the_probe_scores_each_threshold_as_the_check_would():
+    from eval.group_check_probe import scores_at
+
+    a, b = np.zeros((4, 4), bool), np.zeros((4, 4), bool)
+    a[:2], b[2:, :2] = True, True  # 8 and 4 pixels, disjoint
+    text = [_record([a], [0.9], a), _record([b], [0.2], a)]  # the right object, sure; a wrong one, unsure
+    no_target = [_record([b], [0.3], np.zeros((4, 4))), _record([], [], np.zeros((4, 4)))]
+    off = scores_at(text, no_target, None)
+    assert off["text_ciou"] == pytest.approx(8 / 20) and off["no_target_no_mask_rate"] == 0.5
+    checked = scores_at(text, no_target, 0.5)  # the unsure masks are dropped
+    assert checked["text_ciou"] == pytest.approx(8 / 16) and checked["text_found_rate"] == 0.5
+    assert checked["no_target_no_mask_rate"] == 1.0 and checked["sum"] == pytest.approx(8 / 16 + 1.0)
+
+
+def test_the_probe_runs_on_a_model_and_restores_its_setting(tiny_model):
+    from eval.group_check_probe import group_check_probe
+
+    tiny_model.set_check_by_group_head(0.4)
+    try:
+        run = group_check_probe(tiny_model, n=2, split="val", thresholds=(0.3, 0.6))
+        assert tiny_model.config.check_by_group_head == 0.4
+    finally:
+        tiny_model.set_check_by_group_head(None)
+    assert set(run.metrics["by_threshold"]) == {"0.3", "0.6"} and run.metrics["chosen"] in (0.3, 0.6)
+    assert run.counts["text"]["samples"] == 2
