@@ -12,12 +12,10 @@ rule for the shipped threshold ("chosen") is the highest sum of the two figures 
 """
 from __future__ import annotations
 
-import time
-
 import numpy as np
 
 from anyref.synthref import SynthRef
-from eval.results import RunOutput, diagnostic_parser, write_module_results
+from eval.results import RunOutput, diagnostic_parser, run_diagnostic
 from eval.runners import union_mask
 
 __all__ = ["check_probabilities", "scores_at", "group_check_probe", "THRESHOLDS"]
@@ -81,21 +79,17 @@ def group_check_probe(model, n: int = 200, split: str = "val", thresholds=THRESH
                                "rule": "the highest sum of text cIoU and no-target no_mask_rate"})
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = diagnostic_parser(__doc__, n=200, split="val").parse_args(argv)
-    from anyref import AnyRef
-
-    started = time.time()
-    model = AnyRef.from_pretrained(args.model).eval()
-    run = group_check_probe(model, args.n, args.split)
+def _report(run: RunOutput, model) -> None:
     print(f"{'threshold':>9} {'text cIoU':>9} {'found':>6} {'no-target':>9}")
     for name, m in [("off", run.metrics["off"]), *run.metrics["by_threshold"].items()]:
         print(f"{name:>9} {m['text_ciou']:9.3f} {m['text_found_rate']:6.3f} {m['no_target_no_mask_rate']:9.3f}")
     print(f"chosen (highest sum of text cIoU and no-target): {run.metrics['chosen']}")
-    if args.out:
-        write_module_results(args.out, "group_check_probe", run, args.model, args.split, started,
-                             "eval.group_check_probe", argv, loaded_model=model)
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_diagnostic(argv, diagnostic_parser(__doc__, n=200, split="val"),
+                          lambda model, args: group_check_probe(model, args.n, args.split), _report,
+                          "group_check_probe")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ between the two rows means the LLM's output lost what the candidate is.
 from __future__ import annotations
 
 import argparse
-import time
 from collections import defaultdict
 
 import numpy as np
@@ -22,7 +21,7 @@ import torch
 from anyref.batching import collate, prepare
 from anyref.synthref import SynthRef, SynthRefConfig
 from anyref.synthref.vocabulary import COLOURS, SHAPES
-from eval.results import RunOutput, write_module_results
+from eval.results import RunOutput, run_diagnostic
 
 __all__ = ["candidate_vectors", "ridge_probe_accuracy", "probe_group_head"]
 
@@ -87,27 +86,22 @@ def probe_group_head(model, n_fit: int = 96, n_test: int = 96, seed: int = 0) ->
     return RunOutput(metrics=metrics, counts=counts, settings={"n_fit": n_fit, "n_test": n_test, "seed": seed})
 
 
+def _report(run: RunOutput, model) -> None:
+    for vector in ("token", "state"):
+        print(f"{vector:>5}: colour {run.metrics[vector]['colour']:.3f}  shape {run.metrics[vector]['shape']:.3f}")
+    for rule, means in run.metrics["membership"].items():
+        print(f"{rule:>12}: member {means.get('member', float('nan')):.3f}  "
+              f"non-member {means.get('non_member', float('nan')):.3f}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="synthref-tiny", help="a shipped model name or an AnyRef directory")
     parser.add_argument("--n-fit", type=int, default=96, help="val group samples the probes are fitted on")
     parser.add_argument("--n-test", type=int, default=96, help="test group samples they are scored on")
     parser.add_argument("--out", help="write a results JSON here")
-    args = parser.parse_args(argv)
-    from anyref import AnyRef
-
-    started = time.time()
-    model = AnyRef.from_pretrained(args.model).eval()
-    run = probe_group_head(model, args.n_fit, args.n_test)
-    for vector in ("token", "state"):
-        print(f"{vector:>5}: colour {run.metrics[vector]['colour']:.3f}  shape {run.metrics[vector]['shape']:.3f}")
-    for rule, means in run.metrics["membership"].items():
-        print(f"{rule:>12}: member {means.get('member', float('nan')):.3f}  "
-              f"non-member {means.get('non_member', float('nan')):.3f}")
-    if args.out:
-        write_module_results(args.out, "group_probe", run, args.model, "val->test", started,
-                             "eval.group_probe", argv, loaded_model=model)
-    return 0
+    return run_diagnostic(argv, parser, lambda model, args: probe_group_head(model, args.n_fit, args.n_test), _report,
+                          "group_probe", split="val->test")
 
 
 if __name__ == "__main__":

@@ -11,13 +11,11 @@ of members missed and non-members selected per sample. Whatever decides the grou
 """
 from __future__ import annotations
 
-import time
-
 import numpy as np
 
 from anyref.synthref import SynthRef
 from eval.metrics import GresAccumulator
-from eval.results import RunOutput, diagnostic_parser, write_module_results
+from eval.results import RunOutput, diagnostic_parser, run_diagnostic
 
 __all__ = ["group_rules"]
 
@@ -56,23 +54,18 @@ def group_rules(model, n: int = 200, split: str = "test", world_seed: int = 0) -
                      settings={"n": n, "split": split, "world_seed": world_seed, "decided_by": decided_by})
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = diagnostic_parser(__doc__, n=200, split="test").parse_args(argv)
-    from anyref import AnyRef
-
-    started = time.time()
-    model = AnyRef.from_pretrained(args.model).eval()
-    run = group_rules(model, args.n, args.split)
+def _report(run: RunOutput, model) -> None:
     print(f"groups decided by {run.settings['decided_by']}")
     print(f"{'rule':>12} {'n':>4} {'empty':>5} | {'cIoU':>5} {'gIoU':>5} {'N-acc':>5} | exact | missed / extra")
     for rule, m in run.metrics.items():
         n_acc = "-" if not m["empty_groups"] else f"{m['n_acc']:.2f}"
         print(f"{rule:>12} {m['samples']:4d} {m['empty_groups']:5d} | {m['ciou']:5.3f} {m['giou']:5.3f} {n_acc:>5} | "
               f"{m['exact']:5.2f} | {m['missed']:.2f} / {m['extra']:.2f}")
-    if args.out:
-        write_module_results(args.out, "group_rules", run, args.model, args.split, started, "eval.group_rules", argv,
-                             loaded_model=model)
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_diagnostic(argv, diagnostic_parser(__doc__, n=200, split="test"),
+                          lambda model, args: group_rules(model, args.n, args.split), _report, "group_rules")
 
 
 if __name__ == "__main__":

@@ -17,14 +17,12 @@ head has not learned sits near 0.5.
 """
 from __future__ import annotations
 
-import time
-
 import numpy as np
 
 from anyref.group_heads import group_members
 from anyref.synthref import SynthRef
 from eval.metrics import GresAccumulator
-from eval.results import RunOutput, diagnostic_parser, write_module_results
+from eval.results import RunOutput, diagnostic_parser, run_diagnostic
 from eval.runners import union_mask
 
 __all__ = ["THRESHOLDS", "with_model_thresholds", "rank_auc", "group_threshold_scores", "empty_threshold_scores",
@@ -123,13 +121,7 @@ def group_threshold_probe(model, n: int = 200, split: str = "val", thresholds=TH
                                "empty_threshold": empty_threshold, "world_seed": world_seed})
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = diagnostic_parser(__doc__, n=200, split="val").parse_args(argv)
-    from anyref import AnyRef
-
-    started = time.time()
-    model = AnyRef.from_pretrained(args.model).eval()
-    run = group_threshold_probe(model, args.n, args.split)
+def _report(run: RunOutput, model) -> None:
     empty = model.config.group_empty_threshold
     print(f"the model's empty threshold: {'none (the threshold decides)' if empty is None else empty}")
     print(f"{'threshold':>9} {'cIoU':>6} {'gIoU':>6} {'N-acc':>6} {'T-acc':>6}")
@@ -148,10 +140,12 @@ def main(argv: list[str] | None = None) -> int:
         aucs = "  ".join(f"{name} {'-' if m[name] is None else format(m[name], '.2f')}"
                          for name in ("member_auc", "group_auc"))
         print(f"{rule:>12} ({m['samples']}, {m['empty_groups']} empty)  {figures}{aucs}")
-    if args.out:
-        write_module_results(args.out, "group_threshold_probe", run, args.model, args.split, started,
-                             "eval.group_threshold_probe", argv, loaded_model=model)
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_diagnostic(argv, diagnostic_parser(__doc__, n=200, split="val"),
+                          lambda model, args: group_threshold_probe(model, args.n, args.split), _report,
+                          "group_threshold_probe")
 
 
 if __name__ == "__main__":

@@ -12,15 +12,13 @@ with three dense prompts, and each mask's IoU with the target is averaged:
 """
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import torch
 
 from anyref.batching import collate, prepare
 from anyref.heads import coverage_logits, decode_masks, location_cells, location_prompt, upscale_masks
 from anyref.synthref import SynthRef
-from eval.results import RunOutput, diagnostic_parser, write_module_results
+from eval.results import RunOutput, diagnostic_parser, run_diagnostic
 
 __all__ = ["MAPS", "TASKS", "location_probe"]
 
@@ -69,20 +67,16 @@ def location_probe(model, tasks=TASKS, n: int = 200, split: str = "test", world_
     return RunOutput(metrics=metrics, counts=counts, settings={"n": n, "split": split, "world_seed": world_seed})
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = diagnostic_parser(__doc__, n=200, split="test", tasks=TASKS).parse_args(argv)
-    from anyref import AnyRef
-
-    started = time.time()
-    model = AnyRef.from_pretrained(args.model).eval()
-    run = location_probe(model, args.tasks, args.n, args.split)
+def _report(run: RunOutput, model) -> None:
     print(f"{'task':>15} {'scored':>6} | mean IoU: " + " / ".join(MAPS))
     for task, figures in run.metrics.items():
         print(f"{task:>15} {run.counts[task]['scored']:>6} | " + " / ".join(f"{figures[m]:.3f}" for m in MAPS))
-    if args.out:
-        write_module_results(args.out, "location_probe", run, args.model, args.split, started,
-                             "eval.location_probe", argv, loaded_model=model)
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_diagnostic(argv, diagnostic_parser(__doc__, n=200, split="test", tasks=TASKS),
+                          lambda model, args: location_probe(model, args.tasks, args.n, args.split), _report,
+                          "location_probe")
 
 
 if __name__ == "__main__":

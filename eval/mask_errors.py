@@ -15,12 +15,10 @@ the attributes they name, "size_colour_shape" ...), each with the same figures.
 """
 from __future__ import annotations
 
-import time
-
 import numpy as np
 
 from anyref.synthref import SynthRef
-from eval.results import RunOutput, diagnostic_parser, write_module_results
+from eval.results import RunOutput, diagnostic_parser, run_diagnostic
 
 __all__ = ["MASK_TASKS", "classify_prediction", "summarise", "mask_errors"]
 
@@ -97,36 +95,34 @@ def mask_errors(model, tasks: tuple[str, ...] = MASK_TASKS, n: int = 200, split:
                                                                "world_seed": world_seed})
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = diagnostic_parser(__doc__, n=200, split="test", tasks=MASK_TASKS).parse_args(argv)
-    from anyref import AnyRef
+def _figure(value, digits: int) -> str:  # a case no sample fell into has no figure
+    return "-" if value is None else f"{value:.{digits}f}"
 
-    started = time.time()
-    model = AnyRef.from_pretrained(args.model).eval()
-    run = mask_errors(model, tuple(args.tasks), args.n, args.split)
+
+def _line(name: str, m: dict) -> str:
+    share, lost = m["share"], m["iou_lost"]
+    return (f"{name:>15} {m['mean_iou']:6.3f} | {share['right_object']:.2f} / {share['wrong_object']:.2f} / "
+            f"{share['no_mask']:.2f}        | {_figure(m['case_iou']['right_object'], 3):>9} | "
+            f"{lost['right_object']:.3f} / {lost['wrong_object']:.3f} / {lost['no_mask']:.3f}   | "
+            f"{_figure(m['right_object_precision'], 2)} / {_figure(m['right_object_recall'], 2)}")
+
+
+def _report(run: RunOutput, model) -> None:
     print(f"{'task':>15} {'IoU':>6} | share right / wrong / none | IoU right | lost: right / wrong / none"
           " | right P / R")
-    def figure(value, digits: int) -> str:  # a case no sample fell into has no figure
-        return "-" if value is None else f"{value:.{digits}f}"
-
-    def line(name: str, m: dict) -> str:
-        share, lost = m["share"], m["iou_lost"]
-        return (f"{name:>15} {m['mean_iou']:6.3f} | {share['right_object']:.2f} / {share['wrong_object']:.2f} / "
-                f"{share['no_mask']:.2f}        | {figure(m['case_iou']['right_object'], 3):>9} | "
-                f"{lost['right_object']:.3f} / {lost['wrong_object']:.3f} / {lost['no_mask']:.3f}   | "
-                f"{figure(m['right_object_precision'], 2)} / {figure(m['right_object_recall'], 2)}")
-
     for task, m in run.metrics.items():
-        print(line(task, m))
+        print(_line(task, m))
     for task, m in run.metrics.items():
         if "by_kind" in m:
             print(f"{task} prompts by kind (samples: {run.counts[task]['by_kind']}); iou_lost is per kind")
             for kind, figures in m["by_kind"].items():
-                print(line(kind[:15], figures))
-    if args.out:
-        write_module_results(args.out, "mask_errors", run, args.model, args.split, started,
-                             "eval.mask_errors", argv, loaded_model=model)
-    return 0
+                print(_line(kind[:15], figures))
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_diagnostic(argv, diagnostic_parser(__doc__, n=200, split="test", tasks=MASK_TASKS),
+                          lambda model, args: mask_errors(model, tuple(args.tasks), args.n, args.split), _report,
+                          "mask_errors")
 
 
 if __name__ == "__main__":

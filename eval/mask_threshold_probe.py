@@ -13,13 +13,11 @@ holds across tasks on the val split would be a calibration a setting could fix; 
 """
 from __future__ import annotations
 
-import time
-
 import numpy as np
 
 from anyref.synthref import SynthRef
 from eval.mask_errors import MASK_TASKS
-from eval.results import RunOutput, diagnostic_parser, write_module_results
+from eval.results import RunOutput, diagnostic_parser, run_diagnostic
 from eval.runners import logit_map, union_mask
 
 __all__ = ["THRESHOLDS", "threshold_scores", "mask_threshold_probe"]
@@ -68,21 +66,17 @@ def mask_threshold_probe(model, tasks: tuple[str, ...] = MASK_TASKS, n: int = 20
                                "world_seed": world_seed})
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = diagnostic_parser(__doc__, n=200, split="val", tasks=MASK_TASKS).parse_args(argv)
-    from anyref import AnyRef
-
-    started = time.time()
-    model = AnyRef.from_pretrained(args.model).eval()
-    run = mask_threshold_probe(model, tuple(args.tasks), args.n, args.split)
+def _report(run: RunOutput, model) -> None:
     print("cIoU at mask threshold " + " / ".join(f"{t:g}" for t in THRESHOLDS))
     for task, m in run.metrics.items():
         figures = " / ".join(f"{m['by_threshold'][str(t)]['ciou']:.3f}" for t in THRESHOLDS)
         print(f"{task:>15} {figures}   best {m['best']:g}")
-    if args.out:
-        write_module_results(args.out, "mask_threshold_probe", run, args.model, args.split, started,
-                             "eval.mask_threshold_probe", argv, loaded_model=model)
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_diagnostic(argv, diagnostic_parser(__doc__, n=200, split="val", tasks=MASK_TASKS),
+                          lambda model, args: mask_threshold_probe(model, tuple(args.tasks), args.n, args.split),
+                          _report, "mask_threshold_probe")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ AUC with few no-target prompts over 0.5 would be a calibration problem a thresho
 """
 from __future__ import annotations
 
-import time
 from dataclasses import replace
 
 import numpy as np
@@ -24,7 +23,7 @@ import torch
 from anyref.batching import collate, prepare
 from anyref.heads import nowhere_share
 from anyref.synthref import NO_TARGET_ANSWER, SynthRef
-from eval.results import RunOutput, diagnostic_parser, write_module_results
+from eval.results import RunOutput, diagnostic_parser, run_diagnostic
 
 __all__ = ["refusal_probabilities", "nowhere_probabilities", "separation_auc", "no_target_probe"]
 
@@ -88,13 +87,7 @@ def no_target_probe(model, n: int = 100, split: str = "val", world_seed: int = 0
                                "refusal": NO_TARGET_ANSWER})
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = diagnostic_parser(__doc__, n=100, split="val").parse_args(argv)
-    from anyref import AnyRef
-
-    started = time.time()
-    model = AnyRef.from_pretrained(args.model).eval()
-    run = no_target_probe(model, args.n, args.split)
+def _report(run: RunOutput, model) -> None:
     print(f"decided by: {'the nowhere place' if run.settings['decision'] == 'nowhere' else 'the refusal token'}; "
           f"AUC (no_target above text): {run.metrics['auc']:.3f}")
     print(f"{'prompts':>10} {'mean':>6} {'median':>6} | no mask if p > " + " / ".join(map(str, THRESHOLDS)))
@@ -102,10 +95,11 @@ def main(argv: list[str] | None = None) -> int:
         m = run.metrics[task]
         print(f"{task:>10} {m['mean']:6.3f} {m['median']:6.3f} | "
               + " / ".join(f"{m['refused_at'][str(t)]:.2f}" for t in THRESHOLDS))
-    if args.out:
-        write_module_results(args.out, "no_target_probe", run, args.model, args.split, started,
-                             "eval.no_target_probe", argv, loaded_model=model)
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_diagnostic(argv, diagnostic_parser(__doc__, n=100, split="val"),
+                          lambda model, args: no_target_probe(model, args.n, args.split), _report, "no_target_probe")
 
 
 if __name__ == "__main__":

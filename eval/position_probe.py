@@ -12,14 +12,12 @@ raster index, from which y is far easier to read than x.
 """
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import torch
 
 from anyref.batching import collate, prepare
 from anyref.synthref import SynthRef
-from eval.results import RunOutput, diagnostic_parser, write_module_results
+from eval.results import RunOutput, diagnostic_parser, run_diagnostic
 
 __all__ = ["image_token_features", "ridge_probe", "position_probe"]
 
@@ -75,20 +73,15 @@ def position_probe(model, n: int = 160, split: str = "val", world_seed: int = 0)
                      settings={"n": n, "split": split, "fit_share": 0.75, "alpha": 1.0, "world_seed": world_seed})
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = diagnostic_parser(__doc__, n=160, split="val", n_help="text samples (images)").parse_args(argv)
-    from anyref import AnyRef
-
-    started = time.time()
-    model = AnyRef.from_pretrained(args.model).eval()
-    run = position_probe(model, args.n, args.split)
+def _report(run: RunOutput, model) -> None:
     print(f"{'features':>11} {'R2 x':>6} {'R2 y':>6} {'exact cell':>10}")
     for kind, m in run.metrics.items():
         print(f"{kind:>11} {m['r2_x']:6.3f} {m['r2_y']:6.3f} {m['exact_cell']:10.3f}")
-    if args.out:
-        write_module_results(args.out, "position_probe", run, args.model, args.split, started,
-                             "eval.position_probe", argv, loaded_model=model)
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_diagnostic(argv, diagnostic_parser(__doc__, n=160, split="val", n_help="text samples (images)"),
+                          lambda model, args: position_probe(model, args.n, args.split), _report, "position_probe")
 
 
 if __name__ == "__main__":

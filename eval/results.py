@@ -20,12 +20,12 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from encoders.checkpoints import write_text_atomically
 from eval.provenance import run_provenance
 
-__all__ = ["RunOutput", "make_results", "write_results", "check_results_out", "write_module_results",
+__all__ = ["RunOutput", "make_results", "write_results", "check_results_out", "write_module_results", "run_diagnostic",
            "diagnostic_parser", "read_results"]
 
 
@@ -113,6 +113,25 @@ def write_module_results(path: str | Path, benchmark: str, run: RunOutput, model
     return write_results(path, make_results(benchmark, run, model=model, dataset="synthref", split=split,
                                             seconds=time.time() - started, command=shlex.join(words),
                                             loaded_model=loaded_model))
+
+
+def run_diagnostic(argv: Optional[list[str]], parser: argparse.ArgumentParser, probe: Callable, report: Callable,
+                   benchmark: str, split: Optional[str] = None) -> int:
+    """The body of every SynthRef diagnostic's ``main`` (``python -m eval.BENCHMARK``): parse ``argv`` with
+    ``parser`` (diagnostic_parser's, or one with --model and --out), load --model, run ``probe(model, args)`` (a
+    RunOutput), print its table with ``report(run, model)``, and with --out write the results file. split: the
+    split the file records (None: --split)."""
+    args = parser.parse_args(argv)
+    from anyref import AnyRef
+
+    started = time.time()
+    model = AnyRef.from_pretrained(args.model).eval()
+    run = probe(model, args)
+    report(run, model)
+    if args.out:
+        write_module_results(args.out, benchmark, run, args.model, split or args.split, started, f"eval.{benchmark}",
+                             argv, loaded_model=model)
+    return 0
 
 
 def diagnostic_parser(doc: str, n: int, split: str, tasks: Optional[tuple[str, ...]] = None,
