@@ -70,7 +70,7 @@ def run_demo(model_name: str | Path, out: str | Path, n: int = 8, progress: bool
                            f"anyref demo --model {model_name} --n {n}")
     metrics_path = write_results(out / "metrics.json", results)
     sheet = contact_sheet(out / "overlays", out / "demo.png")
-    table = _table(figures["metrics"], recorded, SYNTHREF_TARGETS, n)
+    table = _table(figures["metrics"], recorded, SYNTHREF_TARGETS, figures["primary"], n)
     return {"table": table, "sheet": sheet, "overlays": out / "overlays", "metrics": metrics_path,
             "results": results}
 
@@ -82,11 +82,12 @@ def _recorded_metrics(model_dir: Path) -> dict | None:
     return json.loads(path.read_text()).get("metrics")
 
 
-def _table(metrics: dict, recorded: dict | None, targets: dict, n: int) -> str:
-    """Plain-text table: task, metric, this run (n scenes), recorded full test split, target."""
+def _table(metrics: dict, recorded: dict | None, targets: dict, primary: dict, n: int) -> str:
+    """Plain-text table: task, metric (the targets', else the task's primary one), this run (n scenes), recorded
+    full test split, target."""
     rows = [("task", "metric", f"demo (n={n})", "full test split", "target")]
     for task, values in metrics.items():
-        names = [name for name, _ in targets.get(task, [])] or [next(iter(values))]
+        names = [name for name, _ in targets.get(task, [])] or [primary[task]]
         for name in names:
             full = (recorded or {}).get(task, {}).get(name)
             goal = dict(targets.get(task, [])).get(name)

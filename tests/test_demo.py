@@ -15,6 +15,9 @@ def test_demo_writes_overlays_sheet_and_metrics(tiny_model, tmp_path, capsys):
     assert cli.main(["demo", "--model", str(model_dir), "--out", str(out), "--n", "2", "--no-progress"]) == 0
     printed = capsys.readouterr().out
     assert "full test split" in printed and "no_target" in printed and "demo.png" in printed
+    rows = {words[0]: words[1] for words in map(str.split, printed.splitlines())
+            if words[:1] in (["verify"], ["text_select"])}
+    assert rows == {"verify": "verify_acc", "text_select": "ciou"}  # a task without a target shows its primary metric
     for task in SCORED_TASKS:
         assert len(list((out / "overlays" / task).glob("*.png"))) == 2, task
     results = json.loads((out / "metrics.json").read_text())
