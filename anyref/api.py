@@ -146,6 +146,7 @@ class AnyRef(AnyRefModel):
         in the answer, maybe 0).
         """
         references = self._prompt_references(ref, allow_untrained)
+        image = None if image is None else load_image(image)  # read once: the answer checks look at it again
         generations, batch, sam = self._run(image, [references], "segment", allow_untrained)
         return self._verified(self._masks_for(generations, batch, sam), [image], [references], allow_untrained)[0]
 
@@ -156,6 +157,7 @@ class AnyRef(AnyRefModel):
         if not isinstance(refs, (list, tuple)) or not refs:
             raise ValueError("refs must be a non-empty list of references (each a str, Box, ... or a list)")
         references = [self._prompt_references(r, allow_untrained) for r in refs]
+        image = None if image is None else load_image(image)  # read once: the answer checks look at it again
         generations, batch, sam = self._run(image, references, "segment", allow_untrained)
         return self._verified(self._masks_for(generations, batch, sam), [image] * len(refs), references,
                               allow_untrained)
@@ -248,10 +250,16 @@ class AnyRef(AnyRefModel):
         """The group head's membership probability for each (mask H x W bool, references) question on one image:
         the references asked as a "select" prompt with the mask as its one candidate, all Q in one batch."""
         pixels, features = self._pixels_and_features(image)
-        samples = [ReferringSample(image=pixels, references=refs, task="select", candidates=mask[None],
-                                   selected=np.zeros(1, dtype=bool)) for mask, refs in questions]
-        self.check_references([MaskRef(questions[0][0])], allow_untrained)
+        return self._candidate_probabilities([ReferringSample(image=pixels, references=refs, task="select",
+                                                              candidates=mask[None], selected=np.zeros(1, dtype=bool))
+                                              for mask, refs in questions], features, allow_untrained)
+
+    def _candidate_probabilities(self, samples: list[ReferringSample], features: "_ImageFeatures | None",
+                                 allow_untrained: bool) -> np.ndarray:
+        """The group head's membership probability of every candidate of "select" samples on one image (sample by
+        sample, N in all), in ONE forward pass; features: that image's cached ones, or None."""
         batch = self._batch(samples, allow_untrained, 0)
+        self.check_references([MaskRef(samples[0].candidates[0])], allow_untrained)  # candidates are mask tokens
         grids, sam = self._cached(batch, features)
         return self.select_logits(batch, grids, sam).float().sigmoid().cpu().numpy()
 
@@ -328,12 +336,9 @@ class AnyRef(AnyRefModel):
         elif self.config.group_by_obj:
             probs = self._group_by_obj(pixels, features, references, candidates, allow_untrained)
         else:
-            sample = ReferringSample(image=pixels, references=references, task="select",
-                                     candidates=candidates, selected=np.zeros(len(candidates), dtype=bool))
-            self.check_references(sample.references + [MaskRef(candidates[0])], allow_untrained)
-            batch = self._batch([sample], allow_untrained, 0)
-            grids, sam = self._cached(batch, features)
-            probs = self.select_logits(batch, grids, sam).float().sigmoid().cpu().numpy()
+            probs = self._candidate_probabilities([ReferringSample(
+                image=pixels, references=references, task="select", candidates=candidates,
+                selected=np.zeros(len(candidates), dtype=bool))], features, allow_untrained)
         indices = np.flatnonzero(group_members(probs, threshold, empty_threshold))
         return GroupResult(candidates[indices], probs[indices].astype(np.float32), indices, candidates,
                            probs.astype(np.float32), source, text)

@@ -32,11 +32,9 @@ def check_probabilities(model, samples: list) -> list[dict]:
         records = []
         for sample in samples:
             result = model.segment(sample.image, sample.references)
-            probabilities = np.ones(len(result.masks))
-            asked = [k for k, mask in enumerate(result.masks) if mask.any()]
-            if asked:
-                probabilities[asked] = model._group_check_probabilities(
-                    sample.image, [(result.masks[k], sample.references) for k in asked], False)
+            # what the check reads: select's probability of the mask as the prompt's only candidate
+            probabilities = np.array([model.select(sample.image, sample.references, candidates=mask[None])
+                                      .candidate_scores[0] if mask.any() else 1.0 for mask in result.masks])
             records.append({"masks": result.masks, "probabilities": probabilities,
                             "target": union_mask(sample.masks, sample.image.shape[:2])})
         return records

@@ -191,10 +191,11 @@ def run(args: argparse.Namespace) -> int:
     val_samples = world.split("val", "group", args.val)
     train = _cache_train(args, model, world, args.samples, GROUPS_ONLY)
     val = cache_head_inputs(model, val_samples, args.val, desc="cache val", progress=progress)
-    text_val_samples = world.split("val", "text_select", args.text_val) if args.text_samples else []
-    text_train = _cache_train(args, model, world, args.text_samples, TEXT_SELECT_ONLY) if args.text_samples else []
-    text_val = cache_head_inputs(model, text_val_samples, len(text_val_samples), desc="cache text val",
-                                 progress=progress) if text_val_samples else []
+    text_train, text_val, text_val_samples = [], [], []
+    if args.text_samples:
+        text_val_samples = world.split("val", "text_select", args.text_val)
+        text_train = _cache_train(args, model, world, args.text_samples, TEXT_SELECT_ONLY)
+        text_val = cache_head_inputs(model, text_val_samples, args.text_val, desc="cache text val", progress=progress)
     cached = time.time() - started
     head = model.group_head.float()
     history = fit_group_head(head, train + text_train, val + text_val, args.epochs, args.lr, args.batch_size,
