@@ -247,21 +247,24 @@ class AnyRef(AnyRefModel):
 
     def _group_check_probabilities(self, image, questions: list[tuple[np.ndarray, list]],
                                    allow_untrained: bool) -> np.ndarray:
-        """The group head's membership probability for each (mask H x W bool, references) question on one image:
-        the references asked as a "select" prompt with the mask as its one candidate, all Q in one batch."""
+        """The text check head's (``config.text_check_head``; else the group head's) membership probability for
+        each (mask H x W bool, references) question on one image: the references asked as a "select" prompt with
+        the mask as its one candidate, all Q in one batch."""
         pixels, features = self._pixels_and_features(image)
         return self._candidate_probabilities([ReferringSample(image=pixels, references=refs, task="select",
                                                               candidates=mask[None], selected=np.zeros(1, dtype=bool))
-                                              for mask, refs in questions], features, allow_untrained)
+                                              for mask, refs in questions], features, allow_untrained,
+                                             self.text_check_head)
 
     def _candidate_probabilities(self, samples: list[ReferringSample], features: "_ImageFeatures | None",
-                                 allow_untrained: bool) -> np.ndarray:
-        """The group head's membership probability of every candidate of "select" samples on one image (sample by
-        sample, N in all), in ONE forward pass; features: that image's cached ones, or None."""
+                                 allow_untrained: bool, head: torch.nn.Module | None = None) -> np.ndarray:
+        """``head``'s (None: the group head's) membership probability of every candidate of "select" samples on
+        one image (sample by sample, N in all), in ONE forward pass; features: that image's cached ones, or
+        None."""
         batch = self._batch(samples, allow_untrained, 0)
         self.check_references([MaskRef(samples[0].candidates[0])], allow_untrained)  # candidates are mask tokens
         grids, sam = self._cached(batch, features)
-        return self.select_logits(batch, grids, sam).float().sigmoid().cpu().numpy()
+        return self.select_logits(batch, grids, sam, head).float().sigmoid().cpu().numpy()
 
     def _verified(self, results: list[SegmentResult], images: list, ref_lists: list[list],
                   allow_untrained: bool) -> list[SegmentResult]:
@@ -300,6 +303,18 @@ class AnyRef(AnyRefModel):
         return checked
 
     @torch.no_grad()
+    def check_scores(self, image=None, prompt=None, masks=None, allow_untrained: bool = False) -> np.ndarray:
+        """What ``config.check_by_group_head`` compares with its threshold, for each of ``masks`` (K x H x W at the
+        image's size, say a ``segment`` answer's): the probability that ``prompt`` describes that mask, by the text
+        check head (``config.text_check_head``) or else the group head - the prompt asked as a ``select`` prompt
+        with the mask as its one candidate. All K in one forward pass; image as in ``segment``. Returns K floats."""
+        pixels, _ = self._pixels_and_features(image)
+        if masks is None:
+            raise ValueError("no masks given: pass masks=, K x H x W masks at the image's size")
+        masks = check_candidates(masks, *pixels.shape[:2])
+        references = self._prompt_references(_references(prompt, "prompt"), allow_untrained)
+        return self._group_check_probabilities(pixels, [(mask, references) for mask in masks], allow_untrained)
+
     def select(self, image=None, prompt=None, candidates=None, allow_untrained: bool = False,
                threshold: float | None = None, empty_threshold: float | None = None,
                sam_options: dict | None = None) -> GroupResult:

@@ -153,9 +153,14 @@ class AnyRefConfig:
         is asked as a ``select`` prompt with that mask as its one candidate, and a mask whose membership
         probability is below this threshold is dropped and its ``<obj>`` written ``<rejected>``. A text that
         describes one object is a group of at most one, so a group head fitted on such prompts (SynthRef task
-        "text_select", ``anyref fit-group-head --tasks group,text_select``) can tell the described object from a
-        wrong one, or from one that is not there. None: off. Inference only; one more forward pass per image (its
-        masks in one batch); needs candidate selection (not group_by_obj).
+        "text_select", ``anyref fit-group-head --text-samples N``) can tell the described object from a wrong one,
+        or from one that is not there. With ``text_check_head`` the model's text check head answers instead of
+        its group head. None: off. Inference only; one more forward pass per image (its masks in one batch); needs
+        candidate selection (not group_by_obj).
+    text_check_head: the model holds a second head of its group head's kind (``AnyRefModel.text_check_head``),
+        fitted on "text_select" samples alone (``anyref fit-group-head --check-head``), which
+        ``check_by_group_head`` reads instead of the group head: the group head stays fitted on groups alone, and
+        each head learns one question. Its weights are part of the model's.
     untrained_references: reference kinds whose encoders were never trained (e.g. after a LISA conversion);
         the model refuses them unless the caller insists.
     """
@@ -206,6 +211,7 @@ class AnyRefConfig:
     group_empty_threshold: float | None = None
     verify_answers: float | None = None
     check_by_group_head: float | None = None
+    text_check_head: bool = False
     untrained_references: tuple[str, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:

@@ -127,6 +127,8 @@ class AnyRefModel(nn.Module):
         # twice, and not saved - a loaded model's layers are all its own)
         self.new_language_layers: tuple[nn.Module, ...] = ()
         self.group_head = build_group_head(config, hidden)
+        # a second head of the group head's kind that checks text answers (config.text_check_head), or None
+        self.text_check_head = build_group_head(config, hidden) if config.text_check_head else None
         self.builder = PromptBuilder(config, tokenizer, self.ids, self.llm_grid ** 2, wrap, self.mask_sources)
 
     def _mask_sources(self, mask_encoders: dict[str, nn.Module]) -> dict[str, MaskSource]:
@@ -159,10 +161,27 @@ class AnyRefModel(nn.Module):
         odd = [name for name in changes if not name.startswith("group_head_")]
         if odd:
             raise ValueError(f"replace_group_head takes the config's group_head_* fields only, got {odd}")
+        changed = [name for name, value in changes.items() if getattr(self.config, name) != value]
+        if changed and self.text_check_head is not None:
+            raise ValueError(f"this model's text check head is of its group head's kind, so the kind cannot change "
+                             f"({changed}); fit a new text check head after the new group head "
+                             "(anyref fit-group-head --check-head)")
         self._reconfigure(**changes)
+        self.group_head = self._new_group_head()
+
+    def add_text_check_head(self) -> nn.Module:
+        """Give the model a new, untrained text check head of its group head's kind (``config.text_check_head``),
+        replacing any it has, e.g. to fit it alone on a finished model (``anyref fit-group-head --check-head``).
+        Returns it."""
+        self._reconfigure(text_check_head=True)
+        self.text_check_head = self._new_group_head()
+        return self.text_check_head
+
+    def _new_group_head(self) -> nn.Module:
+        """A new, untrained head of the config's group head kind, on the model's device and dtype."""
         reference = next(self.obj_projection.parameters())
         head = build_group_head(self.config, self.llava.config.text_config.hidden_size)
-        self.group_head = head.to(device=reference.device, dtype=reference.dtype)
+        return head.to(device=reference.device, dtype=reference.dtype)
 
     def add_nowhere(self) -> None:
         """Give a finished model's location map its "nowhere" place (``obj_nowhere``), new and untrained, e.g. to
@@ -265,8 +284,8 @@ class AnyRefModel(nn.Module):
         self._reconfigure(verify_answers=None if threshold is None else float(threshold))
 
     def set_check_by_group_head(self, threshold: float | None) -> None:
-        """Check each mask answered to a text prompt with the group head (the text as a ``select`` prompt, the mask
-        its one candidate), dropping those whose membership probability is below ``threshold``
+        """Check each mask answered to a text prompt with the text check head, or the group head when the model has
+        none (the text as a ``select`` prompt, the mask its one candidate), dropping those whose membership probability is below ``threshold``
         (``config.check_by_group_head``, validated as the config is); None: off."""
         self._reconfigure(check_by_group_head=None if threshold is None else float(threshold))
 
@@ -578,28 +597,32 @@ class AnyRefModel(nn.Module):
             low = torch.where(drawn[:, None, None, None], self.redraw_obj_masks(embeddings, prompts, masks), low)
         return low
 
-    def group_logits(self, hidden: torch.Tensor, embeds: torch.Tensor, batch: Batch) -> torch.Tensor:
+    def group_logits(self, hidden: torch.Tensor, embeds: torch.Tensor, batch: Batch,
+                     head: nn.Module | None = None) -> torch.Tensor:
         """Membership logits of every candidate of the batch (sample by sample, in candidate order): N.
         hidden: B x L x H last-layer states of a forward over ``embeds`` (B x L x H, its input embeddings: at the
-        answer's candidate slots, the candidates' mask tokens)."""
-        return self._group_outputs(hidden, embeds, batch)[0]
+        answer's candidate slots, the candidates' mask tokens). head: the group head (None) or the text check
+        head."""
+        return self._group_outputs(hidden, embeds, batch, head)[0]
 
-    def _group_outputs(self, hidden: torch.Tensor, embeds: torch.Tensor, batch: Batch):
+    def _group_outputs(self, hidden: torch.Tensor, embeds: torch.Tensor, batch: Batch, head: nn.Module | None = None):
         """(membership logits N, and for a :class:`GroupMapHead` its map: (cell logits S x T, the candidates' cell
-        coverage N x T, their owners N among the S "select" rows); None for the other heads)."""
+        coverage N x T, their owners N among the S "select" rows); None for the other heads), by ``head`` (None:
+        the group head)."""
+        head = self.group_head if head is None else head
         slots = batch.candidate_slots
-        if isinstance(self.group_head, GroupMapHead):
+        if isinstance(head, GroupMapHead):
             rows = slots.any(1)  # only "select" samples have candidates
             first_slot = slots.int().argmax(1)[rows]
             query = hidden[rows.nonzero(as_tuple=True)[0], first_slot - 1]  # the last prompt position: S x H
-            cells = self.group_head.cells(query, self.image_token_states(batch.input_ids[rows], hidden[rows]))
+            cells = head.cells(query, self.image_token_states(batch.input_ids[rows], hidden[rows]))
             coverage, owners = self.candidate_cells(batch)
-            return self.group_head(cells, coverage, owners), (cells, coverage, owners)
-        if not isinstance(self.group_head, PromptGroupHead):
-            return self.group_head(hidden[slots], embeds[slots]), None
+            return head(cells, coverage, owners), (cells, coverage, owners)
+        if not isinstance(head, PromptGroupHead):
+            return head(hidden[slots], embeds[slots]), None
         candidates, candidate_mask, prompt, prompt_mask, geometry = self.prompt_head_inputs(
-            hidden, embeds, batch, with_geometry=self.group_head.geometry)
-        return self.group_head(candidates, prompt, prompt_mask, geometry)[candidate_mask], None
+            hidden, embeds, batch, with_geometry=head.geometry)
+        return head(candidates, prompt, prompt_mask, geometry)[candidate_mask], None
 
     def prompt_head_inputs(self, hidden: torch.Tensor, embeds: torch.Tensor, batch: Batch,
                            with_geometry: bool = True):
@@ -702,11 +725,11 @@ class AnyRefModel(nn.Module):
 
     @torch.no_grad()
     def select_logits(self, batch: Batch, grids: torch.Tensor | None = None,
-                      sam_embeddings: torch.Tensor | None = None) -> torch.Tensor:
+                      sam_embeddings: torch.Tensor | None = None, head: nn.Module | None = None) -> torch.Tensor:
         """The group of each "select" sample in ONE forward pass, whatever the number of candidates: membership
-        logits N (all candidates, sample by sample)."""
+        logits N (all candidates, sample by sample), by ``head`` (None: the group head)."""
         hidden, embeds = self.select_states(batch, grids, sam_embeddings)
-        return self.group_logits(hidden, embeds, batch)
+        return self.group_logits(hidden, embeds, batch, head)
 
     @torch.no_grad()
     def group_obj_map(self, batch: Batch, grids: torch.Tensor | None = None,

@@ -58,9 +58,9 @@ _INFERENCE_SETTINGS = (
                "config.verify_answers)")),
     ("--check-by-group-head", "set_check_by_group_head",
      dict(type=_number_or_off("a probability threshold such as 0.5"), metavar="THRESHOLD|off",
-          help="check each mask answered to a text prompt with the group head (the text as a select prompt, the "
-               "mask its one candidate), dropping it below THRESHOLD membership probability, or 'off' (default: "
-               "the model's config.check_by_group_head)")),
+          help="check each mask answered to a text prompt with the model's text check head, or its group head "
+               "when it has none (the text as a select prompt, the mask its one candidate), dropping it below "
+               "THRESHOLD membership probability, or 'off' (default: the model's config.check_by_group_head)")),
 )
 
 

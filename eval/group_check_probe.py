@@ -3,8 +3,9 @@
     python -m eval.group_check_probe --model synthref-tiny --n 200 --split val --out probe.json
 
 On the first ``n`` SynthRef text and no_target samples, each prompt is answered once with the check off, and each
-mask of the answer gets the group head's membership probability for it (the text asked as a ``select`` prompt with
-that mask as its one candidate: what ``check_by_group_head`` compares with its threshold). For each threshold t the
+mask of the answer gets its check probability (``AnyRef.check_scores``: the text check head's or else the group
+head's membership probability for it, the text asked as a ``select`` prompt with that mask as its one candidate:
+what ``check_by_group_head`` compares with its threshold). For each threshold t the
 probe then gives what ``anyref eval synthref`` would score with the check at t - text cIoU and found rate, the share
 of no-target prompts answered without a mask - and the same for the check off. Why a probe: the check drops wrong
 objects and absent ones, but also some right ones, so its threshold trades text cIoU for no-target answers; the
@@ -32,9 +33,10 @@ def check_probabilities(model, samples: list) -> list[dict]:
         records = []
         for sample in samples:
             result = model.segment(sample.image, sample.references)
-            # what the check reads: select's probability of the mask as the prompt's only candidate
-            probabilities = np.array([model.select(sample.image, sample.references, candidates=mask[None])
-                                      .candidate_scores[0] if mask.any() else 1.0 for mask in result.masks])
+            drawn = result.masks.any((1, 2))
+            probabilities = np.ones(len(result.masks))
+            if drawn.any():
+                probabilities[drawn] = model.check_scores(sample.image, sample.references, result.masks[drawn])
             records.append({"masks": result.masks, "probabilities": probabilities,
                             "target": union_mask(sample.masks, sample.image.shape[:2])})
         return records

@@ -1,7 +1,8 @@
-"""``check_by_group_head``: each mask answered to a text prompt is asked of the group head as the one candidate of
-the same text, and dropped below the threshold."""
+"""``check_by_group_head``: each mask answered to a text prompt is asked of the group head (or of the model's text
+check head, when it has one) as the one candidate of the same text, and dropped below the threshold."""
 import numpy as np
 import pytest
+import torch
 
 from anyref import AnyRef
 from anyref.config import AnyRefConfig
@@ -93,3 +94,30 @@ def test_the_probe_runs_on_a_model_and_restores_its_setting(tiny_model):
         tiny_model.set_check_by_group_head(None)
     assert set(run.metrics["by_threshold"]) == {"0.3", "0.6"} and run.metrics["chosen"] in (0.3, 0.6)
     assert run.counts["text"]["samples"] == 2
+
+
+def test_a_text_check_head_answers_the_check_and_select_stays_the_group_heads():
+    model = AnyRef.from_pretrained("synthref-tiny")
+    sample = next(s for s in SynthRef().split("val", "text", 10) if s.meta["kind"] != "relational")
+    answer = model.segment(sample.image, sample.references)
+    assert answer.found
+    group_heads = model.check_scores(sample.image, sample.references, answer.masks)
+    by_select = [model.select(sample.image, sample.references, candidates=mask[None]).candidate_scores[0]
+                 for mask in answer.masks]
+    np.testing.assert_allclose(group_heads, by_select, atol=1e-4)
+    check_head = model.add_text_check_head()
+    check_head.load_state_dict(model.group_head.state_dict())
+    np.testing.assert_allclose(model.check_scores(sample.image, sample.references, answer.masks), group_heads,
+                               atol=1e-4)
+    with torch.no_grad():
+        check_head.mlp[-1].bias -= 20.0  # the check head now rejects everything
+    assert (model.check_scores(sample.image, sample.references, answer.masks) < 1e-3).all()
+    assert model.select(sample.image, sample.references, candidates=answer.masks[:1]).candidate_scores[0] == \
+        pytest.approx(by_select[0], abs=1e-4)
+    model.set_check_by_group_head(0.5)
+    assert not model.segment(sample.image, sample.references).found
+    with pytest.raises(ValueError, match="no masks given"):
+        model.check_scores(sample.image, sample.references)
+    with pytest.raises(ValueError, match="cannot change"):
+        model.replace_group_head(group_head_reads_geometry=not model.config.group_head_reads_geometry)
+    model.replace_group_head(group_head_reads_geometry=model.config.group_head_reads_geometry)  # the same kind

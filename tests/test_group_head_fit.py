@@ -94,3 +94,24 @@ def test_cached_text_select_inputs_give_the_logits_select_computes(shipped):
     expected = shipped.select_logits(collate([prepare(s, shipped.builder) for s in samples], shipped.ids.pad))
     torch.testing.assert_close(logits, expected, atol=2e-2, rtol=1e-2)
     assert targets.sum() <= len(samples)
+
+
+def test_a_check_head_fit_leaves_the_group_head_as_it_was(tmp_path, shipped):
+    out = tmp_path / "check-head"
+    assert main(["--check-head", "--text-samples", "16", "--text-val", "8", "--epochs", "2", "--batch-size", "8",
+                 "--check-threshold", "0.4", "--workers", "1", "--out", str(out), "--no-progress"]) == 0
+    report = json.loads((out / "check_fit.json").read_text())
+    assert not (out / "group_fit.json").exists()
+    assert report["fitted"] == "text_check_head" and report["samples"] == 0 and report["val_by_threshold"] is None
+    assert report["text_samples"] == 16 and report["text_val_samples"] == 8 and report["text_val_by_threshold"]
+    loaded = AnyRef.from_pretrained(out)
+    assert loaded.config.text_check_head and loaded.config.check_by_group_head == 0.4
+    assert isinstance(loaded.text_check_head, PromptGroupHead)
+    for name, value in shipped.group_head.state_dict().items():
+        assert torch.equal(loaded.group_head.state_dict()[name], value), name
+    assert not torch.equal(loaded.text_check_head.mlp[-1].weight, shipped.group_head.mlp[-1].weight)
+    with pytest.raises(ValueError, match="text-samples"):
+        main(["--check-head", "--out", str(tmp_path / "none")])
+    with pytest.raises(ValueError, match="needs --check-head"):
+        main(["--check-threshold", "0.5", "--text-samples", "4", "--out", str(tmp_path / "none")])
+    assert not (tmp_path / "none").exists()

@@ -18,7 +18,10 @@ With ``--text-samples N`` the head also learns SynthRef's "text_select" samples 
 asked as a group of at most one: which of the scene's objects it describes, if any), N of them cached from the
 training stream beside the group samples and ``--text-val`` from the val split, all trained on together. Such a head
 can check a mask answered to a text prompt (``AnyRefConfig.check_by_group_head``); group_fit.json adds its scores
-on those val samples, as group scores.
+on those val samples, as group scores. With ``--check-head`` the fit trains a separate text check head
+(``AnyRefConfig.text_check_head``, of the group head's kind) on those text_select samples alone instead, and the
+group head is left as it was: the check no longer costs the groups any of the head's capacity
+(docs/mask-groups.md). The report is then ``check_fit.json``.
 """
 from __future__ import annotations
 
@@ -145,6 +148,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "trained on too (texts asked as groups of at most one: for config.check_by_group_head)")
     parser.add_argument("--text-val", type=int, default=300, help="text_select samples of the val split (with "
                         "--text-samples)")
+    parser.add_argument("--check-head", action="store_true", help="fit a separate text check head instead "
+                        "(config.text_check_head): on --text-samples text_select samples alone, the group head left "
+                        "as it is; --samples and --val are then unused")
+    parser.add_argument("--check-threshold", type=float, help="with --check-head, save the model with the check on "
+                        "at this threshold (config.check_by_group_head; default: keep the model's own)")
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--batch-size", type=int, default=64)
@@ -178,50 +186,66 @@ def run(args: argparse.Namespace) -> int:
     if args.text_samples < 0 or (args.text_samples and args.text_val < 1):
         raise ValueError(f"--text-samples must be >= 0, and --text-val >= 1 with it (got {args.text_samples}, "
                          f"{args.text_val})")
+    if args.check_head and not args.text_samples:
+        raise ValueError("--check-head fits the text check head on text_select samples: give --text-samples N")
+    if args.check_threshold is not None and not args.check_head:
+        raise ValueError("--check-threshold is the text check head's threshold: it needs --check-head")
     from anyref import AnyRef
 
     started = time.time()
     model = AnyRef.from_pretrained(args.model).eval()
     torch.manual_seed(args.seed)
-    model.replace_group_head(**HEAD_KINDS[args.head])
-    if args.threshold is not None:
-        model.set_group_threshold(args.threshold)
+    if args.check_head:
+        head = model.add_text_check_head()
+        if args.check_threshold is not None:
+            model.set_check_by_group_head(args.check_threshold)
+    else:
+        model.replace_group_head(**HEAD_KINDS[args.head])
+        head = model.group_head
+        if args.threshold is not None:
+            model.set_group_threshold(args.threshold)
     world = SynthRef.for_model(model.config)
     progress = not args.no_progress
-    val_samples = world.split("val", "group", args.val)
-    train = _cache_train(args, model, world, args.samples, GROUPS_ONLY)
-    val = cache_head_inputs(model, val_samples, args.val, desc="cache val", progress=progress)
+    train, val, val_samples = [], [], []
+    if not args.check_head:
+        val_samples = world.split("val", "group", args.val)
+        train = _cache_train(args, model, world, args.samples, GROUPS_ONLY)
+        val = cache_head_inputs(model, val_samples, args.val, desc="cache val", progress=progress)
     text_train, text_val, text_val_samples = [], [], []
     if args.text_samples:
         text_val_samples = world.split("val", "text_select", args.text_val)
         text_train = _cache_train(args, model, world, args.text_samples, TEXT_SELECT_ONLY)
         text_val = cache_head_inputs(model, text_val_samples, args.text_val, desc="cache text val", progress=progress)
     cached = time.time() - started
-    head = model.group_head.float()
+    head.float()
     history = fit_group_head(head, train + text_train, val + text_val, args.epochs, args.lr, args.batch_size,
                              model.config.group_pos_weight, seed=args.seed, progress=progress)
     thresholds = with_model_thresholds(THRESHOLDS, model.config)
-    scores, by_empty = val_scores(head, val, val_samples, thresholds)
+    scores, by_empty = val_scores(head, val, val_samples, thresholds) if val else (None, None)
     text_scores = val_scores(head, text_val, text_val_samples, thresholds)[0] if text_val else None
-    model.group_head.to(model.dtype)
+    head.to(model.dtype)
     best = min(history, key=lambda r: r["val_loss"])
-    report = {"model": args.model, "head": args.head, "samples": args.samples, "val_samples": args.val,
+    report = {"model": args.model, "head": args.head, "fitted": "text_check_head" if args.check_head else "group_head",
+              "samples": len(train), "val_samples": len(val),
               "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size, "seed": args.seed,
               "best_epoch": best["epoch"], "group_threshold": model.config.group_threshold,
               "group_empty_threshold": model.config.group_empty_threshold,
+              "check_by_group_head": model.config.check_by_group_head,
               "seconds": {"cache": round(cached, 1), "total": round(time.time() - started, 1)},
               "history": history, "val_by_threshold": scores, "val_by_empty_threshold": by_empty,
               "text_samples": args.text_samples, "text_val_samples": len(text_val),
               "text_val_by_threshold": text_scores}
-    model.save_pretrained(args.out, extra_files={"group_fit.json": json.dumps(report, indent=1) + "\n"})
-    print(f"best epoch {best['epoch']}: val loss {best['val_loss']:.3f}; val split, {args.val} group samples:")
-    print(f"{'threshold':>9} {'cIoU':>6} {'gIoU':>6} {'N-acc':>6} {'T-acc':>6}")
-    for t, m in scores.items():
-        print(f"{t:>9} {m['ciou']:6.3f} {m['giou']:6.3f} {m['n_acc']:6.3f} {m['t_acc']:6.3f}")
-    if text_scores:
-        print(f"texts asked as groups, {len(text_val)} val samples (N-acc: no-target texts answered empty):")
-        for t, m in text_scores.items():
-            print(f"{t:>9} {m['ciou']:6.3f} {m['giou']:6.3f} {m['n_acc']:6.3f} {m['t_acc']:6.3f}")
+    name = "check_fit.json" if args.check_head else "group_fit.json"
+    model.save_pretrained(args.out, extra_files={name: json.dumps(report, indent=1) + "\n"})
+    print(f"best epoch {best['epoch']}: val loss {best['val_loss']:.3f}")
+    for title, table in ((f"val split, {len(val)} group samples:", scores),
+                         (f"texts asked as groups, {len(text_val)} val samples (N-acc: no-target texts answered "
+                          "empty):", text_scores)):
+        if table:
+            print(title)
+            print(f"{'threshold':>9} {'cIoU':>6} {'gIoU':>6} {'N-acc':>6} {'T-acc':>6}")
+            for t, m in table.items():
+                print(f"{t:>9} {m['ciou']:6.3f} {m['giou']:6.3f} {m['n_acc']:6.3f} {m['t_acc']:6.3f}")
     return 0
 
 
