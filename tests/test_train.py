@@ -117,6 +117,19 @@ def test_killed_run_resumes_exactly(tmp_path):
     assert "dense_sam" in entries[0] and "pointer" in entries[-1] and "group" in entries[-1]
 
 
+def test_validation_leaves_the_trained_weights_as_they_are(tmp_path):
+    # why it matters: a recipe timed with --eval-every 0 trains the model its validated run shipped
+    config = _config(tmp_path, "run", steps=4, eval_every=1)
+    _train(config, tmp_path / "validated")
+    _train(config, tmp_path / "plain", "--eval-every", "0")
+    assert len((tmp_path / "validated" / "val.jsonl").read_text().splitlines()) == 2 + 4
+    assert not (tmp_path / "plain" / "val.jsonl").exists()
+    validated, plain = _weights(tmp_path / "validated"), _weights(tmp_path / "plain")
+    assert validated.keys() == plain.keys()
+    for key in validated:
+        assert torch.equal(validated[key], plain[key]), key
+
+
 def test_two_ranks_zero2_over_gloo(tmp_path):
     out = tmp_path / "two"
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",

@@ -176,6 +176,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="for a config that continues a finished model (\"init_from\"): start from this AnyRef "
                              "directory instead, e.g. runs/synthref-tiny/model to rebuild the shipped model's chain")
     parser.add_argument("--seed", type=int, help="override the config's seed")
+    parser.add_argument("--eval-every", type=int, metavar="N", help="override the config's eval_every (0: no "
+                        "validation); validation only logs val.jsonl, the weights trained are the same")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--export", action="store_true",
@@ -201,7 +203,7 @@ def run(args: argparse.Namespace) -> int:
         print("\n".join(preset_lines()))
         return 0
     config = load_config(args.preset, args.config, init_from=args.init_from, refocus_lambda=args.refocus_lambda,
-                         seed=args.seed)
+                         seed=args.seed, eval_every=args.eval_every)
     if args.print_config:
         print(json.dumps(config.to_dict(), indent=2))
         return 0
