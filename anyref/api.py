@@ -264,7 +264,8 @@ class AnyRef(AnyRefModel):
         batch = self._batch(samples, allow_untrained, 0)
         self.check_references([MaskRef(samples[0].candidates[0])], allow_untrained)  # candidates are mask tokens
         grids, sam = self._cached(batch, features)
-        return self.select_logits(batch, grids, sam, head).float().sigmoid().cpu().numpy()
+        sams = None if sam is None else sam.expand(len(samples), -1, -1, -1)  # mask tokens pool each row's own
+        return self.select_logits(batch, grids, sams, head).float().sigmoid().cpu().numpy()
 
     def _verified(self, results: list[SegmentResult], images: list, ref_lists: list[list],
                   allow_untrained: bool) -> list[SegmentResult]:

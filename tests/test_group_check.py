@@ -22,9 +22,7 @@ def test_the_check_drops_exactly_the_masks_below_its_threshold(shipped):
         shipped.set_check_by_group_head(None)
         plain = shipped.segment(sample.image, sample.references)
         assert plain.found
-        # the check's probability is select's, with the answered mask as the only candidate
-        probability = float(shipped.select(sample.image, sample.references, candidates=plain.masks[:1])
-                            .candidate_scores[0])
+        probability = float(shipped.check_scores(sample.image, sample.references, plain.masks[:1])[0])
         assert 0.0 < probability < 1.0
         shipped.set_check_by_group_head((probability + 1.0) / 2)  # just above it
         rejected = shipped.segment(sample.image, sample.references)
@@ -32,10 +30,12 @@ def test_the_check_drops_exactly_the_masks_below_its_threshold(shipped):
         kept = shipped.segment(sample.image, sample.references)
         [many] = shipped.segment_many(sample.image, [sample.references])
         [batched] = shipped.segment_batch([sample.image], [sample.references])
+        # several text prompts on one image: their masks are checked in one batch
+        both = shipped.segment_many(sample.image, [sample.references, sample.references])
     finally:
         shipped.set_check_by_group_head(before)
     assert not rejected.found and REJECTED in rejected.text and "check" in rejected.note
-    for result in (kept, many, batched):
+    for result in (kept, many, batched, *both):
         np.testing.assert_array_equal(result.masks, plain.masks)
     assert kept.text == plain.text
 
@@ -81,6 +81,8 @@ def test_the_probe_scores_each_threshold_as_the_check_would():
     checked = scores_at(text, no_target, 0.5)  # the unsure masks are dropped
     assert checked["text_ciou"] == pytest.approx(8 / 16) and checked["text_found_rate"] == 0.5
     assert checked["no_target_no_mask_rate"] == 1.0 and checked["sum"] == pytest.approx(8 / 16 + 1.0)
+    # gRefCOCO's gIoU: per-prompt IoUs (1, 0 | 0, 1) off, and (1, 0 | 1, 1) with the check
+    assert off["giou"] == pytest.approx(0.5) and checked["giou"] == pytest.approx(0.75)
 
 
 def test_the_probe_runs_on_a_model_and_restores_its_setting(tiny_model):
@@ -96,18 +98,28 @@ def test_the_probe_runs_on_a_model_and_restores_its_setting(tiny_model):
     assert run.counts["text"]["samples"] == 2
 
 
+def test_without_a_check_head_the_check_is_selects_probability(tiny_model):
+    sample = SynthRef().split("val", "text", 1)[0]
+    masks = np.stack([sample.masks[0], ~sample.masks[0]])
+    by_select = [tiny_model.select(sample.image, sample.references, candidates=mask[None], allow_untrained=True)
+                 .candidate_scores[0] for mask in masks]
+    np.testing.assert_allclose(tiny_model.check_scores(sample.image, sample.references, masks, allow_untrained=True),
+                               by_select, atol=1e-4)
+    with pytest.raises(ValueError, match="no masks given"):
+        tiny_model.check_scores(sample.image, sample.references)
+
+
 def test_a_text_check_head_answers_the_check_and_select_stays_the_group_heads():
     model = AnyRef.from_pretrained("synthref-tiny")
+    model.set_check_by_group_head(None)
     sample = next(s for s in SynthRef().split("val", "text", 10) if s.meta["kind"] != "relational")
     answer = model.segment(sample.image, sample.references)
     assert answer.found
-    group_heads = model.check_scores(sample.image, sample.references, answer.masks)
     by_select = [model.select(sample.image, sample.references, candidates=mask[None]).candidate_scores[0]
                  for mask in answer.masks]
-    np.testing.assert_allclose(group_heads, by_select, atol=1e-4)
     check_head = model.add_text_check_head()
-    check_head.load_state_dict(model.group_head.state_dict())
-    np.testing.assert_allclose(model.check_scores(sample.image, sample.references, answer.masks), group_heads,
+    check_head.load_state_dict(model.group_head.state_dict())  # the check now reads the group head's weights
+    np.testing.assert_allclose(model.check_scores(sample.image, sample.references, answer.masks), by_select,
                                atol=1e-4)
     with torch.no_grad():
         check_head.mlp[-1].bias -= 20.0  # the check head now rejects everything
@@ -116,8 +128,20 @@ def test_a_text_check_head_answers_the_check_and_select_stays_the_group_heads():
         pytest.approx(by_select[0], abs=1e-4)
     model.set_check_by_group_head(0.5)
     assert not model.segment(sample.image, sample.references).found
-    with pytest.raises(ValueError, match="no masks given"):
-        model.check_scores(sample.image, sample.references)
     with pytest.raises(ValueError, match="cannot change"):
         model.replace_group_head(group_head_reads_geometry=not model.config.group_head_reads_geometry)
     model.replace_group_head(group_head_reads_geometry=model.config.group_head_reads_geometry)  # the same kind
+
+
+def test_the_probe_interval_says_when_the_check_costs_text_answers():
+    from eval.group_check_probe import text_ciou_interval
+
+    a, b = np.zeros((4, 4), bool), np.zeros((4, 4), bool)
+    a[:2], b[2:, :2] = True, True
+    right = [_record([a], [0.9], a) for _ in range(20)]
+    assert text_ciou_interval(right, 0.5) == [0.0, 0.0]  # nothing dropped: no difference in any resample
+    unsure_right = [_record([a], [0.2], a) for _ in range(5)]
+    low, high = text_ciou_interval(right + unsure_right, 0.5)
+    assert high < 0.0  # right answers dropped: text cIoU is lower in every resample
+    wrong = [_record([b], [0.2], a) for _ in range(5)]
+    assert text_ciou_interval(right + wrong, 0.5)[0] >= 0.0  # only wrong answers dropped: never lower
