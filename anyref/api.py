@@ -316,6 +316,7 @@ class AnyRef(AnyRefModel):
         references = self._prompt_references(_references(prompt, "prompt"), allow_untrained)
         return self._group_check_probabilities(pixels, [(mask, references) for mask in masks], allow_untrained)
 
+    @torch.no_grad()
     def select(self, image=None, prompt=None, candidates=None, allow_untrained: bool = False,
                threshold: float | None = None, empty_threshold: float | None = None,
                sam_options: dict | None = None) -> GroupResult:

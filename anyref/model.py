@@ -8,6 +8,7 @@ the answer repeats; a classifier on those answer positions picks the group in on
 from __future__ import annotations
 
 import copy
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -163,9 +164,12 @@ class AnyRefModel(nn.Module):
             raise ValueError(f"replace_group_head takes the config's group_head_* fields only, got {odd}")
         changed = [name for name, value in changes.items() if getattr(self.config, name) != value]
         if changed and self.text_check_head is not None:
-            raise ValueError(f"this model's text check head is of its group head's kind, so the kind cannot change "
-                             f"({changed}); fit a new text check head after the new group head "
-                             "(anyref fit-group-head --check-head)")
+            # the check head is built from the same fields, so it cannot outlive a change of kind
+            warnings.warn(f"the group head's kind changes ({', '.join(changed)}): the text check head, of the old "
+                          "kind, is removed and the text check turned off; fit a new one with `anyref "
+                          "fit-group-head --check-head`", stacklevel=2)
+            self.text_check_head = None
+            self._reconfigure(text_check_head=False, check_by_group_head=None)
         self._reconfigure(**changes)
         self.group_head = self._new_group_head()
 
@@ -285,8 +289,9 @@ class AnyRefModel(nn.Module):
 
     def set_check_by_group_head(self, threshold: float | None) -> None:
         """Check each mask answered to a text prompt with the text check head, or the group head when the model has
-        none (the text as a ``select`` prompt, the mask its one candidate), dropping those whose membership probability is below ``threshold``
-        (``config.check_by_group_head``, validated as the config is); None: off."""
+        none (the text as a ``select`` prompt, the mask its one candidate), dropping those whose membership
+        probability is below ``threshold`` (``config.check_by_group_head``, validated as the config is); None:
+        off."""
         self._reconfigure(check_by_group_head=None if threshold is None else float(threshold))
 
     # ----------------------------------------------------------------------------------------------- parts
