@@ -155,6 +155,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "at this threshold (config.check_by_group_head; default: keep the model's own)")
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--weight-decay", type=float, default=0.01, help="AdamW's weight decay")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0, help="the head's initialisation, the stream and the order")
     parser.add_argument("--threshold", type=float, help="save the model with this membership threshold "
@@ -219,7 +220,7 @@ def run(args: argparse.Namespace) -> int:
     cached = time.time() - started
     head.float()
     history = fit_group_head(head, train + text_train, val + text_val, args.epochs, args.lr, args.batch_size,
-                             model.config.group_pos_weight, seed=args.seed, progress=progress)
+                             model.config.group_pos_weight, args.weight_decay, seed=args.seed, progress=progress)
     thresholds = with_model_thresholds(THRESHOLDS, model.config)
     scores, by_empty = val_scores(head, val, val_samples, thresholds) if val else (None, None)
     text_scores = val_scores(head, text_val, text_val_samples, thresholds)[0] if text_val else None
@@ -227,7 +228,8 @@ def run(args: argparse.Namespace) -> int:
     best = min(history, key=lambda r: r["val_loss"])
     report = {"model": args.model, "head": args.head, "fitted": "text_check_head" if args.check_head else "group_head",
               "samples": len(train), "val_samples": len(val),
-              "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size, "seed": args.seed,
+              "epochs": args.epochs, "lr": args.lr, "weight_decay": args.weight_decay, "batch_size": args.batch_size,
+              "seed": args.seed,
               "best_epoch": best["epoch"], "group_threshold": model.config.group_threshold,
               "group_empty_threshold": model.config.group_empty_threshold,
               "check_by_group_head": model.config.check_by_group_head,
