@@ -128,9 +128,12 @@ def test_a_text_check_head_answers_the_check_and_select_stays_the_group_heads():
         pytest.approx(by_select[0], abs=1e-4)
     model.set_check_by_group_head(0.5)
     assert not model.segment(sample.image, sample.references).found
-    with pytest.raises(ValueError, match="cannot change"):
-        model.replace_group_head(group_head_reads_geometry=not model.config.group_head_reads_geometry)
     model.replace_group_head(group_head_reads_geometry=model.config.group_head_reads_geometry)  # the same kind
+    assert model.text_check_head is check_head and model.config.check_by_group_head == 0.5
+    with pytest.warns(UserWarning, match="text check head, of the old kind, is removed"):
+        model.replace_group_head(group_head_reads_geometry=not model.config.group_head_reads_geometry)
+    assert model.text_check_head is None and not model.config.text_check_head
+    assert model.config.check_by_group_head is None
 
 
 def test_the_probe_interval_says_when_the_check_costs_text_answers():
