@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from anyref import cli
+from anyref import AnyRef, cli
 from eval import bench
 from eval import results as eval_results
 from eval.bench import full_size_budget
@@ -53,4 +53,7 @@ def test_bench_writes_every_figure(tmp_path, capsys):
     assert scaling["candidates"] == [50, 100, 200] and set(scaling["llm_forwards_per_call"].values()) == {1}
     assert "growth" in scaling and len(scaling["ms_per_candidate"]) == 2  # timings: docs/performance.md
     assert "engine_vs_reference" in capsys.readouterr().out
+    shipped = AnyRef.from_pretrained("synthref-tiny").config  # the text answer checks it was timed with
+    assert results["answer_checks"] == {"verify_answers": shipped.verify_answers,
+                                        "check_by_group_head": shipped.check_by_group_head}
     assert results["provenance"]["model_config_sha256"] and results["provenance"]["device"] == "cpu"
