@@ -103,6 +103,7 @@ def test_a_check_head_fit_leaves_the_group_head_as_it_was(tmp_path, shipped):
     report = json.loads((out / "check_fit.json").read_text())
     assert not (out / "group_fit.json").exists()
     assert report["fitted"] == "text_check_head" and report["samples"] == 0 and report["val_by_threshold"] is None
+    assert report["head"] == "prompt-geometry"  # the shipped group head's kind, whatever --head says
     assert report["text_samples"] == 16 and report["text_val_samples"] == 8 and report["text_val_by_threshold"]
     loaded = AnyRef.from_pretrained(out)
     assert loaded.config.text_check_head and loaded.config.check_by_group_head == 0.4

@@ -141,7 +141,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The command line of ``anyref fit-group-head`` (and ``python -m train.group_head_fit``)."""
     parser.add_argument("--model", default="synthref-tiny", help="a shipped model name or an AnyRef directory")
     parser.add_argument("--out", required=True, help="the directory to save the model with its new head to")
-    parser.add_argument("--head", default="prompt", choices=sorted(HEAD_KINDS), help="the kind of group head")
+    parser.add_argument("--head", default="prompt", choices=sorted(HEAD_KINDS), help="the kind of group head "
+                        "(with --check-head: unused, the check head takes the model's group head's kind)")
     parser.add_argument("--samples", type=int, default=20000, help="group samples of the training stream")
     parser.add_argument("--val", type=int, default=1000, help="group samples of the val split (the best epoch)")
     parser.add_argument("--text-samples", type=int, default=0, help="text_select samples of the training stream "
@@ -226,7 +227,9 @@ def run(args: argparse.Namespace) -> int:
     text_scores = val_scores(head, text_val, text_val_samples, thresholds)[0] if text_val else None
     head.to(model.dtype)
     best = min(history, key=lambda r: r["val_loss"])
-    report = {"model": args.model, "head": args.head, "fitted": "text_check_head" if args.check_head else "group_head",
+    kind = next((name for name, fields in HEAD_KINDS.items()
+                 if all(getattr(model.config, k) == v for k, v in fields.items())), "other")
+    report = {"model": args.model, "head": kind, "fitted": "text_check_head" if args.check_head else "group_head",
               "samples": len(train), "val_samples": len(val),
               "epochs": args.epochs, "lr": args.lr, "weight_decay": args.weight_decay, "batch_size": args.batch_size,
               "seed": args.seed,
