@@ -156,7 +156,8 @@ class AnyRefConfig:
         "text_select", ``anyref fit-group-head --text-samples N``) can tell the described object from a wrong one,
         or from one that is not there. With ``text_check_head`` the model's text check head answers instead of
         its group head. None: off. Inference only; one more forward pass per image (its masks in one batch); needs
-        candidate selection (not group_by_obj).
+        candidate selection (not group_by_obj). The shipped tiny SynthRef model checks with its text check head at
+        0.75, chosen on the val split (docs/mask-groups.md, "A text check head of its own").
     text_check_head: the model holds a second head of its group head's kind (``AnyRefModel.text_check_head``),
         fitted on "text_select" samples alone (``anyref fit-group-head --check-head``), which
         ``check_by_group_head`` reads instead of the group head: the group head stays fitted on groups alone, and
