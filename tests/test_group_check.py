@@ -1,57 +1,13 @@
 """``check_by_group_head``: each mask answered to a text prompt is asked of the group head (or of the model's text
-check head, when it has one) as the one candidate of the same text, and dropped below the threshold."""
+check head, when it has one) as the one candidate of the same text, and dropped below the threshold (that drop:
+tests/test_answer_checks.py)."""
 import numpy as np
 import pytest
 import torch
 
 from anyref import AnyRef
 from anyref.config import AnyRefConfig
-from anyref.outputs import REJECTED
 from anyref.synthref import SynthRef
-
-
-@pytest.fixture(scope="module")
-def shipped():
-    return AnyRef.from_pretrained("synthref-tiny")
-
-
-def test_the_check_drops_exactly_the_masks_below_its_threshold(shipped):
-    sample = next(s for s in SynthRef().split("val", "text", 10) if s.meta["kind"] != "relational")
-    before = shipped.config.check_by_group_head
-    try:
-        shipped.set_check_by_group_head(None)
-        plain = shipped.segment(sample.image, sample.references)
-        assert plain.found
-        probability = float(shipped.check_scores(sample.image, sample.references, plain.masks[:1])[0])
-        assert 0.0 < probability < 1.0
-        shipped.set_check_by_group_head((probability + 1.0) / 2)  # just above it
-        rejected = shipped.segment(sample.image, sample.references)
-        shipped.set_check_by_group_head(probability / 2)  # below it
-        kept = shipped.segment(sample.image, sample.references)
-        [many] = shipped.segment_many(sample.image, [sample.references])
-        [batched] = shipped.segment_batch([sample.image], [sample.references])
-        # several text prompts on one image: their masks are checked in one batch
-        both = shipped.segment_many(sample.image, [sample.references, sample.references])
-    finally:
-        shipped.set_check_by_group_head(before)
-    assert not rejected.found and REJECTED in rejected.text and "check" in rejected.note
-    for result in (kept, many, batched, *both):
-        np.testing.assert_array_equal(result.masks, plain.masks)
-    assert kept.text == plain.text
-
-
-def test_the_check_leaves_prompts_with_other_references_alone(shipped):
-    sample = SynthRef().split("val", "example_masked", 1)[0]
-    before = shipped.config.check_by_group_head
-    try:
-        shipped.set_check_by_group_head(None)
-        plain = shipped.segment(sample.image, sample.references)
-        shipped.set_check_by_group_head(0.999)
-        checked = shipped.segment(sample.image, sample.references)
-    finally:
-        shipped.set_check_by_group_head(before)
-    assert plain.found
-    np.testing.assert_array_equal(checked.masks, plain.masks)
 
 
 def test_the_check_setting_is_validated(tiny_model):

@@ -1,13 +1,13 @@
 """The "verify" question: "Is <box> {expression} in this image?" answered "yes." or "no." - SynthRef's samples of it,
-``AnyRef.verify``'s probability, and ``verify_answers``, which drops the masks the model's own check rejects."""
+``AnyRef.verify``'s probability, and ``verify_answers``, which drops the masks the model's own check rejects
+(that drop: tests/test_answer_checks.py)."""
 import numpy as np
 import pytest
 import torch
 
-from anyref import AnyRef, Box
+from anyref import Box
 from anyref.batching import collate, prepare
 from anyref.config import AnyRefConfig
-from anyref.outputs import REJECTED
 from anyref.samples import ReferringSample, verify_answer, verify_caption
 from anyref.synthref import SynthRef, SynthRefConfig
 from anyref.synthref.expressions import resolve
@@ -88,48 +88,6 @@ def test_verify_compares_the_two_answers(tiny_model):
     as_mask = tiny_model.verify(sample.image, box.mask(*sample.image.shape[:2]), expression)
     assert as_mask == pytest.approx(tiny_model.verify(sample.image, Box.around(box.mask(*sample.image.shape[:2])),
                                                       expression), abs=1e-6)
-
-
-@pytest.fixture(scope="module")
-def shipped():
-    model = AnyRef.from_pretrained("synthref-tiny")
-    model.set_check_by_group_head(None)  # the verify check alone
-    return model
-
-
-def test_verify_answers_drops_exactly_the_masks_below_the_threshold(shipped):
-    sample = next(s for s in SynthRef().split("val", "text", 10) if s.meta["kind"] != "relational")
-    before = shipped.config.verify_answers
-    try:
-        shipped.set_verify_answers(None)
-        plain = shipped.segment(sample.image, sample.references)
-        assert plain.found
-        probability = shipped.verify(sample.image, plain.masks[0], sample.references)
-        assert 0.0 < probability < 1.0
-        shipped.set_verify_answers((probability + 1.0) / 2)  # just above it
-        rejected = shipped.segment(sample.image, sample.references)
-        shipped.set_verify_answers(probability / 2)  # below it
-        kept = shipped.segment(sample.image, sample.references)
-        [many] = shipped.segment_many(sample.image, [sample.references])
-    finally:
-        shipped.set_verify_answers(before)
-    assert not rejected.found and REJECTED in rejected.text and "check" in rejected.note
-    np.testing.assert_array_equal(kept.masks, plain.masks)
-    assert kept.text == plain.text
-    np.testing.assert_array_equal(many.masks, kept.masks)
-
-
-def test_verify_answers_leaves_prompts_with_other_references_alone(shipped):
-    sample = SynthRef().split("val", "example_masked", 1)[0]
-    before = shipped.config.verify_answers
-    try:
-        shipped.set_verify_answers(None)
-        plain = shipped.segment(sample.image, sample.references)
-        shipped.set_verify_answers(0.999)
-        checked = shipped.segment(sample.image, sample.references)
-    finally:
-        shipped.set_verify_answers(before)
-    np.testing.assert_array_equal(checked.masks, plain.masks)
 
 
 def test_verify_settings_and_regions_are_checked(tiny_model):
