@@ -26,8 +26,8 @@ __all__ = ["greedy_generate"]
 @dataclass
 class Emission:
     """The ``<obj>`` tokens one decoding step emitted: their batch rows (N), raw last-layer states (N x H), the
-    last layer's normed input and rotary embeddings at that step (N x H, N x D, N x D), and how many key positions
-    the cache held then (``reach``)."""
+    last layer's query projection and rotary embeddings at that step (N x heads*D, N x D, N x D), and how many key
+    positions the cache held then (``reach``)."""
 
     rows: torch.Tensor
     states: torch.Tensor
@@ -88,7 +88,7 @@ def greedy_generate(model: AnyRefModel, batch: Batch, max_new_tokens: int | None
                 rows = emitting.nonzero(as_tuple=True)[0]
                 # refocusing needs this step's query (the tap) and how far the cache reaches now; it runs
                 # once for all <obj> of the answers after decoding, since no <obj> state feeds back
-                emitted.append(Emission(rows, step_hidden[rows], tap.hidden[rows, -1], tap.cos[rows, -1],
+                emitted.append(Emission(rows, step_hidden[rows], tap.queries[rows, -1], tap.cos[rows, -1],
                                         tap.sin[rows, -1], attention.shape[1]))
             for row in range(batch_size):
                 if not done[row] and next_ids[row] != ids.eos:

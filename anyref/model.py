@@ -469,7 +469,7 @@ class AnyRefModel(nn.Module):
         ce = -log_probs.sum() / predicted.sum().clamp_min(1)
         emits = (ids[:, 1:] == self.ids.obj) & predicted  # position p emits <obj> at p + 1
         rows, cols = emits.nonzero(as_tuple=True)
-        keys = project_keys(tap.attention, tap.hidden, tap.cos, tap.sin)
+        keys = project_keys(tap.attention, tap.keys, tap.cos, tap.sin)
         states = self._obj_states(tap, hidden, attention, batch.answer_starts, rows, cols, keys)
         return hidden, ce, rows, cols, states
 
@@ -709,7 +709,7 @@ class AnyRefModel(nn.Module):
         span = torch.arange(hidden.shape[1], device=hidden.device)
         before = span[None, :] <= cols[:, None]  # causal: keys up to the emitting position
         key_mask = before & attention[rows].bool()
-        weights = attention_rows(tap.attention, tap.hidden[rows, cols], tap.cos[rows, cols], tap.sin[rows, cols],
+        weights = attention_rows(tap.attention, tap.queries[rows, cols], tap.cos[rows, cols], tap.sin[rows, cols],
                                  keys[rows], key_mask)
         answer_mask = before & (span[None, :] >= answer_starts[rows, None])
         return refocus(hidden[rows, cols], hidden[rows], weights, answer_mask, self.refocus_lambda,

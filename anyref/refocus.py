@@ -1,10 +1,11 @@
 """Refocusing: h_obj' = h_obj + lambda * sum_i a_i h_i over the answer tokens before ``<obj>``.
 
 a = the last decoder layer's attention row of the position that emits ``<obj>``, averaged over heads and
-renormalised over those answer tokens. Only the rows needed are computed: the last layer's attention input is
-captured by a hook during the normal (sdpa) forward, and the scores of one query row are recomputed from it -
-one q-projection per ``<obj>`` plus, without a KV cache, one k-projection of the last layer. No layer switches to
-eager attention and no L x L matrix is materialised.
+renormalised over those answer tokens. Only the rows needed are computed: the last layer's query and key
+projections are captured by hooks during the normal (sdpa) forward, and the scores of one query row are computed
+from them. No layer switches to eager attention and no L x L matrix is materialised. The projections are captured,
+not recomputed, because in training LoRA dropout on q_proj (or any projection) draws a new mask on each call: a
+recomputed query would give another attention row than the one the forward used.
 """
 from __future__ import annotations
 
@@ -16,29 +17,40 @@ __all__ = ["LastLayerAttentionTap", "attention_rows", "project_keys", "refocus"]
 
 
 class LastLayerAttentionTap:
-    """Captures the (normed) input and rotary embeddings of the last decoder layer's self-attention.
+    """Captures the last decoder layer's query and key projections and rotary embeddings during a forward.
 
-    Use as a context manager around a language-model forward; afterwards ``hidden`` is B x L x H and ``cos``/
-    ``sin`` are B x L x D (the rows of this forward only; with a KV cache, only the new positions).
+    Use as a context manager around a language-model forward; afterwards ``queries`` is B x L x (heads * D),
+    ``keys`` B x L x (kv_heads * D) (both before the rotary embedding) and ``cos``/``sin`` are B x L x D: the rows
+    of this forward only; with a KV cache, only the new positions.
     """
 
     def __init__(self, language_model: nn.Module):
         self.attention = language_model.layers[-1].self_attn
-        self.hidden: torch.Tensor | None = None
+        self.queries: torch.Tensor | None = None
+        self.keys: torch.Tensor | None = None
         self.cos: torch.Tensor | None = None
         self.sin: torch.Tensor | None = None
 
-    def _hook(self, module, args, kwargs):
-        hidden = args[0] if args else kwargs["hidden_states"]
-        self.hidden = hidden
+    def _rotary_hook(self, module, args, kwargs):
         self.cos, self.sin = kwargs["position_embeddings"]
 
+    def _query_hook(self, module, args, output):
+        self.queries = output
+
+    def _key_hook(self, module, args, output):
+        self.keys = output
+
     def __enter__(self) -> "LastLayerAttentionTap":
-        self._handle = self.attention.register_forward_pre_hook(self._hook, with_kwargs=True)
+        self._handles = [
+            self.attention.register_forward_pre_hook(self._rotary_hook, with_kwargs=True),
+            self.attention.q_proj.register_forward_hook(self._query_hook),
+            self.attention.k_proj.register_forward_hook(self._key_hook),
+        ]
         return self
 
     def __exit__(self, *exc) -> None:
-        self._handle.remove()
+        for handle in self._handles:
+            handle.remove()
 
 
 def _heads(attention: nn.Module, projected: torch.Tensor) -> torch.Tensor:
@@ -53,15 +65,15 @@ def _rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
     return x * cos + rotate_half(x) * sin
 
 
-def project_keys(attention: nn.Module, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotary keys of the last layer: hidden B x L x H -> B x KVH x L x D (what a KV cache would hold)."""
-    keys = _heads(attention, attention.k_proj(hidden)).transpose(1, 2)
-    return _rotary(keys, cos, sin)
+def project_keys(attention: nn.Module, keys: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary keys of the last layer: its k_proj output B x L x (KVH * D) -> B x KVH x L x D (what a KV cache
+    would hold)."""
+    return _rotary(_heads(attention, keys).transpose(1, 2), cos, sin)
 
 
 def attention_rows(
     attention: nn.Module,
-    hidden_rows: torch.Tensor,
+    query_rows: torch.Tensor,
     cos_rows: torch.Tensor,
     sin_rows: torch.Tensor,
     keys: torch.Tensor,
@@ -69,11 +81,11 @@ def attention_rows(
 ) -> torch.Tensor:
     """Head-averaged attention probabilities of N query rows, as the layer's own softmax gives them.
 
-    hidden_rows: N x H (normed layer input at the query positions); cos_rows, sin_rows: N x D;
+    query_rows: N x (heads * D) (the layer's q_proj output at the query positions, as the tap captured it); cos_rows, sin_rows: N x D;
     keys: N x KVH x K x D rotary keys; key_mask: N x K bool, True where the query may attend (causal + padding).
     Returns N x K float32.
     """
-    queries = _heads(attention, attention.q_proj(hidden_rows))[:, :, None, :]  # N x heads x 1 x D
+    queries = _heads(attention, query_rows)[:, :, None, :]  # N x heads x 1 x D
     queries = _rotary(queries, cos_rows[:, None], sin_rows[:, None])
     groups = queries.shape[1] // keys.shape[1]
     keys = keys.repeat_interleave(groups, dim=1)  # grouped-query attention: KV heads shared by query heads

@@ -7,6 +7,7 @@ from anyref import OBJ, ReferringSample
 from anyref.batching import collate, prepare
 from anyref.builders import build_tiny
 from anyref.config import AnyRefConfig
+from anyref.lora import enable_lora
 from anyref.refocus import refocus
 from tests.conftest import rect_mask, scene
 
@@ -62,6 +63,29 @@ def test_refocus_equals_eager_attention():
     with torch.no_grad():
         plain = model.answer_states(batch)[4]
     assert (plain - states).abs().max() > 1e-2
+
+
+def test_refocus_uses_the_forwards_own_attention_under_lora_dropout():
+    """In training, LoRA dropout on q_proj draws a new mask on every call: the attention row refocusing reads must
+    be the one the forward itself used, so it equals an eager forward that draws the same masks (same seed)."""
+    model = build_tiny(seed=2)
+    enable_lora(model, dropout=0.5)
+    with torch.no_grad():  # a fresh adapter's B is zero, which would hide the dropout altogether
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0.0, 0.5)
+    model.refocus_lambda.fill_(0.7)
+    model.train()
+    batch = _batch(model)
+    torch.manual_seed(5)
+    with torch.no_grad():
+        states = model.answer_states(batch)[4]
+    torch.manual_seed(5)
+    expected = _eager_reference(model, batch, 0.7)
+    torch.testing.assert_close(states, expected, rtol=1e-5, atol=1e-5)
+    torch.manual_seed(6)  # another draw gives other states: the dropout is really in play
+    other = _eager_reference(model, batch, 0.7)
+    assert (other - expected).abs().max() > 1e-3
 
 
 def test_answer_grad_scales_only_the_gradient_into_answer_states():
