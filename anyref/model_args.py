@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["add_inference_settings", "add_model_arguments", "inference_setting_words", "resolve_device", "load_model"]
+__all__ = ["add_inference_settings", "add_model_arguments", "apply_inference_settings", "inference_setting_words",
+           "resolve_device", "load_model"]
 
 
 def _on_off(text: str) -> bool:
@@ -116,7 +117,13 @@ def load_model(args: argparse.Namespace):
     from anyref.api import AnyRef
 
     model = AnyRef.from_pretrained(args.model, device=resolve_device(args.device))
+    apply_inference_settings(model, args)
+    return model
+
+
+def apply_inference_settings(model, args: argparse.Namespace) -> None:
+    """Set on ``model`` each inference setting the parsed arguments hold (add_inference_settings'); the others
+    stay as the model's config has them."""
     for _, setter, _ in _INFERENCE_SETTINGS:
         if hasattr(args, setter):
             getattr(model, setter)(getattr(args, setter))
-    return model

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
+from anyref.model_args import add_inference_settings, apply_inference_settings
 from encoders.checkpoints import write_text_atomically
 from eval.provenance import run_provenance
 
@@ -118,14 +119,15 @@ def write_module_results(path: str | Path, benchmark: str, run: RunOutput, model
 def run_diagnostic(argv: Optional[list[str]], parser: argparse.ArgumentParser, probe: Callable, report: Callable,
                    benchmark: str, split: Optional[str] = None) -> int:
     """The body of every SynthRef diagnostic's ``main`` (``python -m eval.BENCHMARK``): parse ``argv`` with
-    ``parser`` (diagnostic_parser's, or one with --model and --out), load --model, run ``probe(model, args)`` (a
-    RunOutput), print its table with ``report(run, model)``, and with --out write the results file. split: the
-    split the file records (None: --split)."""
+    ``parser`` (diagnostic_parser's, or one with --model and --out), load --model with the inference settings
+    the command line gives, run ``probe(model, args)`` (a RunOutput), print its table with ``report(run, model)``,
+    and with --out write the results file. split: the split the file records (None: --split)."""
     args = parser.parse_args(argv)
     from anyref import AnyRef
 
     started = time.time()
     model = AnyRef.from_pretrained(args.model).eval()
+    apply_inference_settings(model, args)
     run = probe(model, args)
     report(run, model)
     if args.out:
@@ -137,8 +139,9 @@ def run_diagnostic(argv: Optional[list[str]], parser: argparse.ArgumentParser, p
 def diagnostic_parser(doc: str, n: int, split: str, tasks: Optional[tuple[str, ...]] = None,
                       n_help: str = "samples per task") -> argparse.ArgumentParser:
     """The command line every SynthRef diagnostic (``python -m eval.mask_errors``...) shares: --model, --tasks
-    (when ``tasks`` lists the choices; all by default), --n, --split and --out. doc: the module docstring, whose
-    first paragraph describes the command."""
+    (when ``tasks`` lists the choices; all by default), --n, --split, --out and the inference settings that
+    override the model's config (``--check-by-group-head off``...). doc: the module docstring, whose first
+    paragraph describes the command."""
     parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("--model", default="synthref-tiny", help="a shipped model name or an AnyRef directory")
     if tasks:
@@ -146,6 +149,7 @@ def diagnostic_parser(doc: str, n: int, split: str, tasks: Optional[tuple[str, .
     parser.add_argument("--n", type=int, default=n, help=n_help)
     parser.add_argument("--split", default=split, choices=("val", "test"))
     parser.add_argument("--out", help="write a results JSON here")
+    add_inference_settings(parser)
     return parser
 
 

@@ -49,3 +49,20 @@ def test_a_run_on_the_shipped_model_covers_its_samples():
         assert sum(figures["share"].values()) == pytest.approx(1.0)
     with pytest.raises(ValueError, match="whose answer is masks"):
         mask_errors(None, ("no_target",))
+
+
+def test_the_command_runs_the_model_with_the_inference_settings_it_is_given(tmp_path, capsys):
+    """Like every SynthRef diagnostic, the command takes the inference flags `anyref eval` takes (here the text
+    check turned off): the answers are then the unchecked ones, and the results file keeps the flag."""
+    import json
+
+    from eval.mask_errors import main
+
+    files = {}
+    for words in ([], ["--check-by-group-head", "off"]):
+        files[bool(words)] = tmp_path / f"errors-{len(words)}.json"
+        assert main(["--tasks", "text", "--n", "12", "--out", str(files[bool(words)]), *words]) == 0
+    checked, unchecked = (json.loads(files[k].read_text()) for k in (False, True))
+    assert unchecked["command"].endswith("--check-by-group-head off")
+    # the shipped check drops some answers to these prompts; off, none is dropped
+    assert unchecked["metrics"]["text"]["share"]["no_mask"] < checked["metrics"]["text"]["share"]["no_mask"]
