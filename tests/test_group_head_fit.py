@@ -10,7 +10,8 @@ from anyref.batching import collate, prepare
 from anyref.group_heads import GroupMapHead, PromptGroupHead
 from anyref.synthref import SynthRef, SynthRefConfig
 from train.group_head_fit import HEAD_KINDS, head_logits, main
-from train.head_input_cache import GROUPS_ONLY, cache_head_inputs, cache_stream_inputs
+from train.head_input_cache import (ANSWERED_PROMPTS, GROUPS_ONLY, answer_check_samples, cache_answer_inputs,
+                                    cache_head_inputs, cache_stream_inputs)
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +53,43 @@ def test_two_processes_cache_the_stream_as_this_process_does(shipped):
         assert torch.equal(a.selected, b.selected)
     with pytest.raises(ValueError, match="at least one sample"):
         cache_stream_inputs("synthref-tiny", 3, 0)
+
+
+def test_answer_samples_are_the_answers_the_check_judges(shipped):
+    """Each answer mask (the check off) becomes a group of one labelled by IoU >= 0.5 with the target, and the
+    check head's probability on its cached inputs is what check_scores gives that mask."""
+    world = SynthRef.for_model(shipped.config)
+    prompts = world.split("val", "text", 4) + world.split("val", "no_target", 4)
+    threshold = shipped.config.check_by_group_head
+    checks = answer_check_samples(shipped, prompts)
+    assert threshold is not None and shipped.config.check_by_group_head == threshold  # restored after answering
+    shipped.set_check_by_group_head(None)
+    try:
+        expected = []
+        for prompt in prompts:
+            masks = [m for m in shipped.segment(prompt.image, prompt.references).masks if m.any()]
+            target = prompt.masks.any(0)
+            expected += [(m, prompt, (m & target).sum() / (m | target).sum() >= 0.5) for m in masks]
+    finally:
+        shipped.set_check_by_group_head(threshold)
+    assert len(checks) == len(expected) > 0
+    for check, (mask, prompt, right) in zip(checks, expected):
+        assert check.task == "select" and check.references == prompt.references
+        assert torch.equal(torch.as_tensor(check.candidates), torch.as_tensor(mask[None]))
+        assert check.selected.tolist() == [bool(right)]
+        assert not right or prompt.source == "text"  # an answer to a no-target prompt is never right
+    assert any(c.selected[0] for c in checks) and not all(c.selected[0] for c in checks)
+    cached = cache_answer_inputs(shipped, prompts, len(prompts), chunk=3, progress=False)
+    logits, targets, _ = head_logits(shipped.text_check_head, cached)
+    assert targets.tolist() == [bool(c.selected[0]) for c in checks]
+    scores = [float(shipped.check_scores(c.image, c.references, c.candidates)[0]) for c in checks]
+    torch.testing.assert_close(logits.sigmoid(), torch.tensor(scores, dtype=logits.dtype), atol=1e-2, rtol=0)
+    there = cache_stream_inputs("synthref-tiny", 3, 4, workers=2, chunk=2, progress=False, answers=True)
+    here = cache_answer_inputs(shipped, world.stream(3, ANSWERED_PROMPTS), 4, chunk=2, progress=False)
+    assert len(here) == len(there)
+    for a, b in zip(here, there):
+        torch.testing.assert_close(b.candidates.float(), a.candidates.float(), atol=2e-2, rtol=1e-2)
+        assert torch.equal(a.selected, b.selected)
 
 
 def test_fit_keeps_its_best_val_epoch_and_saves_a_model_that_loads(tmp_path):
@@ -98,13 +136,15 @@ def test_cached_text_select_inputs_give_the_logits_select_computes(shipped):
 
 def test_a_check_head_fit_leaves_the_group_head_as_it_was(tmp_path, shipped):
     out = tmp_path / "check-head"
-    assert main(["--check-head", "--text-samples", "16", "--text-val", "8", "--epochs", "2", "--batch-size", "8",
-                 "--check-threshold", "0.4", "--workers", "1", "--out", str(out), "--no-progress"]) == 0
+    assert main(["--check-head", "--text-samples", "16", "--text-val", "8", "--answer-samples", "8", "--answer-val",
+                 "6", "--epochs", "2", "--batch-size", "8", "--check-threshold", "0.4", "--workers", "1", "--out",
+                 str(out), "--no-progress"]) == 0
     report = json.loads((out / "check_fit.json").read_text())
     assert not (out / "group_fit.json").exists()
     assert report["fitted"] == "text_check_head" and report["samples"] == 0 and report["val_by_threshold"] is None
     assert report["head"] == "prompt-geometry"  # the shipped group head's kind, whatever --head says
     assert report["text_samples"] == 16 and report["text_val_samples"] == 8 and report["text_val_by_threshold"]
+    assert report["answer_samples"] == 8 and 0 < report["answer_masks"] <= 8 and 0 < report["answer_val_masks"] <= 6
     loaded = AnyRef.from_pretrained(out)
     assert loaded.config.text_check_head and loaded.config.check_by_group_head == 0.4
     assert isinstance(loaded.text_check_head, PromptGroupHead)
@@ -113,6 +153,8 @@ def test_a_check_head_fit_leaves_the_group_head_as_it_was(tmp_path, shipped):
     assert not torch.equal(loaded.text_check_head.mlp[-1].weight, shipped.group_head.mlp[-1].weight)
     with pytest.raises(ValueError, match="text-samples"):
         main(["--check-head", "--out", str(tmp_path / "none")])
+    with pytest.raises(ValueError, match="add --check-head"):
+        main(["--answer-samples", "4", "--out", str(tmp_path / "none")])
     with pytest.raises(ValueError, match="needs --check-head"):
         main(["--check-threshold", "0.5", "--text-samples", "4", "--out", str(tmp_path / "none")])
     assert not (tmp_path / "none").exists()

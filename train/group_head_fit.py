@@ -21,7 +21,10 @@ can check a mask answered to a text prompt (``AnyRefConfig.check_by_group_head``
 on those val samples, as group scores. With ``--check-head`` the fit trains a separate text check head
 (``AnyRefConfig.text_check_head``, of the group head's kind) on those text_select samples alone instead, and the
 group head is left as it was: the check no longer costs the groups any of the head's capacity
-(docs/mask-groups.md). The report is then ``check_fit.json``.
+(docs/mask-groups.md). The report is then ``check_fit.json``. With ``--answer-samples N`` the check head learns
+from the model's own answers too: N text and no-target prompts of the training stream are answered (the check
+off), and each answer mask becomes a group of one, selected when it is the target (IoU >= 0.5); ``--answer-val``
+prompts of the val splits give their val loss. Those are the masks the check will judge, wrong where the model errs.
 """
 from __future__ import annotations
 
@@ -37,7 +40,8 @@ from tqdm import tqdm
 from anyref.group_heads import GroupHead, PromptGroupHead, group_loss
 from anyref.synthref import SynthRef
 from eval.group_threshold_probe import THRESHOLDS, empty_threshold_scores, with_model_thresholds
-from train.head_input_cache import GROUPS_ONLY, TEXT_SELECT_ONLY, HeadInputs, cache_head_inputs, cache_stream_inputs
+from train.head_input_cache import (ANSWERED_PROMPTS, GROUPS_ONLY, TEXT_SELECT_ONLY, HeadInputs, cache_answer_inputs,
+                                    cache_head_inputs, cache_stream_inputs)
 
 __all__ = ["head_logits", "fit_group_head", "val_scores", "HEAD_KINDS",
            "add_arguments", "run", "main"]
@@ -150,8 +154,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--text-val", type=int, default=300, help="text_select samples of the val split (with "
                         "--text-samples)")
     parser.add_argument("--check-head", action="store_true", help="fit a separate text check head instead "
-                        "(config.text_check_head): on --text-samples text_select samples alone, the group head left "
-                        "as it is; --samples and --val are then unused")
+                        "(config.text_check_head): on --text-samples text_select samples and --answer-samples "
+                        "answers, the group head left as it is; --samples and --val are then unused")
+    parser.add_argument("--answer-samples", type=int, default=0, help="with --check-head: text and no-target "
+                        "prompts of the training stream (half each) answered by the model, each answer mask a "
+                        "sample, labelled by IoU >= 0.5 with the target")
+    parser.add_argument("--answer-val", type=int, default=300, help="text and no-target prompts of the val splits "
+                        "(half each) answered for the val loss, with --answer-samples")
     parser.add_argument("--check-threshold", type=float, help="with --check-head, save the model with the check on "
                         "at this threshold (config.check_by_group_head; default: keep the model's own)")
     parser.add_argument("--epochs", type=int, default=40)
@@ -172,13 +181,16 @@ def main(argv: list[str] | None = None) -> int:
     return run(parser.parse_args(argv))
 
 
-def _cache_train(args: argparse.Namespace, model, world, count: int, task_weights: dict) -> list[HeadInputs]:
-    """The head inputs of the first ``count`` samples of the training stream ``args.seed`` with ``task_weights``."""
+def _cache_train(args: argparse.Namespace, model, world, count: int, task_weights: dict,
+                 answers: bool = False) -> list[HeadInputs]:
+    """The head inputs of the first ``count`` samples of the training stream ``args.seed`` with ``task_weights``
+    (with ``answers``: of the model's answers to them)."""
     if args.workers > 1:
         return cache_stream_inputs(args.model, args.seed, count, args.workers, progress=not args.no_progress,
-                                   task_weights=task_weights)
-    return cache_head_inputs(model, world.stream(args.seed, task_weights), count, desc="cache train",
-                             progress=not args.no_progress)
+                                   task_weights=task_weights, answers=answers)
+    cache = cache_answer_inputs if answers else cache_head_inputs
+    return cache(model, world.stream(args.seed, task_weights), count, desc="cache train",
+                 progress=not args.no_progress)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -188,8 +200,14 @@ def run(args: argparse.Namespace) -> int:
     if args.text_samples < 0 or (args.text_samples and args.text_val < 1):
         raise ValueError(f"--text-samples must be >= 0, and --text-val >= 1 with it (got {args.text_samples}, "
                          f"{args.text_val})")
-    if args.check_head and not args.text_samples:
-        raise ValueError("--check-head fits the text check head on text_select samples: give --text-samples N")
+    if args.answer_samples < 0 or (args.answer_samples and args.answer_val < 2):
+        raise ValueError(f"--answer-samples must be >= 0, and --answer-val >= 2 with it (got {args.answer_samples}, "
+                         f"{args.answer_val})")
+    if args.check_head and not (args.text_samples or args.answer_samples):
+        raise ValueError("--check-head fits the text check head on text_select samples and the model's own "
+                         "answers: give --text-samples N, --answer-samples N or both")
+    if args.answer_samples and not args.check_head:
+        raise ValueError("--answer-samples are for the text check head: add --check-head")
     if args.check_threshold is not None and not args.check_head:
         raise ValueError("--check-threshold is the text check head's threshold: it needs --check-head")
     from anyref import AnyRef
@@ -218,9 +236,17 @@ def run(args: argparse.Namespace) -> int:
         text_val_samples = world.split("val", "text_select", args.text_val)
         text_train = _cache_train(args, model, world, args.text_samples, TEXT_SELECT_ONLY)
         text_val = cache_head_inputs(model, text_val_samples, args.text_val, desc="cache text val", progress=progress)
+    answer_train, answer_val = [], []
+    if args.answer_samples:
+        half = args.answer_val // 2
+        val_prompts = world.split("val", "text", half) + world.split("val", "no_target", args.answer_val - half)
+        answer_train = _cache_train(args, model, world, args.answer_samples, ANSWERED_PROMPTS, answers=True)
+        answer_val = cache_answer_inputs(model, val_prompts, len(val_prompts), desc="cache val answers",
+                                         progress=progress)
     cached = time.time() - started
     head.float()
-    history = fit_group_head(head, train + text_train, val + text_val, args.epochs, args.lr, args.batch_size,
+    history = fit_group_head(head, train + text_train + answer_train, val + text_val + answer_val, args.epochs,
+                             args.lr, args.batch_size,
                              model.config.group_pos_weight, args.weight_decay, seed=args.seed, progress=progress)
     thresholds = with_model_thresholds(THRESHOLDS, model.config)
     scores, by_empty = val_scores(head, val, val_samples, thresholds) if val else (None, None)
@@ -239,6 +265,8 @@ def run(args: argparse.Namespace) -> int:
               "seconds": {"cache": round(cached, 1), "total": round(time.time() - started, 1)},
               "history": history, "val_by_threshold": scores, "val_by_empty_threshold": by_empty,
               "text_samples": args.text_samples, "text_val_samples": len(text_val),
+              "answer_samples": args.answer_samples, "answer_masks": len(answer_train),
+              "answer_val_masks": len(answer_val),
               "text_val_by_threshold": text_scores}
     name = "check_fit.json" if args.check_head else "group_fit.json"
     model.save_pretrained(args.out, extra_files={name: json.dumps(report, indent=1) + "\n"})

@@ -7,6 +7,12 @@ stream is cached by several processes of one thread each (:func:`cache_stream_in
 processes give 1.3x the samples per second of one process running two threads, as the tiny model's matrices are
 too small to use both cores well. Sample ``i`` is always the stream's ``i``-th, so the cache does not depend on the
 number of processes.
+
+The text check head (``AnyRefConfig.text_check_head``) can also be fitted on the model's own answers
+(:func:`answer_check_samples`, ``answers=True`` in :func:`cache_stream_inputs`): each mask the model answers a
+SynthRef text or no-target prompt with becomes a group of one candidate, labelled by whether it is the target. These
+are the masks the check judges - drawn, not annotated, and wrong where the model errs - where text_select samples
+show annotated masks of every object at once.
 """
 from __future__ import annotations
 
@@ -18,16 +24,20 @@ from itertools import islice
 from pathlib import Path
 from typing import Callable, Optional
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
 from anyref.batching import collate, prepare
+from anyref.samples import ReferringSample
 from anyref.synthref import SynthRef
 
-__all__ = ["HeadInputs", "cache_head_inputs", "cache_stream_inputs", "GROUPS_ONLY", "TEXT_SELECT_ONLY"]
+__all__ = ["HeadInputs", "cache_head_inputs", "cache_stream_inputs", "answer_check_samples", "cache_answer_inputs",
+           "GROUPS_ONLY", "TEXT_SELECT_ONLY", "ANSWERED_PROMPTS"]
 
 GROUPS_ONLY = {"group": 1.0}  # the stream's task weights: group samples only
 TEXT_SELECT_ONLY = {"text_select": 1.0}  # text and no-target expressions asked as groups of at most one
+ANSWERED_PROMPTS = {"text": 1.0, "no_target": 1.0}  # the prompts whose answers the text check judges, half each
 
 
 @dataclass
@@ -67,8 +77,55 @@ def cache_head_inputs(model, samples, count: int, chunk: int = 16, desc: str = "
     return out
 
 
+def answer_check_samples(model, prompts: list, min_iou: float = 0.5) -> list[ReferringSample]:
+    """The model's own answers to ``prompts`` (SynthRef text and no_target samples), with its text check off, as the
+    check judges them: one "select" sample per non-empty answer mask, that mask its one candidate, selected when its
+    IoU with the prompt's target (the union of its masks; empty for a no-target prompt) is at least ``min_iou``.
+    All prompts are answered in one ``segment_batch``."""
+    before = model.config.check_by_group_head
+    model.set_check_by_group_head(None)
+    try:
+        results = model.segment_batch([p.image for p in prompts], [p.references for p in prompts])
+    finally:
+        model.set_check_by_group_head(before)
+    checks = []
+    for prompt, result in zip(prompts, results):
+        target = np.zeros(prompt.image.shape[:2], dtype=bool)
+        for mask in prompt.masks:
+            target |= mask
+        for mask in result.masks:
+            if mask.any():
+                iou = (mask & target).sum() / (mask | target).sum()
+                checks.append(ReferringSample(image=prompt.image, references=prompt.references, task="select",
+                                              answer=[], candidates=mask[None], selected=np.array([iou >= min_iou])))
+    return checks
+
+
+def cache_answer_inputs(model, prompts, count: int, chunk: int = 16, desc: str = "cache answers",
+                        progress: bool = True, on_chunk: Optional[Callable[[int], None]] = None) -> list[HeadInputs]:
+    """The head inputs of :func:`answer_check_samples` for the first ``count`` of ``prompts`` (an iterable),
+    ``chunk`` prompts at a time; ``on_chunk(n)`` is told each chunk's number of prompts. A prompt answered without
+    a mask gives nothing, so there are usually fewer items than prompts."""
+    out: list[HeadInputs] = []
+    prompts = iter(prompts)
+    with tqdm(total=count, desc=desc, unit="prompt", disable=not progress) as bar:
+        for start in range(0, count, chunk):
+            part = list(islice(prompts, min(chunk, count - start)))
+            if not part:
+                raise ValueError(f"the prompts ran out after {start} of {count}")
+            checks = answer_check_samples(model, part)
+            if checks:
+                out += cache_head_inputs(model, checks, len(checks), chunk, progress=False)
+            bar.update(len(part))
+            if on_chunk is not None:
+                on_chunk(len(part))
+    return out
+
+
 def _pack(items: list[HeadInputs]) -> dict[str, torch.Tensor]:
     """Few large tensors instead of many small ones (cheap to save and load)."""
+    if not items:  # a share of prompts all answered without a mask
+        return {}
     return {"candidates": torch.cat([i.candidates for i in items]), "prompt": torch.cat([i.prompt for i in items]),
             "selected": torch.cat([i.selected for i in items]), "geometry": torch.cat([i.geometry for i in items]),
             "candidate_counts": torch.tensor([len(i.candidates) for i in items]),
@@ -76,6 +133,8 @@ def _pack(items: list[HeadInputs]) -> dict[str, torch.Tensor]:
 
 
 def _unpack(packed: dict[str, torch.Tensor]) -> list[HeadInputs]:
+    if not packed:
+        return []
     counts = packed["candidate_counts"].tolist()
     return [HeadInputs(c, p, s, g) for c, p, s, g in zip(packed["candidates"].split(counts),
                                                            packed["prompt"].split(packed["prompt_counts"].tolist()),
@@ -84,22 +143,25 @@ def _unpack(packed: dict[str, torch.Tensor]) -> list[HeadInputs]:
 
 
 def _stream_worker(model_name: str, seed: int, task_weights: dict, start: int, stop: int, chunk: int, path: str,
-                   done) -> None:
+                   done, answers: bool) -> None:
     torch.set_num_threads(1)
     from anyref import AnyRef
 
     model = AnyRef.from_pretrained(model_name).eval()
     world = SynthRef.for_model(model.config)
     samples = (world.sample_at(seed, index, task_weights) for index in range(start, stop))
-    torch.save(_pack(cache_head_inputs(model, samples, stop - start, chunk, progress=False, on_chunk=done.put)),
-               path)
+    cache = cache_answer_inputs if answers else cache_head_inputs
+    torch.save(_pack(cache(model, samples, stop - start, chunk, progress=False, on_chunk=done.put)), path)
 
 
 def cache_stream_inputs(model_name: str, seed: int, count: int, workers: int = 2, chunk: int = 16,
-                        progress: bool = True, task_weights: dict | None = None) -> list[HeadInputs]:
+                        progress: bool = True, task_weights: dict | None = None,
+                        answers: bool = False) -> list[HeadInputs]:
     """The head inputs of samples 0 .. count-1 of SynthRef's training stream ``seed`` with ``task_weights``
     ("select" tasks only; None: GROUPS_ONLY) under the model ``model_name`` (a shipped name or directory), in
-    stream order, computed by ``workers`` processes of one thread each, each a contiguous share of the samples."""
+    stream order, computed by ``workers`` processes of one thread each, each a contiguous share of the samples.
+    With ``answers`` the samples are prompts (None: ANSWERED_PROMPTS) and the items are their answers'
+    (:func:`cache_answer_inputs`)."""
     if count < 1 or workers < 1:
         raise ValueError(f"need at least one sample and one worker, got {count} and {workers}")
     context = multiprocessing.get_context("spawn")  # a forked copy of a process running torch threads can hang
@@ -108,8 +170,9 @@ def cache_stream_inputs(model_name: str, seed: int, count: int, workers: int = 2
     with tempfile.TemporaryDirectory(prefix="anyref-head-cache-") as tmp:
         paths = [str(Path(tmp) / f"part-{w}.pt") for w in range(workers)]
         processes = [context.Process(target=_stream_worker, daemon=True,
-                                     args=(model_name, seed, task_weights or GROUPS_ONLY, bounds[w], bounds[w + 1],
-                                           chunk, paths[w], done))
+                                     args=(model_name, seed,
+                                           task_weights or (ANSWERED_PROMPTS if answers else GROUPS_ONLY),
+                                           bounds[w], bounds[w + 1], chunk, paths[w], done, answers))
                      for w in range(workers)]
         for process in processes:
             process.start()
