@@ -157,9 +157,10 @@ class AnyRefConfig:
         or from one that is not there. With ``text_check_head`` the model's text check head answers instead of
         its group head. None: off. Inference only; one more forward pass per image (its masks in one batch); needs
         candidate selection (not group_by_obj). The shipped tiny SynthRef model checks with its text check head at
-        0.75, chosen on the val split (docs/mask-groups.md, "A text check head of its own").
+        0.85, chosen on the val split (docs/mask-groups.md, "The check head fitted on the model's own answers").
     text_check_head: the model holds a second head of its group head's kind (``AnyRefModel.text_check_head``),
-        fitted on "text_select" samples alone (``anyref fit-group-head --check-head``), which
+        fitted alone (``anyref fit-group-head --check-head``: on "text_select" samples, or on the model's own
+        answers to text and no-target prompts, as the shipped one is), which
         ``check_by_group_head`` reads instead of the group head: the group head stays fitted on groups alone, and
         each head learns one question. Its weights are part of the model's.
     untrained_references: reference kinds whose encoders were never trained (e.g. after a LISA conversion);

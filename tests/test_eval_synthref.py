@@ -119,7 +119,6 @@ def test_cli_synthref(tiny_model, tmp_path, capsys):
 # says what limits it). The test below fails on any other miss, and when one of these is met (then remove it here).
 KNOWN_SHORTFALLS: set[str] = {
     "text ciou",
-    "no_target no_mask_rate",
 }
 
 
