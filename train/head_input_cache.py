@@ -31,6 +31,7 @@ from tqdm import tqdm
 from anyref.batching import collate, prepare
 from anyref.samples import ReferringSample
 from anyref.synthref import SynthRef
+from eval.runners import union_mask
 
 __all__ = ["HeadInputs", "cache_head_inputs", "cache_stream_inputs", "answer_check_samples", "cache_answer_inputs",
            "GROUPS_ONLY", "TEXT_SELECT_ONLY", "ANSWERED_PROMPTS"]
@@ -90,9 +91,7 @@ def answer_check_samples(model, prompts: list, min_iou: float = 0.5) -> list[Ref
         model.set_check_by_group_head(before)
     checks = []
     for prompt, result in zip(prompts, results):
-        target = np.zeros(prompt.image.shape[:2], dtype=bool)
-        for mask in prompt.masks:
-            target |= mask
+        target = union_mask(prompt.masks, prompt.image.shape[:2])
         for mask in result.masks:
             if mask.any():
                 iou = (mask & target).sum() / (mask | target).sum()
