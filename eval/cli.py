@@ -1,6 +1,7 @@
 """``anyref eval``: run a benchmark and write a results JSON, or tabulate results next to the published numbers.
 
     anyref eval res      --model M --data refer_data --dataset refcoco --split val --out refcoco_val.json
+    anyref eval res      --model M --data VGPhraseCut_v0 --dataset phrasecut --split test --out phrasecut.json
     anyref eval gres     --model M --data refer_data --split val --out grefcoco_val.json
     anyref eval groups   --model M --data refer_data --dataset grefcoco --split val --out groups_val.json
     anyref eval avs      --model M --data AVSBench --subset s4 --split test --out s4.json
@@ -27,7 +28,7 @@ from anyref.model_args import add_model_arguments, inference_setting_words, load
 __all__ = ["register", "main"]
 
 _BENCHMARK_HELP = {
-    "res": "referring segmentation on RefCOCO / RefCOCO+ / RefCOCOg / RefClef (gIoU, cIoU)",
+    "res": "referring segmentation on RefCOCO / RefCOCO+ / RefCOCOg / RefClef / PhraseCut (gIoU, cIoU)",
     "gres": "generalised referring segmentation on gRefCOCO (gIoU, cIoU, N-acc, T-acc)",
     "groups": "mask-group selection among the image's instances for gRefCOCO / RefCOCO-family expressions "
               "(group gIoU, cIoU, N-acc, T-acc)",
@@ -72,9 +73,10 @@ def register(subparsers) -> None:
 
     res = add("res")
     _common(res, "val")
-    res.add_argument("--dataset", default="refcoco", choices=sorted(REFER_DATASETS))
-    res.add_argument("--split-by", help="refer splitBy (default: unc; umd for refcocog)")
-    res.add_argument("--images", help="image folder (default: found below --data, e.g. images/mscoco/images/train2014)")
+    res.add_argument("--dataset", default="refcoco", choices=[*sorted(REFER_DATASETS), "phrasecut"])
+    res.add_argument("--split-by", help="refer splitBy (default: unc; umd for refcocog; none for phrasecut)")
+    res.add_argument("--images", help="image folder (default: found below --data, e.g. images/mscoco/images/train2014;"
+                                      " images/ for phrasecut)")
 
     gres = add("gres")
     _common(gres, "val")
@@ -139,6 +141,10 @@ def _reader(args):
     from eval import datasets
 
     name = args.benchmark
+    if name == "res" and args.dataset == "phrasecut":
+        if args.split_by:
+            raise ValueError("phrasecut has no splitBy variants: leave out --split-by")
+        return datasets.PhraseCutReader(args.data, args.split, args.images)
     if name == "res":
         return datasets.ResReader(args.data, args.dataset, args.split, args.split_by, args.images)
     if name == "reg":

@@ -9,6 +9,8 @@ from anyref.batching import collate, prepare
 from anyref.samples import OBJ
 from tests.test_eval_avsbench import write_s4
 from tests.test_eval_grefcoco import write_grefcoco
+from tests.test_eval_phrasecut import write_phrasecut
+from tests.test_train_semseg import write_cocostuff, write_paco
 from train.config import TrainConfig
 from train.data import Mixture
 from train.semseg import read_class_names
@@ -74,6 +76,38 @@ def test_every_public_source_feeds_the_collator(tiny_model, tmp_path):
     again = Mixture(mixture, seed=0)
     for i in (0, 7, 33):
         assert again.sample(i).meta == samples[i].meta  # sample i depends only on (seed, i)
+
+
+def test_one_source_drawn_from_several_datasets(tiny_model, tmp_path):
+    """The paper's semantic-segmentation group (ADE20K, COCO-Stuff, PACO-LVIS) and two RES datasets in one mixture:
+    entries of other names say their source with "source"; each dataset is drawn at its own ratio."""
+    refer = write_grefcoco(tmp_path / "refer")
+    paco, coco, _ = write_paco(tmp_path / "paco-root")
+    write_cocostuff(tmp_path / "cocostuff")
+    mixture = {
+        "semseg": {"ratio": 1, "data": str(write_ade20k(tmp_path / "ade"))},
+        "cocostuff": {"source": "semseg", "ratio": 1, "layout": "cocostuff", "data": str(tmp_path / "cocostuff")},
+        "paco_lvis": {"source": "semseg", "ratio": 1, "layout": "paco_lvis", "data": str(paco), "images": str(coco)},
+        "refcoco": {"source": "res", "ratio": 1, "data": str(refer), "split": "val"},
+        "phrasecut": {"source": "res", "ratio": 1, "dataset": "phrasecut", "split": "miniv",
+                      "data": str(write_phrasecut(tmp_path / "phrasecut"))},
+    }
+    mix = Mixture(mixture, seed=3)
+    assert mix.reference_kinds() == {"text"}
+    samples = [mix.sample(i) for i in range(60)]
+    assert {s.source for s in samples} == {"ade20k", "cocostuff", "paco_lvis", "refcoco", "phrasecut"}
+    batch = collate([prepare(s, tiny_model.builder) for s in samples[:8]], tiny_model.ids.pad)
+    assert batch.input_ids.shape[0] == 8
+    assert [Mixture(mixture, seed=3).sample(i).meta for i in (0, 11, 59)] == [samples[i].meta for i in (0, 11, 59)]
+    # an entry named after its source draws items as before; another entry of it draws its own
+    assert mix.sources["semseg"].seed == 3 and mix.sources["cocostuff"].seed != mix.sources["paco_lvis"].seed != 3
+    without = {name: options for name, options in mixture.items() if name != "cocostuff"}
+    assert Mixture(without, seed=3).sample(5).source != "cocostuff"
+    with pytest.raises(ValueError, match=r"'stuff' \(source 'semantic'\); available"):
+        Mixture({"stuff": {"source": "semantic", "ratio": 1}}, seed=0)
+    stages = [{"name": "s", "steps": 1, "trainable": "all", "mixture": {"cocostuff": {"source": "res"}}}]
+    with pytest.raises(ValueError, match=r"cocostuff's ratio only, not \['source'\]"):
+        TrainConfig.from_dict({"model": {"tiny": {}}, "mixture": {"cocostuff": mixture["cocostuff"]}, "stages": stages})
 
 
 def test_source_options_are_checked(tmp_path):

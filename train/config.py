@@ -142,6 +142,11 @@ def source_ratio(options: dict) -> float:
     return float(options.get("ratio", 1.0))
 
 
+def source_kind(name: str, options: dict) -> str:
+    """The source a mixture entry draws from: its "source" option, else its own name."""
+    return options.get("source", name) if isinstance(options, dict) else name
+
+
 def stage_options(mixture: dict, stage_mixture: dict | None) -> dict:
     """source -> the options it is drawn with in a stage: the config's, with the stage's override laid over."""
     return {name: {**options, **(stage_mixture or {}).get(name, {})} for name, options in mixture.items()}
@@ -177,7 +182,8 @@ class TrainConfig:
     before its last, each the identity at the start: AnyRefModel.add_language_layers; with "group_by_obj": true,
     its select decides groups by an <obj>: AnyRefConfig.group_by_obj, and "group_obj_answer": "generated" has it
     write its own answer first: AnyRefConfig.group_obj_answer).
-    mixture: source name -> {"ratio": r, ...source options}; sources: "synthref" (options: tasks weights,
+    mixture: entry name -> {"ratio": r, ...source options}, the entry's source its name or its "source" option
+    (several entries of one source: several datasets); sources: "synthref" (options: tasks weights,
     image_size, world_seed, no_target_answer, group_answer, verify_answer, relational_prob). stages: the schedule;
     each stage has its own warmup and cosine decay (lr, warmup_steps and min_lr_ratio here are the defaults of every
     stage)."""
@@ -221,15 +227,15 @@ class TrainConfig:
             raise ValueError('"group_obj_answer" says how group_by_obj answers: it needs "group_by_obj": true')
         _check_ratios(self.mixture, "mixture")
         for stage in self.stages:
-            fixed = sorted(set(stage.mixture.get("synthref", {})) - {"ratio", "tasks"})
-            if fixed:  # the SynthRef world is built once, from the config's own mixture
-                raise ValueError(f"stage {stage.name!r}: a stage's mixture may change SynthRef's ratio and tasks only, "
-                                 f"not {fixed}; set them in the config's mixture")
             for name, options in stage.mixture.items():
                 if name not in self.mixture:  # the sources are built once, from the config's own mixture
                     raise ValueError(f"stage {stage.name!r} names source {name!r}, which the config's mixture lacks; "
                                      "add it there (with ratio 0 to draw it only in this stage)")
-                other = sorted(set(options) - {"ratio"}) if name != "synthref" else []
+                synthref = source_kind(name, self.mixture[name]) == "synthref"
+                other = sorted(set(options) - ({"ratio", "tasks"} if synthref else {"ratio"}))
+                if other and synthref:  # the SynthRef world is built once, from the config's own mixture
+                    raise ValueError(f"stage {stage.name!r}: a stage's mixture may change SynthRef's ratio and tasks "
+                                     f"only, not {other}; set them in the config's mixture")
                 if other:
                     raise ValueError(f"stage {stage.name!r}: a stage's mixture may change {name}'s ratio only, not "
                                      f"{other}; set them in the config's mixture")

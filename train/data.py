@@ -6,24 +6,30 @@ the config, then the source gives its sample for that draw.
 
 Sources (config ``mixture``: name -> {"ratio": r, ...options}):
 - synthref: SynthRef's endless stream (tasks, image_size, world_seed);
-- res: RefCOCO / RefCOCO+ / RefCOCOg / RefClef in refer's layout (data, dataset, split_by, images);
+- res: RefCOCO / RefCOCO+ / RefCOCOg / RefClef in refer's layout (data, dataset, split_by, images), or PhraseCut
+  (dataset "phrasecut": data, images);
 - reg: region captions from the same refs: box -> the first sentence and the object's mask;
 - gres: gRefCOCO, multi-target and no-target expressions (data, split_by, images);
 - avs: AVSBench S4 / MS3 frames with their video's sound (data, subset);
-- semseg: ADE20K-layout semantic segmentation, one category per sample (data, classes);
+- semseg: semantic segmentation, one category per sample: ADE20K or COCO-Stuff label maps (layout, data, classes,
+  images), or PACO-LVIS objects and parts (layout "paco_lvis", data, images);
 - image_referring: an example of a category from another image -> all its objects (instances, images, masked);
 - groups: mask groups drawn by rule from a COCO-format instances.json (instances, images, rules, margin);
 - expression_groups: (G)RES expressions as groups over the image's instances (data, dataset, split_by, images).
 The public datasets are read by the evaluation readers (``eval.datasets``), from their released layouts
-(docs/evaluation.md); every source defaults to its train split.
+(docs/evaluation.md); every source defaults to its train split. An entry of another name draws from the source its
+"source" option names, so that one source can be drawn from several datasets (the paper's RES group: RefCOCO,
+RefCOCO+, RefCOCOg, RefClef and PhraseCut).
 """
 from __future__ import annotations
+
+import zlib
 
 import numpy as np
 
 from anyref.samples import ReferringSample
 from anyref.synthref import SynthRef, SynthRefConfig, drawn_tasks
-from train.config import source_ratio, stage_options
+from train.config import source_kind, source_ratio, stage_options
 
 __all__ = ["Mixture", "SOURCES"]
 
@@ -104,11 +110,15 @@ def _need(options: dict, key: str, source: str) -> str:
 
 
 class ResSource(_ReaderSource):
-    def _reader(self, options):
-        from eval.datasets import ResReader
+    """RefCOCO / RefCOCO+ / RefCOCOg / RefClef in refer's layout, or PhraseCut ("dataset": "phrasecut")."""
 
-        return ResReader(_need(options, "data", "res"), options.get("dataset", "refcoco"),
-                         options.get("split", "train"), options.get("split_by"), options.get("images"))
+    def _reader(self, options):
+        from eval.datasets import PhraseCutReader, ResReader
+
+        data, dataset = _need(options, "data", "res"), options.get("dataset", "refcoco")
+        if dataset == "phrasecut":
+            return PhraseCutReader(data, options.get("split", "train"), options.get("images"))
+        return ResReader(data, dataset, options.get("split", "train"), options.get("split_by"), options.get("images"))
 
 
 class RegSource(_ReaderSource):
@@ -159,12 +169,18 @@ class AvsSource(_ReaderSource):
 
 
 class SemSegSource(_ReaderSource):
-    """ADE20K-layout semantic segmentation: one category present in the image per sample."""
+    """Semantic segmentation, one category present in the image per sample: "layout" "ade20k" (the default) or
+    "cocostuff" (label maps, train.semseg), or "paco_lvis" (objects and parts, train.paco_lvis)."""
 
     def _reader(self, options):
+        from train.paco_lvis import PacoLvisReader
         from train.semseg import SemSegReader
 
-        return SemSegReader(_need(options, "data", "semseg"), options.get("classes"), options.get("split", "train"))
+        data, layout = _need(options, "data", "semseg"), options.get("layout", "ade20k")
+        split = options.get("split", "train")
+        if layout == "paco_lvis":
+            return PacoLvisReader(data, _need(options, "images", "semseg (layout paco_lvis)"), split)
+        return SemSegReader(data, options.get("classes"), split, layout, options.get("images"))
 
     def sample(self, index: int, options: dict) -> ReferringSample:
         return self.reader.sample(self._item(index), np.random.default_rng([self.seed, index, 9]))
@@ -225,16 +241,34 @@ SOURCES = {"synthref": SynthRefSource, "res": ResSource, "reg": RegSource, "gres
            "expression_groups": ExpressionGroupSource}
 
 
+def _entry_seed(seed: int, name: str, kind: str) -> int:
+    """The seed an entry's source draws its items with: the run's own for an entry named after its source (so a
+    mixture without "source" keys draws as it always has), one of its own, from its name, for any other entry (so
+    two entries of one source do not draw the same item numbers)."""
+    return seed if name == kind else int(np.random.default_rng([seed, zlib.crc32(name.encode())]).integers(2**31))
+
+
 class Mixture:
-    """mixture: source name -> {"ratio": r, ...options}; stage mixtures override options per source."""
+    """mixture: entry name -> {"ratio": r, ...options}; stage mixtures override options per entry. An entry is the
+    source it is named after, or the one its "source" option names, so that one source can be drawn from several
+    datasets, each with its own ratio: ``{"refcoco": {"source": "res", "dataset": "refcoco", ...}, "refcocog":
+    {"source": "res", "dataset": "refcocog", ...}}``."""
 
     def __init__(self, mixture: dict, seed: int):
-        unknown = set(mixture) - set(SOURCES)
+        unknown = {name: kind for name, kind in ((n, source_kind(n, o)) for n, o in mixture.items())
+                   if kind not in SOURCES}
         if unknown:
-            raise ValueError(f"unknown data sources {sorted(unknown)}; available: {sorted(SOURCES)}")
+            named = ", ".join(f"{name!r}" + (f" (source {kind!r})" if kind != name else "")
+                              for name, kind in sorted(unknown.items()))
+            raise ValueError(f"unknown data sources: {named}; available: {sorted(SOURCES)} (an entry of another "
+                             'name says which it is with "source")')
         self.base = mixture
         self.seed = seed
-        self.sources = {name: SOURCES[name](options, seed) for name, options in mixture.items()}
+        self.sources = {}
+        for name, options in mixture.items():
+            kind = source_kind(name, options)
+            self.sources[name] = SOURCES[kind]({k: v for k, v in options.items() if k != "source"},
+                                               _entry_seed(seed, name, kind))
 
     def reference_kinds(self, stage_mixtures: list[dict] | None = None) -> set[str]:
         """Every reference kind some source trains where it is drawn (ratio > 0), with the options it is drawn

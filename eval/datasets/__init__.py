@@ -1,6 +1,7 @@
 """Readers of the benchmarks' own on-disk layouts; every reader yields :class:`anyref.samples.ReferringSample`.
 
 - :mod:`eval.datasets.refer`: RefCOCO / RefCOCO+ / RefCOCOg / RefClef (``ResReader``; ``RegReader`` for captions);
+- :mod:`eval.datasets.phrasecut`: VGPhraseCut, phrases over Visual Genome images (``PhraseCutReader``);
 - :mod:`eval.datasets.grefcoco`: gRefCOCO, with no-target expressions (``GrefReader``);
 - :mod:`eval.datasets.groups`: mask groups over COCO instances (``ExpressionGroupReader``, ``CocoGroupReader``);
 - :mod:`eval.datasets.image_referring`: example-image referring over COCO instances (``ImageReferringReader``);
@@ -15,8 +16,10 @@ from eval.datasets.fewshot import FEWSHOT_BENCHMARKS, FewShotReader, fold_classe
 from eval.datasets.grefcoco import GrefReader
 from eval.datasets.groups import CocoGroupReader, ExpressionGroupReader
 from eval.datasets.image_referring import ImageReferringReader
+from eval.datasets.phrasecut import PHRASECUT_SPLITS, PhraseCutReader
 from eval.datasets.refer import DEFAULT_SPLIT_BY, REFER_DATASETS, RegReader, ResReader
 from eval.datasets.synthref import SynthRefReader
 
-__all__ = ["AVS_SUBSETS", "AvsReader", "CocoGroupReader", "ExpressionGroupReader", "ImageReferringReader", "FEWSHOT_BENCHMARKS", "FewShotReader", "fold_classes", "GrefReader",
+__all__ = ["AVS_SUBSETS", "AvsReader", "CocoGroupReader", "ExpressionGroupReader", "ImageReferringReader",
+           "FEWSHOT_BENCHMARKS", "FewShotReader", "fold_classes", "GrefReader", "PHRASECUT_SPLITS", "PhraseCutReader",
            "DEFAULT_SPLIT_BY", "REFER_DATASETS", "RegReader", "ResReader", "SynthRefReader"]
