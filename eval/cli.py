@@ -7,6 +7,7 @@
     anyref eval avs      --model M --data AVSBench --subset s4 --split test --out s4.json
     anyref eval fewshot  --model M --data Datasets_HSN --dataset pascal --fold 0 --shot 1 --out pascal_f0.json
     anyref eval reg      --model M --data refer_data --dataset refcocog --split val --out reg.json
+    anyref eval reg      --model M --data flickr30k_entities --dataset flickr30k --split test --out reg_flickr.json
     anyref eval synthref --model synthref-tiny --out synthref.json
     anyref eval summary  *.json --out table.md
     anyref eval compare  shipped.json other.json --out compare.json
@@ -34,7 +35,7 @@ _BENCHMARK_HELP = {
               "(group gIoU, cIoU, N-acc, T-acc)",
     "avs": "audio-visual segmentation on AVSBench S4 / MS3 (mIoU, F-score per video)",
     "fewshot": "few-shot segmentation on PASCAL-5i / COCO-20i episodes (mIoU, FB-IoU)",
-    "reg": "referring expression generation on RefCOCO-family boxes (METEOR, CIDEr)",
+    "reg": "referring expression generation on RefCOCO-family or Flickr30K Entities boxes (METEOR, CIDEr)",
     "synthref": "every SynthRef task on its fixed test split",
 }
 
@@ -109,9 +110,10 @@ def register(subparsers) -> None:
 
     reg = add("reg")
     _common(reg, "val")
-    reg.add_argument("--dataset", default="refcocog", choices=sorted(REFER_DATASETS))
-    reg.add_argument("--split-by", help="refer splitBy (default: umd for refcocog, else unc)")
-    reg.add_argument("--images", help="image folder (default: found below --data)")
+    reg.add_argument("--dataset", default="refcocog", choices=[*sorted(REFER_DATASETS), "flickr30k"])
+    reg.add_argument("--split-by", help="refer splitBy (default: umd for refcocog, else unc; none for flickr30k)")
+    reg.add_argument("--images", help="image folder (default: found below --data; flickr30k-images/ beside or "
+                                      "below it for flickr30k)")
 
     synthref = add("synthref")
     _common(synthref, "test", data=False)
@@ -141,12 +143,14 @@ def _reader(args):
     from eval import datasets
 
     name = args.benchmark
+    if name in ("res", "reg") and args.dataset in ("phrasecut", "flickr30k") and args.split_by:
+        raise ValueError(f"{args.dataset} has no splitBy variants: leave out --split-by")
     if name == "res" and args.dataset == "phrasecut":
-        if args.split_by:
-            raise ValueError("phrasecut has no splitBy variants: leave out --split-by")
         return datasets.PhraseCutReader(args.data, args.split, args.images)
     if name == "res":
         return datasets.ResReader(args.data, args.dataset, args.split, args.split_by, args.images)
+    if name == "reg" and args.dataset == "flickr30k":
+        return datasets.Flickr30kReader(args.data, args.split, args.images)
     if name == "reg":
         return datasets.RegReader(args.data, args.dataset, args.split, args.split_by, args.images)
     if name == "gres":

@@ -8,7 +8,8 @@ Sources (config ``mixture``: name -> {"ratio": r, ...options}):
 - synthref: SynthRef's endless stream (tasks, image_size, world_seed);
 - res: RefCOCO / RefCOCO+ / RefCOCOg / RefClef in refer's layout (data, dataset, split_by, images), or PhraseCut
   (dataset "phrasecut": data, images);
-- reg: region captions from the same refs: box -> the first sentence and the object's mask;
+- reg: region captions from the same refs: box -> one of the ref's sentences and the object's mask; or Flickr30K
+  Entities (dataset "flickr30k": data, images), box -> one of the phrases naming it, no mask;
 - gres: gRefCOCO, multi-target and no-target expressions (data, split_by, images);
 - avs: AVSBench S4 / MS3 frames with their video's sound (data, subset);
 - semseg: semantic segmentation, one category per sample: ADE20K or COCO-Stuff label maps (layout, data, classes,
@@ -123,23 +124,29 @@ class ResSource(_ReaderSource):
 
 class RegSource(_ReaderSource):
     """Region captions: the box, answered with one of the ref's sentences (drawn per sample, so every expression of
-    an object is trained on) and the object's mask (as AnyRef trains)."""
+    an object is trained on) and the object's mask (as AnyRef trains); Flickr30K Entities ("dataset": "flickr30k")
+    has no masks, so its boxes are answered with a phrase alone."""
 
     kinds = {"box"}
 
     def _reader(self, options):
-        from eval.datasets import RegReader
+        from eval.datasets import Flickr30kReader, RegReader
 
-        return RegReader(_need(options, "data", "reg"), options.get("dataset", "refcocog"),
-                         options.get("split", "train"), options.get("split_by"), options.get("images"))
+        data, dataset = _need(options, "data", "reg"), options.get("dataset", "refcocog")
+        if dataset == "flickr30k":
+            return Flickr30kReader(data, options.get("split", "train"), options.get("images"))
+        return RegReader(data, dataset, options.get("split", "train"), options.get("split_by"), options.get("images"))
 
     def sample(self, index: int, options: dict) -> ReferringSample:
         from anyref.samples import OBJ
 
         sample = self.reader[self._item(index)]
-        mask = self.reader.index.mask(sample.meta["ann_id"])
         sentences = sample.meta.get("sentences") or ["the region"]
         sentence = sentences[int(np.random.default_rng([self.seed, index, 10]).integers(len(sentences)))]
+        if "ann_id" not in sample.meta:  # no mask to answer with
+            return ReferringSample(image=sample.image, references=sample.references, task="describe",
+                                   answer=[sentence, "."], masks=sample.masks, source=sample.source, meta=sample.meta)
+        mask = self.reader.index.mask(sample.meta["ann_id"])
         return ReferringSample(image=sample.image, references=sample.references, task="describe",
                                answer=[sentence, " ", OBJ, "."], masks=mask[None], source=sample.source,
                                meta=sample.meta)

@@ -2,6 +2,7 @@
 
 - :mod:`eval.datasets.refer`: RefCOCO / RefCOCO+ / RefCOCOg / RefClef (``ResReader``; ``RegReader`` for captions);
 - :mod:`eval.datasets.phrasecut`: VGPhraseCut, phrases over Visual Genome images (``PhraseCutReader``);
+- :mod:`eval.datasets.flickr30k`: Flickr30K Entities, boxes and the phrases naming them (``Flickr30kReader``);
 - :mod:`eval.datasets.grefcoco`: gRefCOCO, with no-target expressions (``GrefReader``);
 - :mod:`eval.datasets.groups`: mask groups over COCO instances (``ExpressionGroupReader``, ``CocoGroupReader``);
 - :mod:`eval.datasets.image_referring`: example-image referring over COCO instances (``ImageReferringReader``);
@@ -13,6 +14,7 @@ Readers are sized (``len``) and iterable; they load images lazily, while iterati
 """
 from eval.datasets.avsbench import AVS_SUBSETS, AvsReader
 from eval.datasets.fewshot import FEWSHOT_BENCHMARKS, FewShotReader, fold_classes
+from eval.datasets.flickr30k import FLICKR30K_SPLITS, Flickr30kReader
 from eval.datasets.grefcoco import GrefReader
 from eval.datasets.groups import CocoGroupReader, ExpressionGroupReader
 from eval.datasets.image_referring import ImageReferringReader
@@ -21,5 +23,6 @@ from eval.datasets.refer import DEFAULT_SPLIT_BY, REFER_DATASETS, RegReader, Res
 from eval.datasets.synthref import SynthRefReader
 
 __all__ = ["AVS_SUBSETS", "AvsReader", "CocoGroupReader", "ExpressionGroupReader", "ImageReferringReader",
-           "FEWSHOT_BENCHMARKS", "FewShotReader", "fold_classes", "GrefReader", "PHRASECUT_SPLITS", "PhraseCutReader",
+           "FEWSHOT_BENCHMARKS", "FewShotReader", "fold_classes", "FLICKR30K_SPLITS",
+           "Flickr30kReader", "GrefReader", "PHRASECUT_SPLITS", "PhraseCutReader",
            "DEFAULT_SPLIT_BY", "REFER_DATASETS", "RegReader", "ResReader", "SynthRefReader"]
