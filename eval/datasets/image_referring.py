@@ -1,5 +1,6 @@
-"""Image referring from COCO-format instance annotations (AnyRef's "image-level referring" training data): an
-example of a category from one image points at every object of that category in another.
+"""Image referring (AnyRef's "image-level referring" training data): an example of a category from one image points
+at every object of that category in another. From COCO-format instance annotations here; from PASCAL VOC's
+segmentation masks in :mod:`eval.datasets.voc_image_referring`, drawn the same way (:class:`ExampleDraws`).
 
     reader = ImageReferringReader("coco/annotations/instances_train2014.json", images="coco/train2014")
     sample = reader[i]   # references [ExampleImage(other image, mask=one instance)], answer ["dog", " ", OBJ, "."]
@@ -22,10 +23,57 @@ from anyref.samples import OBJ, ReferringSample
 from eval.datasets._common import require_file
 from eval.datasets.refer import COCO_IMAGE_DIRS, ReferIndex, find_image_dir
 
-__all__ = ["ImageReferringReader"]
+__all__ = ["ImageReferringReader", "ExampleDraws"]
 
 
-class ImageReferringReader:
+class ExampleDraws:
+    """Item ``i`` of an image-referring reader, drawn from (seed, i) over ``by_category`` (category -> image -> its
+    instances, only categories shown in two images). A reader sets ``by_category``, ``categories``, ``items``,
+    ``seed``, ``masked`` and ``dataset``, and says how to read its images, instances and targets."""
+
+    def _pixels(self, image) -> np.ndarray:
+        raise NotImplementedError
+
+    def _instance_mask(self, image, instance) -> np.ndarray:
+        raise NotImplementedError
+
+    def _target(self, category, image) -> np.ndarray:
+        """H x W bool: every object of ``category`` in ``image``."""
+        raise NotImplementedError
+
+    def _name(self, category) -> str:
+        raise NotImplementedError
+
+    def _meta(self, query, example, instance, category) -> dict:
+        return {"query_image_id": query, "example_image_id": example, "example_instance": instance}
+
+    def __len__(self) -> int:
+        return self.items
+
+    def __iter__(self) -> Iterator[ReferringSample]:
+        return (self[i] for i in range(len(self)))
+
+    def __getitem__(self, item: int) -> ReferringSample:
+        rng = np.random.default_rng([self.seed, item, 13])
+        category = self.categories[int(rng.integers(len(self.categories)))]
+        images = sorted(self.by_category[category])
+        query, example = (images[int(i)] for i in rng.choice(len(images), size=2, replace=False))
+        instances = self.by_category[category][example]
+        instance = instances[int(rng.integers(len(instances)))]
+        masked = bool(rng.random() < self.masked)
+        example_pixels = self._pixels(example).copy()  # a reader may cache one image: copy before the next
+        mask = self._instance_mask(example, instance)
+        if not mask.any():
+            masked = False
+        target = self._target(category, query)
+        name = self._name(category)
+        return ReferringSample(
+            image=self._pixels(query), references=[ExampleImage(example_pixels, mask=mask if masked else None)],
+            answer=[name, " ", OBJ, "."], masks=target[None], source=self.dataset,
+            meta={**self._meta(query, example, instance, category), "category": name, "masked": masked})
+
+
+class ImageReferringReader(ExampleDraws):
     """Example-image referring samples over an instances.json (``items`` draws). meta: query_image_id,
     example_image_id, example_ann_id, category, target_ann_ids, masked."""
 
@@ -50,30 +98,22 @@ class ImageReferringReader:
         self.items, self.seed, self.masked = items, seed, masked
         self.dataset, self.split = "coco-image-referring", "train"
 
-    def __len__(self) -> int:
-        return self.items
+    def _pixels(self, image: int) -> np.ndarray:
+        return self.index.image(image)
 
-    def __iter__(self) -> Iterator[ReferringSample]:
-        return (self[i] for i in range(len(self)))
+    def _instance_mask(self, image: int, instance: int) -> np.ndarray:
+        return self.index.mask(instance)
 
-    def __getitem__(self, item: int) -> ReferringSample:
-        rng = np.random.default_rng([self.seed, item, 13])
-        category = self.categories[int(rng.integers(len(self.categories)))]
-        images = sorted(self.by_category[category])
-        query, example = (images[int(i)] for i in rng.choice(len(images), size=2, replace=False))
-        example_ann = self.by_category[category][example][int(rng.integers(len(self.by_category[category][example])))]
-        masked = bool(rng.random() < self.masked)
-        example_pixels = self.index.image(example).copy()  # the index caches one image: copy before the next
-        mask = self.index.mask(example_ann)
-        if not mask.any():
-            masked = False
-        targets = self.by_category[category][query]
+    def _target(self, category: int, image: int) -> np.ndarray:
+        targets = self.by_category[category][image]
         target = np.zeros_like(self.index.mask(targets[0]))
         for ann_id in targets:
             target |= self.index.mask(ann_id)
-        name = self.index.categories.get(category, str(category))
-        return ReferringSample(
-            image=self.index.image(query), references=[ExampleImage(example_pixels, mask=mask if masked else None)],
-            answer=[name, " ", OBJ, "."], masks=target[None], source=self.dataset,
-            meta={"query_image_id": query, "example_image_id": example, "example_ann_id": example_ann,
-                  "category": name, "target_ann_ids": list(targets), "masked": masked})
+        return target
+
+    def _name(self, category: int) -> str:
+        return self.index.categories.get(category, str(category))
+
+    def _meta(self, query: int, example: int, instance: int, category: int) -> dict:
+        return {"query_image_id": query, "example_image_id": example, "example_ann_id": instance,
+                "target_ann_ids": list(self.by_category[category][query])}
