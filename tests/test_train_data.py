@@ -1,6 +1,10 @@
 """The training mixture over public datasets' own layouts (small fixtures of each), sampled by index: every source
 gives samples the collator takes, the draw is a pure function of (seed, index), and bad options say what to fix."""
 
+import json
+import re
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -11,8 +15,8 @@ from tests.test_eval_avsbench import write_s4
 from tests.test_eval_grefcoco import write_grefcoco
 from tests.test_eval_phrasecut import write_phrasecut
 from tests.test_train_semseg import write_cocostuff, write_paco
-from train.config import TrainConfig
-from train.data import Mixture
+from train.config import TrainConfig, source_kind
+from train.data import SOURCES, Mixture
 from train.semseg import read_class_names
 
 
@@ -108,6 +112,19 @@ def test_one_source_drawn_from_several_datasets(tiny_model, tmp_path):
     stages = [{"name": "s", "steps": 1, "trainable": "all", "mixture": {"cocostuff": {"source": "res"}}}]
     with pytest.raises(ValueError, match=r"cocostuff's ratio only, not \['source'\]"):
         TrainConfig.from_dict({"model": {"tiny": {}}, "mixture": {"cocostuff": mixture["cocostuff"]}, "stages": stages})
+
+
+def test_the_paper_mixture_in_the_docs_names_real_sources_and_options(tmp_path, monkeypatch):
+    """docs/training.md's whole-paper mixture: every entry a source that exists, each reading its data (here
+    missing, so each fails on its first path, not on an option it does not know)."""
+    text = (Path(__file__).parents[1] / "docs" / "training.md").read_text()
+    mixture = json.loads(re.search(r'```json\n"mixture": (\{.*?\n\})\n```', text, re.S).group(1))
+    assert {source_kind(name, options) for name, options in mixture.items()} <= set(SOURCES)
+    assert len(mixture) == 14
+    monkeypatch.chdir(tmp_path)  # the documented relative paths lead nowhere here
+    for name, options in mixture.items():
+        with pytest.raises(FileNotFoundError, match="data"):
+            Mixture({name: options}, seed=0)
 
 
 def test_source_options_are_checked(tmp_path):
