@@ -127,6 +127,21 @@ def test_the_paper_mixture_in_the_docs_names_real_sources_and_options(tmp_path, 
             Mixture({name: options}, seed=0)
 
 
+def test_a_wrong_dataset_path_stops_the_run_before_the_model_is_built(tmp_path, monkeypatch, capsys):
+    import train.loop
+
+    def build_model(config):
+        raise AssertionError("the model was built before the data was checked")
+
+    monkeypatch.setattr(train.loop, "build_model", build_model)
+    config = tmp_path / "run.json"
+    config.write_text(json.dumps({"model": {"tiny": {}}, "stages": [{"name": "s", "steps": 1, "trainable": "all"}],
+                                  "mixture": {"semseg": {"data": str(tmp_path / "ADEChallengeData2016")}}}))
+    assert train.loop.main(["--config", str(config), "--out", str(tmp_path / "run")]) == 2
+    assert "ADEChallengeData2016" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()  # nothing written for a run that cannot start
+
+
 def test_source_options_are_checked(tmp_path):
     with pytest.raises(ValueError, match="unknown data sources"):
         Mixture({"coco": {"ratio": 1}}, seed=0)

@@ -210,6 +210,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.out:
         raise SystemExit("anyref train: --out RUN_FOLDER is required (where checkpoints, logs and the model go)")
     _refuse_a_changed_config(Path(args.out), config)
+    mixture = Mixture(config.mixture, config.seed)  # a wrong dataset path fails now: before a 7B model loads
     import deepspeed
     from tqdm import tqdm
 
@@ -250,7 +251,6 @@ def run(args: argparse.Namespace) -> int:
     if config.refocus_lambda is not None:  # again: a loaded checkpoint brings the lambda it was saved with
         model.refocus_lambda.data.fill_(config.refocus_lambda)
 
-    mixture = Mixture(config.mixture, config.seed)
     builder = model.builder
     last_step = min(config.total_steps, args.steps or config.total_steps)
     dtype = next(p for p in engine.module.parameters() if p.is_floating_point()).dtype
