@@ -120,7 +120,7 @@ def test_the_paper_mixture_in_the_docs_names_real_sources_and_options(tmp_path, 
     text = (Path(__file__).parents[1] / "docs" / "training.md").read_text()
     mixture = json.loads(re.search(r'```json\n"mixture": (\{.*?\n\})\n```', text, re.S).group(1))
     assert {source_kind(name, options) for name, options in mixture.items()} <= set(SOURCES)
-    assert len(mixture) == 14
+    assert len(mixture) == 15
     monkeypatch.chdir(tmp_path)  # the documented relative paths lead nowhere here
     for name, options in mixture.items():
         with pytest.raises(FileNotFoundError, match="data"):

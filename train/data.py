@@ -15,7 +15,8 @@ Sources (config ``mixture``: name -> {"ratio": r, ...options}):
 - semseg: semantic segmentation, one category per sample: ADE20K or COCO-Stuff label maps (layout, data, classes,
   images), or PACO-LVIS objects and parts (layout "paco_lvis", data, images);
 - image_referring: an example of a category from another image -> all its objects (instances, images, masked), from
-  COCO instances or PASCAL VOC 2012's masks (dataset "pascal_voc": data, split, masked);
+  COCO instances, PASCAL VOC 2012's masks (dataset "pascal_voc": data, split, masked) or PhraseCut's objects, the
+  example a crop (dataset "phrasecut": data, images, split, masked);
 - groups: mask groups drawn by rule from a COCO-format instances.json (instances, images, rules, margin);
 - expression_groups: (G)RES expressions as groups over the image's instances (data, dataset, split_by, images).
 The public datasets are read by the evaluation readers (``eval.datasets``), from their released layouts
@@ -195,15 +196,25 @@ class SemSegSource(_ReaderSource):
 
 
 class ImageReferringSource(_ReaderSource):
-    """AnyRef's image-level referring from COCO instances (eval.datasets.image_referring), or from PASCAL VOC 2012's
-    segmentation masks ("dataset": "pascal_voc", "data": its VOC2012 folder; eval.datasets.voc_image_referring)."""
+    """AnyRef's image-level referring from COCO instances (eval.datasets.image_referring), from PASCAL VOC 2012's
+    segmentation masks ("dataset": "pascal_voc", "data": its VOC2012 folder; eval.datasets.voc_image_referring) or
+    from crops of PhraseCut's objects ("dataset": "phrasecut", "data": VGPhraseCut_v0/;
+    eval.datasets.phrasecut_image_referring)."""
 
     kinds = {"example"}
 
     def _reader(self, options):
-        from eval.datasets import ImageReferringReader, VocImageReferringReader
+        from eval.datasets import ImageReferringReader, PhraseCutImageReferringReader, VocImageReferringReader
 
-        if options.get("dataset") == "pascal_voc":
+        dataset = options.get("dataset", "coco")
+        if dataset not in ("coco", "pascal_voc", "phrasecut"):
+            raise ValueError(f"mixture source 'image_referring': unknown dataset {dataset!r}; it reads coco (the "
+                             "default), pascal_voc and phrasecut")
+        if dataset == "phrasecut":
+            return PhraseCutImageReferringReader(_need(options, "data", "image_referring (phrasecut)"),
+                                                 options.get("split", "train"), options.get("images"),
+                                                 seed=self.seed, masked=float(options.get("masked", 0.5)))
+        if dataset == "pascal_voc":
             return VocImageReferringReader(_need(options, "data", "image_referring (pascal_voc)"),
                                            options.get("split", "train"), seed=self.seed,
                                            masked=float(options.get("masked", 0.5)))

@@ -44,6 +44,10 @@ class ExampleDraws:
     def _name(self, category) -> str:
         raise NotImplementedError
 
+    def _example(self, image, instance) -> tuple[np.ndarray, np.ndarray]:
+        """(pixels H x W x 3, the instance's mask H x W bool) the example shows: the whole image by default."""
+        return self._pixels(image).copy(), self._instance_mask(image, instance)  # copy: a reader may cache one image
+
     def _meta(self, query, example, instance, category) -> dict:
         return {"query_image_id": query, "example_image_id": example, "example_instance": instance}
 
@@ -61,8 +65,7 @@ class ExampleDraws:
         instances = self.by_category[category][example]
         instance = instances[int(rng.integers(len(instances)))]
         masked = bool(rng.random() < self.masked)
-        example_pixels = self._pixels(example).copy()  # a reader may cache one image: copy before the next
-        mask = self._instance_mask(example, instance)
+        example_pixels, mask = self._example(example, instance)
         if not mask.any():
             masked = False
         target = self._target(category, query)

@@ -76,14 +76,15 @@ class PhraseCutReader:
     def __iter__(self) -> Iterator[ReferringSample]:
         return (self[i] for i in range(len(self)))
 
-    def _image(self, image_id: int) -> np.ndarray:
+    def image(self, image_id: int) -> np.ndarray:
+        """H x W x 3 uint8 Visual Genome image ``image_id`` (the last one read is kept)."""
         if self._cached is None or self._cached[0] != image_id:  # a split's tasks come grouped by image
             self._cached = (image_id, read_image(self.images / f"{image_id}.jpg"))
         return self._cached[1]
 
     def __getitem__(self, item: int) -> ReferringSample:
         task = self.tasks[item]
-        image = self._image(task["image_id"])
+        image = self.image(task["image_id"])
         mask = polygons_mask(task["Polygons"], *image.shape[:2])
         phrase = task["phrase"]
         return ReferringSample(
