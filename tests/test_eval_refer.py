@@ -15,6 +15,8 @@ import anyref.cli
 from eval import cli as eval_cli
 from eval import results as eval_results
 from eval.datasets import RegReader, ResReader
+from eval.datasets._common import decode_segmentation
+from eval.datasets.refer import ReferIndex
 from eval.runners import run_reg, run_res
 
 SIZES = {1: (48, 64), 2: (40, 56)}  # image id -> (height, width)
@@ -133,6 +135,28 @@ def test_res_reader_uncompressed_rle_and_multi_part_polygons(refer_root):
     mask = man.masks[0]
     assert mask[4:10, 32:48].all() and mask[24:29, 38].all()  # both polygons
     assert not mask[14:18].any()  # the gap between them
+
+
+def test_the_index_holds_only_what_samples_need_and_draws_the_same_masks(refer_root):
+    """Each process holds a whole split's index: the fields no reader uses are dropped and polygons become arrays
+    of the same values, so every mask is the one pycocotools draws from the file itself."""
+    path = refer_root / "refcoco" / "instances.json"
+    raw = json.loads(path.read_text())
+    raw["images"][0].update(coco_url="http://images.cocodataset.org/x.jpg", license=3)
+    raw["annotations"].append({"id": 14, "image_id": 1, "category_id": 1, "iscrowd": 0, "bbox": [10, 8, 31, 21],
+                               "area": 600.5, "attribute_ids": [1, 7],  # PACO's extras
+                               "segmentation": [[10.1, 8.3, 40.7, 8.1, 40.5, 28.9, 10.3, 28.5]]})  # 1/5-px ties
+    path.write_text(json.dumps(raw))
+    index = ReferIndex(path, [], None, (), None)
+    assert index.images[1] == {"id": 1, "file_name": file_name(1), "height": 48, "width": 64}
+    assert index.annotations_of_image == {1: [10, 11, 14], 2: [12, 13]}
+    for ann in raw["annotations"]:
+        held = index.annotation(ann["id"])
+        assert set(held) == {"id", "image_id", "category_id", "iscrowd", "bbox", "segmentation"}
+        if isinstance(ann["segmentation"], list):
+            assert all(isinstance(polygon, np.ndarray) for polygon in held["segmentation"])
+        np.testing.assert_array_equal(index.mask(ann["id"]),
+                                      decode_segmentation(ann["segmentation"], *SIZES[ann["image_id"]]))
 
 
 def test_res_reader_accepts_the_dataset_folder_and_an_images_folder(refer_root):

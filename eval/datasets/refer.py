@@ -61,6 +61,26 @@ def find_image_dir(roots: Sequence[Path], images: Optional[str | Path], relative
                           "pass --images with the folder holding the COCO train2014 (or saiapr) images").parent
 
 
+_IMAGE_FIELDS = ("id", "file_name", "height", "width")
+_ANNOTATION_FIELDS = ("id", "image_id", "category_id", "iscrowd", "bbox")
+
+
+def _compact_image(image: dict) -> dict:
+    return {key: image[key] for key in _IMAGE_FIELDS if key in image}
+
+
+def _compact_annotation(ann: dict) -> dict:
+    """The fields the readers use, each polygon a float64 array (the same values, so the same masks): a training
+    process holds a whole split's index (COCO's 2014 train annotations, PACO-LVIS's), and as parsed JSON a
+    polygon's points cost 32 bytes a coordinate and the unused fields (areas, attributes) more."""
+    compact = {key: ann[key] for key in _ANNOTATION_FIELDS if key in ann}
+    segmentation = ann.get("segmentation", [])
+    if isinstance(segmentation, list) and not (segmentation and isinstance(segmentation[0], dict)):
+        segmentation = [np.asarray(polygon, dtype=np.float64) for polygon in segmentation]
+    compact["segmentation"] = segmentation
+    return compact
+
+
 class ReferIndex:
     """``instances.json`` indexed by id, plus image loading with a one-image cache (refs are grouped by image)."""
 
@@ -70,12 +90,12 @@ class ReferIndex:
         for key in ("images", "annotations"):
             if key not in data:
                 raise ValueError(f"{instances_path} has no {key!r}; is it a COCO-format instances.json?")
-        self.images = {im["id"]: im for im in data["images"]}
-        self.annotations = {ann["id"]: ann for ann in data["annotations"]}
-        self.annotations_of_image: dict[int, list[int]] = {}  # image id -> its annotation ids, in file order
-        for ann in data["annotations"]:
-            self.annotations_of_image.setdefault(ann["image_id"], []).append(ann["id"])
         self.categories = {cat["id"]: cat.get("name", str(cat["id"])) for cat in data.get("categories", [])}
+        self.images = {im["id"]: _compact_image(im) for im in data["images"]}
+        self.annotations = {ann["id"]: _compact_annotation(ann) for ann in data["annotations"]}
+        self.annotations_of_image: dict[int, list[int]] = {}  # image id -> its annotation ids, in file order
+        for ann_id, ann in self.annotations.items():
+            self.annotations_of_image.setdefault(ann["image_id"], []).append(ann_id)
         self.image_dir: Optional[Path] = None
         if first_image_id is not None:
             self.image_dir = find_image_dir(image_roots, images, relative_dirs, self.image_info(first_image_id)
