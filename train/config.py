@@ -231,14 +231,12 @@ class TrainConfig:
                 if name not in self.mixture:  # the sources are built once, from the config's own mixture
                     raise ValueError(f"stage {stage.name!r} names source {name!r}, which the config's mixture lacks; "
                                      "add it there (with ratio 0 to draw it only in this stage)")
-                synthref = source_kind(name, self.mixture[name]) == "synthref"
+                synthref = source_kind(name, self.mixture[name]) == "synthref"  # its world is built once
                 other = sorted(set(options) - ({"ratio", "tasks"} if synthref else {"ratio"}))
-                if other and synthref:  # the SynthRef world is built once, from the config's own mixture
-                    raise ValueError(f"stage {stage.name!r}: a stage's mixture may change SynthRef's ratio and tasks "
-                                     f"only, not {other}; set them in the config's mixture")
                 if other:
-                    raise ValueError(f"stage {stage.name!r}: a stage's mixture may change {name}'s ratio only, not "
-                                     f"{other}; set them in the config's mixture")
+                    what = "SynthRef's ratio and tasks" if synthref else f"{name}'s ratio"
+                    raise ValueError(f"stage {stage.name!r}: a stage's mixture may change {what} only, not {other}; "
+                                     "set them in the config's mixture")
             _check_ratios(stage_options(self.mixture, stage.mixture), f"stage {stage.name!r}'s mixture")
         if self.eval_every < 0 or self.eval_n < 1:
             raise ValueError("eval_every must be >= 0 and eval_n >= 1")

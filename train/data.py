@@ -210,16 +210,14 @@ class ImageReferringSource(_ReaderSource):
         if dataset not in ("coco", "pascal_voc", "phrasecut"):
             raise ValueError(f"mixture source 'image_referring': unknown dataset {dataset!r}; it reads coco (the "
                              "default), pascal_voc and phrasecut")
+        draws = {"seed": self.seed, "masked": float(options.get("masked", 0.5))}
+        split = options.get("split", "train")
         if dataset == "phrasecut":
-            return PhraseCutImageReferringReader(_need(options, "data", "image_referring (phrasecut)"),
-                                                 options.get("split", "train"), options.get("images"),
-                                                 seed=self.seed, masked=float(options.get("masked", 0.5)))
+            return PhraseCutImageReferringReader(_need(options, "data", "image_referring (phrasecut)"), split,
+                                                 options.get("images"), **draws)
         if dataset == "pascal_voc":
-            return VocImageReferringReader(_need(options, "data", "image_referring (pascal_voc)"),
-                                           options.get("split", "train"), seed=self.seed,
-                                           masked=float(options.get("masked", 0.5)))
-        return ImageReferringReader(_need(options, "instances", "image_referring"), options.get("images"),
-                                    seed=self.seed, masked=float(options.get("masked", 0.5)),
+            return VocImageReferringReader(_need(options, "data", "image_referring (pascal_voc)"), split, **draws)
+        return ImageReferringReader(_need(options, "instances", "image_referring"), options.get("images"), **draws,
                                     exclude_image_ids=_excluded(options))
 
     def sample(self, index: int, options: dict) -> ReferringSample:
@@ -279,8 +277,8 @@ class Mixture:
     {"source": "res", "dataset": "refcocog", ...}}``."""
 
     def __init__(self, mixture: dict, seed: int):
-        unknown = {name: kind for name, kind in ((n, source_kind(n, o)) for n, o in mixture.items())
-                   if kind not in SOURCES}
+        kinds = {name: source_kind(name, options) for name, options in mixture.items()}
+        unknown = {name: kind for name, kind in kinds.items() if kind not in SOURCES}
         if unknown:
             named = ", ".join(f"{name!r}" + (f" (source {kind!r})" if kind != name else "")
                               for name, kind in sorted(unknown.items()))
@@ -290,7 +288,7 @@ class Mixture:
         self.seed = seed
         self.sources = {}
         for name, options in mixture.items():
-            kind = source_kind(name, options)
+            kind = kinds[name]
             self.sources[name] = SOURCES[kind]({k: v for k, v in options.items() if k != "source"},
                                                _entry_seed(seed, name, kind))
 

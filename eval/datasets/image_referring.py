@@ -108,9 +108,9 @@ class ImageReferringReader(ExampleDraws):
         return self.index.mask(instance)
 
     def _target(self, category: int, image: int) -> np.ndarray:
-        targets = self.by_category[category][image]
-        target = np.zeros_like(self.index.mask(targets[0]))
-        for ann_id in targets:
+        first, *others = self.by_category[category][image]
+        target = self.index.mask(first)
+        for ann_id in others:
             target |= self.index.mask(ann_id)
         return target
 

@@ -57,10 +57,13 @@ class VocImageReferringReader(ExampleDraws):
         self.items, self.seed, self.masked = items, seed, masked
         self.dataset, self.split = "voc-image-referring", split
 
+    def _label_map(self, kind: str, name: str) -> np.ndarray:
+        """H x W uint8 ``kind`` ("SegmentationClass" or "SegmentationObject") map of image ``name``."""
+        return read_labels(self.root / kind / f"{name}.png")
+
     def _labels(self, name: str) -> tuple[np.ndarray, np.ndarray]:
-        """(SegmentationClass, SegmentationObject) of ``name``, both H x W uint8."""
-        classes = read_labels(self.root / "SegmentationClass" / f"{name}.png")
-        objects = read_labels(self.root / "SegmentationObject" / f"{name}.png")
+        """(SegmentationClass, SegmentationObject) of ``name``, both H x W uint8, checked to be the same size."""
+        classes, objects = self._label_map("SegmentationClass", name), self._label_map("SegmentationObject", name)
         if classes.shape != objects.shape:
             raise ValueError(f"{name}'s class and object masks differ in size ({classes.shape} vs {objects.shape})")
         return classes, objects
@@ -69,10 +72,10 @@ class VocImageReferringReader(ExampleDraws):
         return read_image(self.root / "JPEGImages" / f"{image}.jpg")
 
     def _instance_mask(self, image: str, instance: int) -> np.ndarray:
-        return self._labels(image)[1] == instance
+        return self._label_map("SegmentationObject", image) == instance  # sizes were checked at start
 
     def _target(self, category: int, image: str) -> np.ndarray:
-        return self._labels(image)[0] == category
+        return self._label_map("SegmentationClass", image) == category
 
     def _name(self, category: int) -> str:
         return PASCAL_CLASSES[category - 1]
