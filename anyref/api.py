@@ -15,8 +15,9 @@ from anyref.checkpoint import load_directory, save_directory
 from anyref.group_heads import group_members
 from anyref.heads import placed_nowhere, upscale_masks
 from anyref.images import binary_mask, load_image
+from anyref.mask_crf import MaskCRF, crf_refined_result
 from anyref.model import AnyRefModel, unique_rows
-from anyref.outputs import REJECTED, Generation, GroupResult, SegmentResult, mark_nowhere
+from anyref.outputs import REJECTED, Generation, GroupResult, SegmentResult, mark_nowhere, masks_and_scores
 from anyref.prefix import PrefixCache
 from anyref.prompts import reference_kind
 from anyref.references import Audio, Box, ExampleImage, MaskRef, as_reference_list
@@ -96,7 +97,7 @@ class AnyRef(AnyRefModel):
             if isinstance(reference, ExampleImage) and reference.mask is None:
                 pixels = load_image(reference.image)
                 generations, batch, sam = self._run(pixels, [[ExampleImage(pixels)]], "segment", allow_untrained)
-                own = self._masks_for(generations, batch, sam)[0].masks.any(0)
+                own = self._crf_refined(self._masks_for(generations, batch, sam), [pixels])[0].masks.any(0)
                 reference = ExampleImage(pixels, mask=own) if own.any() else reference
             masked.append(reference)
         return masked
@@ -148,7 +149,8 @@ class AnyRef(AnyRefModel):
         references = self._prompt_references(ref, allow_untrained)
         image = None if image is None else load_image(image)  # read once: the answer checks look at it again
         generations, batch, sam = self._run(image, [references], "segment", allow_untrained)
-        return self._verified(self._masks_for(generations, batch, sam), [image], [references], allow_untrained)[0]
+        checked = self._verified(self._masks_for(generations, batch, sam), [image], [references], allow_untrained)
+        return self._crf_refined(checked, [image])[0]
 
     @torch.no_grad()
     def segment_many(self, image, refs: list, allow_untrained: bool = False) -> list[SegmentResult]:
@@ -159,8 +161,9 @@ class AnyRef(AnyRefModel):
         references = [self._prompt_references(r, allow_untrained) for r in refs]
         image = None if image is None else load_image(image)  # read once: the answer checks look at it again
         generations, batch, sam = self._run(image, references, "segment", allow_untrained)
-        return self._verified(self._masks_for(generations, batch, sam), [image] * len(refs), references,
-                              allow_untrained)
+        checked = self._verified(self._masks_for(generations, batch, sam), [image] * len(refs), references,
+                                 allow_untrained)
+        return self._crf_refined(checked, [image] * len(refs))
 
     @torch.no_grad()
     def segment_batch(self, images: list, refs: list, allow_untrained: bool = False) -> list[SegmentResult]:
@@ -175,8 +178,10 @@ class AnyRef(AnyRefModel):
                                    task="segment")
                    for image, ref in zip(images, refs)]
         batch = self._batch(samples, allow_untrained, self.config.max_new_tokens)
-        return self._verified(self._masks_for(self.generate(batch), batch), [s.image for s in samples],
-                              [s.references for s in samples], allow_untrained)
+        images = [s.image for s in samples]
+        checked = self._verified(self._masks_for(self.generate(batch), batch), images,
+                                 [s.references for s in samples], allow_untrained)
+        return self._crf_refined(checked, images)
 
     @torch.no_grad()
     def describe(self, image=None, ref=None, allow_untrained: bool = False,
@@ -191,6 +196,7 @@ class AnyRef(AnyRefModel):
         ``config.describe_box_margin`` it is kept within that box, grown by the margin.
         """
         references = self._prompt_references(ref, allow_untrained)
+        image = None if image is None else load_image(image)  # read once: the CRF looks at it again
         generations, batch, sam = self._run(image, [references], "describe", allow_untrained)
         caption = " ".join(generations[0].text.replace(self.config.obj_token, " ").split()).replace(" .", ".")
         if not with_masks:
@@ -202,7 +208,8 @@ class AnyRef(AnyRefModel):
                 region = boxes[0].mask(*batch.image_sizes[0])
             if self.config.describe_box_margin is not None:
                 bounds = boxes[0].grown(self.config.describe_box_margin).mask(*batch.image_sizes[0])
-        result = self._masks_for(generations, batch, sam, regions=[region], bounds=[bounds])[0]
+        result = self._crf_refined(self._masks_for(generations, batch, sam, regions=[region], bounds=[bounds]),
+                                   [image])[0]
         result.answer, result.text = result.text, caption
         return result
 
@@ -379,9 +386,20 @@ class AnyRef(AnyRefModel):
         probability of the answer's first placed ``<obj>`` (0 for all when it has none or places it nowhere).
         image: H x W x 3 pixels, or None for the ``set_image`` image."""
         generations, batch, sam = self._run(image, [references], "segment", allow_untrained)
-        result = self._masks_for(generations, batch, sam)[0]
+        result = self._crf_refined(self._masks_for(generations, batch, sam), [image])[0]
         group_map = torch.from_numpy(result.logits[0]).sigmoid() if result.found else None
         return _candidate_means(candidates, group_map), result.text
+
+    def _crf_refined(self, results: list[SegmentResult], images: list) -> list[SegmentResult]:
+        """``results`` with each mask's edges snapped to its image's by ``config.mask_crf`` (as they are when it is
+        off). It comes after the answer checks, which judge the masks they were fitted on (the decoder's own), and
+        refines only masks that have a pixel: an answer without a mask stays without one. images: per result, its
+        H x W x 3 pixels, or None for the ``set_image`` image."""
+        if self.config.mask_crf is None:
+            return results
+        crf = MaskCRF.from_dict(self.config.mask_crf)
+        return [result if not result.found else crf_refined_result(result, self._pixels_and_features(image)[0], crf)
+                for result, image in zip(results, images)]
 
     def _masks_for(self, generations: list[Generation], batch, sam: torch.Tensor | None = None,
                    regions: list[np.ndarray | None] | None = None,
@@ -429,12 +447,9 @@ class AnyRef(AnyRefModel):
             if bound is not None and counts[row] and bool(placed[int(starts[row])]):
                 outside = ~torch.from_numpy(bound).to(logits.device)
                 logits[0] = torch.where(outside, logits[0].clamp(max=CLIPPED_LOGIT), logits[0])
-            masks = logits > 0
-            area = masks.flatten(1).sum(1)
-            scores = (logits.sigmoid() * masks).flatten(1).sum(1) / area.clamp_min(1)  # 0 for an empty mask
+            masks, scores = masks_and_scores(logits)
             text = mark_nowhere(generation.text, self.config.obj_token, placed[mine].tolist())
-            results.append(SegmentResult(masks.cpu().numpy(), scores.cpu().numpy().astype(np.float32), text,
-                                         logits.cpu().numpy()))
+            results.append(SegmentResult(masks.cpu().numpy(), scores.cpu().numpy(), text, logits.cpu().numpy()))
         return results
 
 

@@ -251,6 +251,11 @@ class AnyRefModel(nn.Module):
         the image-token grid (``config.mask_refinements``, validated as the config is; 0: one decoder pass)."""
         self._reconfigure(mask_refinements=count)
 
+    def set_mask_crf(self, settings: dict | None) -> None:
+        """Snap each mask's edges to the image's by a local dense CRF at inference (``config.mask_crf``: a dict of
+        ``anyref.mask_crf.MaskCRF``'s settings, validated as the config is); None: off."""
+        self._reconfigure(mask_crf=None if settings is None else dict(settings))
+
     def set_box_zoom(self, on: bool) -> None:
         """Read box tokens from each box's own crop, encoded again (``config.box_zoom``), or by RoIAlign; for a
         training run that continues a model (a training config's "box_zoom")."""

@@ -27,12 +27,48 @@ def _number_or_off(example: str):
     return parse
 
 
+def _crf_settings(text: str) -> dict | None:
+    """An argparse type for --mask-crf: 'off' (None), 'on' (MaskCRF's defaults) or NAME=VALUE pairs joined by
+    commas, e.g. 'iterations=10,radius=7'; checked by MaskCRF itself."""
+    from anyref.mask_crf import MaskCRF
+
+    if text == "off":
+        return None
+    settings = {}
+    if text != "on":
+        for pair in text.split(","):
+            name, equals, value = pair.partition("=")
+            if not equals:
+                raise argparse.ArgumentTypeError(f"give 'on', 'off' or NAME=VALUE pairs such as "
+                                                 f"'iterations=10,radius=7'; got {text!r}")
+            try:
+                settings[name.strip()] = int(value) if name.strip() in ("iterations", "radius") else float(value)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"{name.strip()}={value!r} is not a number") from None
+    try:
+        return MaskCRF.from_dict(settings).as_dict()
+    except (TypeError, ValueError) as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _setting_word(value) -> str:
+    """A parsed setting written as it parses back."""
+    if isinstance(value, dict):
+        return ",".join(f"{name}={number}" for name, number in value.items())
+    return "off" if value is None or value is False else "on" if value is True else str(value)
+
+
 # inference settings a command may override: (flag, the model's setter, argparse options); a flag not given leaves
 # the model's config as it is
 _INFERENCE_SETTINGS = (
     ("--mask-refinements", "set_mask_refinements",
      dict(type=int, metavar="K", help="redraw each mask K more times from its own coverage of the image-token grid "
                                       "(default: the model's config.mask_refinements)")),
+    ("--mask-crf", "set_mask_crf",
+     dict(type=_crf_settings, metavar="on|off|NAME=VALUE,...",
+          help="snap each mask's edges to the image's with a local dense CRF: 'on' (anyref.mask_crf.MaskCRF's "
+               "defaults), 'off', or settings such as 'iterations=10,radius=7,position_sigma=6,colour_sigma=15,"
+               "weight=2' (default: the model's config.mask_crf)")),
     ("--describe-box-prior", "set_describe_box_prior",
      dict(type=_on_off, metavar="on|off",
           help="draw the region of a describe prompt's one box from the box itself, or from the <obj>'s own "
@@ -78,7 +114,7 @@ def inference_setting_words(args: argparse.Namespace) -> list[str]:
     for flag, setter, _ in _INFERENCE_SETTINGS:
         if hasattr(args, setter):
             value = getattr(args, setter)
-            words += [flag, "off" if value is None or value is False else "on" if value is True else str(value)]
+            words += [flag, _setting_word(value)]
     return words
 
 

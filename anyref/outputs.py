@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-__all__ = ["AnyRefOutput", "SegmentResult", "Generation", "GroupResult", "NOWHERE", "REJECTED", "LITERAL_MARK",
-           "escape_answer_markers", "mark_nowhere"]
+__all__ = ["AnyRefOutput", "SegmentResult", "masks_and_scores", "Generation", "GroupResult", "NOWHERE", "REJECTED",
+           "LITERAL_MARK", "escape_answer_markers", "mark_nowhere"]
 
 
 @dataclass
@@ -119,6 +119,14 @@ class SegmentResult:
 
     def __repr__(self) -> str:
         return f"SegmentResult(text={self.text!r}, {self.note}, size={self.masks.shape[1:] or None})"
+
+
+def masks_and_scores(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A SegmentResult's masks K x H x W (logits > 0) and scores K float32 from its logits K x H x W: the mean
+    foreground probability inside each mask, 0 for an empty one."""
+    masks = logits > 0
+    area = masks.flatten(1).sum(1)
+    return masks, ((logits.sigmoid() * masks).flatten(1).sum(1) / area.clamp_min(1)).float()
 
 
 @dataclass

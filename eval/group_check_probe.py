@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from anyref.mask_crf import MaskCRF, crf_refined_result
 from anyref.synthref import SynthRef
 from eval.results import RunOutput, diagnostic_parser, run_diagnostic
 from eval.runners import union_mask
@@ -30,10 +31,12 @@ THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
 
 
 def check_probabilities(model, samples: list) -> list[dict]:
-    """Per sample, its answer with the check off: {"masks": K x H x W bool, "probabilities": K (the check's; those
-    of empty masks are 1, as the check never drops one), "target": H x W bool, the union of the sample's masks}."""
-    before = model.config.check_by_group_head
+    """Per sample, its answer with the check off: {"masks": K x H x W bool (after ``config.mask_crf``, as segment
+    answers), "probabilities": K (the check's, of the masks before the CRF, as segment checks them; those of empty
+    masks are 1, as the check never drops one), "target": H x W bool, the union of the sample's masks}."""
+    before, crf = model.config.check_by_group_head, model.config.mask_crf
     model.set_check_by_group_head(None)
+    model.set_mask_crf(None)  # the check judges the decoder's masks; segment's CRF comes after it
     try:
         records = []
         for sample in samples:
@@ -42,11 +45,14 @@ def check_probabilities(model, samples: list) -> list[dict]:
             probabilities = np.ones(len(result.masks))
             if drawn.any():
                 probabilities[drawn] = model.check_scores(sample.image, sample.references, result.masks[drawn])
+            if crf is not None and result.found:
+                result = crf_refined_result(result, sample.image, MaskCRF.from_dict(crf))
             records.append({"masks": result.masks, "probabilities": probabilities,
                             "target": union_mask(sample.masks, sample.image.shape[:2])})
         return records
     finally:
         model.set_check_by_group_head(before)
+        model.set_mask_crf(crf)
 
 
 def _kept(record: dict, threshold: float | None) -> np.ndarray:

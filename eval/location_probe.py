@@ -9,6 +9,7 @@ with three dense prompts, and each mask's IoU with the target is averaged:
 - ``blank``: a uniform map (no location at all), which shows how much the masks depend on it;
 - ``oracle``: the target's own coverage of the LLM's image-token grid (log of each cell's covered share), which
   bounds what a better map could give this SAM.
+With ``config.mask_crf`` every map's mask is then refined by it, as ``segment`` finishes its masks.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import torch
 
 from anyref.batching import collate, prepare
 from anyref.heads import coverage_logits, decode_masks, location_cells, location_prompt, upscale_masks
+from anyref.mask_crf import MaskCRF, crf_refine_found
 from anyref.synthref import SynthRef
 from eval.results import RunOutput, diagnostic_parser, run_diagnostic
 
@@ -46,7 +48,10 @@ def _ious(model, sample) -> dict[str, float] | None:
         low = decode_masks(model.sam, embeddings, prompts, location_prompt(model.sam, logits))
         if name == "own":  # then its refinements, if the model's config asks for them: what segment draws
             low = model.refine_obj_masks(embeddings, generation.obj_states, low, batch.sam_sizes, batch.image_sizes)
-        mask = upscale_masks(model.sam, low, batch.sam_sizes[0], batch.image_sizes[0])[0] > 0
+        logits = upscale_masks(model.sam, low, batch.sam_sizes[0], batch.image_sizes[0]).float()
+        if model.config.mask_crf is not None:  # every map's mask as segment would finish it
+            logits = crf_refine_found(sample.image, logits, MaskCRF.from_dict(model.config.mask_crf))
+        mask = logits[0].to(model.device) > 0
         ious[name] = float((mask & target).sum() / max(int((mask | target).sum()), 1))
     return ious
 

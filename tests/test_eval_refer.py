@@ -285,13 +285,13 @@ def test_recorded_command_reproduces_the_inference_settings():
     register(parser.add_subparsers(dest="command", required=True))
     given = ["eval", "synthref", "--model", "m", "--n", "7", "--example-self-mask", "off",
              "--describe-box-margin", "off", "--describe-box-prior", "on", "--mask-refinements", "0",
-             "--group-threshold", "0.7", "--group-empty-threshold", "off"]
+             "--group-threshold", "0.7", "--group-empty-threshold", "off", "--mask-crf", "iterations=3,radius=2"]
     args = parser.parse_args(given)
     command = shlex.split(_command_line(args))
     assert command[:3] == ["anyref", "eval", "synthref"]
     again = parser.parse_args(command[1:])
     settings = ("set_example_self_mask", "set_describe_box_margin", "set_describe_box_prior", "set_mask_refinements",
-                "set_group_threshold", "set_group_empty_threshold")
+                "set_group_threshold", "set_group_empty_threshold", "set_mask_crf")
     assert {s: getattr(again, s) for s in settings} == {s: getattr(args, s) for s in settings}
     assert again.n == 7 and not hasattr(parser.parse_args(["eval", "synthref", "--model", "m"]), settings[0])
 
