@@ -398,7 +398,8 @@ class AnyRef(AnyRefModel):
         if self.config.mask_crf is None:
             return results
         crf = MaskCRF.from_dict(self.config.mask_crf)
-        return [result if not result.found else crf_refined_result(result, self._pixels_and_features(image)[0], crf)
+        return [result if not result.found
+                else crf_refined_result(result, self._pixels_and_features(image)[0], crf, self.device)
                 for result, image in zip(results, images)]
 
     def _masks_for(self, generations: list[Generation], batch, sam: torch.Tensor | None = None,

@@ -131,11 +131,12 @@ def crf_refine_found(image: np.ndarray, logits: torch.Tensor, crf: MaskCRF) -> t
     return out
 
 
-def crf_refined_result(result: SegmentResult, image: np.ndarray, crf: MaskCRF) -> SegmentResult:
-    """``result`` (with its logits) after ``crf_refine_found`` on the H x W x 3 ``image``, its masks and scores
-    recomputed from the refined logits."""
+def crf_refined_result(result: SegmentResult, image: np.ndarray, crf: MaskCRF,
+                       device: torch.device | str = "cpu") -> SegmentResult:
+    """``result`` (with its logits) after ``crf_refine_found`` on the H x W x 3 ``image``, computed on ``device``
+    (a model's, so that a GPU model's CRF runs on its GPU), its masks and scores recomputed from the refined logits."""
     if result.logits is None:
         raise ValueError("mask_crf refines a result's logits; this result has none")
-    logits = crf_refine_found(image, torch.from_numpy(result.logits), crf)
+    logits = crf_refine_found(image, torch.from_numpy(result.logits).to(device), crf)
     masks, scores = masks_and_scores(logits)
-    return replace(result, masks=masks.numpy(), scores=scores.numpy(), logits=logits.numpy())
+    return replace(result, masks=masks.cpu().numpy(), scores=scores.cpu().numpy(), logits=logits.cpu().numpy())
