@@ -315,7 +315,9 @@ class AnyRef(AnyRefModel):
         """What ``config.check_by_group_head`` compares with its threshold, for each of ``masks`` (K x H x W at the
         image's size, say a ``segment`` answer's): the probability that ``prompt`` describes that mask, by the text
         check head (``config.text_check_head``) or else the group head - the prompt asked as a ``select`` prompt
-        with the mask as its one candidate. All K in one forward pass; image as in ``segment``. Returns K floats."""
+        with the mask as its one candidate. All K in one forward pass; image as in ``segment``. Returns K floats.
+        ``segment`` checks its masks before ``config.mask_crf`` refines them: to read exactly what it read, pass the
+        masks of an answer given with the CRF off (``set_mask_crf(None)``)."""
         pixels, _ = self._pixels_and_features(image)
         if masks is None:
             raise ValueError("no masks given: pass masks=, K x H x W masks at the image's size")
