@@ -15,7 +15,7 @@ from anyref.checkpoint import load_directory, save_directory
 from anyref.group_heads import group_members
 from anyref.heads import placed_nowhere, upscale_masks
 from anyref.images import binary_mask, load_image
-from anyref.mask_crf import MaskCRF, crf_refined_result
+from anyref.mask_crf import crf_refined_result
 from anyref.model import AnyRefModel, unique_rows
 from anyref.outputs import REJECTED, Generation, GroupResult, SegmentResult, mark_nowhere, masks_and_scores
 from anyref.prefix import PrefixCache
@@ -397,11 +397,13 @@ class AnyRef(AnyRefModel):
         off). It comes after the answer checks, which judge the masks they were fitted on (the decoder's own), and
         refines only masks that have a pixel: an answer without a mask stays without one. images: per result, its
         H x W x 3 pixels, or None for the ``set_image`` image."""
-        if self.config.mask_crf is None:
+        crf = self.config.crf
+        if crf is None:
             return results
-        crf = MaskCRF.from_dict(self.config.mask_crf)
+        # the callers pass pixels already read, or None: no image is read or hashed again per result
         return [result if not result.found
-                else crf_refined_result(result, self._pixels_and_features(image)[0], crf, self.device)
+                else crf_refined_result(result, self._pixels_and_features(None)[0] if image is None else image, crf,
+                                        self.device)
                 for result, image in zip(results, images)]
 
     def _masks_for(self, generations: list[Generation], batch, sam: torch.Tensor | None = None,

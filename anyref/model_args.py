@@ -34,17 +34,20 @@ def _crf_settings(text: str) -> dict | None:
 
     if text == "off":
         return None
-    settings = {}
+    settings, defaults = {}, MaskCRF()
     if text != "on":
         for pair in text.split(","):
             name, equals, value = pair.partition("=")
+            name = name.strip()
             if not equals:
                 raise argparse.ArgumentTypeError(f"give 'on', 'off' or NAME=VALUE pairs such as "
                                                  f"'iterations=10,radius=7'; got {text!r}")
+            kind = type(getattr(defaults, name, 0.0))  # each setting's type is its default's; MaskCRF refuses unknowns
             try:
-                settings[name.strip()] = int(value) if name.strip() in ("iterations", "radius") else float(value)
+                settings[name] = kind(value)
             except ValueError:
-                raise argparse.ArgumentTypeError(f"{name.strip()}={value!r} is not a number") from None
+                wanted = "an int" if kind is int else "a number"
+                raise argparse.ArgumentTypeError(f"{name}={value!r} is not {wanted}") from None
     try:
         return MaskCRF.from_dict(settings).as_dict()
     except (TypeError, ValueError) as error:

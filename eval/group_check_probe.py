@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from anyref.mask_crf import MaskCRF, crf_refined_result
+from anyref.mask_crf import crf_refined_result
 from anyref.synthref import SynthRef
 from eval.results import RunOutput, diagnostic_parser, run_diagnostic
 from eval.runners import union_mask
@@ -34,7 +34,7 @@ def check_probabilities(model, samples: list) -> list[dict]:
     """Per sample, its answer with the check off: {"masks": K x H x W bool (after ``config.mask_crf``, as segment
     answers), "probabilities": K (the check's, of the masks before the CRF, as segment checks them; those of empty
     masks are 1, as the check never drops one), "target": H x W bool, the union of the sample's masks}."""
-    before, crf = model.config.check_by_group_head, model.config.mask_crf
+    before, settings, crf = model.config.check_by_group_head, model.config.mask_crf, model.config.crf
     model.set_check_by_group_head(None)
     model.set_mask_crf(None)  # the check judges the decoder's masks; segment's CRF comes after it
     try:
@@ -46,13 +46,13 @@ def check_probabilities(model, samples: list) -> list[dict]:
             if drawn.any():
                 probabilities[drawn] = model.check_scores(sample.image, sample.references, result.masks[drawn])
             if crf is not None and result.found:
-                result = crf_refined_result(result, sample.image, MaskCRF.from_dict(crf))
+                result = crf_refined_result(result, sample.image, crf)
             records.append({"masks": result.masks, "probabilities": probabilities,
                             "target": union_mask(sample.masks, sample.image.shape[:2])})
         return records
     finally:
         model.set_check_by_group_head(before)
-        model.set_mask_crf(crf)
+        model.set_mask_crf(settings)
 
 
 def _kept(record: dict, threshold: float | None) -> np.ndarray:

@@ -18,7 +18,7 @@ import torch
 
 from anyref.batching import collate, prepare
 from anyref.heads import coverage_logits, decode_masks, location_cells, location_prompt, upscale_masks
-from anyref.mask_crf import MaskCRF, crf_refine_found
+from anyref.mask_crf import crf_refine_found
 from anyref.synthref import SynthRef
 from eval.results import RunOutput, diagnostic_parser, run_diagnostic
 
@@ -43,15 +43,16 @@ def _ious(model, sample) -> dict[str, float] | None:
     maps = {"own": own, "blank": torch.zeros_like(own),
             "oracle": coverage_logits(torch.from_numpy(sample.masks[0])[None], model.llm_grid).to(own)}
     target = torch.from_numpy(sample.masks[0]).to(model.device)
+    crf = model.config.crf
     ious = {}
     for name, logits in maps.items():
         low = decode_masks(model.sam, embeddings, prompts, location_prompt(model.sam, logits))
         if name == "own":  # then its refinements, if the model's config asks for them: what segment draws
             low = model.refine_obj_masks(embeddings, generation.obj_states, low, batch.sam_sizes, batch.image_sizes)
         logits = upscale_masks(model.sam, low, batch.sam_sizes[0], batch.image_sizes[0]).float()
-        if model.config.mask_crf is not None:  # every map's mask as segment would finish it
-            logits = crf_refine_found(sample.image, logits, MaskCRF.from_dict(model.config.mask_crf))
-        mask = logits[0].to(model.device) > 0
+        if crf is not None:  # every map's mask as segment would finish it
+            logits = crf_refine_found(sample.image, logits, crf)
+        mask = logits[0] > 0
         ious[name] = float((mask & target).sum() / max(int((mask | target).sum()), 1))
     return ious
 
