@@ -5,7 +5,9 @@
 For SynthRef samples whose answer is masks (text, box, example, example_masked, audio1, audio2; each asked as
 ``anyref eval synthref`` asks it, box samples through ``describe(..., with_masks=True)``), the union of the
 predicted masks is matched to the scene's objects (visible pixels): the object it overlaps best (IoU) is its
-object. A sample is then "right object" (that object is a target), "wrong object", or "no mask". The figures:
+object. A sample is then "right object" (that object is a target), "wrong object", or "no mask"; a wrong object
+that is the landmark of a relational text ("the blue star" of "the square left of the blue star") also counts in
+``share_on_landmark``. The figures:
 - the share of samples in each case, their mean IoU with the target union, and for right-object samples the
   mean precision and recall of the mask against the target union (too large, or too small);
 - ``iou_lost``: 1 - mean IoU, split into what each case loses (sum of 1 - IoU over its samples / n), so the
@@ -31,19 +33,23 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.logical_and(a, b).sum() / union) if union else 1.0
 
 
-def classify_prediction(predicted: np.ndarray, objects: np.ndarray, target_ids: list[int]) -> dict:
+def classify_prediction(predicted: np.ndarray, objects: np.ndarray, target_ids: list[int],
+                        landmark_ids: list[int] = ()) -> dict:
     """One sample. predicted: H x W bool (the union of the answer's masks); objects: M x H x W bool visible masks
-    of the scene's objects; target_ids: the indices of the targets among them. Returns {"case", "iou",
-    "precision", "recall"}, IoU / precision / recall against the targets' union."""
+    of the scene's objects; target_ids: the indices of the targets among them; landmark_ids: objects the prompt
+    names only to place its target. Returns {"case", "on_landmark", "iou", "precision", "recall"}, IoU / precision
+    / recall against the targets' union."""
     target = objects[list(target_ids)].any(0)
     hit = float(np.logical_and(predicted, target).sum())
     area = float(predicted.sum())
     scores = {"iou": _iou(predicted, target), "precision": hit / area if area else 0.0,
               "recall": hit / float(target.sum()) if target.any() else 0.0}
     if not predicted.any():
-        return {"case": "no_mask", **scores}
+        return {"case": "no_mask", "on_landmark": False, **scores}
     best = int(np.argmax([_iou(predicted, mask) for mask in objects]))
-    return {"case": "right_object" if best in target_ids else "wrong_object", **scores}
+    right = best in target_ids
+    return {"case": "right_object" if right else "wrong_object", "on_landmark": not right and best in landmark_ids,
+            **scores}
 
 
 def summarise(rows: list[dict]) -> dict:
@@ -57,6 +63,7 @@ def summarise(rows: list[dict]) -> dict:
         out["share"][case] = len(picked) / n
         out["case_iou"][case] = float(np.mean([r["iou"] for r in picked])) if picked else None
         out["iou_lost"][case] = float(sum(1.0 - r["iou"] for r in picked) / n)
+    out["share_on_landmark"] = sum(bool(r.get("on_landmark")) for r in rows) / n
     right = by_case["right_object"]
     out["right_object_precision"] = float(np.mean([r["precision"] for r in right])) if right else None
     out["right_object_recall"] = float(np.mean([r["recall"] for r in right])) if right else None
@@ -83,7 +90,8 @@ def mask_errors(model, tasks: tuple[str, ...] = MASK_TASKS, n: int = 200, split:
             for sample, result in zip(part, results):
                 predicted = (result.masks.any(0) if len(result.masks)
                              else np.zeros(sample.image.shape[:2], dtype=bool))
-                rows.append(classify_prediction(predicted, sample.meta["object_masks"], sample.meta["target_ids"]))
+                rows.append(classify_prediction(predicted, sample.meta["object_masks"], sample.meta["target_ids"],
+                                                sample.meta.get("landmark_ids", [])))
         metrics[task] = summarise(rows)
         counts[task] = {"samples": len(rows)}
         kinds = [s.meta.get("kind") for s in samples]
@@ -104,12 +112,13 @@ def _line(name: str, m: dict) -> str:
     return (f"{name:>15} {m['mean_iou']:6.3f} | {share['right_object']:.2f} / {share['wrong_object']:.2f} / "
             f"{share['no_mask']:.2f}        | {_figure(m['case_iou']['right_object'], 3):>9} | "
             f"{lost['right_object']:.3f} / {lost['wrong_object']:.3f} / {lost['no_mask']:.3f}   | "
-            f"{_figure(m['right_object_precision'], 2)} / {_figure(m['right_object_recall'], 2)}")
+            f"{_figure(m['right_object_precision'], 2)} / {_figure(m['right_object_recall'], 2)}    | "
+            f"{m['share_on_landmark']:.2f}")
 
 
 def _report(run: RunOutput, model) -> None:
     print(f"{'task':>15} {'IoU':>6} | share right / wrong / none | IoU right | lost: right / wrong / none"
-          " | right P / R")
+          " | right P / R | on landmark")
     for task, m in run.metrics.items():
         print(_line(task, m))
     for task, m in run.metrics.items():

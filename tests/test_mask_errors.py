@@ -20,6 +20,10 @@ def test_a_prediction_is_the_object_it_overlaps_best():
     assert classify_prediction(np.zeros(SHAPE, bool), OBJECTS, [1])["case"] == "no_mask"
     # several targets: matching any one of them is the right object
     assert classify_prediction(OBJECTS[1], OBJECTS, [0, 1])["case"] == "right_object"
+    # a wrong object that the prompt named as its landmark is counted as such; a right one never is
+    assert classify_prediction(OBJECTS[1], OBJECTS, [0], landmark_ids=[1])["on_landmark"]
+    assert not classify_prediction(OBJECTS[1], OBJECTS, [0])["on_landmark"]
+    assert not classify_prediction(OBJECTS[0], OBJECTS, [0], landmark_ids=[1])["on_landmark"]
 
 
 def test_the_iou_gap_splits_into_its_cases():
@@ -34,6 +38,8 @@ def test_the_iou_gap_splits_into_its_cases():
     assert out["share"] == {"right_object": 0.5, "wrong_object": 0.25, "no_mask": 0.25}
     assert out["case_iou"]["right_object"] == pytest.approx(0.7)
     assert out["right_object_recall"] == pytest.approx(0.75)
+    assert out["share_on_landmark"] == 0.0
+    assert summarise(rows[:2] + [dict(rows[2], on_landmark=True)])["share_on_landmark"] == pytest.approx(1 / 3)
     with pytest.raises(ValueError, match="no samples"):
         summarise([])
 
@@ -47,6 +53,7 @@ def test_a_run_on_the_shipped_model_covers_its_samples():
     assert sum(run.counts["text"]["by_kind"].values()) == 3 and "by_kind" not in run.metrics["box"]
     for figures in run.metrics["text"]["by_kind"].values():
         assert sum(figures["share"].values()) == pytest.approx(1.0)
+        assert figures["share_on_landmark"] <= figures["share"]["wrong_object"]
     with pytest.raises(ValueError, match="whose answer is masks"):
         mask_errors(None, ("no_target",))
 

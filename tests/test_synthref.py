@@ -149,9 +149,10 @@ def test_text_target_unique(samples):
         assert query["shape"] in s.meta["expression"]
         hits = [i for i, o in enumerate(objs) if _matches(o, query)]
         if "relation" not in query:
-            assert hits == [target]
+            assert hits == [target] and s.meta["landmark_ids"] == []
             continue
         (lm,) = [i for i, o in enumerate(objs) if _matches(o, query["landmark"])]
+        assert s.meta["landmark_ids"] == [lm]
         assert len(hits) >= 2, "a relation is only used where the description alone is ambiguous"
         assert _offset(objs[target], objs[lm], query["relation"]) >= MARGIN
         assert all(_offset(objs[i], objs[lm], query["relation"]) <= 0 for i in hits if i not in (target, lm))
@@ -173,6 +174,30 @@ def test_no_target_matches_nothing(samples):
             continue
         (lm,) = [i for i, o in enumerate(objs) if _matches(o, query["landmark"])]
         assert all(_offset(objs[i], objs[lm], query["relation"]) <= 0 for i in hits if i != lm)
+
+
+@pytest.mark.parametrize("task", ["text", "no_target"])
+def test_landmark_first_answers_restate_relations_only(task):
+    """relational_answer="landmark_first" changes the answer of relational prompts alone - landmark first, the
+    object's own description last before its <obj> - and never the prompt, the masks or any other sample."""
+    options = dict(relational_prob=1.0, no_target_answer="nowhere")
+    asked, restated = (SynthRef(SynthRefConfig(relational_answer=order, **options)).split("val", task, 30)
+                       for order in ("as_asked", "landmark_first"))
+    relational = 0
+    for a, r in zip(asked, restated):
+        assert r.references == a.references and np.array_equal(r.masks, a.masks) and r.answer[1:] == [" ", OBJ, "."]
+        query = r.meta["query"]
+        if "relation" not in query:
+            assert r.answer == a.answer
+            continue
+        relational += 1
+        landmark, own = r.answer[0].split(" is ")
+        assert landmark.startswith(query["relation"] + " the ") and landmark[len(query["relation"]) + 1:] in a.answer[0]
+        assert own == a.answer[0][:len(own)] and own.endswith(query["shape"])
+        assert sorted(words_of(r.answer[0])) == sorted(words_of(a.answer[0]) + ["is"])
+    assert relational >= 10
+    with pytest.raises(ValueError, match="relational_answer"):
+        SynthRefConfig(relational_answer="target_first")
 
 
 def test_box_describe(samples):

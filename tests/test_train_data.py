@@ -172,6 +172,17 @@ def test_relational_prob_reaches_the_synthref_stream():
     assert relational_share(1.0) > relational_share(0.35) > 0.0
 
 
+def test_relational_answer_reaches_the_synthref_stream():
+    def answers(order):
+        source = Mixture({"synthref": {"ratio": 1, "relational_prob": 1.0, "relational_answer": order,
+                                       "tasks": {"text": 1}}}, seed=0)
+        return [source.sample(i).answer[0] for i in range(20)]
+    restated = [a for a in answers("landmark_first") if " is the " in a]
+    assert len(restated) >= 5 and not any(" is the " in a for a in answers("as_asked"))
+    with pytest.raises(ValueError, match="relational_answer must be"):
+        Mixture({"synthref": {"ratio": 1, "relational_answer": "first"}}, seed=0)
+
+
 
 @pytest.mark.parametrize("mixture, stage_mixture, words", [
     ({"synthref": {"ratio": 0}}, {}, "at least one source with a ratio > 0"),

@@ -184,7 +184,7 @@ class TrainConfig:
     write its own answer first: AnyRefConfig.group_obj_answer).
     mixture: entry name -> {"ratio": r, ...source options}, the entry's source its name or its "source" option
     (several entries of one source: several datasets); sources: "synthref" (options: tasks weights,
-    image_size, world_seed, no_target_answer, group_answer, verify_answer, relational_prob). stages: the schedule;
+    image_size, world_seed, no_target_answer, group_answer, verify_answer, relational_prob, relational_answer). stages: the schedule;
     each stage has its own warmup and cosine decay (lr, warmup_steps and min_lr_ratio here are the defaults of every
     stage)."""
 

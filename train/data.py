@@ -40,11 +40,11 @@ __all__ = ["Mixture", "SOURCES"]
 class SynthRefSource:
     """SynthRef's endless training stream. Options: tasks (task -> weight), image_size, world_seed,
     no_target_answer ("refusal" or "nowhere"), group_answer ("candidates" or "obj"), verify_answer ("plain" or
-    "caption") and relational_prob, as in
+    "caption"), relational_prob and relational_answer ("as_asked" or "landmark_first"), as in
     :class:`anyref.synthref.SynthRefConfig`; any other option is refused (a misspelt one would be ignored)."""
 
     OPTIONS = ("ratio", "tasks", "image_size", "world_seed", "no_target_answer", "group_answer", "verify_answer",
-               "relational_prob")
+               "relational_prob", "relational_answer")
 
     def __init__(self, options: dict, seed: int):
         unknown = sorted(set(options) - set(self.OPTIONS))
@@ -56,6 +56,8 @@ class SynthRefSource:
                                              no_target_answer=options.get("no_target_answer", defaults.no_target_answer),
                                              group_answer=options.get("group_answer", defaults.group_answer),
                                              verify_answer=options.get("verify_answer", defaults.verify_answer),
+                                             relational_answer=options.get("relational_answer",
+                                                                           defaults.relational_answer),
                                              relational_prob=float(options.get("relational_prob",
                                                                                defaults.relational_prob))))
         self.seed = seed

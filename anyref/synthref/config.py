@@ -32,6 +32,11 @@ class SynthRefConfig:
     # how a no-target prompt is answered: "refusal" (NO_TARGET_ANSWER, no <obj>) or "nowhere" (the expression and
     # an <obj> whose target mask is empty, for models whose location map has a nowhere place: obj_nowhere)
     no_target_answer: str = "refusal"
+    # the phrase a relational text (and "nowhere" no-target) answer names its object by: "as_asked" (the expression,
+    # "the blue diamond below the small diamond <obj>.") or "landmark_first" (restated so that the object's own
+    # description comes last, right before the <obj> whose state draws it: "below the small diamond is the blue
+    # diamond <obj>."); the prompt is the same either way
+    relational_answer: str = "as_asked"
     # how a mask-group sample is posed: "candidates" (task "select": the candidates in the prompt, the group in
     # ``selected``) or "obj" (task "segment": the same prompt answered "<obj>." with the union of the group as its
     # mask, empty for an empty group; for models that decide groups by an <obj>: AnyRefConfig.group_by_obj), or
@@ -59,6 +64,8 @@ class SynthRefConfig:
             (0.0 <= self.box_jitter <= 0.3, "box_jitter must be in [0, 0.3]"),
             (0 <= self.max_distractor_candidates <= 4, "max_distractor_candidates must be in 0..4"),
             (self.no_target_answer in ("refusal", "nowhere"), 'no_target_answer must be "refusal" or "nowhere"'),
+            (self.relational_answer in ("as_asked", "landmark_first"),
+             'relational_answer must be "as_asked" or "landmark_first"'),
             (self.group_answer in ("candidates", "obj", "said"), 'group_answer must be "candidates", "obj" or "said"'),
             (self.verify_answer in ("plain", "caption"), 'verify_answer must be "plain" or "caption"'),
             (self.sample_rate >= 8000, "sample_rate must be >= 8000 (the sounds reach 5.5 kHz)"),

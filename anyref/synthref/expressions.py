@@ -15,7 +15,7 @@ import numpy as np
 from anyref.synthref.scenes import SceneObject
 from anyref.synthref.vocabulary import COLOURS, RELATIONS, SHAPES, SIZES, describe
 
-__all__ = ["FORMS", "matches", "matching_ids", "relation_state", "resolve", "query_text", "unique_queries",
+__all__ = ["FORMS", "matches", "matching_ids", "relation_state", "resolve", "query_text", "answer_phrase", "unique_queries",
            "relational_queries", "negative_query"]
 
 # which attributes a plain description names; the shape is always named
@@ -68,6 +68,19 @@ def query_text(query: dict) -> str:
         lm = query["landmark"]
         text += f" {query['relation']} " + describe(lm["shape"], lm.get("colour"), lm.get("size"))
     return text
+
+
+def answer_phrase(query: dict, relational_answer: str = "as_asked") -> str:
+    """The phrase an answer names the queried object by: the expression itself, or for a relational query with
+    ``relational_answer="landmark_first"`` the landmark first and the object's own description last, next to the
+    answer's <obj> ("below the small diamond is the blue diamond"). Words are all in the vocabulary."""
+    if relational_answer == "as_asked" or "relation" not in query:
+        return query_text(query)
+    if relational_answer != "landmark_first":
+        raise ValueError(f'relational_answer must be "as_asked" or "landmark_first", got {relational_answer!r}')
+    lm = query["landmark"]
+    landmark = describe(lm["shape"], lm.get("colour"), lm.get("size"))
+    return f"{query['relation']} {landmark} is " + describe(query["shape"], query.get("colour"), query.get("size"))
 
 
 def unique_queries(objects: list[SceneObject], target: int) -> list[dict]:

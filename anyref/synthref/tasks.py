@@ -2,7 +2,8 @@
 
 Every sample's meta holds ``objects`` (attributes of every drawn object, in drawing order), ``object_masks``
 (N x H x W bool visible masks, same order) and ``mask_object_ids`` (for each answer mask, the ids of the objects
-it is the union of), so that evaluation can tell a wrong object from a sloppy mask.
+it is the union of), so that evaluation can tell a wrong object from a sloppy mask; "text" samples also hold
+``landmark_ids`` (the object a relational expression names only as its landmark; empty for the others).
 """
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ import numpy as np
 from anyref.references import Audio, Box, ExampleImage, MaskRef
 from anyref.samples import ReferringSample, verify_answer
 from anyref.synthref.config import SynthRefConfig
-from anyref.synthref.expressions import negative_query, query_text, relation_state, relational_queries, unique_queries
+from anyref.synthref.expressions import (answer_phrase, matching_ids, negative_query, query_text, relation_state,
+                                         relational_queries, unique_queries)
 from anyref.synthref.scenes import Scene, compose_scene, sample_specs
 from anyref.synthref.sounds import render_sound
 from anyref.synthref.vocabulary import (
@@ -91,8 +93,10 @@ def build_text(cfg: SynthRefConfig, rng: np.random.Generator) -> ReferringSample
     ("the square left of the blue star", used when the object's own description matches several objects)."""
     scene, target, query = _text_query(cfg, rng)
     expression = query_text(query)
-    return _segment(scene, [expression], [expression], [[target]], "text",
-                    expression=expression, query=query, kind=_query_kind(query), target_ids=[target])
+    landmark_ids = matching_ids(scene.objects, query["landmark"]) if "relation" in query else []
+    return _segment(scene, [expression], [answer_phrase(query, cfg.relational_answer)], [[target]], "text",
+                    expression=expression, query=query, kind=_query_kind(query), target_ids=[target],
+                    landmark_ids=landmark_ids)
 
 
 def _jittered_box(cfg: SynthRefConfig, rng: np.random.Generator, obj) -> Box:
@@ -183,7 +187,7 @@ def build_no_target(cfg: SynthRefConfig, rng: np.random.Generator) -> ReferringS
     nowhere = cfg.no_target_answer == "nowhere"
     return ReferringSample(
         image=scene.image, references=[expression], task="segment",
-        answer=single_answer(expression) if nowhere else [NO_TARGET_ANSWER],
+        answer=single_answer(answer_phrase(query, cfg.relational_answer)) if nowhere else [NO_TARGET_ANSWER],
         masks=np.zeros((int(nowhere), h, w), dtype=bool), source="no_target",
         meta=_meta(scene, [[]] if nowhere else [], expression=expression, query=query, target_ids=[]))
 
