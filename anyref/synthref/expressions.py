@@ -15,8 +15,8 @@ import numpy as np
 from anyref.synthref.scenes import SceneObject
 from anyref.synthref.vocabulary import COLOURS, RELATIONS, SHAPES, SIZES, describe
 
-__all__ = ["FORMS", "matches", "matching_ids", "relation_state", "resolve", "query_text", "answer_phrase", "unique_queries",
-           "relational_queries", "negative_query"]
+__all__ = ["FORMS", "matches", "matching_ids", "relation_state", "resolve", "query_text", "answer_phrase",
+           "unique_queries", "relational_queries", "negative_query"]
 
 # which attributes a plain description names; the shape is always named
 FORMS = (("shape",), ("colour", "shape"), ("size", "shape"), ("size", "colour", "shape"))
@@ -63,11 +63,15 @@ def resolve(objects: list[SceneObject], query: dict, margin: float) -> list[int]
 
 def query_text(query: dict) -> str:
     """The expression of a query: "the small red circle", "the square above the blue star"."""
-    text = describe(query["shape"], query.get("colour"), query.get("size"))
+    text = _noun_phrase(query)
     if "relation" in query:
-        lm = query["landmark"]
-        text += f" {query['relation']} " + describe(lm["shape"], lm.get("colour"), lm.get("size"))
+        text += f" {query['relation']} " + _noun_phrase(query["landmark"])
     return text
+
+
+def _noun_phrase(desc: dict) -> str:
+    """A description's own noun phrase ("the small red circle"), relations left out."""
+    return describe(desc["shape"], desc.get("colour"), desc.get("size"))
 
 
 def answer_phrase(query: dict, relational_answer: str = "as_asked") -> str:
@@ -78,9 +82,7 @@ def answer_phrase(query: dict, relational_answer: str = "as_asked") -> str:
         return query_text(query)
     if relational_answer != "landmark_first":
         raise ValueError(f'relational_answer must be "as_asked" or "landmark_first", got {relational_answer!r}')
-    lm = query["landmark"]
-    landmark = describe(lm["shape"], lm.get("colour"), lm.get("size"))
-    return f"{query['relation']} {landmark} is " + describe(query["shape"], query.get("colour"), query.get("size"))
+    return f"{query['relation']} {_noun_phrase(query['landmark'])} is {_noun_phrase(query)}"
 
 
 def unique_queries(objects: list[SceneObject], target: int) -> list[dict]:
