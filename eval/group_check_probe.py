@@ -55,10 +55,12 @@ def check_probabilities(model, samples: list) -> list[dict]:
         model.set_mask_crf(settings)
 
 
-def _kept(record: dict, threshold: float | None) -> np.ndarray:
-    """The union of the record's masks the check keeps at ``threshold`` (None: off): H x W bool."""
+def _kept(record: dict, threshold: float | None) -> tuple[np.ndarray, bool]:
+    """(the union of the record's masks the check keeps at ``threshold`` (None: off): H x W bool, whether any mask
+    is kept). The second is what ``anyref eval`` counts as answered with a mask (``SegmentResult.found``, the
+    model's own no-target flag, metrics.md): a kept mask that drew no pixel still counts, as it does there."""
     keep = np.ones(len(record["masks"]), dtype=bool) if threshold is None else record["probabilities"] >= threshold
-    return union_mask(record["masks"][keep], record["target"].shape)
+    return union_mask(record["masks"][keep], record["target"].shape), bool(keep.any())
 
 
 def text_ciou_interval(text: list[dict], threshold: float, resamples: int = 2000, level: float = 0.95,
@@ -66,7 +68,7 @@ def text_ciou_interval(text: list[dict], threshold: float, resamples: int = 2000
     """The paired bootstrap interval of text cIoU with the check at ``threshold`` minus text cIoU with it off,
     resampling the text prompts (one draw of indices for both): [low, high]."""
     def sums(threshold: float | None) -> tuple[np.ndarray, np.ndarray]:
-        preds = [_kept(r, threshold) for r in text]
+        preds = [_kept(r, threshold)[0] for r in text]
         return (np.array([(p & r["target"]).sum() for p, r in zip(preds, text)], dtype=float),
                 np.array([(p | r["target"]).sum() for p, r in zip(preds, text)], dtype=float))
 
@@ -85,12 +87,12 @@ def scores_at(text: list[dict], no_target: list[dict], threshold: float | None) 
     inter = union = 0
     found, ious = [], []
     for record in text:
-        pred = _kept(record, threshold)
+        pred, answered = _kept(record, threshold)
         overlap, cover = int((pred & record["target"]).sum()), int((pred | record["target"]).sum())
         inter, union = inter + overlap, union + cover
-        found.append(bool(pred.any()))
+        found.append(answered)
         ious.append(overlap / cover if cover else 1.0)
-    empty = [not _kept(r, threshold).any() for r in no_target]
+    empty = [not _kept(r, threshold)[1] for r in no_target]
     ciou, no_mask = inter / union if union else 0.0, float(np.mean(empty))
     return {"text_ciou": ciou, "text_found_rate": float(np.mean(found)), "no_target_no_mask_rate": no_mask,
             "sum": ciou + no_mask, "giou": float(np.mean(ious + [float(e) for e in empty]))}

@@ -41,6 +41,19 @@ def test_the_probe_scores_each_threshold_as_the_check_would():
     assert off["giou"] == pytest.approx(0.5) and checked["giou"] == pytest.approx(0.75)
 
 
+def test_the_probe_counts_an_answer_of_an_undrawn_mask_as_answered_as_eval_does():
+    from eval.group_check_probe import scores_at
+
+    # `anyref eval` reads the model's flag (SegmentResult.found: some mask answered), not the pixels: an <obj>
+    # whose mask drew nothing (a mask the CRF emptied, say; the check never drops one, probability 1) is an answer
+    blank, none = np.zeros((4, 4), bool), np.zeros((4, 4))
+    no_target = [_record([blank], [1.0], none), _record([], [], none)]
+    text = [_record([blank], [1.0], np.ones((4, 4)))]
+    scores = scores_at(text, no_target, 0.5)
+    assert scores["no_target_no_mask_rate"] == 0.5 and scores["text_found_rate"] == 1.0
+    assert scores["giou"] == pytest.approx((0 + 0 + 1) / 3)
+
+
 def test_the_probe_runs_on_a_model_and_restores_its_setting(tiny_model):
     from eval.group_check_probe import group_check_probe
 
