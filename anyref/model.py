@@ -237,6 +237,18 @@ class AnyRefModel(nn.Module):
         self.region_geometry = self._new_region_geometry(reference.shape[1]).to(device=reference.device,
                                                                                dtype=reference.dtype)
 
+    def add_image_positions(self) -> None:
+        """Give a finished model the learned 2-D position map of its image tokens (``image_positions``), new and
+        zero, so that it answers as before until it trains (a training config's "add_image_positions"): the tiny
+        model's image tokens carry nothing of where they are, and its LLM keeps little of x (the position probe)."""
+        if self.image_positions is not None:
+            raise ValueError("this model already has its image position map")
+        self._reconfigure(image_positions=True)
+        reference = self.obj_projection[0].weight
+        cell = self.llava.config.vision_config.patch_size * self.config.image_token_merge
+        self.image_positions = ImageTokenPositions(self.llm_grid, reference.shape[1], cell).to(
+            device=reference.device, dtype=reference.dtype)
+
     def decide_groups_by_obj(self, answer: str = "given") -> None:
         """Let ``select`` decide groups by an ``<obj>`` (``group_by_obj``), e.g. before a continuation that teaches
         it SynthRef's groups posed as "segment" samples (a training config's "group_by_obj"). answer: "given" (the

@@ -128,3 +128,33 @@ def test_a_position_map_starts_as_a_no_op_and_trains_and_survives_save_and_load(
     assert loaded.config.image_positions and torch.equal(loaded.image_positions.table, placed.image_positions.table)
     first, again = placed.segment(image, "the square"), loaded.segment(image, "the square")
     assert first.text == again.text and np.array_equal(first.masks, again.masks)
+
+
+def test_a_training_config_adds_the_map_to_a_finished_model(tmp_path):
+    """Added to a finished model by a continuation ("add_image_positions"), the zero map changes no answer, reaches
+    the model's image tokens and its box tokens, and trains; it cannot be added twice, nor to a "tiny" model
+    through the continuation key."""
+    from train.config import TrainConfig
+    from train.model_factory import build_model
+
+    finished = build_tiny(seed=4, config_overrides=MERGE)
+    directory = finished.save_pretrained(tmp_path / "finished")
+    stages = [{"name": "s", "steps": 1, "trainable": "all"}]
+    config = TrainConfig.from_dict({"model": {"init_from": str(directory), "add_image_positions": True},
+                                    "mixture": {"synthref": {"ratio": 1.0}}, "stages": stages})
+    model = build_model(config).eval()
+    assert model.config.image_positions and model.builder.config.image_positions
+    assert model.image_positions.table.shape == (finished.obj_projection[0].weight.shape[1], 4, 4)
+    image = scene(6)
+    prompt = ["the thing in", Box(10, 20, 50, 60)]
+    before, after = finished.eval().segment(image, prompt), model.segment(image, prompt)
+    assert before.text == after.text and np.array_equal(before.masks, after.masks)
+    sample = ReferringSample(image, prompt, "segment", ["it ", OBJ, "."],
+                             rect_mask(image.shape[:2], 20, 60, 10, 50)[None])
+    model.train()(collate([prepare(sample, model.builder)], model.ids.pad)).loss.backward()
+    assert model.image_positions.table.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="already has"):
+        model.add_image_positions()
+    with pytest.raises(ValueError, match='"add_image_positions"'):
+        TrainConfig.from_dict({"model": {"tiny": {}, "add_image_positions": True},
+                               "mixture": {"synthref": {"ratio": 1.0}}, "stages": stages})

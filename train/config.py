@@ -127,6 +127,8 @@ _CONTINUATION_KEYS = {
                            '"region_geometry": true in its config_overrides',
     "add_image_reread": 'gives an "init_from" model the image read again after the answer; a "tiny" model '
                         'takes "image_reread": "added" or "alone" in its config_overrides',
+    "add_image_positions": 'gives an "init_from" model a position map on its image tokens; a "tiny" model takes '
+                           '"image_positions": true in its config_overrides',
     "add_language_layers": 'deepens an "init_from" model\'s LLM by N new layers; a "tiny" model takes "text_layers"',
     "box_zoom": 'switches an "init_from" model to box tokens read from each box\'s crop; a "tiny" model takes '
                 '"box_zoom": true in its config_overrides',
@@ -178,15 +180,16 @@ class TrainConfig:
     with "add_nowhere": true, its location map a new, untrained nowhere place: AnyRefConfig.obj_nowhere; with
     "add_region_geometry": true, a new, zero size-and-place code on its box and mask tokens:
     AnyRefConfig.region_geometry; with "add_image_reread": "added" or "alone", the image read again after the
-    answer, its weights zero: AnyRefConfig.image_reread; with "add_language_layers": N, N new LLM decoder layers
+    answer, its weights zero: AnyRefConfig.image_reread; with "add_image_positions": true, a new, zero position map
+    on its image tokens: AnyRefConfig.image_positions; with "add_language_layers": N, N new LLM decoder layers
     before its last, each the identity at the start: AnyRefModel.add_language_layers; with "group_by_obj": true,
     its select decides groups by an <obj>: AnyRefConfig.group_by_obj, and "group_obj_answer": "generated" has it
     write its own answer first: AnyRefConfig.group_obj_answer).
     mixture: entry name -> {"ratio": r, ...source options}, the entry's source its name or its "source" option
-    (several entries of one source: several datasets); sources: "synthref" (options: tasks weights,
-    image_size, world_seed, no_target_answer, group_answer, verify_answer, relational_prob, relational_answer). stages: the schedule;
-    each stage has its own warmup and cosine decay (lr, warmup_steps and min_lr_ratio here are the defaults of every
-    stage)."""
+    (several entries of one source: several datasets); sources: "synthref" (options: tasks weights, image_size,
+    world_seed, no_target_answer, group_answer, verify_answer, relational_prob, relational_answer). stages: the
+    schedule; each stage has its own warmup and cosine decay (lr, warmup_steps and min_lr_ratio here are the
+    defaults of every stage)."""
 
     model: dict
     mixture: dict

@@ -17,7 +17,8 @@ def build_model(config) -> AnyRef:
     seed; "add_region_geometry": true: a new, zero region geometry code on its box and mask tokens,
     AnyRefConfig.region_geometry; "box_zoom": true: its box tokens read from each box's crop,
     AnyRefConfig.box_zoom; "add_image_reread": "added" or "alone": the image read again after the answer,
-    its weights zero, AnyRefConfig.image_reread; "add_language_layers": N: N new LLM decoder layers before its last,
+    its weights zero, AnyRefConfig.image_reread; "add_image_positions": true: a new, zero position map on its
+    image tokens, AnyRefConfig.image_positions; "add_language_layers": N: N new LLM decoder layers before its last,
     each the identity at the start (AnyRefModel.add_language_layers); "group_by_obj": true: its ``select`` decides
     groups by an ``<obj>``, AnyRefConfig.group_by_obj, answered as "group_obj_answer" says:
     AnyRefConfig.group_obj_answer)."""
@@ -39,6 +40,8 @@ def build_model(config) -> AnyRef:
             model.add_region_geometry()
         if config.model.get("add_image_reread"):
             model.add_image_reread(config.model["add_image_reread"])
+        if config.model.get("add_image_positions"):
+            model.add_image_positions()
         if config.model.get("add_language_layers"):
             model.add_language_layers(config.model["add_language_layers"])
         if config.model.get("group_by_obj"):
