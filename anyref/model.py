@@ -124,9 +124,11 @@ class AnyRefModel(nn.Module):
         self.mask_projector = MaskProjector({n: s.channels for n, s in self.mask_sources.items()}, hidden,
                                             config.mask_token_norm)
         self.region_geometry = self._new_region_geometry(hidden) if config.region_geometry else None
-        # LLM layers added to this finished model by add_language_layers, for the trainer (a tuple: not registered
-        # twice, and not saved - a loaded model's layers are all its own)
+        # parts added to this finished model that start as a no-op - LLM layers (add_language_layers), the image
+        # position map (add_image_positions) - for the trainer, which may give them a learning rate of their own (a
+        # tuple: not registered twice, and not saved - a loaded model's parts are all its own)
         self.new_language_layers: tuple[nn.Module, ...] = ()
+        self.new_parts: tuple[nn.Module, ...] = ()
         self.group_head = build_group_head(config, hidden)
         # a second head of the group head's kind that checks text answers (config.text_check_head), or None
         self.text_check_head = build_group_head(config, hidden) if config.text_check_head else None
@@ -248,6 +250,7 @@ class AnyRefModel(nn.Module):
         cell = self.llava.config.vision_config.patch_size * self.config.image_token_merge
         self.image_positions = ImageTokenPositions(self.llm_grid, reference.shape[1], cell).to(
             device=reference.device, dtype=reference.dtype)
+        self.new_parts += (self.image_positions,)
 
     def decide_groups_by_obj(self, answer: str = "given") -> None:
         """Let ``select`` decide groups by an ``<obj>`` (``group_by_obj``), e.g. before a continuation that teaches

@@ -135,7 +135,9 @@ def test_a_training_config_adds_the_map_to_a_finished_model(tmp_path):
     the model's image tokens and its box tokens, and trains; it cannot be added twice, nor to a "tiny" model
     through the continuation key."""
     from train.config import TrainConfig
+    from train.loop import lr_multipliers
     from train.model_factory import build_model
+    from train.trainable import parameter_groups
 
     finished = build_tiny(seed=4, config_overrides=MERGE)
     directory = finished.save_pretrained(tmp_path / "finished")
@@ -153,6 +155,14 @@ def test_a_training_config_adds_the_map_to_a_finished_model(tmp_path):
                              rect_mask(image.shape[:2], 20, 60, 10, 50)[None])
     model.train()(collate([prepare(sample, model.builder)], model.ids.pad)).loss.backward()
     assert model.image_positions.table.grad.abs().sum() > 0
+    # a part new in this run: its own parameter group, which a stage's new_layers_lr trains at its own rate
+    groups = parameter_groups(model)
+    assert groups["new_parts"] == [model.image_positions.table]
+    assert all(p is not model.image_positions.table for p in groups["heads"])
+    assert parameter_groups(AnyRef.from_pretrained(model.save_pretrained(tmp_path / "again")))["new_parts"] == []
+    fast = TrainConfig.from_dict({**config.to_dict(), "stages": [{**stages[0], "lr": 1e-4, "new_layers_lr": 1e-2}]})
+    heads, new = lr_multipliers(fast, ["heads", "new_parts"])
+    assert new(0) == pytest.approx(100 * heads(0)) and heads(0) > 0
     with pytest.raises(ValueError, match="already has"):
         model.add_image_positions()
     with pytest.raises(ValueError, match='"add_image_positions"'):

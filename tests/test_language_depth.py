@@ -68,17 +68,17 @@ def test_bad_requests_are_refused():
 
 def test_the_trainer_gives_new_layers_a_group_and_a_learning_rate_of_their_own():
     model = build_tiny(seed=0)
-    assert parameter_groups(model)["new_llm_layers"] == []  # other runs keep their optimizer layout
+    assert parameter_groups(model)["new_parts"] == []  # other runs keep their optimizer layout
     model.add_language_layers(1)
     groups = parameter_groups(model)
     new = list(model.new_language_layers[0].parameters())
-    assert len(groups["new_llm_layers"]) == len(new) and all(p is q for p, q in zip(groups["new_llm_layers"], new))
+    assert len(groups["new_parts"]) == len(new) and all(p is q for p, q in zip(groups["new_parts"], new))
     assert not any(p is q for p in groups["llm"] for q in new)
     config = TrainConfig.from_dict({
         "model": {"init_from": "somewhere", "add_language_layers": 1}, "mixture": {"synthref": {"ratio": 1.0}},
         "lr": 2e-4, "warmup_steps": 0, "min_lr_ratio": 0.05,
         "stages": [{"name": "s", "steps": 10, "trainable": "all", "new_layers_lr": 1e-3}]})
-    llm, new_layers = lr_multipliers(config, ["llm", "new_llm_layers"])
+    llm, new_layers = lr_multipliers(config, ["llm", "new_parts"])
     assert llm(0) == pytest.approx(1.0) and new_layers(0) == pytest.approx(5.0)
     assert new_layers(9) / llm(9) == pytest.approx(5.0)  # the same cosine, five times higher
     with pytest.raises(ValueError, match="new_layers_lr must be > 0"):

@@ -63,8 +63,9 @@ class Stage:
     cell_attribute_weight: weight of a loss on what each image token the LLM read holds (the shape, colour and size
     of the objects under it, or background), read by a trainer-only linear head from the token's last-layer state
     (train/objectives.py); SynthRef samples only, an anyref stage on the "all" policy.
-    new_layers_lr: the peak learning rate of the LLM layers an "init_from" model is given in this run
-    ("add_language_layers"), which start as the identity and so far from trained weights (default: the stage's).
+    new_layers_lr: the peak learning rate of the parts an "init_from" model is given in this run that start as a
+    no-op and so far from trained weights: LLM layers ("add_language_layers", the identity at the start) and the
+    image position map ("add_image_positions", zero) (default: the stage's).
     """
 
     name: str

@@ -84,7 +84,7 @@ def deepspeed_config(config: TrainConfig, world_size: int) -> dict:
 
 def lr_multipliers(config: TrainConfig, group_names: list[str]):
     """One LambdaLR function per parameter group: within each stage, warmup then cosine to min_lr_ratio, scaled to
-    the stage's lr (new LLM layers: the stage's new_layers_lr, if set); 0 while the current stage does not train
+    the stage's lr (parts new in this run: the stage's new_layers_lr, if set); 0 while the current stage does not train
     that group."""
     from train.trainable import POLICIES
 
@@ -93,7 +93,7 @@ def lr_multipliers(config: TrainConfig, group_names: list[str]):
             stage, within = config.stage_position(step)
             if name not in POLICIES[stage.trainable]:
                 return 0.0
-            own = name == "new_llm_layers" and stage.new_layers_lr is not None
+            own = name == "new_parts" and stage.new_layers_lr is not None
             peak = stage.new_layers_lr if own else config.stage_lr(stage)
             scale = peak / config.lr
             warmup = config.warmup_steps if stage.warmup_steps is None else stage.warmup_steps

@@ -11,14 +11,14 @@ __all__ = ["parameter_groups", "POLICIES", "apply_policies", "describe_groups"]
 POLICIES = {
     "paper": ("lora", "token_rows", "mask_decoder", "heads", "group_head", "mask_projector"),
     "heads": ("mask_decoder", "heads", "group_head", "mask_projector"),
-    "all": ("lora", "token_rows", "llm", "new_llm_layers", "vision", "vision_projector", "sam_encoder", "mask_decoder",
+    "all": ("lora", "token_rows", "llm", "new_parts", "vision", "vision_projector", "sam_encoder", "mask_decoder",
             "heads", "group_head", "mask_projector", "audio_encoder", "pointer_heads", "cell_heads"),
     "encoders": ("vision", "sam_encoder", "audio_encoder", "warmup_heads"),
     # the same plus SAM's mask decoder, for a warm-up that also trains SAM on box prompts (sam_prompt_weight)
     "encoders_promptable": ("vision", "sam_encoder", "mask_decoder", "audio_encoder", "warmup_heads"),
     # RAS's two stages: the mask projector alone (captioning from mask tokens), then all but the encoders
     "mask_projector": ("mask_projector",),
-    "all_but_encoders": ("lora", "token_rows", "llm", "new_llm_layers", "vision_projector", "mask_decoder", "heads",
+    "all_but_encoders": ("lora", "token_rows", "llm", "new_parts", "vision_projector", "mask_decoder", "heads",
                          "group_head", "mask_projector"),
     # a prompt-attending group head alone, on a model whose other parts are finished
     "group_head": ("group_head",),
@@ -40,15 +40,16 @@ def parameter_groups(model: nn.Module, trainer_heads: dict[str, list[nn.Module]]
         "sam_encoder": [model.sam.image_encoder, model.sam.prompt_encoder],
         "mask_decoder": [model.sam.mask_decoder],
         # the image-token merger, position map, locator and region geometry are new on a pretrained LLaVA too: they
-        # train with the heads
+        # train with the heads (a position map added in this run is among the new parts instead)
         "heads": [m for m in (model.obj_projection, model.audio_projection, None if own_group else model.group_head,
                               model.image_merger, model.image_positions, model.obj_locator, model.region_geometry,
                               model.image_reread)
-                  if m is not None],
+                  if m is not None and m not in model.new_parts],
         "group_head": [model.group_head] if own_group else [],
-        # layers added to a finished model's LLM in this run: a group of their own, so that a stage can give them
-        # a learning rate of their own (Stage.new_layers_lr); empty otherwise, so other runs' layouts are unchanged
-        "new_llm_layers": list(model.new_language_layers),
+        # parts added to a finished model in this run that start as a no-op (new LLM layers, an added position
+        # map): a group of their own, so that a stage can give them a learning rate of their own
+        # (Stage.new_layers_lr); empty otherwise, so other runs' layouts are unchanged
+        "new_parts": [*model.new_language_layers, *model.new_parts],
         "mask_projector": [model.mask_projector],
         "audio_encoder": [model.audio_encoder] if model.audio_encoder is not None else [],
         "mask_encoders": [model.mask_encoders],
