@@ -110,8 +110,7 @@ class AnyRefModel(nn.Module):
         self.llm_grid = self.grid // config.image_token_merge  # side of the image-token grid the LLM reads
         self.image_merger = (ImageTokenMerger(config.image_token_merge, hidden) if config.image_token_merge > 1
                              else None)
-        cell = llava.config.vision_config.patch_size * config.image_token_merge
-        self.image_positions = ImageTokenPositions(self.llm_grid, hidden, cell) if config.image_positions else None
+        self.image_positions = self._new_image_positions(hidden) if config.image_positions else None
         self.image_reread = ImageReread(hidden, config.image_reread) if config.image_reread != "off" else None
         wanted = timm_sources(config.mask_features)
         mask_encoders = dict(mask_encoders or {})
@@ -127,7 +126,6 @@ class AnyRefModel(nn.Module):
         # parts added to this finished model that start as a no-op - LLM layers (add_language_layers), the image
         # position map (add_image_positions) - for the trainer, which may give them a learning rate of their own (a
         # tuple: not registered twice, and not saved - a loaded model's parts are all its own)
-        self.new_language_layers: tuple[nn.Module, ...] = ()
         self.new_parts: tuple[nn.Module, ...] = ()
         self.group_head = build_group_head(config, hidden)
         # a second head of the group head's kind that checks text answers (config.text_check_head), or None
@@ -216,7 +214,7 @@ class AnyRefModel(nn.Module):
         "add_language_layers"). Not with LoRA on: the new layers would be frozen behind the adapter."""
         if lora_enabled(self):
             raise ValueError("add_language_layers needs a model without LoRA (the new layers train in full)")
-        self.new_language_layers += insert_identity_layers(self.language_model, count, seed=torch.initial_seed() + 3)
+        self.new_parts += insert_identity_layers(self.language_model, count, seed=torch.initial_seed() + 3)
         llava = copy.deepcopy(self.config.llava)  # what a saved model is rebuilt from
         llava["text_config"]["num_hidden_layers"] = self.language_model.config.num_hidden_layers
         self._reconfigure(llava=llava)
@@ -247,10 +245,14 @@ class AnyRefModel(nn.Module):
             raise ValueError("this model already has its image position map")
         self._reconfigure(image_positions=True)
         reference = self.obj_projection[0].weight
-        cell = self.llava.config.vision_config.patch_size * self.config.image_token_merge
-        self.image_positions = ImageTokenPositions(self.llm_grid, reference.shape[1], cell).to(
-            device=reference.device, dtype=reference.dtype)
+        self.image_positions = self._new_image_positions(reference.shape[1]).to(device=reference.device,
+                                                                               dtype=reference.dtype)
         self.new_parts += (self.image_positions,)
+
+    def _new_image_positions(self, hidden: int) -> ImageTokenPositions:
+        """A zero position map over the image-token grid the LLM reads, its cells in vision-input pixels."""
+        cell = self.llava.config.vision_config.patch_size * self.config.image_token_merge
+        return ImageTokenPositions(self.llm_grid, hidden, cell)
 
     def decide_groups_by_obj(self, answer: str = "given") -> None:
         """Let ``select`` decide groups by an ``<obj>`` (``group_by_obj``), e.g. before a continuation that teaches

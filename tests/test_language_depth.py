@@ -71,7 +71,7 @@ def test_the_trainer_gives_new_layers_a_group_and_a_learning_rate_of_their_own()
     assert parameter_groups(model)["new_parts"] == []  # other runs keep their optimizer layout
     model.add_language_layers(1)
     groups = parameter_groups(model)
-    new = list(model.new_language_layers[0].parameters())
+    new = list(model.new_parts[0].parameters())
     assert len(groups["new_parts"]) == len(new) and all(p is q for p, q in zip(groups["new_parts"], new))
     assert not any(p is q for p in groups["llm"] for q in new)
     config = TrainConfig.from_dict({

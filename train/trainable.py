@@ -49,7 +49,7 @@ def parameter_groups(model: nn.Module, trainer_heads: dict[str, list[nn.Module]]
         # parts added to a finished model in this run that start as a no-op (new LLM layers, an added position
         # map): a group of their own, so that a stage can give them a learning rate of their own
         # (Stage.new_layers_lr); empty otherwise, so other runs' layouts are unchanged
-        "new_parts": [*model.new_language_layers, *model.new_parts],
+        "new_parts": list(model.new_parts),
         "mask_projector": [model.mask_projector],
         "audio_encoder": [model.audio_encoder] if model.audio_encoder is not None else [],
         "mask_encoders": [model.mask_encoders],

@@ -11,9 +11,9 @@ Answer format (the one place it is defined; every task follows it):
   with ``group_answer="said"`` one region whose phrase restates the rule (``tasks.said_group_phrase``).
 The phrase is the expression itself for "text" (a relational one restated landmark first with
 ``relational_answer="landmark_first"``: expressions.answer_phrase), the caption "the {size} {colour} {shape}" for
-"box", and the bare singular shape name for "example", "example_masked", "audio1" and "audio2" (also when several objects share it: the
-name is the category, as in AnyRef's "{class} <obj>."). "audio2" names its two shapes in SHAPES order (not by
-position), so that naming them needs only the sound, and mask k belongs to the k-th name.
+"box", and the bare singular shape name for "example", "example_masked", "audio1" and "audio2" (also when several
+objects share it: the name is the category, as in AnyRef's "{class} <obj>."). "audio2" names its two shapes in
+SHAPES order (not by position), so that naming them needs only the sound, and mask k belongs to the k-th name.
 """
 from __future__ import annotations
 
