@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from anyref.batching import collate, prepare
-from anyref.candidates import check_candidates, sam_candidates
+from anyref.candidates import check_candidates, distinct_masks, sam_candidates
 from anyref.checkpoint import load_directory, save_directory
 from anyref.group_heads import group_members
 from anyref.heads import placed_nowhere, upscale_masks
@@ -149,8 +149,7 @@ class AnyRef(AnyRefModel):
         references = self._prompt_references(ref, allow_untrained)
         image = None if image is None else load_image(image)  # read once: the answer checks look at it again
         generations, batch, sam = self._run(image, [references], "segment", allow_untrained)
-        checked = self._verified(self._masks_for(generations, batch, sam), [image], [references], allow_untrained)
-        return self._crf_refined(checked, [image])[0]
+        return self._answers(generations, batch, sam, [image], [references], allow_untrained)[0]
 
     @torch.no_grad()
     def segment_many(self, image, refs: list, allow_untrained: bool = False) -> list[SegmentResult]:
@@ -161,9 +160,7 @@ class AnyRef(AnyRefModel):
         references = [self._prompt_references(r, allow_untrained) for r in refs]
         image = None if image is None else load_image(image)  # read once: the answer checks look at it again
         generations, batch, sam = self._run(image, references, "segment", allow_untrained)
-        checked = self._verified(self._masks_for(generations, batch, sam), [image] * len(refs), references,
-                                 allow_untrained)
-        return self._crf_refined(checked, [image] * len(refs))
+        return self._answers(generations, batch, sam, [image] * len(refs), references, allow_untrained)
 
     @torch.no_grad()
     def segment_batch(self, images: list, refs: list, allow_untrained: bool = False) -> list[SegmentResult]:
@@ -178,10 +175,8 @@ class AnyRef(AnyRefModel):
                                    task="segment")
                    for image, ref in zip(images, refs)]
         batch = self._batch(samples, allow_untrained, self.config.max_new_tokens)
-        images = [s.image for s in samples]
-        checked = self._verified(self._masks_for(self.generate(batch), batch), images,
-                                 [s.references for s in samples], allow_untrained)
-        return self._crf_refined(checked, images)
+        return self._answers(self.generate(batch), batch, None, [s.image for s in samples],
+                             [s.references for s in samples], allow_untrained)
 
     @torch.no_grad()
     def describe(self, image=None, ref=None, allow_untrained: bool = False,
@@ -273,6 +268,89 @@ class AnyRef(AnyRefModel):
         grids, sam = self._cached(batch, features)
         sams = None if sam is None else sam.expand(len(samples), -1, -1, -1)  # mask tokens pool each row's own
         return self.select_logits(batch, grids, sams, head).float().sigmoid().cpu().numpy()
+
+    def _answers(self, generations: list[Generation], batch, sam: torch.Tensor | None, images: list,
+                 ref_lists: list[list], allow_untrained: bool) -> list[SegmentResult]:
+        """The SegmentResults of generated answers: their masks, then each inference step the config turns on, in
+        order - the text answers ranked among their location candidates, the answer checks, the CRF. sam: the
+        batch's SAM embedding when computed already (1 x C x g x g), else None; images: per row, its pixels or
+        None for the ``set_image`` image."""
+        if self.config.rank_text_answers is not None:
+            sam = self._sam_of(batch, sam)  # the ranking draws masks on it too: encoded once
+        results = self._masks_for(generations, batch, sam)
+        results = self._ranked(results, generations, batch, sam, images, ref_lists, allow_untrained)
+        results = self._verified(results, images, ref_lists, allow_untrained)
+        return self._crf_refined(results, images)
+
+    def _sam_of(self, batch, sam: torch.Tensor | None) -> torch.Tensor:
+        """The batch's SAM image embeddings: ``sam`` when computed already (1 x C x g x g for a one-image batch),
+        else each distinct image's once, B x C x g x g."""
+        if sam is not None:
+            return sam
+        unique, inverse = unique_rows(batch.sam_pixels)
+        return self.sam_embeddings(unique)[inverse]
+
+    def _location_candidates(self, generation: Generation, batch, row: int, sam: torch.Tensor) -> torch.Tensor:
+        """Mask logits K x H x W at the row's image size: the masks drawn at the peaks of the location map of the
+        row's first ``<obj>`` (``AnyRefModel.location_peak_masks``) that are worth asking about
+        (:func:`anyref.candidates.distinct_masks`); sam: the batch's embeddings (1 or B rows)."""
+        own = sam if len(sam) == 1 else sam[row:row + 1]
+        low = self.location_peak_masks(own, generation.obj_states[:1], generation.image_states[None],
+                                       batch.sam_sizes[row], batch.image_sizes[row])
+        logits = upscale_masks(self.sam, low, batch.sam_sizes[row], batch.image_sizes[row]).float()
+        return logits[distinct_masks(logits)]
+
+    @torch.no_grad()
+    def location_candidates(self, image=None, ref=None, allow_untrained: bool = False) -> np.ndarray:
+        """The candidates ``config.rank_text_answers`` ranks for ``ref`` on ``image`` (as ``segment`` takes them):
+        K x H x W bool masks drawn at the peaks of the location map of the answer's first ``<obj>``, strongest peak
+        first; 0 masks when the answer has no ``<obj>``. For fitting the text rank head on the same candidates
+        (train/head_input_cache.py) and for looking at them."""
+        if self.obj_locator is None:
+            raise ValueError("this model has no location map (obj_location_prompt is off): it has no peaks")
+        references = self._prompt_references(ref, allow_untrained)
+        generations, batch, sam = self._run(None if image is None else load_image(image), [references], "segment",
+                                            allow_untrained)
+        if not len(generations[0].obj_states):
+            return np.zeros((0, *batch.image_sizes[0]), dtype=bool)
+        return (self._location_candidates(generations[0], batch, 0, self._sam_of(batch, sam)) > 0).cpu().numpy()
+
+    def _ranked(self, results: list[SegmentResult], generations: list[Generation], batch, sam: torch.Tensor,
+                images: list, ref_lists: list[list], allow_untrained: bool) -> list[SegmentResult]:
+        """``results`` with ``config.rank_text_answers`` applied: each answer with one ``<obj>`` to a prompt of text
+        alone becomes the best of its location candidates by the text rank head, if over the threshold, else no
+        mask (its ``<obj>`` written ``<rejected>``). One select forward per such answer. images: per row, its
+        pixels or None for the ``set_image`` image; sam: the batch's SAM embeddings (1 or B rows)."""
+        threshold = self.config.rank_text_answers
+        if threshold is None:
+            return results
+        ranked = list(results)
+        for row, (generation, references) in enumerate(zip(generations, ref_lists)):
+            if len(generation.obj_states) != 1 or not all(isinstance(r, str) for r in references):
+                continue
+            logits = self._location_candidates(generation, batch, row, sam)
+            chosen = None
+            if len(logits):
+                pixels, features = self._pixels_and_features(images[row])
+                masks = (logits > 0).cpu().numpy()
+                question = ReferringSample(image=pixels, references=references, task="select", candidates=masks,
+                                           selected=np.zeros(len(masks), dtype=bool))
+                probabilities = self._candidate_probabilities([question], features, allow_untrained,
+                                                              self.text_rank_head)
+                best = int(probabilities.argmax())
+                chosen = best if probabilities[best] > threshold else None
+            if chosen is None:
+                ranked[row] = SegmentResult(np.zeros((0, *batch.image_sizes[row]), dtype=bool),
+                                            np.zeros(0, dtype=np.float32),
+                                            mark_nowhere(generation.text, self.config.obj_token, [False],
+                                                         mark=REJECTED),
+                                            np.zeros((0, *batch.image_sizes[row]), dtype=np.float32))
+            else:
+                masks, scores = masks_and_scores(logits[chosen:chosen + 1])
+                ranked[row] = SegmentResult(masks.cpu().numpy(), scores.cpu().numpy(),
+                                            mark_nowhere(generation.text, self.config.obj_token, [True]),
+                                            logits[chosen:chosen + 1].cpu().numpy())
+        return ranked
 
     def _verified(self, results: list[SegmentResult], images: list, ref_lists: list[list],
                   allow_untrained: bool) -> list[SegmentResult]:

@@ -6,7 +6,12 @@ import torch
 
 from anyref.images import binary_mask
 
-__all__ = ["check_candidates", "sam_candidates", "NoCandidatesFound"]
+__all__ = ["check_candidates", "sam_candidates", "distinct_masks", "NoCandidatesFound"]
+
+# a drawn candidate smaller than this (pixels) is a speck of a decoder's output, not an object
+MIN_CANDIDATE_PIXELS = 10
+# two drawn candidates overlapping this much (IoU) are one object drawn twice: the first is kept
+DUPLICATE_IOU = 0.5
 
 
 class NoCandidatesFound(ValueError):
@@ -49,3 +54,19 @@ def sam_candidates(sam, image: np.ndarray, **options) -> np.ndarray:
                                 "yourself, or loosen its filters (e.g. sam_options={'pred_iou_thresh': 0.5, "
                                 "'stability_score_thresh': 0.5})")
     return np.stack(masks).astype(bool)
+
+
+def distinct_masks(logits: torch.Tensor, min_pixels: int = MIN_CANDIDATE_PIXELS,
+                   duplicate_iou: float = DUPLICATE_IOU) -> list[int]:
+    """Indices of the masks (logits > 0) of K x H x W mask logits worth asking about, in order: those with at least
+    ``min_pixels`` pixels, less any whose IoU with an earlier kept one reaches ``duplicate_iou``."""
+    masks = (logits > 0).flatten(1)
+    kept: list[int] = []
+    for k in range(len(masks)):
+        if int(masks[k].sum()) < min_pixels:
+            continue
+        inter = (masks[kept] & masks[k]).sum(1).float()
+        union = (masks[kept] | masks[k]).sum(1).float()
+        if not kept or bool((inter / union < duplicate_iou).all()):
+            kept.append(k)
+    return kept

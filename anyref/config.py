@@ -171,6 +171,19 @@ class AnyRefConfig:
         answers to text and no-target prompts, as the shipped one is), which
         ``check_by_group_head`` reads instead of the group head: the group head stays fitted on groups alone, and
         each head learns one question. Its weights are part of the model's.
+    text_rank_head: the model holds a :class:`anyref.group_heads.RelationGroupHead` (``AnyRefModel.text_rank_head``)
+        that ``rank_text_answers`` reads, fitted alone (``anyref fit-group-head --rank-head``). Its weights are part
+        of the model's.
+    rank_text_answers: the answer to a prompt of text alone whose answer has one ``<obj>`` is chosen again among
+        candidates the model draws from that ``<obj>``'s location map, one at each of its peaks
+        (``AnyRefModel.location_peak_masks``): the text is asked as a ``select`` prompt over them, the text rank
+        head scores them, and the answer is the best one when its probability exceeds this threshold, else no mask
+        (the ``<obj>`` written ``<rejected>``). The map often peaks on the right object where the ``<obj>``'s own
+        mask is a lookalike, and the head compares the candidates with each other ("left of the blue star"). None:
+        off. Inference only; needs ``obj_location_prompt`` and ``text_rank_head``; one decoder call for the peaks
+        and one more forward pass per such prompt. Runs before ``check_by_group_head``, which then checks the
+        chosen mask. The shipped tiny SynthRef model ranks at 0.9, with its check off (docs/training-experiments.md,
+        "Text answers ranked among their location map's peaks").
     untrained_references: reference kinds whose encoders were never trained (e.g. after a LISA conversion);
         the model refuses them unless the caller insists.
     """
@@ -223,6 +236,8 @@ class AnyRefConfig:
     verify_answers: float | None = None
     check_by_group_head: float | None = None
     text_check_head: bool = False
+    text_rank_head: bool = False
+    rank_text_answers: float | None = None
     untrained_references: tuple[str, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
@@ -273,6 +288,14 @@ class AnyRefConfig:
         if self.check_by_group_head is not None and self.group_by_obj:
             raise ValueError("check_by_group_head asks the group head about a candidate mask: it needs candidate "
                              "selection, not group_by_obj")
+        if self.rank_text_answers is not None:
+            if not 0.0 < self.rank_text_answers < 1.0:
+                raise ValueError(f"rank_text_answers must be None (off) or a probability threshold in (0, 1), "
+                                 f"got {self.rank_text_answers}")
+            if not (self.text_rank_head and self.obj_location_prompt):
+                raise ValueError("rank_text_answers draws candidates at the peaks of an <obj>'s location map and "
+                                 "scores them with the text rank head: it needs obj_location_prompt and "
+                                 "text_rank_head (fit one with `anyref fit-group-head --rank-head`)")
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if not self.mask_features or self.mask_features[0] != "vision":

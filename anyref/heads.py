@@ -10,8 +10,12 @@ from segment_anything.modeling import Sam
 from torch import nn
 
 __all__ = ["ObjProjection", "ObjLocator", "location_logits", "location_prompt", "nowhere_share", "placed_nowhere",
-           "location_cells",
+           "location_cells", "map_peaks", "peak_windows", "PEAKS", "PEAK_SPACING",
            "coverage_logits", "decode_masks", "upscale_masks"]
+
+# location-map peaks drawn as candidates for ranking a text answer (AnyRefModel.location_peak_masks): a SynthRef scene
+# holds 2-6 objects, and peaks 2 cells apart on the 8 x 8 map are about one object apart
+PEAKS, PEAK_SPACING = 6, 2
 
 
 class ObjProjection(nn.Sequential):
@@ -78,6 +82,32 @@ def coverage_logits(masks: torch.Tensor, grid: int, floor: float = 1e-3) -> torc
     trains the map towards these shares, normalised."""
     covered = F.adaptive_avg_pool2d(masks.float()[:, None], grid).flatten(1)
     return torch.log(covered + floor)
+
+
+def map_peaks(cells: torch.Tensor, count: int, spacing: int) -> list[tuple[int, int]]:
+    """The (row, column) of up to ``count`` highest cells of a G x G map, greedily, each at least ``spacing`` cells
+    from those before it (Chebyshev distance), highest first."""
+    if count < 1 or spacing < 1:
+        raise ValueError(f"need at least one peak and a spacing of at least one cell, got {count} and {spacing}")
+    side = cells.shape[-1]
+    peaks: list[tuple[int, int]] = []
+    for index in cells.flatten().argsort(descending=True).tolist():
+        row, col = divmod(index, side)
+        if all(max(abs(row - r), abs(col - c)) >= spacing for r, c in peaks):
+            peaks.append((row, col))
+            if len(peaks) == count:
+                break
+    return peaks
+
+
+def peak_windows(cells: torch.Tensor, peaks: list[tuple[int, int]], floor: float = -30.0) -> torch.Tensor:
+    """K x G^2 location logits: the G x G map ``cells`` kept within the 3 x 3 cells around each peak, ``floor``
+    (nowhere, after the prompt's softmax) elsewhere."""
+    windows = cells.new_full((len(peaks), *cells.shape), floor)
+    for k, (row, col) in enumerate(peaks):
+        rows, cols = slice(max(0, row - 1), row + 2), slice(max(0, col - 1), col + 2)
+        windows[k, rows, cols] = cells[rows, cols]
+    return windows.flatten(1)
 
 
 def location_prompt(sam: Sam, location_logits: torch.Tensor) -> torch.Tensor:

@@ -21,12 +21,12 @@ from anyref.batching import Batch
 from anyref.config import AnyRefConfig
 from anyref.decoding import greedy_generate
 from anyref.group_heads import (
-    GEOMETRY_INPUTS, GroupMapHead, PromptGroupHead, build_group_head, candidate_geometry, group_cell_loss, group_loss,
+    GEOMETRY_INPUTS, GroupMapHead, PromptGroupHead, RelationGroupHead, build_group_head, candidate_geometry, group_cell_loss, group_loss,
     pad_rows,
 )
 from anyref.heads import (
-    ObjLocator, ObjProjection, coverage_logits, decode_masks, location_cells, location_prompt, placed_nowhere,
-    upscale_masks,
+    PEAK_SPACING, PEAKS, ObjLocator, ObjProjection, coverage_logits, decode_masks, location_cells, location_prompt,
+    map_peaks, peak_windows, placed_nowhere, upscale_masks,
 )
 from anyref.image_reread import ImageReread
 from anyref.image_tokens import ImageTokenMerger, ImageTokenPositions
@@ -130,6 +130,8 @@ class AnyRefModel(nn.Module):
         self.group_head = build_group_head(config, hidden)
         # a second head of the group head's kind that checks text answers (config.text_check_head), or None
         self.text_check_head = build_group_head(config, hidden) if config.text_check_head else None
+        # the head that ranks a text answer's location-map peaks (config.text_rank_head), or None
+        self.text_rank_head = RelationGroupHead(hidden) if config.text_rank_head else None
         self.builder = PromptBuilder(config, tokenizer, self.ids, self.llm_grid ** 2, wrap, self.mask_sources)
 
     def _mask_sources(self, mask_encoders: dict[str, nn.Module]) -> dict[str, MaskSource]:
@@ -180,6 +182,15 @@ class AnyRefModel(nn.Module):
         self._reconfigure(text_check_head=True)
         self.text_check_head = self._new_group_head()
         return self.text_check_head
+
+    def add_text_rank_head(self) -> RelationGroupHead:
+        """Give the model a new, untrained text rank head (``config.text_rank_head``), replacing any it has, e.g. to
+        fit it alone on a finished model (``anyref fit-group-head --rank-head``). Returns it."""
+        self._reconfigure(text_rank_head=True)
+        reference = next(self.obj_projection.parameters())
+        self.text_rank_head = RelationGroupHead(self.llava.config.text_config.hidden_size).to(
+            device=reference.device, dtype=reference.dtype)
+        return self.text_rank_head
 
     def _new_group_head(self) -> nn.Module:
         """A new, untrained head of the config's group head kind, on the model's device and dtype."""
@@ -315,6 +326,12 @@ class AnyRefModel(nn.Module):
         probability is below ``threshold`` (``config.check_by_group_head``, validated as the config is); None:
         off."""
         self._reconfigure(check_by_group_head=None if threshold is None else float(threshold))
+
+    def set_rank_text_answers(self, threshold: float | None) -> None:
+        """Choose each one-``<obj>`` answer to a text prompt again among masks drawn at its location map's peaks,
+        by the text rank head, answering nothing unless the best is over ``threshold``
+        (``config.rank_text_answers``, validated as the config is); None: off."""
+        self._reconfigure(rank_text_answers=None if threshold is None else float(threshold))
 
     # ----------------------------------------------------------------------------------------------- parts
     @property
@@ -623,6 +640,28 @@ class AnyRefModel(nn.Module):
             drawn = torch.tensor([bool(mask.any()) for mask in masks], device=low.device)
             low = torch.where(drawn[:, None, None, None], self.redraw_obj_masks(embeddings, prompts, masks), low)
         return low
+
+    @torch.no_grad()
+    def location_peak_masks(self, embeddings: torch.Tensor, obj_state: torch.Tensor, image_states: torch.Tensor,
+                            sam_size: tuple[int, int], image_size: tuple[int, int], peaks: int = PEAKS,
+                            spacing: int = PEAK_SPACING) -> torch.Tensor:
+        """Candidate masks for one ``<obj>``: one at each of the ``peaks`` highest cells of its location map that lie
+        at least ``spacing`` cells apart (:func:`anyref.heads.map_peaks`), each drawn by SAM's decoder with the
+        ``<obj>``'s own prompt and the map kept within the 3 x 3 cells around its peak (:func:`peak_windows`),
+        then refined as answers are (``config.mask_refinements``). Why: a wrong answer's map often peaks on the
+        right object too (docs/training-experiments.md), so these hold the target more often than the answer.
+
+        embeddings: 1 x C x g x g (the image's SAM embedding); obj_state: 1 x H; image_states: 1 x T x H (the
+        image tokens of the ``<obj>``'s row); sam_size, image_size: the frame of its image. Returns low-res logits
+        K x 1 x 4g x 4g, K <= peaks, strongest peak first."""
+        if self.obj_locator is None:
+            raise ValueError("this model has no location map (obj_location_prompt is off): it has no peaks")
+        locations = self.obj_locator(obj_state, image_states)
+        cells = location_cells(locations, self.llm_grid ** 2)[0].float().view(self.llm_grid, self.llm_grid)
+        windows = peak_windows(cells, map_peaks(cells, peaks, spacing)).to(obj_state.dtype)
+        states = obj_state.expand(len(windows), -1)
+        low = decode_masks(self.sam, embeddings, self.obj_projection(states), location_prompt(self.sam, windows))
+        return self.refine_obj_masks(embeddings, states, low, [sam_size] * len(low), [image_size] * len(low))
 
     def group_logits(self, hidden: torch.Tensor, embeds: torch.Tensor, batch: Batch,
                      head: nn.Module | None = None) -> torch.Tensor:

@@ -101,6 +101,11 @@ _INFERENCE_SETTINGS = (
           help="check each mask answered to a text prompt with the model's text check head, or its group head "
                "when it has none (the text as a select prompt, the mask its one candidate), dropping it below "
                "THRESHOLD membership probability, or 'off' (default: the model's config.check_by_group_head)")),
+    ("--rank-text-answers", "set_rank_text_answers",
+     dict(type=_number_or_off("a probability threshold such as 0.9"), metavar="THRESHOLD|off",
+          help="choose each one-<obj> answer to a text prompt again among the masks drawn at its location map's "
+               "peaks, by the model's text rank head, answering no mask unless the best is over THRESHOLD, or "
+               "'off' (default: the model's config.rank_text_answers)")),
 )
 
 

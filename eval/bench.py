@@ -259,10 +259,12 @@ def run_bench(model_name: str, device: str = "cpu", repeats: int = 15, full: boo
                                             "approach time / engine time"},
         },
         "answer_tokens": ANSWER_TOKENS,
-        # text answers are checked by one more forward per call when these are on: they count in the text latency,
-        # the throughput and eight_refs_vs_one (both sides), not in the two ratios timed on model._run
+        # text answers are checked or ranked by one more forward per call when these are on (ranking also draws its
+        # candidates): they count in the text latency, the throughput and eight_refs_vs_one (both sides), not in the
+        # two ratios timed on model._run
         "answer_checks": {"verify_answers": model.config.verify_answers,
-                          "check_by_group_head": model.config.check_by_group_head},
+                          "check_by_group_head": model.config.check_by_group_head,
+                          "rank_text_answers": model.config.rank_text_answers},
         "select_scaling": _select_scaling(model, repeats, device),
         "full_size_budget": full_size_budget(),
         "provenance": run_provenance(model_name, model),

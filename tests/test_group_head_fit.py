@@ -60,9 +60,10 @@ def test_answer_samples_are_the_answers_the_check_judges(shipped):
     check head's probability on its cached inputs is what check_scores gives that mask."""
     world = SynthRef.for_model(shipped.config)
     prompts = world.split("val", "text", 4) + world.split("val", "no_target", 4)
-    threshold = shipped.config.check_by_group_head
+    threshold = 0.85  # on here whatever the shipped config says: answer_check_samples turns it off, then restores it
+    shipped.set_check_by_group_head(threshold)
     checks = answer_check_samples(shipped, prompts)
-    assert threshold is not None and shipped.config.check_by_group_head == threshold  # restored after answering
+    assert shipped.config.check_by_group_head == threshold  # restored after answering
     shipped.set_check_by_group_head(None)
     try:
         expected = []
@@ -84,7 +85,7 @@ def test_answer_samples_are_the_answers_the_check_judges(shipped):
     assert targets.tolist() == [bool(c.selected[0]) for c in checks]
     scores = [float(shipped.check_scores(c.image, c.references, c.candidates)[0]) for c in checks]
     torch.testing.assert_close(logits.sigmoid(), torch.tensor(scores, dtype=logits.dtype), atol=1e-2, rtol=0)
-    there = cache_stream_inputs("synthref-tiny", 3, 4, workers=2, chunk=2, progress=False, answers=True)
+    there = cache_stream_inputs("synthref-tiny", 3, 4, workers=2, chunk=2, progress=False, inputs="answers")
     here = cache_answer_inputs(shipped, world.stream(3, ANSWERED_PROMPTS), 4, chunk=2, progress=False)
     assert len(here) == len(there)
     for a, b in zip(here, there):

@@ -25,6 +25,14 @@ group head is left as it was: the check no longer costs the groups any of the he
 from the model's own answers too: N text and no-target prompts of the training stream are answered (the check
 off), and each answer mask becomes a group of one, selected when it is the target (IoU >= 0.5); ``--answer-val``
 prompts of the val splits give their val loss. Those are the masks the check will judge, wrong where the model errs.
+
+With ``--rank-head`` the fit trains the text rank head (``AnyRefConfig.text_rank_head``, a
+:class:`anyref.group_heads.RelationGroupHead`) instead, on ``--peak-samples`` text and no-target prompts of the
+training stream, each asked over the candidates the model draws at its answer's location-map peaks
+(``AnyRef.location_candidates``, the ones ``rank_text_answers`` ranks), and on ``--text-samples`` text_select
+samples, whose candidates are the scene's annotated objects: every object present, the landmark of "left of" too.
+Its best epoch is chosen on ``--peak-val`` prompts of the val splits, taken after the first ``EVAL_HELD_OUT`` of
+each, which ``anyref eval synthref`` reads by default. The report is ``rank_fit.json``.
 """
 from __future__ import annotations
 
@@ -41,9 +49,9 @@ from anyref.group_heads import GroupHead, PromptGroupHead, group_loss
 from anyref.synthref import SynthRef
 from eval.group_threshold_probe import THRESHOLDS, empty_threshold_scores, with_model_thresholds
 from train.head_input_cache import (ANSWERED_PROMPTS, GROUPS_ONLY, TEXT_SELECT_ONLY, HeadInputs, cache_answer_inputs,
-                                    cache_head_inputs, cache_stream_inputs)
+                                    INPUT_KINDS, cache_head_inputs, cache_peak_inputs, cache_stream_inputs)
 
-__all__ = ["head_logits", "fit_group_head", "val_scores", "HEAD_KINDS",
+__all__ = ["head_logits", "fit_group_head", "val_scores", "HEAD_KINDS", "EVAL_HELD_OUT",
            "add_arguments", "run", "main"]
 
 # --head -> the replace_group_head() fields that build it
@@ -54,6 +62,11 @@ HEAD_KINDS = {
     "ras": {"group_head_attends_prompt": False, "group_head_reads_token": False, "group_head_reads_geometry": False},
     "ras-token": {"group_head_attends_prompt": False, "group_head_reads_token": True,
                   "group_head_reads_geometry": False}}
+
+
+# the val prompts per task that `anyref eval synthref` reads by default: the rank head's best epoch is chosen on the
+# ones after them, so that a model's val figures do not come from the prompts its head was chosen on
+EVAL_HELD_OUT = 200
 
 
 def head_logits(head: torch.nn.Module, items: list[HeadInputs]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -161,6 +174,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "sample, labelled by IoU >= 0.5 with the target")
     parser.add_argument("--answer-val", type=int, default=300, help="text and no-target prompts of the val splits "
                         "(half each) answered for the val loss, with --answer-samples")
+    parser.add_argument("--rank-head", action="store_true", help="fit the text rank head instead "
+                        "(config.text_rank_head): on --peak-samples prompts' location candidates and --text-samples "
+                        "text_select samples, the group head and the check head left as they are")
+    parser.add_argument("--peak-samples", type=int, default=0, help="with --rank-head: text and no-target prompts "
+                        "of the training stream (half each), each asked over its answer's location candidates")
+    parser.add_argument("--peak-val", type=int, default=400, help="with --rank-head: val prompts (half text, half "
+                        f"no-target, after the first {EVAL_HELD_OUT} of each) that choose the best epoch")
+    parser.add_argument("--rank-threshold", type=float, help="with --rank-head, save the model ranking its text "
+                        "answers at this threshold (config.rank_text_answers; default: keep the model's own)")
     parser.add_argument("--check-threshold", type=float, help="with --check-head, save the model with the check on "
                         "at this threshold (config.check_by_group_head; default: keep the model's own)")
     parser.add_argument("--epochs", type=int, default=40)
@@ -182,13 +204,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _cache_train(args: argparse.Namespace, model, world, count: int, task_weights: dict,
-                 answers: bool = False) -> list[HeadInputs]:
+                 inputs: str = "select") -> list[HeadInputs]:
     """The head inputs of the first ``count`` samples of the training stream ``args.seed`` with ``task_weights``
-    (with ``answers``: of the model's answers to them)."""
+    (``inputs``: as cache_stream_inputs takes it - the samples themselves, the model's answers to them, or their
+    location candidates)."""
     if args.workers > 1:
         return cache_stream_inputs(args.model, args.seed, count, args.workers, progress=not args.no_progress,
-                                   task_weights=task_weights, answers=answers)
-    cache = cache_answer_inputs if answers else cache_head_inputs
+                                   task_weights=task_weights, inputs=inputs)
+    cache = INPUT_KINDS[inputs][0]
     return cache(model, world.stream(args.seed, task_weights), count, desc="cache train",
                  progress=not args.no_progress)
 
@@ -210,12 +233,23 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--answer-samples are for the text check head: add --check-head")
     if args.check_threshold is not None and not args.check_head:
         raise ValueError("--check-threshold is the text check head's threshold: it needs --check-head")
+    if args.rank_head and (args.check_head or args.answer_samples):
+        raise ValueError("--rank-head and --check-head fit different heads: fit them one at a time")
+    if args.rank_head != bool(args.peak_samples) or (args.peak_samples and args.peak_val < 2):
+        raise ValueError("--rank-head fits on --peak-samples N prompts (and --peak-val of at least 2): give both, or "
+                         f"neither (got --peak-samples {args.peak_samples}, --peak-val {args.peak_val})")
+    if args.rank_threshold is not None and not args.rank_head:
+        raise ValueError("--rank-threshold is the text rank head's threshold: it needs --rank-head")
     from anyref import AnyRef
 
     started = time.time()
     model = AnyRef.from_pretrained(args.model).eval()
     torch.manual_seed(args.seed)
-    if args.check_head:
+    if args.rank_head:
+        head = model.add_text_rank_head()
+        if args.rank_threshold is not None:
+            model.set_rank_text_answers(args.rank_threshold)
+    elif args.check_head:
         head = model.add_text_check_head()
         if args.check_threshold is not None:
             model.set_check_by_group_head(args.check_threshold)
@@ -227,7 +261,7 @@ def run(args: argparse.Namespace) -> int:
     world = SynthRef.for_model(model.config)
     progress = not args.no_progress
     train, val, val_samples = [], [], []
-    if not args.check_head:
+    if not (args.check_head or args.rank_head):
         val_samples = world.split("val", "group", args.val)
         train = _cache_train(args, model, world, args.samples, GROUPS_ONLY)
         val = cache_head_inputs(model, val_samples, args.val, desc="cache val", progress=progress)
@@ -240,12 +274,22 @@ def run(args: argparse.Namespace) -> int:
     if args.answer_samples:
         half = args.answer_val // 2
         val_prompts = world.split("val", "text", half) + world.split("val", "no_target", args.answer_val - half)
-        answer_train = _cache_train(args, model, world, args.answer_samples, ANSWERED_PROMPTS, answers=True)
+        answer_train = _cache_train(args, model, world, args.answer_samples, ANSWERED_PROMPTS, inputs="answers")
         answer_val = cache_answer_inputs(model, val_prompts, len(val_prompts), desc="cache val answers",
                                          progress=progress)
+    peak_train, peak_val = [], []
+    if args.peak_samples:
+        half = args.peak_val // 2
+        val_prompts = (world.split("val", "text", EVAL_HELD_OUT + half)[EVAL_HELD_OUT:]
+                       + world.split("val", "no_target", EVAL_HELD_OUT + args.peak_val - half)[EVAL_HELD_OUT:])
+        peak_train = _cache_train(args, model, world, args.peak_samples, ANSWERED_PROMPTS, inputs="peaks")
+        peak_val = cache_peak_inputs(model, val_prompts, len(val_prompts), desc="cache val peaks", progress=progress)
+    # the rank head's epoch is chosen on its own candidates alone: text_select val samples hold every object
+    text_val_for_loss = [] if args.rank_head else text_val
     cached = time.time() - started
     head.float()
-    history = fit_group_head(head, train + text_train + answer_train, val + text_val + answer_val, args.epochs,
+    history = fit_group_head(head, train + text_train + answer_train + peak_train,
+                             val + text_val_for_loss + answer_val + peak_val, args.epochs,
                              args.lr, args.batch_size,
                              model.config.group_pos_weight, args.weight_decay, seed=args.seed, progress=progress)
     thresholds = with_model_thresholds(THRESHOLDS, model.config)
@@ -255,20 +299,24 @@ def run(args: argparse.Namespace) -> int:
     best = min(history, key=lambda r: r["val_loss"])
     kind = next((name for name, fields in HEAD_KINDS.items()
                  if all(getattr(model.config, k) == v for k, v in fields.items())), "other")
-    report = {"model": args.model, "head": kind, "fitted": "text_check_head" if args.check_head else "group_head",
+    fitted = "text_rank_head" if args.rank_head else "text_check_head" if args.check_head else "group_head"
+    report = {"model": args.model, "head": "relation" if args.rank_head else kind, "fitted": fitted,
               "samples": len(train), "val_samples": len(val),
               "epochs": args.epochs, "lr": args.lr, "weight_decay": args.weight_decay, "batch_size": args.batch_size,
               "seed": args.seed,
               "best_epoch": best["epoch"], "group_threshold": model.config.group_threshold,
               "group_empty_threshold": model.config.group_empty_threshold,
               "check_by_group_head": model.config.check_by_group_head,
+              "rank_text_answers": model.config.rank_text_answers,
               "seconds": {"cache": round(cached, 1), "total": round(time.time() - started, 1)},
               "history": history, "val_by_threshold": scores, "val_by_empty_threshold": by_empty,
               "text_samples": args.text_samples, "text_val_samples": len(text_val),
               "answer_samples": args.answer_samples, "answer_masks": len(answer_train),
               "answer_val_masks": len(answer_val),
+              "peak_samples": args.peak_samples, "peak_prompts_with_candidates": len(peak_train),
+              "peak_val_prompts": len(peak_val),
               "text_val_by_threshold": text_scores}
-    name = "check_fit.json" if args.check_head else "group_fit.json"
+    name = {"text_rank_head": "rank_fit.json", "text_check_head": "check_fit.json", "group_head": "group_fit.json"}[fitted]
     model.save_pretrained(args.out, extra_files={name: json.dumps(report, indent=1) + "\n"})
     print(f"best epoch {best['epoch']}: val loss {best['val_loss']:.3f}")
     for title, table in ((f"val split, {len(val)} group samples:", scores),

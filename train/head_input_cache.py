@@ -9,10 +9,14 @@ too small to use both cores well. Sample ``i`` is always the stream's ``i``-th, 
 number of processes.
 
 The text check head (``AnyRefConfig.text_check_head``) can also be fitted on the model's own answers
-(:func:`answer_check_samples`, ``answers=True`` in :func:`cache_stream_inputs`): each mask the model answers a
+(:func:`answer_check_samples`, ``inputs="answers"`` in :func:`cache_stream_inputs`): each mask the model answers a
 SynthRef text or no-target prompt with becomes a group of one candidate, labelled by whether it is the target. These
 are the masks the check judges - drawn, not annotated, and wrong where the model errs - where text_select samples
 show annotated masks of every object at once.
+
+The text rank head (``AnyRefConfig.text_rank_head``) is fitted on the candidates it ranks (:func:`peak_rank_samples`,
+``inputs="peaks"``): the masks the model draws at the peaks of its answer's location map, a group of at most one
+labelled by IoU with the target.
 """
 from __future__ import annotations
 
@@ -34,6 +38,7 @@ from anyref.synthref import SynthRef
 from eval.runners import union_mask
 
 __all__ = ["HeadInputs", "cache_head_inputs", "cache_stream_inputs", "answer_check_samples", "cache_answer_inputs",
+           "peak_rank_samples", "cache_peak_inputs",
            "GROUPS_ONLY", "TEXT_SELECT_ONLY", "ANSWERED_PROMPTS"]
 
 GROUPS_ONLY = {"group": 1.0}  # the stream's task weights: group samples only
@@ -105,6 +110,42 @@ def cache_answer_inputs(model, prompts, count: int, chunk: int = 16, desc: str =
     """The head inputs of :func:`answer_check_samples` for the first ``count`` of ``prompts`` (an iterable),
     ``chunk`` prompts at a time; ``on_chunk(n)`` is told each chunk's number of prompts. A prompt answered without
     a mask gives nothing, so there are usually fewer items than prompts."""
+    return _cache_derived(answer_check_samples, model, prompts, count, chunk, desc, progress, on_chunk)
+
+
+def _target_iou(mask: np.ndarray, target: np.ndarray) -> float:
+    union = (mask | target).sum()
+    return float((mask & target).sum() / union) if union else 0.0
+
+
+def peak_rank_samples(model, prompts: list, min_iou: float = 0.5) -> list[ReferringSample]:
+    """The candidates the text rank head ranks for ``prompts`` (SynthRef text and no_target samples), as it ranks
+    them: one "select" sample per prompt whose answer has an ``<obj>``, its candidates ``AnyRef.location_candidates``,
+    each selected when its IoU with the prompt's target (the union of its masks; empty for a no-target prompt) is
+    at least ``min_iou``. A prompt without candidates gives nothing."""
+    out = []
+    for prompt in prompts:
+        candidates = model.location_candidates(prompt.image, prompt.references)
+        if not len(candidates):
+            continue
+        target = union_mask(prompt.masks, prompt.image.shape[:2])
+        selected = np.array([target.any() and _target_iou(c, target) >= min_iou for c in candidates])
+        out.append(ReferringSample(image=prompt.image, references=prompt.references, task="select", answer=[],
+                                   candidates=candidates, selected=selected))
+    return out
+
+
+def cache_peak_inputs(model, prompts, count: int, chunk: int = 16, desc: str = "cache peaks", progress: bool = True,
+                      on_chunk: Optional[Callable[[int], None]] = None) -> list[HeadInputs]:
+    """The head inputs of :func:`peak_rank_samples` for the first ``count`` of ``prompts`` (an iterable), ``chunk``
+    prompts at a time; ``on_chunk(n)`` is told each chunk's number of prompts."""
+    return _cache_derived(peak_rank_samples, model, prompts, count, chunk, desc, progress, on_chunk)
+
+
+def _cache_derived(derive, model, prompts, count: int, chunk: int, desc: str, progress: bool,
+                   on_chunk: Optional[Callable[[int], None]]) -> list[HeadInputs]:
+    """The head inputs of the "select" samples ``derive(model, prompts)`` makes of the first ``count`` of
+    ``prompts``, ``chunk`` prompts at a time."""
     out: list[HeadInputs] = []
     prompts = iter(prompts)
     with tqdm(total=count, desc=desc, unit="prompt", disable=not progress) as bar:
@@ -112,13 +153,18 @@ def cache_answer_inputs(model, prompts, count: int, chunk: int = 16, desc: str =
             part = list(islice(prompts, min(chunk, count - start)))
             if not part:
                 raise ValueError(f"the prompts ran out after {start} of {count}")
-            checks = answer_check_samples(model, part)
-            if checks:
-                out += cache_head_inputs(model, checks, len(checks), chunk, progress=False)
+            derived = derive(model, part)
+            if derived:
+                out += cache_head_inputs(model, derived, len(derived), chunk, progress=False)
             bar.update(len(part))
             if on_chunk is not None:
                 on_chunk(len(part))
     return out
+
+
+# cache_stream_inputs' kinds of items: the function that caches them, and the stream's task weights by default
+INPUT_KINDS = {"select": (cache_head_inputs, GROUPS_ONLY), "answers": (cache_answer_inputs, ANSWERED_PROMPTS),
+               "peaks": (cache_peak_inputs, ANSWERED_PROMPTS)}
 
 
 def _pack(items: list[HeadInputs]) -> dict[str, torch.Tensor]:
@@ -142,27 +188,30 @@ def _unpack(packed: dict[str, torch.Tensor]) -> list[HeadInputs]:
 
 
 def _stream_worker(model_name: str, seed: int, task_weights: dict, start: int, stop: int, chunk: int, path: str,
-                   done, answers: bool) -> None:
+                   done, inputs: str) -> None:
     torch.set_num_threads(1)
     from anyref import AnyRef
 
     model = AnyRef.from_pretrained(model_name).eval()
     world = SynthRef.for_model(model.config)
     samples = (world.sample_at(seed, index, task_weights) for index in range(start, stop))
-    cache = cache_answer_inputs if answers else cache_head_inputs
+    cache = INPUT_KINDS[inputs][0]
     torch.save(_pack(cache(model, samples, stop - start, chunk, progress=False, on_chunk=done.put)), path)
 
 
 def cache_stream_inputs(model_name: str, seed: int, count: int, workers: int = 2, chunk: int = 16,
                         progress: bool = True, task_weights: dict | None = None,
-                        answers: bool = False) -> list[HeadInputs]:
+                        inputs: str = "select") -> list[HeadInputs]:
     """The head inputs of samples 0 .. count-1 of SynthRef's training stream ``seed`` with ``task_weights``
-    ("select" tasks only; None: GROUPS_ONLY) under the model ``model_name`` (a shipped name or directory), in
-    stream order, computed by ``workers`` processes of one thread each, each a contiguous share of the samples.
-    With ``answers`` the samples are prompts (None: ANSWERED_PROMPTS) and the items are their answers'
-    (:func:`cache_answer_inputs`)."""
+    (None: the kind's own, INPUT_KINDS) under the model ``model_name`` (a shipped name or directory), in stream
+    order, computed by ``workers`` processes of one thread each, each a contiguous share of the samples. inputs:
+    "select" (the samples are "select" samples), "answers" (prompts, the items their answers',
+    :func:`cache_answer_inputs`) or "peaks" (prompts, the items their location candidates',
+    :func:`cache_peak_inputs`)."""
     if count < 1 or workers < 1:
         raise ValueError(f"need at least one sample and one worker, got {count} and {workers}")
+    if inputs not in INPUT_KINDS:
+        raise ValueError(f"inputs must be one of {sorted(INPUT_KINDS)}, got {inputs!r}")
     context = multiprocessing.get_context("spawn")  # a forked copy of a process running torch threads can hang
     done = context.Queue()
     bounds = [count * w // workers for w in range(workers + 1)]
@@ -170,8 +219,8 @@ def cache_stream_inputs(model_name: str, seed: int, count: int, workers: int = 2
         paths = [str(Path(tmp) / f"part-{w}.pt") for w in range(workers)]
         processes = [context.Process(target=_stream_worker, daemon=True,
                                      args=(model_name, seed,
-                                           task_weights or (ANSWERED_PROMPTS if answers else GROUPS_ONLY),
-                                           bounds[w], bounds[w + 1], chunk, paths[w], done, answers))
+                                           task_weights or INPUT_KINDS[inputs][1],
+                                           bounds[w], bounds[w + 1], chunk, paths[w], done, inputs))
                      for w in range(workers)]
         for process in processes:
             process.start()
