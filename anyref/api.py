@@ -290,15 +290,23 @@ class AnyRef(AnyRefModel):
         unique, inverse = unique_rows(batch.sam_pixels)
         return self.sam_embeddings(unique)[inverse]
 
-    def _location_candidates(self, generation: Generation, batch, row: int, sam: torch.Tensor) -> torch.Tensor:
-        """Mask logits K x H x W at the row's image size: the masks drawn at the peaks of the location map of the
-        row's first ``<obj>`` (``AnyRefModel.location_peak_masks``) that are worth asking about
-        (:func:`anyref.candidates.distinct_masks`); sam: the batch's embeddings (1 or B rows)."""
-        own = sam if len(sam) == 1 else sam[row:row + 1]
-        low = self.location_peak_masks(own, generation.obj_states[:1], generation.image_states[None],
-                                       batch.sam_sizes[row], batch.image_sizes[row])
-        logits = upscale_masks(self.sam, low, batch.sam_sizes[row], batch.image_sizes[row]).float()
-        return logits[distinct_masks(logits)]
+    def _location_candidates(self, generations: list[Generation], batch, rows: list[int],
+                             sam: torch.Tensor) -> list[torch.Tensor]:
+        """For each of ``rows``: mask logits K x H x W at the row's image size, the masks drawn at the peaks of the
+        location map of the row's first ``<obj>`` (``AnyRefModel.location_peak_masks``, all rows at once) that are
+        worth asking about (:func:`anyref.candidates.distinct_masks`); sam: the batch's embeddings (1 or B rows)."""
+        if not rows:
+            return []
+        index = torch.tensor(rows, device=sam.device)
+        lows = self.location_peak_masks(sam if len(sam) == 1 else sam[index],
+                                        torch.cat([generations[r].obj_states[:1] for r in rows]),
+                                        torch.stack([generations[r].image_states for r in rows]),
+                                        [batch.sam_sizes[r] for r in rows], [batch.image_sizes[r] for r in rows])
+        out = []
+        for row, low in zip(rows, lows):
+            logits = upscale_masks(self.sam, low, batch.sam_sizes[row], batch.image_sizes[row]).float()
+            out.append(logits[distinct_masks(logits)])
+        return out
 
     @torch.no_grad()
     def location_candidates(self, image=None, ref=None, allow_untrained: bool = False) -> np.ndarray:
@@ -313,43 +321,51 @@ class AnyRef(AnyRefModel):
                                             allow_untrained)
         if not len(generations[0].obj_states):
             return np.zeros((0, *batch.image_sizes[0]), dtype=bool)
-        return (self._location_candidates(generations[0], batch, 0, self._sam_of(batch, sam)) > 0).cpu().numpy()
+        return (self._location_candidates(generations, batch, [0], self._sam_of(batch, sam))[0] > 0).cpu().numpy()
 
     def _ranked(self, results: list[SegmentResult], generations: list[Generation], batch, sam: torch.Tensor,
                 images: list, ref_lists: list[list], allow_untrained: bool) -> list[SegmentResult]:
         """``results`` with ``config.rank_text_answers`` applied: each answer with one ``<obj>`` to a prompt of text
         alone becomes the best of its location candidates by the text rank head, if over the threshold, else no
-        mask (its ``<obj>`` written ``<rejected>``). One select forward per such answer. images: per row, its
-        pixels or None for the ``set_image`` image; sam: the batch's SAM embeddings (1 or B rows)."""
+        mask (its ``<obj>`` written ``<rejected>``). The candidates of all such rows are drawn in one decoder call per
+        pass, and the rows given the same image object (all of a ``segment_many``) are asked in one select forward.
+        images: per row, its pixels or None for the ``set_image`` image; sam: the batch's SAM embeddings (1 or B
+        rows)."""
         threshold = self.config.rank_text_answers
         if threshold is None:
             return results
-        ranked = list(results)
-        for row, (generation, references) in enumerate(zip(generations, ref_lists)):
-            if len(generation.obj_states) != 1 or not all(isinstance(r, str) for r in references):
-                continue
-            logits = self._location_candidates(generation, batch, row, sam)
-            chosen = None
+        rows = [row for row, (generation, references) in enumerate(zip(generations, ref_lists))
+                if len(generation.obj_states) == 1 and all(isinstance(r, str) for r in references)]
+        candidates = dict(zip(rows, self._location_candidates(generations, batch, rows, sam)))
+        asked: dict[int, list[int]] = {}  # id of an image given -> its rows with candidates, asked in one forward
+        for row, logits in candidates.items():
             if len(logits):
-                pixels, features = self._pixels_and_features(images[row])
-                masks = (logits > 0).cpu().numpy()
-                question = ReferringSample(image=pixels, references=references, task="select", candidates=masks,
-                                           selected=np.zeros(len(masks), dtype=bool))
-                probabilities = self._candidate_probabilities([question], features, allow_untrained,
-                                                              self.text_rank_head)
-                best = int(probabilities.argmax())
-                chosen = best if probabilities[best] > threshold else None
-            if chosen is None:
-                ranked[row] = SegmentResult(np.zeros((0, *batch.image_sizes[row]), dtype=bool),
-                                            np.zeros(0, dtype=np.float32),
+                asked.setdefault(id(images[row]), []).append(row)
+        best: dict[int, tuple[int, float]] = {}  # row -> (its best candidate, that one's probability)
+        for same_image in asked.values():
+            pixels, features = self._pixels_and_features(images[same_image[0]])
+            questions = [ReferringSample(image=pixels, references=ref_lists[row], task="select",
+                                         candidates=(candidates[row] > 0).cpu().numpy(),
+                                         selected=np.zeros(len(candidates[row]), dtype=bool)) for row in same_image]
+            probabilities = self._candidate_probabilities(questions, features, allow_untrained, self.text_rank_head)
+            for row, own in zip(same_image, np.split(probabilities, np.cumsum([len(q.candidates)
+                                                                               for q in questions])[:-1])):
+                best[row] = (int(own.argmax()), float(own.max()))
+        ranked = list(results)
+        for row in rows:
+            generation, size = generations[row], batch.image_sizes[row]
+            chosen, probability = best.get(row, (None, 0.0))
+            if chosen is None or probability <= threshold:
+                ranked[row] = SegmentResult(np.zeros((0, *size), dtype=bool), np.zeros(0, dtype=np.float32),
                                             mark_nowhere(generation.text, self.config.obj_token, [False],
                                                          mark=REJECTED),
-                                            np.zeros((0, *batch.image_sizes[row]), dtype=np.float32))
+                                            np.zeros((0, *size), dtype=np.float32))
             else:
-                masks, scores = masks_and_scores(logits[chosen:chosen + 1])
+                logits = candidates[row][chosen:chosen + 1]
+                masks, scores = masks_and_scores(logits)
                 ranked[row] = SegmentResult(masks.cpu().numpy(), scores.cpu().numpy(),
                                             mark_nowhere(generation.text, self.config.obj_token, [True]),
-                                            logits[chosen:chosen + 1].cpu().numpy())
+                                            logits.cpu().numpy())
         return ranked
 
     def _verified(self, results: list[SegmentResult], images: list, ref_lists: list[list],

@@ -164,8 +164,9 @@ class AnyRefConfig:
         "text_select", ``anyref fit-group-head --text-samples N``) can tell the described object from a wrong one,
         or from one that is not there. With ``text_check_head`` the model's text check head answers instead of
         its group head. None: off. Inference only; one more forward pass per image (its masks in one batch); needs
-        candidate selection (not group_by_obj). The shipped tiny SynthRef model checks with its text check head at
-        0.85, chosen on the val split (docs/mask-groups.md, "The check head fitted on the model's own answers").
+        candidate selection (not group_by_obj). The shipped tiny SynthRef model checked with its text check head at
+        0.85, chosen on the val split (docs/mask-groups.md, "The check head fitted on the model's own answers"),
+        until it ranked its text answers instead (``rank_text_answers``); the check is off, its head still there.
     text_check_head: the model holds a second head of its group head's kind (``AnyRefModel.text_check_head``),
         fitted alone (``anyref fit-group-head --check-head``: on "text_select" samples, or on the model's own
         answers to text and no-target prompts, as the shipped one is), which

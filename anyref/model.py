@@ -642,26 +642,32 @@ class AnyRefModel(nn.Module):
         return low
 
     @torch.no_grad()
-    def location_peak_masks(self, embeddings: torch.Tensor, obj_state: torch.Tensor, image_states: torch.Tensor,
-                            sam_size: tuple[int, int], image_size: tuple[int, int], peaks: int = PEAKS,
-                            spacing: int = PEAK_SPACING) -> torch.Tensor:
-        """Candidate masks for one ``<obj>``: one at each of the ``peaks`` highest cells of its location map that lie
-        at least ``spacing`` cells apart (:func:`anyref.heads.map_peaks`), each drawn by SAM's decoder with the
-        ``<obj>``'s own prompt and the map kept within the 3 x 3 cells around its peak (:func:`peak_windows`),
-        then refined as answers are (``config.mask_refinements``). Why: a wrong answer's map often peaks on the
-        right object too (docs/training-experiments.md), so these hold the target more often than the answer.
+    def location_peak_masks(self, embeddings: torch.Tensor, obj_states: torch.Tensor, image_states: torch.Tensor,
+                            sam_sizes: list[tuple[int, int]], image_sizes: list[tuple[int, int]], peaks: int = PEAKS,
+                            spacing: int = PEAK_SPACING) -> list[torch.Tensor]:
+        """Candidate masks for N ``<obj>``: for each, one at each of the ``peaks`` highest cells of its location map
+        that lie at least ``spacing`` cells apart (:func:`anyref.heads.map_peaks`), each drawn by SAM's decoder with
+        the ``<obj>``'s own prompt and the map kept within the 3 x 3 cells around its peak (:func:`peak_windows`),
+        then refined as answers are (``config.mask_refinements``); all N in one decoder call per pass. Why: a wrong
+        answer's map often peaks on the right object too (docs/training-experiments.md), so these hold the target
+        more often than the answer.
 
-        embeddings: 1 x C x g x g (the image's SAM embedding); obj_state: 1 x H; image_states: 1 x T x H (the
-        image tokens of the ``<obj>``'s row); sam_size, image_size: the frame of its image. Returns low-res logits
-        K x 1 x 4g x 4g, K <= peaks, strongest peak first."""
+        embeddings: 1 x C x g x g (one image) or N x C x g x g (each ``<obj>``'s image); obj_states: N x H;
+        image_states: N x T x H (the image tokens of each ``<obj>``'s row); sam_sizes, image_sizes: the frame of each
+        one's image. Returns N low-res logits K_i x 1 x 4g x 4g, K_i <= peaks, strongest peak first."""
         if self.obj_locator is None:
             raise ValueError("this model has no location map (obj_location_prompt is off): it has no peaks")
-        locations = self.obj_locator(obj_state, image_states)
-        cells = location_cells(locations, self.llm_grid ** 2)[0].float().view(self.llm_grid, self.llm_grid)
-        windows = peak_windows(cells, map_peaks(cells, peaks, spacing)).to(obj_state.dtype)
-        states = obj_state.expand(len(windows), -1)
-        low = decode_masks(self.sam, embeddings, self.obj_projection(states), location_prompt(self.sam, windows))
-        return self.refine_obj_masks(embeddings, states, low, [sam_size] * len(low), [image_size] * len(low))
+        side = self.llm_grid
+        maps = location_cells(self.obj_locator(obj_states, image_states), side ** 2).float().view(-1, side, side)
+        windows = [peak_windows(cells, map_peaks(cells, peaks, spacing)) for cells in maps]
+        owners = torch.cat([torch.full((len(w),), i) for i, w in enumerate(windows)]).to(obj_states.device)
+        states = obj_states[owners]
+        own = embeddings if len(embeddings) == 1 else embeddings[owners]
+        low = decode_masks(self.sam, own, self.obj_projection(states),
+                           location_prompt(self.sam, torch.cat(windows).to(obj_states.dtype)))
+        rows = owners.tolist()
+        low = self.refine_obj_masks(own, states, low, [sam_sizes[r] for r in rows], [image_sizes[r] for r in rows])
+        return list(low.split([len(w) for w in windows]))
 
     def group_logits(self, hidden: torch.Tensor, embeds: torch.Tensor, batch: Batch,
                      head: nn.Module | None = None) -> torch.Tensor:
