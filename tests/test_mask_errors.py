@@ -59,17 +59,20 @@ def test_a_run_on_the_shipped_model_covers_its_samples():
 
 
 def test_the_command_runs_the_model_with_the_inference_settings_it_is_given(tmp_path, capsys):
-    """Like every SynthRef diagnostic, the command takes the inference flags `anyref eval` takes (here the text
-    check turned off): the answers are then the unchecked ones, and the results file keeps the flag."""
+    """Like every SynthRef diagnostic, the command takes the inference flags `anyref eval` takes (here the
+    ranking off, and the text check on or off): the answers are then the checked or unchecked ones, and the results
+    file keeps the flags."""
     import json
 
     from eval.mask_errors import main
 
     files = {}
-    for words in ([], ["--check-by-group-head", "off"]):
-        files[bool(words)] = tmp_path / f"errors-{len(words)}.json"
-        assert main(["--tasks", "text", "--n", "12", "--out", str(files[bool(words)]), *words]) == 0
-    checked, unchecked = (json.loads(files[k].read_text()) for k in (False, True))
-    assert unchecked["command"].endswith("--check-by-group-head off")
-    # the shipped check drops some answers to these prompts; off, none is dropped
+    unranked = ["--rank-text-answers", "off"]
+    for check in ("0.85", "off"):
+        files[check] = tmp_path / f"errors-{check}.json"
+        assert main(["--tasks", "text", "--n", "12", "--out", str(files[check]), *unranked,
+                     "--check-by-group-head", check]) == 0
+    checked, unchecked = (json.loads(files[k].read_text()) for k in ("0.85", "off"))
+    assert unchecked["command"].endswith("--rank-text-answers off --check-by-group-head off")
+    # the check at 0.85 (shipped before the ranking) drops some answers to these prompts; off, none is dropped
     assert unchecked["metrics"]["text"]["share"]["no_mask"] < checked["metrics"]["text"]["share"]["no_mask"]
