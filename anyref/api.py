@@ -515,9 +515,7 @@ class AnyRef(AnyRefModel):
                                   np.zeros((0, *size), dtype=np.float32))
                     for g, size in zip(generations, batch.image_sizes)]
         owners = torch.cat([torch.full((n,), row) for row, n in enumerate(counts)]).to(self.device)
-        if sam is None:
-            unique, inverse = unique_rows(batch.sam_pixels)
-            sam = self.sam_embeddings(unique)[inverse]  # B x C x g x g
+        sam = self._sam_of(batch, sam)
         embeddings = sam if len(sam) == 1 else sam[owners]
         image_states = None
         if self.obj_locator is not None:

@@ -28,8 +28,8 @@ from torch import nn
 
 from anyref.heads import ObjLocator
 
-__all__ = ["GroupHead", "PromptGroupHead", "RelationGroupHead", "GroupMapHead", "build_group_head", "group_loss", "group_cell_loss",
-           "group_members", "pad_rows", "candidate_geometry", "GEOMETRY_INPUTS"]
+__all__ = ["GroupHead", "PromptGroupHead", "RelationGroupHead", "GroupMapHead", "build_group_head", "group_loss",
+           "group_cell_loss", "group_members", "pad_rows", "candidate_geometry", "GEOMETRY_INPUTS"]
 
 GEOMETRY_INPUTS = 16  # candidate_geometry's width: the candidate's 5 numbers, the reference's 5, their difference, 1
 # the geometry is fractions of the frame, and the differences that decide "left of" are about 0.1: scaled by 10 they

@@ -21,8 +21,8 @@ from anyref.batching import Batch
 from anyref.config import AnyRefConfig
 from anyref.decoding import greedy_generate
 from anyref.group_heads import (
-    GEOMETRY_INPUTS, GroupMapHead, PromptGroupHead, RelationGroupHead, build_group_head, candidate_geometry, group_cell_loss, group_loss,
-    pad_rows,
+    GEOMETRY_INPUTS, GroupMapHead, PromptGroupHead, RelationGroupHead, build_group_head, candidate_geometry,
+    group_cell_loss, group_loss, pad_rows,
 )
 from anyref.heads import (
     PEAK_SPACING, PEAKS, ObjLocator, ObjProjection, coverage_logits, decode_masks, location_cells, location_prompt,
@@ -187,16 +187,22 @@ class AnyRefModel(nn.Module):
         """Give the model a new, untrained text rank head (``config.text_rank_head``), replacing any it has, e.g. to
         fit it alone on a finished model (``anyref fit-group-head --rank-head``). Returns it."""
         self._reconfigure(text_rank_head=True)
-        reference = next(self.obj_projection.parameters())
-        self.text_rank_head = RelationGroupHead(self.llava.config.text_config.hidden_size).to(
-            device=reference.device, dtype=reference.dtype)
+        self.text_rank_head = self._as_part(RelationGroupHead(self.hidden_size))
         return self.text_rank_head
 
     def _new_group_head(self) -> nn.Module:
         """A new, untrained head of the config's group head kind, on the model's device and dtype."""
+        return self._as_part(build_group_head(self.config, self.hidden_size))
+
+    @property
+    def hidden_size(self) -> int:
+        """The LLM's width H."""
+        return self.llava.config.text_config.hidden_size
+
+    def _as_part(self, module: nn.Module) -> nn.Module:
+        """A part new to a built model, moved to the model's device and dtype."""
         reference = next(self.obj_projection.parameters())
-        head = build_group_head(self.config, self.llava.config.text_config.hidden_size)
-        return head.to(device=reference.device, dtype=reference.dtype)
+        return module.to(device=reference.device, dtype=reference.dtype)
 
     def add_nowhere(self) -> None:
         """Give a finished model's location map its "nowhere" place (``obj_nowhere``), new and untrained, e.g. to
@@ -216,8 +222,7 @@ class AnyRefModel(nn.Module):
         if self.image_reread is not None:
             raise ValueError("this model already reads the image a second time")
         self._reconfigure(image_reread=mode)  # validated: a mode, and a model with a location map
-        reference = self.obj_projection[0].weight
-        self.image_reread = ImageReread(reference.shape[1], mode).to(device=reference.device, dtype=reference.dtype)
+        self.image_reread = self._as_part(ImageReread(self.hidden_size, mode))
 
     def add_language_layers(self, count: int) -> None:
         """Deepen a finished model's LLM by ``count`` new decoder layers before its last, each the identity until it
@@ -244,9 +249,7 @@ class AnyRefModel(nn.Module):
         if self.region_geometry is not None:
             raise ValueError("this model already has its region geometry code")
         self._reconfigure(region_geometry=True)
-        reference = self.obj_projection[0].weight
-        self.region_geometry = self._new_region_geometry(reference.shape[1]).to(device=reference.device,
-                                                                               dtype=reference.dtype)
+        self.region_geometry = self._as_part(self._new_region_geometry(self.hidden_size))
 
     def add_image_positions(self) -> None:
         """Give a finished model the learned 2-D position map of its image tokens (``image_positions``), new and
@@ -255,9 +258,7 @@ class AnyRefModel(nn.Module):
         if self.image_positions is not None:
             raise ValueError("this model already has its image position map")
         self._reconfigure(image_positions=True)
-        reference = self.obj_projection[0].weight
-        self.image_positions = self._new_image_positions(reference.shape[1]).to(device=reference.device,
-                                                                               dtype=reference.dtype)
+        self.image_positions = self._as_part(self._new_image_positions(self.hidden_size))
         self.new_parts += (self.image_positions,)
 
     def _new_image_positions(self, hidden: int) -> ImageTokenPositions:
@@ -444,7 +445,7 @@ class AnyRefModel(nn.Module):
             if count:
                 candidates = by_kind["mask"][first:first + count]
                 pieces += [candidates, candidates]
-        hidden = self.llava.config.text_config.hidden_size
+        hidden = self.hidden_size
         # the empty branches join the result with zero rows, so that they stay in the graph
         unused = [tokens.reshape(-1, hidden)[:0] for tokens in by_kind.values()]
         return torch.cat(pieces + unused) if pieces else torch.cat(unused)

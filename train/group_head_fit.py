@@ -316,7 +316,8 @@ def run(args: argparse.Namespace) -> int:
               "peak_samples": args.peak_samples, "peak_prompts_with_candidates": len(peak_train),
               "peak_val_prompts": len(peak_val),
               "text_val_by_threshold": text_scores}
-    name = {"text_rank_head": "rank_fit.json", "text_check_head": "check_fit.json", "group_head": "group_fit.json"}[fitted]
+    name = {"text_rank_head": "rank_fit.json", "text_check_head": "check_fit.json",
+            "group_head": "group_fit.json"}[fitted]
     model.save_pretrained(args.out, extra_files={name: json.dumps(report, indent=1) + "\n"})
     print(f"best epoch {best['epoch']}: val loss {best['val_loss']:.3f}")
     for title, table in ((f"val split, {len(val)} group samples:", scores),

@@ -99,9 +99,9 @@ def answer_check_samples(model, prompts: list, min_iou: float = 0.5) -> list[Ref
         target = union_mask(prompt.masks, prompt.image.shape[:2])
         for mask in result.masks:
             if mask.any():
-                iou = (mask & target).sum() / (mask | target).sum()
                 checks.append(ReferringSample(image=prompt.image, references=prompt.references, task="select",
-                                              answer=[], candidates=mask[None], selected=np.array([iou >= min_iou])))
+                                              answer=[], candidates=mask[None],
+                                              selected=np.array([_target_iou(mask, target) >= min_iou])))
     return checks
 
 
