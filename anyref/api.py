@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -275,10 +276,12 @@ class AnyRef(AnyRefModel):
         order - the text answers ranked among their location candidates, the answer checks, the CRF. sam: the
         batch's SAM embedding when computed already (1 x C x g x g), else None; images: per row, its pixels or
         None for the ``set_image`` image."""
+        ranked = self._ranked_rows(generations, ref_lists)
         if self.config.rank_text_answers is not None:
             sam = self._sam_of(batch, sam)  # the ranking draws masks on it too: encoded once
-        results = self._masks_for(generations, batch, sam)
-        results = self._ranked(results, generations, batch, sam, images, ref_lists, allow_untrained)
+        # a ranked row's answer is one of its candidates whatever its own mask: that mask is not drawn
+        results = self._masks_for(generations, batch, sam, skip=ranked)
+        results = self._ranked(results, generations, batch, sam, images, ref_lists, ranked, allow_untrained)
         results = self._verified(results, images, ref_lists, allow_untrained)
         return self._crf_refined(results, images)
 
@@ -323,19 +326,24 @@ class AnyRef(AnyRefModel):
             return np.zeros((0, *batch.image_sizes[0]), dtype=bool)
         return (self._location_candidates(generations, batch, [0], self._sam_of(batch, sam))[0] > 0).cpu().numpy()
 
-    def _ranked(self, results: list[SegmentResult], generations: list[Generation], batch, sam: torch.Tensor,
-                images: list, ref_lists: list[list], allow_untrained: bool) -> list[SegmentResult]:
-        """``results`` with ``config.rank_text_answers`` applied: each answer with one ``<obj>`` to a prompt of text
-        alone becomes the best of its location candidates by the text rank head, if over the threshold, else no
-        mask (its ``<obj>`` written ``<rejected>``). The candidates of all such rows are drawn in one decoder call per
-        pass, and the rows given the same image object (all of a ``segment_many``) are asked in one select forward.
-        images: per row, its pixels or None for the ``set_image`` image; sam: the batch's SAM embeddings (1 or B
-        rows)."""
-        threshold = self.config.rank_text_answers
-        if threshold is None:
-            return results
-        rows = [row for row, (generation, references) in enumerate(zip(generations, ref_lists))
+    def _ranked_rows(self, generations: list[Generation], ref_lists: list[list]) -> list[int]:
+        """The rows ``config.rank_text_answers`` answers (none when it is off): those whose answer has one ``<obj>``
+        to a prompt of text alone."""
+        if self.config.rank_text_answers is None:
+            return []
+        return [row for row, (generation, references) in enumerate(zip(generations, ref_lists))
                 if len(generation.obj_states) == 1 and all(isinstance(r, str) for r in references)]
+
+    def _ranked(self, results: list[SegmentResult], generations: list[Generation], batch, sam: torch.Tensor,
+                images: list, ref_lists: list[list], rows: list[int], allow_untrained: bool) -> list[SegmentResult]:
+        """``results`` with ``config.rank_text_answers`` applied to ``rows`` (``_ranked_rows``): each becomes the best
+        of its location candidates by the text rank head, if over the threshold, else no mask (its ``<obj>``
+        written ``<rejected>``). The candidates of all rows are drawn in one decoder call per pass, and the rows
+        given the same image object (all of a ``segment_many``) are asked in one select forward. images: per row,
+        its pixels or None for the ``set_image`` image; sam: the batch's SAM embeddings (1 or B rows)."""
+        threshold = self.config.rank_text_answers
+        if not rows:
+            return results
         candidates = dict(zip(rows, self._location_candidates(generations, batch, rows, sam)))
         asked: dict[int, list[int]] = {}  # id of an image given -> its rows with candidates, asked in one forward
         for row, logits in candidates.items():
@@ -356,10 +364,8 @@ class AnyRef(AnyRefModel):
             generation, size = generations[row], batch.image_sizes[row]
             chosen, probability = best.get(row, (None, 0.0))
             if chosen is None or probability <= threshold:
-                ranked[row] = SegmentResult(np.zeros((0, *size), dtype=bool), np.zeros(0, dtype=np.float32),
-                                            mark_nowhere(generation.text, self.config.obj_token, [False],
-                                                         mark=REJECTED),
-                                            np.zeros((0, *size), dtype=np.float32))
+                ranked[row] = _without_masks(mark_nowhere(generation.text, self.config.obj_token, [False],
+                                                          mark=REJECTED), size)
             else:
                 logits = candidates[row][chosen:chosen + 1]
                 masks, scores = masks_and_scores(logits)
@@ -502,25 +508,25 @@ class AnyRef(AnyRefModel):
 
     def _masks_for(self, generations: list[Generation], batch, sam: torch.Tensor | None = None,
                    regions: list[np.ndarray | None] | None = None,
-                   bounds: list[np.ndarray | None] | None = None) -> list[SegmentResult]:
+                   bounds: list[np.ndarray | None] | None = None, skip: Collection[int] = ()) -> list[SegmentResult]:
         """One SegmentResult per generation (row of ``batch``): SAM's image encoder runs once per distinct image
         (not at all when ``sam``, 1 x C x g x g for a one-image batch, is already computed) and its mask decoder
         once for every mask of the batch. regions: per row, None or an H x W bool region at the image's size that
         the row's first ``<obj>`` is drawn from (``describe_box_prior``); bounds: the same, the pixels outside of
         which the row's first ``<obj>`` mask is cut off, its logits capped at CLIPPED_LOGIT
-        (``describe_box_margin``)."""
-        counts = [len(g.obj_states) for g in generations]
+        (``describe_box_margin``); skip: rows whose masks are not drawn (answered otherwise), given no mask and
+        their text as generated."""
+        skip = set(skip)
+        counts = [0 if row in skip else len(g.obj_states) for row, g in enumerate(generations)]
         if sum(counts) == 0:
-            return [SegmentResult(np.zeros((0, *size), dtype=bool), np.zeros(0, dtype=np.float32), g.text,
-                                  np.zeros((0, *size), dtype=np.float32))
-                    for g, size in zip(generations, batch.image_sizes)]
+            return [_without_masks(g.text, size) for g, size in zip(generations, batch.image_sizes)]
         owners = torch.cat([torch.full((n,), row) for row, n in enumerate(counts)]).to(self.device)
         sam = self._sam_of(batch, sam)
         embeddings = sam if len(sam) == 1 else sam[owners]
         image_states = None
         if self.obj_locator is not None:
             image_states = torch.stack([g.image_states for g in generations])[owners]
-        obj_states = torch.cat([g.obj_states for g in generations])
+        obj_states = torch.cat([g.obj_states[:n] for g, n in zip(generations, counts)])
         low, locations = self.decode_obj_masks(embeddings, obj_states, image_states)
         starts = np.cumsum([0] + counts[:-1])
         for row, region in enumerate(regions or []):
@@ -538,6 +544,9 @@ class AnyRef(AnyRefModel):
             placed = ~placed_nowhere(locations)
         results = []
         for row, generation in enumerate(generations):
+            if row in skip:
+                results.append(_without_masks(generation.text, batch.image_sizes[row]))
+                continue
             mine = owners == row
             logits = upscale_masks(self.sam, low[mine & placed], batch.sam_sizes[row], batch.image_sizes[row]).float()
             bound = bounds[row] if bounds else None
@@ -563,6 +572,12 @@ class _ImageFeatures:
 
     def keep_prefix(self, prefix: PrefixCache) -> None:
         self.prefix = prefix
+
+
+def _without_masks(text: str, size: tuple[int, int]) -> SegmentResult:
+    """An answer with no mask on an image of ``size`` (H, W)."""
+    return SegmentResult(np.zeros((0, *size), dtype=bool), np.zeros(0, dtype=np.float32), text,
+                         np.zeros((0, *size), dtype=np.float32))
 
 
 def _candidate_means(candidates: np.ndarray, probability: torch.Tensor | None) -> np.ndarray:
