@@ -336,20 +336,39 @@ class AnyRef(AnyRefModel):
 
     def _ranked(self, results: list[SegmentResult], generations: list[Generation], batch, sam: torch.Tensor,
                 images: list, ref_lists: list[list], rows: list[int], allow_untrained: bool) -> list[SegmentResult]:
-        """``results`` with ``config.rank_text_answers`` applied to ``rows`` (``_ranked_rows``): each becomes the best
-        of its location candidates by the text rank head, if over the threshold, else no mask (its ``<obj>``
-        written ``<rejected>``). The candidates of all rows are drawn in one decoder call per pass, and the rows
-        given the same image object (all of a ``segment_many``) are asked in one select forward. images: per row,
-        its pixels or None for the ``set_image`` image; sam: the batch's SAM embeddings (1 or B rows)."""
-        threshold = self.config.rank_text_answers
+        """``results`` with ``config.rank_text_answers`` applied to ``rows`` (``_ranked_rows``): each becomes its
+        best location candidate (``_rank_best``) if that one's probability is over the threshold, else no mask (its
+        ``<obj>`` written ``<rejected>``)."""
+        best = self._rank_best(generations, batch, sam, images, ref_lists, rows, allow_untrained)
+        ranked = list(results)
+        for row in rows:
+            generation = generations[row]
+            logits, probability = best.get(row, (None, 0.0))
+            if logits is None or probability <= self.config.rank_text_answers:
+                ranked[row] = _without_masks(mark_nowhere(generation.text, self.config.obj_token, [False],
+                                                          mark=REJECTED), batch.image_sizes[row])
+            else:
+                masks, scores = masks_and_scores(logits)
+                ranked[row] = SegmentResult(masks.cpu().numpy(), scores.cpu().numpy(),
+                                            mark_nowhere(generation.text, self.config.obj_token, [True]),
+                                            logits.cpu().numpy())
+        return ranked
+
+    def _rank_best(self, generations: list[Generation], batch, sam: torch.Tensor, images: list,
+                   ref_lists: list[list], rows: list[int], allow_untrained: bool) -> dict[int, tuple[torch.Tensor, float]]:
+        """For each of ``rows`` that has location candidates: (its best one by the text rank head, mask logits
+        1 x H x W at the image's size; that one's probability). The candidates of all rows are drawn in one decoder
+        call per pass, and the rows given the same image object (all of a ``segment_many``) are asked in one select
+        forward. images: per row, its pixels or None for the ``set_image`` image; sam: the batch's SAM embeddings
+        (1 or B rows)."""
         if not rows:
-            return results
+            return {}
         candidates = dict(zip(rows, self._location_candidates(generations, batch, rows, sam)))
         asked: dict[int, list[int]] = {}  # id of an image given -> its rows with candidates, asked in one forward
         for row, logits in candidates.items():
             if len(logits):
                 asked.setdefault(id(images[row]), []).append(row)
-        best: dict[int, tuple[int, float]] = {}  # row -> (its best candidate, that one's probability)
+        best: dict[int, tuple[torch.Tensor, float]] = {}
         for same_image in asked.values():
             pixels, features = self._pixels_and_features(images[same_image[0]])
             questions = [ReferringSample(image=pixels, references=ref_lists[row], task="select",
@@ -358,21 +377,9 @@ class AnyRef(AnyRefModel):
             probabilities = self._candidate_probabilities(questions, features, allow_untrained, self.text_rank_head)
             for row, own in zip(same_image, np.split(probabilities, np.cumsum([len(q.candidates)
                                                                                for q in questions])[:-1])):
-                best[row] = (int(own.argmax()), float(own.max()))
-        ranked = list(results)
-        for row in rows:
-            generation, size = generations[row], batch.image_sizes[row]
-            chosen, probability = best.get(row, (None, 0.0))
-            if chosen is None or probability <= threshold:
-                ranked[row] = _without_masks(mark_nowhere(generation.text, self.config.obj_token, [False],
-                                                          mark=REJECTED), size)
-            else:
-                logits = candidates[row][chosen:chosen + 1]
-                masks, scores = masks_and_scores(logits)
-                ranked[row] = SegmentResult(masks.cpu().numpy(), scores.cpu().numpy(),
-                                            mark_nowhere(generation.text, self.config.obj_token, [True]),
-                                            logits.cpu().numpy())
-        return ranked
+                chosen = int(own.argmax())
+                best[row] = (candidates[row][chosen:chosen + 1], float(own[chosen]))
+        return best
 
     def _verified(self, results: list[SegmentResult], images: list, ref_lists: list[list],
                   allow_untrained: bool) -> list[SegmentResult]:

@@ -175,6 +175,9 @@ class AnyRefConfig:
     text_rank_head: the model holds a :class:`anyref.group_heads.RelationGroupHead` (``AnyRefModel.text_rank_head``)
         that ``rank_text_answers`` reads, fitted alone (``anyref fit-group-head --rank-head``). Its weights are part
         of the model's.
+    text_rank_head_reads_pixels: the text rank head also reads each candidate's own pixels
+        (:func:`anyref.candidate_crops.candidate_crops`, a small CNN in the head; ``anyref fit-group-head --rank-head
+        --reads-pixels``). Needs ``text_rank_head``.
     rank_text_answers: the answer to a prompt of text alone whose answer has one ``<obj>`` is chosen again among
         candidates the model draws from that ``<obj>``'s location map, one at each of its peaks
         (``AnyRefModel.location_peak_masks``): the text is asked as a ``select`` prompt over them, the text rank
@@ -238,6 +241,7 @@ class AnyRefConfig:
     check_by_group_head: float | None = None
     text_check_head: bool = False
     text_rank_head: bool = False
+    text_rank_head_reads_pixels: bool = False
     rank_text_answers: float | None = None
     untrained_references: tuple[str, ...] = field(default_factory=tuple)
 
@@ -289,6 +293,8 @@ class AnyRefConfig:
         if self.check_by_group_head is not None and self.group_by_obj:
             raise ValueError("check_by_group_head asks the group head about a candidate mask: it needs candidate "
                              "selection, not group_by_obj")
+        if self.text_rank_head_reads_pixels and not self.text_rank_head:
+            raise ValueError("text_rank_head_reads_pixels is a kind of text rank head: it needs text_rank_head")
         if self.rank_text_answers is not None:
             if not 0.0 < self.rank_text_answers < 1.0:
                 raise ValueError(f"rank_text_answers must be None (off) or a probability threshold in (0, 1), "

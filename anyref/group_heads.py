@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from anyref.candidate_crops import CROP_CHANNELS, CROP_SIDE
 from anyref.heads import ObjLocator
 
 __all__ = ["GroupHead", "PromptGroupHead", "RelationGroupHead", "GroupMapHead", "build_group_head", "group_loss",
@@ -152,23 +153,41 @@ class RelationGroupHead(PromptGroupHead):
 
     Padding: a sample's candidates are told apart from its padding by their geometry, which a real candidate always
     has (a candidate mask is never empty, so its sqrt(area) is above 0).
+
+    With ``reads_pixels`` each candidate's crop (:func:`anyref.candidate_crops.candidate_crops`: its own pixels at
+    CROP_SIDE x CROP_SIDE, and its mask) is encoded by a small CNN into k (``width``), and u also reads k and
+    k * a (a: what the candidate attended to in the prompt): "is this crop the asked colour and shape?" in one layer.
     """
 
-    def __init__(self, hidden: int, width: int = 64, heads: int = 4, dim: int = 64):
+    def __init__(self, hidden: int, width: int = 64, heads: int = 4, dim: int = 64, reads_pixels: bool = False):
         super().__init__(hidden, width, heads, geometry=True)
         del self.mlp  # the logit comes from self.out, after the pairs
-        self.unary = nn.Sequential(nn.Linear(3 * width + GEOMETRY_INPUTS, dim), nn.GELU(), nn.Linear(dim, dim))
+        self.reads_pixels = reads_pixels
+        self.crop_encoder = _crop_encoder(width) if reads_pixels else None
+        unary_inputs = 3 * width + GEOMETRY_INPUTS + (2 * width if reads_pixels else 0)
+        self.unary = nn.Sequential(nn.Linear(unary_inputs, dim), nn.GELU(), nn.Linear(dim, dim))
         self.pair = nn.Sequential(nn.Linear(2 * dim + PLACE_INPUTS, dim), nn.GELU(), nn.Linear(dim, dim), nn.GELU())
         self.out = nn.Sequential(nn.Linear(3 * dim, dim), nn.GELU(), nn.Linear(dim, 1))
 
     def forward(self, candidates: torch.Tensor, prompt: torch.Tensor, prompt_mask: torch.Tensor,
-                geometry: torch.Tensor | None = None) -> torch.Tensor:
-        """As :meth:`PromptGroupHead.forward` (geometry needed): B x C logits."""
+                geometry: torch.Tensor | None = None, crops: torch.Tensor | None = None) -> torch.Tensor:
+        """As :meth:`PromptGroupHead.forward` (geometry needed): B x C logits. crops: B x C x CROP_CHANNELS x
+        CROP_SIDE x CROP_SIDE (zero-padded; needed with ``reads_pixels``, ignored without)."""
         if geometry is None or geometry.shape[:2] != candidates.shape[:2]:
             raise ValueError("a relation group head compares the candidates' places: pass geometry B x C x "
                              f"{GEOMETRY_INPUTS} (candidate_geometry) for candidates {tuple(candidates.shape)}")
         count = candidates.shape[1]
-        u = self.unary(self.candidate_features(candidates, prompt, prompt_mask, geometry))  # B x C x dim
+        features = self.candidate_features(candidates, prompt, prompt_mask, geometry)
+        if self.reads_pixels:
+            if crops is None or crops.shape[:2] != candidates.shape[:2]:
+                raise ValueError("this rank head reads the candidates' pixels: pass crops B x C x "
+                                 f"{CROP_CHANNELS} x {CROP_SIDE} x {CROP_SIDE} (candidate_crops) for candidates "
+                                 f"{tuple(candidates.shape)}")
+            width = self.value.out_features
+            k = self.crop_encoder(crops.flatten(0, 1).to(features.dtype)).view(*candidates.shape[:2], width)
+            attended = features[..., width:2 * width]
+            features = torch.cat([features, k, k * attended], dim=-1)
+        u = self.unary(features)  # B x C x dim
         places = geometry[..., :PLACE_INPUTS].to(u.dtype)
         pairs = self.pair(torch.cat([u[:, :, None].expand(-1, -1, count, -1), u[:, None].expand(-1, count, -1, -1),
                                      places[:, :, None] - places[:, None]], dim=-1))  # B x C x C x dim
@@ -179,6 +198,14 @@ class RelationGroupHead(PromptGroupHead):
         largest = pairs.masked_fill(~others[..., None], torch.finfo(u.dtype).min).amax(2)
         largest = torch.where(others.any(2, keepdim=True), largest, torch.zeros_like(largest))  # a lone candidate
         return self.out(torch.cat([u, mean, largest], dim=-1)).squeeze(-1)
+
+
+def _crop_encoder(width: int) -> nn.Module:
+    """CROP_CHANNELS x CROP_SIDE x CROP_SIDE crops -> ``width``: two 3 x 3 convolutions, each halving the side."""
+    side = CROP_SIDE // 4
+    return nn.Sequential(nn.Conv2d(CROP_CHANNELS, 16, 3, padding=1), nn.GELU(), nn.MaxPool2d(2),
+                         nn.Conv2d(16, 32, 3, padding=1), nn.GELU(), nn.MaxPool2d(2), nn.Flatten(),
+                         nn.Linear(32 * side * side, width))
 
 
 class GroupMapHead(nn.Module):

@@ -14,10 +14,12 @@ import torch
 import torch.nn.functional as F
 from segment_anything.modeling import Sam
 from torch import nn
+from torch.nn.utils.rnn import pad_sequence
 from torchvision.ops import roi_align
 from transformers import LlavaForConditionalGeneration, PreTrainedTokenizerBase
 
 from anyref.batching import Batch
+from anyref.candidate_crops import CROP_CHANNELS, CROP_SIDE, candidate_crops
 from anyref.config import AnyRefConfig
 from anyref.decoding import greedy_generate
 from anyref.group_heads import (
@@ -131,7 +133,8 @@ class AnyRefModel(nn.Module):
         # a second head of the group head's kind that checks text answers (config.text_check_head), or None
         self.text_check_head = build_group_head(config, hidden) if config.text_check_head else None
         # the head that ranks a text answer's location-map peaks (config.text_rank_head), or None
-        self.text_rank_head = RelationGroupHead(hidden) if config.text_rank_head else None
+        self.text_rank_head = (RelationGroupHead(hidden, reads_pixels=config.text_rank_head_reads_pixels)
+                               if config.text_rank_head else None)
         self.builder = PromptBuilder(config, tokenizer, self.ids, self.llm_grid ** 2, wrap, self.mask_sources)
 
     def _mask_sources(self, mask_encoders: dict[str, nn.Module]) -> dict[str, MaskSource]:
@@ -183,11 +186,12 @@ class AnyRefModel(nn.Module):
         self.text_check_head = self._new_group_head()
         return self.text_check_head
 
-    def add_text_rank_head(self) -> RelationGroupHead:
-        """Give the model a new, untrained text rank head (``config.text_rank_head``), replacing any it has, e.g. to
-        fit it alone on a finished model (``anyref fit-group-head --rank-head``). Returns it."""
-        self._reconfigure(text_rank_head=True)
-        self.text_rank_head = self._as_part(RelationGroupHead(self.hidden_size))
+    def add_text_rank_head(self, reads_pixels: bool = False) -> RelationGroupHead:
+        """Give the model a new, untrained text rank head (``config.text_rank_head``; with ``reads_pixels``, one
+        that also reads the candidates' own pixels), replacing any it has, e.g. to fit it alone on a finished model
+        (``anyref fit-group-head --rank-head``). Returns it."""
+        self._reconfigure(text_rank_head=True, text_rank_head_reads_pixels=reads_pixels)
+        self.text_rank_head = self._as_part(RelationGroupHead(self.hidden_size, reads_pixels=reads_pixels))
         return self.text_rank_head
 
     def _new_group_head(self) -> nn.Module:
@@ -695,6 +699,8 @@ class AnyRefModel(nn.Module):
             return head(hidden[slots], embeds[slots]), None
         candidates, candidate_mask, prompt, prompt_mask, geometry = self.prompt_head_inputs(
             hidden, embeds, batch, with_geometry=head.geometry)
+        if getattr(head, "reads_pixels", False):
+            return head(candidates, prompt, prompt_mask, geometry, self.candidate_crops(batch))[candidate_mask], None
         return head(candidates, prompt, prompt_mask, geometry)[candidate_mask], None
 
     def prompt_head_inputs(self, hidden: torch.Tensor, embeds: torch.Tensor, batch: Batch,
@@ -721,6 +727,16 @@ class AnyRefModel(nn.Module):
             reference = places[references[0]] if len(references) else None
             geometry[row, :count] = candidate_geometry(places[first:first + count], reference)
         return candidates, candidate_mask, prompt, prompt_mask, geometry
+
+    def candidate_crops(self, batch: Batch) -> torch.Tensor:
+        """Each candidate's crop (:func:`anyref.candidate_crops.candidate_crops`) for the S "select" samples of the
+        batch, as ``prompt_head_inputs`` orders them: S x C x CROP_CHANNELS x CROP_SIDE x CROP_SIDE, zero-padded."""
+        crops = [candidate_crops(batch.sam_pixels[row], batch.sam_sizes[row],
+                                 candidates.to(batch.sam_pixels.device))
+                 for row, candidates in enumerate(batch.candidates) if candidates is not None and len(candidates)]
+        if not crops:
+            return batch.sam_pixels.new_zeros((0, 0, CROP_CHANNELS, CROP_SIDE, CROP_SIDE))
+        return pad_sequence(crops, batch_first=True)
 
     def candidate_cells(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Each candidate's share of each cell of the image-token grid the LLM reads (from the vision tower's

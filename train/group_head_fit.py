@@ -83,7 +83,11 @@ def head_logits(head: torch.nn.Module, items: list[HeadInputs]) -> tuple[torch.T
     if isinstance(head, PromptGroupHead):
         prompt, prompt_mask = stacked([item.prompt for item in items])
         geometry, _ = stacked([item.geometry for item in items])
-        logits = head(candidates, prompt, prompt_mask, geometry)[candidate_mask]
+        if getattr(head, "reads_pixels", False):
+            crops = pad_sequence([item.crops for item in items], batch_first=True).to(dtype)
+            logits = head(candidates, prompt, prompt_mask, geometry, crops)[candidate_mask]
+        else:
+            logits = head(candidates, prompt, prompt_mask, geometry)[candidate_mask]
     elif isinstance(head, GroupHead):
         hidden = candidates.shape[-1] // 2
         logits = head(candidates[candidate_mask][:, :hidden], candidates[candidate_mask][:, hidden:])
@@ -181,6 +185,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "of the training stream (half each), each asked over its answer's location candidates")
     parser.add_argument("--peak-val", type=int, default=400, help="with --rank-head: val prompts (half text, half "
                         f"no-target, after the first {EVAL_HELD_OUT} of each) that choose the best epoch")
+    parser.add_argument("--reads-pixels", action="store_true", help="with --rank-head: the head also reads each "
+                        "candidate's own pixels (config.text_rank_head_reads_pixels)")
     parser.add_argument("--rank-threshold", type=float, help="with --rank-head, save the model ranking its text "
                         "answers at this threshold (config.rank_text_answers; default: keep the model's own)")
     parser.add_argument("--check-threshold", type=float, help="with --check-head, save the model with the check on "
@@ -238,6 +244,8 @@ def run(args: argparse.Namespace) -> int:
     if args.rank_head != bool(args.peak_samples) or (args.peak_samples and args.peak_val < 2):
         raise ValueError("--rank-head fits on --peak-samples N prompts (and --peak-val of at least 2): give both, or "
                          f"neither (got --peak-samples {args.peak_samples}, --peak-val {args.peak_val})")
+    if args.reads_pixels and not args.rank_head:
+        raise ValueError("--reads-pixels is a kind of text rank head: it needs --rank-head")
     if args.rank_threshold is not None and not args.rank_head:
         raise ValueError("--rank-threshold is the text rank head's threshold: it needs --rank-head")
     from anyref import AnyRef
@@ -246,7 +254,7 @@ def run(args: argparse.Namespace) -> int:
     model = AnyRef.from_pretrained(args.model).eval()
     torch.manual_seed(args.seed)
     if args.rank_head:
-        head = model.add_text_rank_head()
+        head = model.add_text_rank_head(reads_pixels=args.reads_pixels)
         if args.rank_threshold is not None:
             model.set_rank_text_answers(args.rank_threshold)
     elif args.check_head:
@@ -300,7 +308,7 @@ def run(args: argparse.Namespace) -> int:
     kind = next((name for name, fields in HEAD_KINDS.items()
                  if all(getattr(model.config, k) == v for k, v in fields.items())), "other")
     fitted = "text_rank_head" if args.rank_head else "text_check_head" if args.check_head else "group_head"
-    report = {"model": args.model, "head": "relation" if args.rank_head else kind, "fitted": fitted,
+    report = {"model": args.model, "head": ("relation-pixels" if args.reads_pixels else "relation") if args.rank_head else kind, "fitted": fitted,
               "samples": len(train), "val_samples": len(val),
               "epochs": args.epochs, "lr": args.lr, "weight_decay": args.weight_decay, "batch_size": args.batch_size,
               "seed": args.seed,

@@ -49,12 +49,15 @@ ANSWERED_PROMPTS = {"text": 1.0, "no_target": 1.0}  # the prompts whose answers 
 @dataclass
 class HeadInputs:
     """One group sample as its head reads it: candidates C x 2H and prompt P x 2H (float16), selected C bool,
-    geometry C x GEOMETRY_INPUTS (float32, ``anyref.group_heads.candidate_geometry``)."""
+    geometry C x GEOMETRY_INPUTS (float32, ``anyref.group_heads.candidate_geometry``), and the candidates' crops
+    C x CROP_CHANNELS x CROP_SIDE x CROP_SIDE (float16, ``AnyRefModel.candidate_crops``; for a head that reads
+    pixels)."""
 
     candidates: torch.Tensor
     prompt: torch.Tensor
     selected: torch.Tensor
     geometry: torch.Tensor
+    crops: torch.Tensor
 
 
 @torch.no_grad()
@@ -72,11 +75,13 @@ def cache_head_inputs(model, samples, count: int, chunk: int = 16, desc: str = "
             batch = collate([prepare(s, model.builder) for s in part], model.ids.pad)
             hidden, embeds = model.select_states(batch)
             candidates, candidate_mask, prompt, prompt_mask, geometry = model.prompt_head_inputs(hidden, embeds, batch)
+            crops = model.candidate_crops(batch)
             for row, sample in enumerate(part):
                 out.append(HeadInputs(candidates[row][candidate_mask[row]].to(torch.float16),
                                       prompt[row][prompt_mask[row]].to(torch.float16),
                                       torch.as_tensor(sample.selected, dtype=torch.bool),
-                                      geometry[row][candidate_mask[row]].float()))
+                                      geometry[row][candidate_mask[row]].float(),
+                                      crops[row][candidate_mask[row]].to(torch.float16)))
             bar.update(len(part))
             if on_chunk is not None:
                 on_chunk(len(part))
@@ -173,6 +178,7 @@ def _pack(items: list[HeadInputs]) -> dict[str, torch.Tensor]:
         return {}
     return {"candidates": torch.cat([i.candidates for i in items]), "prompt": torch.cat([i.prompt for i in items]),
             "selected": torch.cat([i.selected for i in items]), "geometry": torch.cat([i.geometry for i in items]),
+            "crops": torch.cat([i.crops for i in items]),
             "candidate_counts": torch.tensor([len(i.candidates) for i in items]),
             "prompt_counts": torch.tensor([len(i.prompt) for i in items])}
 
@@ -181,10 +187,10 @@ def _unpack(packed: dict[str, torch.Tensor]) -> list[HeadInputs]:
     if not packed:
         return []
     counts = packed["candidate_counts"].tolist()
-    return [HeadInputs(c, p, s, g) for c, p, s, g in zip(packed["candidates"].split(counts),
-                                                           packed["prompt"].split(packed["prompt_counts"].tolist()),
-                                                           packed["selected"].split(counts),
-                                                           packed["geometry"].split(counts))]
+    return [HeadInputs(*parts) for parts in zip(packed["candidates"].split(counts),
+                                                 packed["prompt"].split(packed["prompt_counts"].tolist()),
+                                                 packed["selected"].split(counts), packed["geometry"].split(counts),
+                                                 packed["crops"].split(counts))]
 
 
 def _stream_worker(model_name: str, seed: int, task_weights: dict, start: int, stop: int, chunk: int, path: str,
