@@ -159,11 +159,14 @@ class RelationGroupHead(PromptGroupHead):
     k * a (a: what the candidate attended to in the prompt): "is this crop the asked colour and shape?" in one layer.
     """
 
-    def __init__(self, hidden: int, width: int = 64, heads: int = 4, dim: int = 64, reads_pixels: bool = False):
+    def __init__(self, hidden: int, width: int = 64, heads: int = 4, dim: int = 64, reads_pixels: bool = False,
+                 crop_dropout: float = 0.0):
         super().__init__(hidden, width, heads, geometry=True)
         del self.mlp  # the logit comes from self.out, after the pairs
         self.reads_pixels = reads_pixels
         self.crop_encoder = _crop_encoder(width) if reads_pixels else None
+        # training only (no weights): drops crop features so that the head cannot lean on them alone
+        self.crop_dropout = nn.Dropout(crop_dropout)
         unary_inputs = 3 * width + GEOMETRY_INPUTS + (2 * width if reads_pixels else 0)
         self.unary = nn.Sequential(nn.Linear(unary_inputs, dim), nn.GELU(), nn.Linear(dim, dim))
         self.pair = nn.Sequential(nn.Linear(2 * dim + PLACE_INPUTS, dim), nn.GELU(), nn.Linear(dim, dim), nn.GELU())
@@ -185,6 +188,7 @@ class RelationGroupHead(PromptGroupHead):
                                  f"{tuple(candidates.shape)}")
             width = self.value.out_features
             k = self.crop_encoder(crops.flatten(0, 1).to(features.dtype)).view(*candidates.shape[:2], width)
+            k = self.crop_dropout(k)
             attended = features[..., width:2 * width]
             features = torch.cat([features, k, k * attended], dim=-1)
         u = self.unary(features)  # B x C x dim

@@ -186,12 +186,14 @@ class AnyRefModel(nn.Module):
         self.text_check_head = self._new_group_head()
         return self.text_check_head
 
-    def add_text_rank_head(self, reads_pixels: bool = False) -> RelationGroupHead:
+    def add_text_rank_head(self, reads_pixels: bool = False, crop_dropout: float = 0.0) -> RelationGroupHead:
         """Give the model a new, untrained text rank head (``config.text_rank_head``; with ``reads_pixels``, one
-        that also reads the candidates' own pixels), replacing any it has, e.g. to fit it alone on a finished model
-        (``anyref fit-group-head --rank-head``). Returns it."""
+        that also reads the candidates' own pixels, their features dropped at ``crop_dropout`` in training),
+        replacing any it has, e.g. to fit it alone on a finished model (``anyref fit-group-head --rank-head``).
+        Returns it."""
         self._reconfigure(text_rank_head=True, text_rank_head_reads_pixels=reads_pixels)
-        self.text_rank_head = self._as_part(RelationGroupHead(self.hidden_size, reads_pixels=reads_pixels))
+        self.text_rank_head = self._as_part(RelationGroupHead(self.hidden_size, reads_pixels=reads_pixels,
+                                                              crop_dropout=crop_dropout))
         return self.text_rank_head
 
     def _new_group_head(self) -> nn.Module:

@@ -104,6 +104,13 @@ def test_the_pixel_head_is_a_kind_of_rank_head(tiny_model):
         tiny_model.config.replace(text_rank_head_reads_pixels=True)
     with pytest.raises(ValueError, match="--reads-pixels"):
         main(["--reads-pixels", "--out", "unused"])
+    with pytest.raises(ValueError, match="--crop-dropout"):
+        main(["--rank-head", "--peak-samples", "2", "--crop-dropout", "0.5", "--out", "unused"])
+    head = RelationGroupHead(8, width=8, heads=2, dim=8, reads_pixels=True, crop_dropout=0.5)
+    inputs = (torch.randn(1, 2, 16), torch.randn(1, 1, 16), torch.ones(1, 1, dtype=torch.bool),
+              torch.ones(1, 2, GEOMETRY_INPUTS), torch.rand(1, 2, CROP_CHANNELS, CROP_SIDE, CROP_SIDE))
+    head.eval()  # the dropout is for training: a fitted head's answers do not change from call to call
+    torch.testing.assert_close(head(*inputs), head(*inputs))
 
 
 def test_the_fit_saves_a_model_whose_rank_head_reads_pixels(tmp_path):

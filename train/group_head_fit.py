@@ -32,7 +32,9 @@ training stream, each asked over the candidates the model draws at its answer's 
 (``AnyRef.location_candidates``, the ones ``rank_text_answers`` ranks), and on ``--text-samples`` text_select
 samples, whose candidates are the scene's annotated objects: every object present, the landmark of "left of" too.
 Its best epoch is chosen on ``--peak-val`` prompts of the val splits, taken after the first ``EVAL_HELD_OUT`` of
-each, which ``anyref eval synthref`` reads by default. The report is ``rank_fit.json``.
+each, which ``anyref eval synthref`` reads by default. The report is ``rank_fit.json``. With ``--reads-pixels`` the
+rank head also reads each candidate's own pixels (``AnyRefConfig.text_rank_head_reads_pixels``; measured on the
+tiny SynthRef model and not adopted, docs/training-experiments.md).
 """
 from __future__ import annotations
 
@@ -187,6 +189,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         f"no-target, after the first {EVAL_HELD_OUT} of each) that choose the best epoch")
     parser.add_argument("--reads-pixels", action="store_true", help="with --rank-head: the head also reads each "
                         "candidate's own pixels (config.text_rank_head_reads_pixels)")
+    parser.add_argument("--crop-dropout", type=float, default=0.0, help="with --reads-pixels: the share of the "
+                        "crop features dropped in training")
     parser.add_argument("--rank-threshold", type=float, help="with --rank-head, save the model ranking its text "
                         "answers at this threshold (config.rank_text_answers; default: keep the model's own)")
     parser.add_argument("--check-threshold", type=float, help="with --check-head, save the model with the check on "
@@ -246,6 +250,9 @@ def run(args: argparse.Namespace) -> int:
                          f"neither (got --peak-samples {args.peak_samples}, --peak-val {args.peak_val})")
     if args.reads_pixels and not args.rank_head:
         raise ValueError("--reads-pixels is a kind of text rank head: it needs --rank-head")
+    if not 0.0 <= args.crop_dropout < 1.0 or (args.crop_dropout and not args.reads_pixels):
+        raise ValueError(f"--crop-dropout is a share in [0, 1) of the crop features of --reads-pixels, got "
+                         f"{args.crop_dropout}")
     if args.rank_threshold is not None and not args.rank_head:
         raise ValueError("--rank-threshold is the text rank head's threshold: it needs --rank-head")
     from anyref import AnyRef
@@ -254,7 +261,7 @@ def run(args: argparse.Namespace) -> int:
     model = AnyRef.from_pretrained(args.model).eval()
     torch.manual_seed(args.seed)
     if args.rank_head:
-        head = model.add_text_rank_head(reads_pixels=args.reads_pixels)
+        head = model.add_text_rank_head(reads_pixels=args.reads_pixels, crop_dropout=args.crop_dropout)
         if args.rank_threshold is not None:
             model.set_rank_text_answers(args.rank_threshold)
     elif args.check_head:
@@ -311,7 +318,7 @@ def run(args: argparse.Namespace) -> int:
     report = {"model": args.model, "head": ("relation-pixels" if args.reads_pixels else "relation") if args.rank_head else kind, "fitted": fitted,
               "samples": len(train), "val_samples": len(val),
               "epochs": args.epochs, "lr": args.lr, "weight_decay": args.weight_decay, "batch_size": args.batch_size,
-              "seed": args.seed,
+              "seed": args.seed, "crop_dropout": args.crop_dropout,
               "best_epoch": best["epoch"], "group_threshold": model.config.group_threshold,
               "group_empty_threshold": model.config.group_empty_threshold,
               "check_by_group_head": model.config.check_by_group_head,
