@@ -100,9 +100,8 @@ def rank_threshold_probe(model, n: int = 200, split: str = "val", start: int = 0
                "text_best_is_target": float(np.mean([r["right"] for r in ranked_text])) if ranked_text else None}
     counts = {task: {"samples": len(r), "ranked": sum(x["probability"] is not None for x in r),
                      "with_candidates": sum(x["candidate"] for x in r)} for task, r in records.items()}
-    per_sample = {task: {"probability": [r["probability"] for r in rs], "right": [int(r["right"]) for r in rs]}
-                  for task, rs in records.items()}
-    return RunOutput(metrics=metrics, counts=counts, per_sample=per_sample,
+    # no per_sample: its records are not the ones `anyref eval compare` resamples
+    return RunOutput(metrics=metrics, counts=counts,
                      settings={"n": n, "split": split, "start": start, "min_no_target": min_no_target,
                                "world_seed": world_seed})
 
