@@ -277,7 +277,7 @@ class AnyRef(AnyRefModel):
         batch's SAM embedding when computed already (1 x C x g x g), else None; images: per row, its pixels or
         None for the ``set_image`` image."""
         ranked = self._ranked_rows(generations, ref_lists)
-        if self.config.rank_text_answers is not None:
+        if ranked:
             sam = self._sam_of(batch, sam)  # the ranking draws masks on it too: encoded once
         # a ranked row's answer is one of its candidates whatever its own mask: that mask is not drawn
         results = self._masks_for(generations, batch, sam, skip=ranked)

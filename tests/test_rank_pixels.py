@@ -140,3 +140,20 @@ def _select(prompt, candidates):
     from anyref.samples import ReferringSample
     return ReferringSample(image=prompt.image, references=prompt.references, task="select", candidates=candidates,
                            selected=np.zeros(len(candidates), dtype=bool))
+
+
+def test_cached_crops_give_the_logits_select_computes():
+    from anyref.batching import collate, prepare
+    from train.group_head_fit import head_logits
+    from train.head_input_cache import cache_head_inputs
+
+    model = AnyRef.from_pretrained("synthref-tiny").eval()
+    torch.manual_seed(0)
+    head = model.add_text_rank_head(reads_pixels=True)
+    samples = SynthRef.for_model(model.config).split("val", "text_select", 4)
+    assert cache_head_inputs(model, samples, 1, progress=False)[0].crops is None  # only when asked for
+    cached = cache_head_inputs(model, samples, 4, chunk=3, progress=False, crops=True)
+    assert cached[0].crops.shape == (len(samples[0].candidates), CROP_CHANNELS, CROP_SIDE, CROP_SIDE)
+    logits, _, _ = head_logits(head, cached)
+    expected = model.select_logits(collate([prepare(s, model.builder) for s in samples], model.ids.pad), head=head)
+    torch.testing.assert_close(logits, expected, atol=2e-2, rtol=1e-2)  # the cache is float16

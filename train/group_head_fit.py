@@ -220,10 +220,10 @@ def _cache_train(args: argparse.Namespace, model, world, count: int, task_weight
     location candidates)."""
     if args.workers > 1:
         return cache_stream_inputs(args.model, args.seed, count, args.workers, progress=not args.no_progress,
-                                   task_weights=task_weights, inputs=inputs)
+                                   task_weights=task_weights, inputs=inputs, crops=args.reads_pixels)
     cache = INPUT_KINDS[inputs][0]
     return cache(model, world.stream(args.seed, task_weights), count, desc="cache train",
-                 progress=not args.no_progress)
+                 progress=not args.no_progress, crops=args.reads_pixels)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -284,7 +284,8 @@ def run(args: argparse.Namespace) -> int:
     if args.text_samples:
         text_val_samples = world.split("val", "text_select", args.text_val)
         text_train = _cache_train(args, model, world, args.text_samples, TEXT_SELECT_ONLY)
-        text_val = cache_head_inputs(model, text_val_samples, args.text_val, desc="cache text val", progress=progress)
+        text_val = cache_head_inputs(model, text_val_samples, args.text_val, desc="cache text val", progress=progress,
+                                     crops=args.reads_pixels)
     answer_train, answer_val = [], []
     if args.answer_samples:
         half = args.answer_val // 2
@@ -298,7 +299,8 @@ def run(args: argparse.Namespace) -> int:
         val_prompts = (world.split("val", "text", EVAL_HELD_OUT + half)[EVAL_HELD_OUT:]
                        + world.split("val", "no_target", EVAL_HELD_OUT + args.peak_val - half)[EVAL_HELD_OUT:])
         peak_train = _cache_train(args, model, world, args.peak_samples, ANSWERED_PROMPTS, inputs="peaks")
-        peak_val = cache_peak_inputs(model, val_prompts, len(val_prompts), desc="cache val peaks", progress=progress)
+        peak_val = cache_peak_inputs(model, val_prompts, len(val_prompts), desc="cache val peaks", progress=progress,
+                                     crops=args.reads_pixels)
     # the rank head's epoch is chosen on its own candidates alone: text_select val samples hold every object
     text_val_for_loss = [] if args.rank_head else text_val
     cached = time.time() - started

@@ -49,22 +49,23 @@ ANSWERED_PROMPTS = {"text": 1.0, "no_target": 1.0}  # the prompts whose answers 
 @dataclass
 class HeadInputs:
     """One group sample as its head reads it: candidates C x 2H and prompt P x 2H (float16), selected C bool,
-    geometry C x GEOMETRY_INPUTS (float32, ``anyref.group_heads.candidate_geometry``), and the candidates' crops
-    C x CROP_CHANNELS x CROP_SIDE x CROP_SIDE (float16, ``AnyRefModel.candidate_crops``; for a head that reads
-    pixels)."""
+    geometry C x GEOMETRY_INPUTS (float32, ``anyref.group_heads.candidate_geometry``), and, when cached with
+    ``crops=True`` (for a head that reads pixels), the candidates' crops C x CROP_CHANNELS x CROP_SIDE x CROP_SIDE
+    (float16, ``AnyRefModel.candidate_crops``), else None."""
 
     candidates: torch.Tensor
     prompt: torch.Tensor
     selected: torch.Tensor
     geometry: torch.Tensor
-    crops: torch.Tensor
+    crops: torch.Tensor | None = None
 
 
 @torch.no_grad()
 def cache_head_inputs(model, samples, count: int, chunk: int = 16, desc: str = "cache", progress: bool = True,
-                      on_chunk: Optional[Callable[[int], None]] = None) -> list[HeadInputs]:
+                      on_chunk: Optional[Callable[[int], None]] = None, crops: bool = False) -> list[HeadInputs]:
     """The head inputs of the first ``count`` of ``samples`` (an iterable of "select" samples), ``chunk`` per
-    forward pass of the (frozen) model; ``on_chunk(n)`` is told each chunk's size."""
+    forward pass of the (frozen) model; ``on_chunk(n)`` is told each chunk's size; ``crops``: with the candidates'
+    crops (2 KB a candidate: only for a head that reads pixels)."""
     out: list[HeadInputs] = []
     samples = iter(samples)
     with tqdm(total=count, desc=desc, unit="sample", disable=not progress) as bar:
@@ -75,13 +76,13 @@ def cache_head_inputs(model, samples, count: int, chunk: int = 16, desc: str = "
             batch = collate([prepare(s, model.builder) for s in part], model.ids.pad)
             hidden, embeds = model.select_states(batch)
             candidates, candidate_mask, prompt, prompt_mask, geometry = model.prompt_head_inputs(hidden, embeds, batch)
-            crops = model.candidate_crops(batch)
+            cut = model.candidate_crops(batch) if crops else None
             for row, sample in enumerate(part):
                 out.append(HeadInputs(candidates[row][candidate_mask[row]].to(torch.float16),
                                       prompt[row][prompt_mask[row]].to(torch.float16),
                                       torch.as_tensor(sample.selected, dtype=torch.bool),
                                       geometry[row][candidate_mask[row]].float(),
-                                      crops[row][candidate_mask[row]].to(torch.float16)))
+                                      None if cut is None else cut[row][candidate_mask[row]].to(torch.float16)))
             bar.update(len(part))
             if on_chunk is not None:
                 on_chunk(len(part))
@@ -111,11 +112,12 @@ def answer_check_samples(model, prompts: list, min_iou: float = 0.5) -> list[Ref
 
 
 def cache_answer_inputs(model, prompts, count: int, chunk: int = 16, desc: str = "cache answers",
-                        progress: bool = True, on_chunk: Optional[Callable[[int], None]] = None) -> list[HeadInputs]:
+                        progress: bool = True, on_chunk: Optional[Callable[[int], None]] = None,
+                        crops: bool = False) -> list[HeadInputs]:
     """The head inputs of :func:`answer_check_samples` for the first ``count`` of ``prompts`` (an iterable),
     ``chunk`` prompts at a time; ``on_chunk(n)`` is told each chunk's number of prompts. A prompt answered without
-    a mask gives nothing, so there are usually fewer items than prompts."""
-    return _cache_derived(answer_check_samples, model, prompts, count, chunk, desc, progress, on_chunk)
+    a mask gives nothing, so there are usually fewer items than prompts. crops: as in :func:`cache_head_inputs`."""
+    return _cache_derived(answer_check_samples, model, prompts, count, chunk, desc, progress, on_chunk, crops)
 
 
 def _target_iou(mask: np.ndarray, target: np.ndarray) -> float:
@@ -141,14 +143,15 @@ def peak_rank_samples(model, prompts: list, min_iou: float = 0.5) -> list[Referr
 
 
 def cache_peak_inputs(model, prompts, count: int, chunk: int = 16, desc: str = "cache peaks", progress: bool = True,
-                      on_chunk: Optional[Callable[[int], None]] = None) -> list[HeadInputs]:
+                      on_chunk: Optional[Callable[[int], None]] = None, crops: bool = False) -> list[HeadInputs]:
     """The head inputs of :func:`peak_rank_samples` for the first ``count`` of ``prompts`` (an iterable), ``chunk``
-    prompts at a time; ``on_chunk(n)`` is told each chunk's number of prompts."""
-    return _cache_derived(peak_rank_samples, model, prompts, count, chunk, desc, progress, on_chunk)
+    prompts at a time; ``on_chunk(n)`` is told each chunk's number of prompts; crops: as in
+    :func:`cache_head_inputs`."""
+    return _cache_derived(peak_rank_samples, model, prompts, count, chunk, desc, progress, on_chunk, crops)
 
 
 def _cache_derived(derive, model, prompts, count: int, chunk: int, desc: str, progress: bool,
-                   on_chunk: Optional[Callable[[int], None]]) -> list[HeadInputs]:
+                   on_chunk: Optional[Callable[[int], None]], crops: bool) -> list[HeadInputs]:
     """The head inputs of the "select" samples ``derive(model, prompts)`` makes of the first ``count`` of
     ``prompts``, ``chunk`` prompts at a time."""
     out: list[HeadInputs] = []
@@ -160,7 +163,7 @@ def _cache_derived(derive, model, prompts, count: int, chunk: int, desc: str, pr
                 raise ValueError(f"the prompts ran out after {start} of {count}")
             derived = derive(model, part)
             if derived:
-                out += cache_head_inputs(model, derived, len(derived), chunk, progress=False)
+                out += cache_head_inputs(model, derived, len(derived), chunk, progress=False, crops=crops)
             bar.update(len(part))
             if on_chunk is not None:
                 on_chunk(len(part))
@@ -178,7 +181,7 @@ def _pack(items: list[HeadInputs]) -> dict[str, torch.Tensor]:
         return {}
     return {"candidates": torch.cat([i.candidates for i in items]), "prompt": torch.cat([i.prompt for i in items]),
             "selected": torch.cat([i.selected for i in items]), "geometry": torch.cat([i.geometry for i in items]),
-            "crops": torch.cat([i.crops for i in items]),
+            **({} if items[0].crops is None else {"crops": torch.cat([i.crops for i in items])}),
             "candidate_counts": torch.tensor([len(i.candidates) for i in items]),
             "prompt_counts": torch.tensor([len(i.prompt) for i in items])}
 
@@ -187,14 +190,15 @@ def _unpack(packed: dict[str, torch.Tensor]) -> list[HeadInputs]:
     if not packed:
         return []
     counts = packed["candidate_counts"].tolist()
+    crops = packed["crops"].split(counts) if "crops" in packed else [None] * len(counts)
     return [HeadInputs(*parts) for parts in zip(packed["candidates"].split(counts),
                                                  packed["prompt"].split(packed["prompt_counts"].tolist()),
                                                  packed["selected"].split(counts), packed["geometry"].split(counts),
-                                                 packed["crops"].split(counts))]
+                                                 crops)]
 
 
 def _stream_worker(model_name: str, seed: int, task_weights: dict, start: int, stop: int, chunk: int, path: str,
-                   done, inputs: str) -> None:
+                   done, inputs: str, crops: bool) -> None:
     torch.set_num_threads(1)
     from anyref import AnyRef
 
@@ -202,18 +206,19 @@ def _stream_worker(model_name: str, seed: int, task_weights: dict, start: int, s
     world = SynthRef.for_model(model.config)
     samples = (world.sample_at(seed, index, task_weights) for index in range(start, stop))
     cache = INPUT_KINDS[inputs][0]
-    torch.save(_pack(cache(model, samples, stop - start, chunk, progress=False, on_chunk=done.put)), path)
+    torch.save(_pack(cache(model, samples, stop - start, chunk, progress=False, on_chunk=done.put, crops=crops)),
+               path)
 
 
 def cache_stream_inputs(model_name: str, seed: int, count: int, workers: int = 2, chunk: int = 16,
                         progress: bool = True, task_weights: dict | None = None,
-                        inputs: str = "select") -> list[HeadInputs]:
+                        inputs: str = "select", crops: bool = False) -> list[HeadInputs]:
     """The head inputs of samples 0 .. count-1 of SynthRef's training stream ``seed`` with ``task_weights``
     (None: the kind's own, INPUT_KINDS) under the model ``model_name`` (a shipped name or directory), in stream
     order, computed by ``workers`` processes of one thread each, each a contiguous share of the samples. inputs:
     "select" (the samples are "select" samples), "answers" (prompts, the items their answers',
     :func:`cache_answer_inputs`) or "peaks" (prompts, the items their location candidates',
-    :func:`cache_peak_inputs`)."""
+    :func:`cache_peak_inputs`); crops: as in :func:`cache_head_inputs`."""
     if count < 1 or workers < 1:
         raise ValueError(f"need at least one sample and one worker, got {count} and {workers}")
     if inputs not in INPUT_KINDS:
@@ -226,7 +231,7 @@ def cache_stream_inputs(model_name: str, seed: int, count: int, workers: int = 2
         processes = [context.Process(target=_stream_worker, daemon=True,
                                      args=(model_name, seed,
                                            task_weights or INPUT_KINDS[inputs][1],
-                                           bounds[w], bounds[w + 1], chunk, paths[w], done, inputs))
+                                           bounds[w], bounds[w + 1], chunk, paths[w], done, inputs, crops))
                      for w in range(workers)]
         for process in processes:
             process.start()
