@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from anyref.answer_verifier import prompt_ids, verifier_inputs
 from anyref.batching import collate, prepare
 from anyref.candidates import check_candidates, distinct_masks, sam_candidates
 from anyref.checkpoint import load_directory, save_directory
@@ -259,6 +260,21 @@ class AnyRef(AnyRefModel):
                                               for mask, refs in questions], features, allow_untrained,
                                              self.text_check_head)
 
+    def _verifier_probabilities(self, image, questions: list[tuple[np.ndarray, list]],
+                                allow_untrained: bool) -> np.ndarray:
+        """The answer verifier's probability (``config.answer_verifier``) for each (mask H x W bool, references of
+        text alone) question on one image, all Q in one forward pass; the references' texts are read joined by a
+        space."""
+        if self.answer_verifier is None:
+            raise ValueError("this model has no answer verifier (config.answer_verifier is off): fit one with "
+                             "`anyref fit-verifier`")
+        pixels, _ = self._pixels_and_features(image)
+        prompts = [prompt_ids(self.tokenizer, refs) for _, refs in questions]
+        inputs = verifier_inputs([pixels] * len(questions), [mask[None] for mask, _ in questions], prompts)
+        parameter = next(self.answer_verifier.parameters())
+        logits = self.answer_verifier(inputs.to(parameter.device, parameter.dtype))
+        return logits.float().sigmoid().cpu().numpy()
+
     def _candidate_probabilities(self, samples: list[ReferringSample], features: "_ImageFeatures | None",
                                  allow_untrained: bool, head: torch.nn.Module | None = None) -> np.ndarray:
         """``head``'s (None: the group head's) membership probability of every candidate of "select" samples on
@@ -273,17 +289,19 @@ class AnyRef(AnyRefModel):
     def _answers(self, generations: list[Generation], batch, sam: torch.Tensor | None, images: list,
                  ref_lists: list[list], allow_untrained: bool) -> list[SegmentResult]:
         """The SegmentResults of generated answers: their masks, then each inference step the config turns on, in
-        order - the text answers ranked among their location candidates, the answer checks, the CRF. sam: the
-        batch's SAM embedding when computed already (1 x C x g x g), else None; images: per row, its pixels or
-        None for the ``set_image`` image."""
+        order - the text answers ranked among their location candidates, the model's own answer checks, the CRF,
+        the answer verifier's check (on the masks as answered: it was fitted on annotated object masks, whose edges
+        the CRF's are closer to than the decoder's). sam: the batch's SAM embedding when computed already
+        (1 x C x g x g), else None; images: per row, its pixels or None for the ``set_image`` image."""
         ranked = self._ranked_rows(generations, ref_lists)
         if ranked:
             sam = self._sam_of(batch, sam)  # the ranking draws masks on it too: encoded once
         # a ranked row's answer is one of its candidates whatever its own mask: that mask is not drawn
         results = self._masks_for(generations, batch, sam, skip=ranked)
         results = self._ranked(results, generations, batch, sam, images, ref_lists, ranked, allow_untrained)
-        results = self._verified(results, images, ref_lists, allow_untrained)
-        return self._crf_refined(results, images)
+        results = self._verified(results, images, ref_lists, allow_untrained, self._model_checks())
+        results = self._crf_refined(results, images)
+        return self._verified(results, images, ref_lists, allow_untrained, self._pixel_checks())
 
     def _sam_of(self, batch, sam: torch.Tensor | None) -> torch.Tensor:
         """The batch's SAM image embeddings: ``sam`` when computed already (1 x C x g x g for a one-image batch),
@@ -381,17 +399,25 @@ class AnyRef(AnyRefModel):
                 best[row] = (candidates[row][chosen:chosen + 1], float(own[chosen]))
         return best
 
-    def _verified(self, results: list[SegmentResult], images: list, ref_lists: list[list],
-                  allow_untrained: bool) -> list[SegmentResult]:
-        """``results`` with the answer checks applied, ``config.verify_answers`` and ``config.check_by_group_head``:
-        each non-empty mask answered to a prompt of text alone is kept only when every check that is on gives it
-        at least its threshold - ``verify`` on the mask's bounding box and the prompt's text saying "yes", the
-        group head taking the mask as the one member of the prompt's group; a dropped mask's ``<obj>`` is written
-        ``<rejected>``. The questions of the rows given the same image object (all of a ``segment_many``) are
-        asked in one batch per check."""
-        checks = [(threshold, probabilities) for threshold, probabilities in (
+    def _model_checks(self) -> list[tuple[float, object]]:
+        """The answer checks by the model's own parts that are on, (threshold, probabilities): ``verify`` on the
+        mask's bounding box and the prompt's text saying "yes" (``config.verify_answers``), the group head taking
+        the mask as the one member of the prompt's group (``config.check_by_group_head``)."""
+        return [(threshold, probabilities) for threshold, probabilities in (
             (self.config.verify_answers, self._verify_probabilities),
             (self.config.check_by_group_head, self._group_check_probabilities)) if threshold is not None]
+
+    def _pixel_checks(self) -> list[tuple[float, object]]:
+        """The answer verifier's check when it is on (``config.verify_by_pixels``), as ``_model_checks``."""
+        threshold = self.config.verify_by_pixels
+        return [] if threshold is None else [(threshold, self._verifier_probabilities)]
+
+    def _verified(self, results: list[SegmentResult], images: list, ref_lists: list[list], allow_untrained: bool,
+                  checks: list[tuple[float, object]]) -> list[SegmentResult]:
+        """``results`` with ``checks`` applied (``_model_checks``, ``_pixel_checks``): each non-empty mask answered to
+        a prompt of text alone is kept only when every check gives it at least its threshold; a dropped mask's
+        ``<obj>`` is written ``<rejected>``. The questions of the rows given the same image object (all of a
+        ``segment_many``) are asked in one batch per check."""
         if not checks:
             return results
         checked = list(results)
@@ -431,6 +457,20 @@ class AnyRef(AnyRefModel):
         masks = check_candidates(masks, *pixels.shape[:2])
         references = self._prompt_references(_references(prompt, "prompt"), allow_untrained)
         return self._group_check_probabilities(pixels, [(mask, references) for mask in masks], allow_untrained)
+
+    @torch.no_grad()
+    def verifier_scores(self, image=None, prompt: str | None = None, masks=None) -> np.ndarray:
+        """What ``config.verify_by_pixels`` compares with its threshold, for each of ``masks`` (K x H x W at the
+        image's size, say a ``segment`` answer's): the answer verifier's probability that the text ``prompt``
+        describes that mask. image as in ``segment``. Returns K floats. ``segment`` checks its masks as it answers
+        them, after ``config.mask_crf`` refines them: this reads exactly what it read of an answer's masks."""
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ValueError(f"the verifier reads a text prompt: give prompt= a non-empty str, got {prompt!r}")
+        if masks is None:
+            raise ValueError("no masks given: pass masks=, K x H x W masks at the image's size")
+        pixels, _ = self._pixels_and_features(image)
+        masks = check_candidates(masks, *pixels.shape[:2])
+        return self._verifier_probabilities(pixels, [(mask, [prompt]) for mask in masks], False)
 
     @torch.no_grad()
     def select(self, image=None, prompt=None, candidates=None, allow_untrained: bool = False,

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import roi_align
 
-__all__ = ["candidate_crops", "CROP_SIDE", "CROP_CHANNELS", "CROP_MARGIN"]
+__all__ = ["candidate_crops", "square_boxes", "CROP_SIDE", "CROP_CHANNELS", "CROP_MARGIN"]
 
 CROP_SIDE = 16
 CROP_CHANNELS = 4  # the masked pixels (3, SAM's normalisation) and the mask
@@ -37,19 +37,9 @@ def candidate_crops(pixels: torch.Tensor, sam_size: tuple[int, int], masks: torc
                           align_corners=False)
     frame = F.pad(frame, (0, pixels.shape[2] - width, 0, pixels.shape[1] - height))  # N x 1 x S x S
     inside = frame[:, 0] > 0.5
-    rows, cols = inside.any(2), inside.any(1)  # N x S each
-    found = rows.any(1)
-    index = torch.arange(pixels.shape[1], device=pixels.device, dtype=pixels.dtype)
-    big = torch.tensor(float(pixels.shape[1]), device=pixels.device, dtype=pixels.dtype)
-    y0 = torch.where(rows, index, big).amin(1)
-    y1 = torch.where(rows, index + 1, -big).amax(1)
-    x0 = torch.where(cols, index, big).amin(1)
-    x1 = torch.where(cols, index + 1, -big).amax(1)
-    half = torch.maximum(x1 - x0, y1 - y0) * (0.5 + CROP_MARGIN)
-    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-    boxes = torch.stack([torch.arange(count, device=pixels.device, dtype=pixels.dtype),
-                         cx - half, cy - half, cx + half, cy + half], dim=1)
-    boxes[~found, 1:] = 0.0
+    boxes, found = square_boxes(inside, CROP_MARGIN)
+    boxes = torch.cat([torch.arange(count, device=pixels.device, dtype=pixels.dtype)[:, None],
+                       boxes.to(pixels.dtype)], dim=1)
     image_boxes = boxes.clone()
     image_boxes[:, 0] = 0.0  # every crop from the one image
     rgb = roi_align(pixels[None], image_boxes, side, aligned=True)
@@ -57,3 +47,24 @@ def candidate_crops(pixels: torch.Tensor, sam_size: tuple[int, int], masks: torc
     crops = torch.cat([rgb * mask, mask], dim=1)
     crops[~found] = 0.0
     return crops
+
+
+def square_boxes(inside: torch.Tensor, margin: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N x 4 boxes x0, y0, x1, y1 in pixels, N bool: the mask has pixels) of N x H x W bool masks: the square
+    around each mask's box, centred on it, its side the box's longer side grown by ``margin`` of it on each side (so
+    that the aspect is kept when it is resized). An empty mask's box is all zeros."""
+    rows, cols = inside.any(2), inside.any(1)  # N x H, N x W
+    found = rows.any(1)
+    device = inside.device
+    big = torch.tensor(float(max(inside.shape[1:])), device=device)
+
+    def span(present: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        index = torch.arange(present.shape[1], device=device, dtype=torch.float32)
+        return torch.where(present, index, big).amin(1), torch.where(present, index + 1, -big).amax(1)
+
+    (y0, y1), (x0, x1) = span(rows), span(cols)
+    half = torch.maximum(x1 - x0, y1 - y0) * (0.5 + margin)
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    boxes = torch.stack([cx - half, cy - half, cx + half, cy + half], dim=1)
+    boxes[~found] = 0.0
+    return boxes, found

@@ -186,8 +186,18 @@ class AnyRefConfig:
         mask is a lookalike, and the head compares the candidates with each other ("left of the blue star"). None:
         off. Inference only; needs ``obj_location_prompt`` and ``text_rank_head``; one decoder call for the peaks
         and one more forward pass per such prompt. Runs before ``check_by_group_head``, which then checks the
-        chosen mask. The shipped tiny SynthRef model ranks at 0.9, with its check off (docs/training-experiments.md,
-        "Text answers ranked among their location map's peaks").
+        chosen mask. The shipped tiny SynthRef model ranked at 0.9, with its check off (docs/training-experiments.md,
+        "Text answers ranked among their location map's peaks"); with its answer verifier on, at 0.54.
+    answer_verifier: the model holds an :class:`anyref.answer_verifier.AnswerVerifier`
+        (``AnyRefModel.answer_verifier``), a small network that reads a mask's own pixels and the prompt's words,
+        fitted alone (``anyref fit-verifier``). Its weights are part of the model's.
+    verify_by_pixels: each mask answered to a prompt of text alone is checked by the answer verifier, and a mask
+        whose probability is below this threshold is dropped and its ``<obj>`` written ``<rejected>``. It catches
+        the lookalikes one attribute away that the LLM answers with full confidence ("the small star": the large
+        star). None: off. Inference only; needs ``answer_verifier``; one small forward pass per image (its masks in
+        one batch). Runs after ``rank_text_answers``, the model's own checks and ``mask_crf``: it reads the masks as
+        answered. The shipped tiny SynthRef model checks at 0.02, its rank threshold 0.54, the pair chosen on the val
+        split (docs/training-experiments.md, "An answer verifier that reads the mask's pixels").
     untrained_references: reference kinds whose encoders were never trained (e.g. after a LISA conversion);
         the model refuses them unless the caller insists.
     """
@@ -243,6 +253,8 @@ class AnyRefConfig:
     text_rank_head: bool = False
     text_rank_head_reads_pixels: bool = False
     rank_text_answers: float | None = None
+    answer_verifier: bool = False
+    verify_by_pixels: float | None = None
     untrained_references: tuple[str, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
@@ -303,6 +315,13 @@ class AnyRefConfig:
                 raise ValueError("rank_text_answers draws candidates at the peaks of an <obj>'s location map and "
                                  "scores them with the text rank head: it needs obj_location_prompt and "
                                  "text_rank_head (fit one with `anyref fit-group-head --rank-head`)")
+        if self.verify_by_pixels is not None:
+            if not 0.0 < self.verify_by_pixels < 1.0:
+                raise ValueError(f"verify_by_pixels must be None (off) or a probability threshold in (0, 1), "
+                                 f"got {self.verify_by_pixels}")
+            if not self.answer_verifier:
+                raise ValueError("verify_by_pixels asks the answer verifier: it needs answer_verifier (fit one with "
+                                 "`anyref fit-verifier`)")
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if not self.mask_features or self.mask_features[0] != "vision":

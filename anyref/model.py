@@ -18,6 +18,7 @@ from torch.nn.utils.rnn import pad_sequence
 from torchvision.ops import roi_align
 from transformers import LlavaForConditionalGeneration, PreTrainedTokenizerBase
 
+from anyref.answer_verifier import AnswerVerifier
 from anyref.batching import Batch
 from anyref.candidate_crops import CROP_CHANNELS, CROP_SIDE, candidate_crops
 from anyref.config import AnyRefConfig
@@ -135,6 +136,8 @@ class AnyRefModel(nn.Module):
         # the head that ranks a text answer's location-map peaks (config.text_rank_head), or None
         self.text_rank_head = (RelationGroupHead(hidden, reads_pixels=config.text_rank_head_reads_pixels)
                                if config.text_rank_head else None)
+        # the network that checks text answers by their masks' own pixels (config.answer_verifier), or None
+        self.answer_verifier = AnswerVerifier(len(tokenizer)) if config.answer_verifier else None
         self.builder = PromptBuilder(config, tokenizer, self.ids, self.llm_grid ** 2, wrap, self.mask_sources)
 
     def _mask_sources(self, mask_encoders: dict[str, nn.Module]) -> dict[str, MaskSource]:
@@ -195,6 +198,13 @@ class AnyRefModel(nn.Module):
         self.text_rank_head = self._as_part(RelationGroupHead(self.hidden_size, reads_pixels=reads_pixels,
                                                               crop_dropout=crop_dropout))
         return self.text_rank_head
+
+    def add_answer_verifier(self) -> AnswerVerifier:
+        """Give the model a new, untrained answer verifier (``config.answer_verifier``), replacing any it has, e.g.
+        to fit it alone on a finished model (``anyref fit-verifier``). Returns it."""
+        self._reconfigure(answer_verifier=True)
+        self.answer_verifier = self._as_part(AnswerVerifier(len(self.tokenizer)))
+        return self.answer_verifier
 
     def _new_group_head(self) -> nn.Module:
         """A new, untrained head of the config's group head kind, on the model's device and dtype."""
@@ -339,6 +349,12 @@ class AnyRefModel(nn.Module):
         by the text rank head, answering nothing unless the best is over ``threshold``
         (``config.rank_text_answers``, validated as the config is); None: off."""
         self._reconfigure(rank_text_answers=None if threshold is None else float(threshold))
+
+    def set_verify_by_pixels(self, threshold: float | None) -> None:
+        """Check each mask answered to a text prompt with the answer verifier, which reads the mask's own pixels,
+        dropping those whose probability is below ``threshold`` (``config.verify_by_pixels``, validated as the
+        config is); None: off."""
+        self._reconfigure(verify_by_pixels=None if threshold is None else float(threshold))
 
     # ----------------------------------------------------------------------------------------------- parts
     @property

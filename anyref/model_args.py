@@ -106,6 +106,11 @@ _INFERENCE_SETTINGS = (
           help="choose each one-<obj> answer to a text prompt again among the masks drawn at its location map's "
                "peaks, by the model's text rank head, answering no mask unless the best is over THRESHOLD, or "
                "'off' (default: the model's config.rank_text_answers)")),
+    ("--verify-by-pixels", "set_verify_by_pixels",
+     dict(type=_number_or_off("a probability threshold such as 0.5"), metavar="THRESHOLD|off",
+          help="check each mask answered to a text prompt with the model's answer verifier, which reads the "
+               "mask's own pixels, dropping it below THRESHOLD probability, or 'off' (default: the model's "
+               "config.verify_by_pixels)")),
 )
 
 

@@ -264,7 +264,8 @@ def run_bench(model_name: str, device: str = "cpu", repeats: int = 15, full: boo
         # two ratios timed on model._run
         "answer_checks": {"verify_answers": model.config.verify_answers,
                           "check_by_group_head": model.config.check_by_group_head,
-                          "rank_text_answers": model.config.rank_text_answers},
+                          "rank_text_answers": model.config.rank_text_answers,
+                          "verify_by_pixels": model.config.verify_by_pixels},
         "select_scaling": _select_scaling(model, repeats, device),
         "full_size_budget": full_size_budget(),
         "provenance": run_provenance(model_name, model),

@@ -33,9 +33,12 @@ THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
 def check_probabilities(model, samples: list) -> list[dict]:
     """Per sample, its answer with the check off: {"masks": K x H x W bool (after ``config.mask_crf``, as segment
     answers), "probabilities": K (the check's, of the masks before the CRF, as segment checks them; those of empty
-    masks are 1, as the check never drops one), "target": H x W bool, the union of the sample's masks}."""
+    masks are 1, as the check never drops one), "target": H x W bool, the union of the sample's masks}. The check
+    alone: the answer verifier's (``config.verify_by_pixels``) is off."""
     before, settings, crf = model.config.check_by_group_head, model.config.mask_crf, model.config.crf
+    verifier = model.config.verify_by_pixels
     model.set_check_by_group_head(None)
+    model.set_verify_by_pixels(None)
     model.set_mask_crf(None)  # the check judges the decoder's masks; segment's CRF comes after it
     try:
         records = []
@@ -52,6 +55,7 @@ def check_probabilities(model, samples: list) -> list[dict]:
         return records
     finally:
         model.set_check_by_group_head(before)
+        model.set_verify_by_pixels(verifier)
         model.set_mask_crf(settings)
 
 

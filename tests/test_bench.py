@@ -56,5 +56,6 @@ def test_bench_writes_every_figure(tmp_path, capsys):
     shipped = AnyRef.from_pretrained("synthref-tiny").config  # the text answer checks it was timed with
     assert results["answer_checks"] == {"verify_answers": shipped.verify_answers,
                                         "check_by_group_head": shipped.check_by_group_head,
-                                        "rank_text_answers": shipped.rank_text_answers}
+                                        "rank_text_answers": shipped.rank_text_answers,
+                                        "verify_by_pixels": shipped.verify_by_pixels}
     assert results["provenance"]["model_config_sha256"] and results["provenance"]["device"] == "cpu"

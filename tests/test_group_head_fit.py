@@ -18,6 +18,7 @@ from train.head_input_cache import (ANSWERED_PROMPTS, GROUPS_ONLY, answer_check_
 def shipped():
     model = AnyRef.from_pretrained("synthref-tiny").eval()
     model.set_rank_text_answers(None)  # the check head was fitted on the model's own answers, not ranked ones
+    model.set_verify_by_pixels(None)  # nor checked by the answer verifier, which comes after the check
     return model
 
 
@@ -64,8 +65,11 @@ def test_answer_samples_are_the_answers_the_check_judges(shipped):
     prompts = world.split("val", "text", 4) + world.split("val", "no_target", 4)
     threshold = 0.85  # on here whatever the shipped config says: answer_check_samples turns it off, then restores it
     shipped.set_check_by_group_head(threshold)
+    shipped.set_verify_by_pixels(0.5)  # turned off too, and restored
     checks = answer_check_samples(shipped, prompts)
     assert shipped.config.check_by_group_head == threshold  # restored after answering
+    assert shipped.config.verify_by_pixels == 0.5
+    shipped.set_verify_by_pixels(None)
     shipped.set_check_by_group_head(None)
     try:
         expected = []

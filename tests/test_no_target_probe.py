@@ -40,7 +40,8 @@ def test_the_probe_reads_the_first_answer_step_of_greedy_decoding(tmp_path):
 def test_the_nowhere_share_decides_whether_segment_draws_a_mask():
     model = AnyRef.from_pretrained("synthref-tiny").eval()
     model.set_check_by_group_head(None)  # the nowhere place alone: the text check drops masks of its own,
-    model.set_rank_text_answers(None)  # and the ranking answers from the peaks of a map placed nowhere too
+    model.set_rank_text_answers(None)  # and the ranking answers from the peaks of a map placed nowhere too,
+    model.set_verify_by_pixels(None)  # and the answer verifier drops masks of its own
     samples = SynthRef().split("val", "no_target", 4) + SynthRef().split("val", "text", 4)
     probs = nowhere_probabilities(model, samples)
     assert ((probs >= 0) & (probs <= 1)).all()

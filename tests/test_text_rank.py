@@ -24,6 +24,7 @@ def ranking():
     model.add_text_rank_head()
     model.set_rank_text_answers(0.3)
     model.set_check_by_group_head(None)
+    model.set_verify_by_pixels(None)  # the ranking alone
     model.set_mask_crf(None)
     return model
 

@@ -1,5 +1,6 @@
 """``anyref train``: the training loop as a sub-command (see train/loop.py for multi-process launches); and
-``anyref fit-group-head``: a new group head fitted alone on a finished model (train/group_head_fit.py)."""
+``anyref fit-group-head``: a new group head fitted alone on a finished model (train/group_head_fit.py); ``anyref
+fit-verifier``: a new answer verifier fitted alone on a finished model (train/verifier_fit.py)."""
 from __future__ import annotations
 
 __all__ = ["register"]
@@ -18,6 +19,12 @@ def register(subparsers) -> None:
                                 description=group_head_fit.__doc__.split("\n\n")[0])
     group_head_fit.add_arguments(fit)
     fit.set_defaults(func=group_head_fit.run)
+    from train import verifier_fit
+
+    verifier = subparsers.add_parser("fit-verifier", help="fit a new answer verifier alone on a finished model",
+                                     description=verifier_fit.__doc__.split("\n\n")[0])
+    verifier_fit.add_arguments(verifier)
+    verifier.set_defaults(func=verifier_fit.run)
 
 
 def _run(args) -> int:

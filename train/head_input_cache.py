@@ -91,15 +91,18 @@ def cache_head_inputs(model, samples, count: int, chunk: int = 16, desc: str = "
 
 def answer_check_samples(model, prompts: list, min_iou: float = 0.5) -> list[ReferringSample]:
     """The model's own answers to ``prompts`` (SynthRef text and no_target samples), with its text check off, as the
-    check judges them: one "select" sample per non-empty answer mask, that mask its one candidate, selected when its
-    IoU with the prompt's target (the union of its masks; empty for a no-target prompt) is at least ``min_iou``.
-    All prompts are answered in one ``segment_batch``."""
-    before = model.config.check_by_group_head
+    check judges them (so the answer verifier's check, which comes after it, is off too): one "select" sample per
+    non-empty answer mask, that mask its one candidate, selected when its IoU with the prompt's target (the union of
+    its masks; empty for a no-target prompt) is at least ``min_iou``. All prompts are answered in one
+    ``segment_batch``."""
+    before = model.config.check_by_group_head, model.config.verify_by_pixels
     model.set_check_by_group_head(None)
+    model.set_verify_by_pixels(None)
     try:
         results = model.segment_batch([p.image for p in prompts], [p.references for p in prompts])
     finally:
-        model.set_check_by_group_head(before)
+        model.set_check_by_group_head(before[0])
+        model.set_verify_by_pixels(before[1])
     checks = []
     for prompt, result in zip(prompts, results):
         target = union_mask(prompt.masks, prompt.image.shape[:2])
