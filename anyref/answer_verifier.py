@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torchvision.ops import roi_align
 
 from anyref.candidate_crops import square_boxes
+from anyref.mask_boxes import mask_boxes
 from anyref.tokens import encode_text
 
 __all__ = ["AnswerVerifier", "VerifierInputs", "verifier_inputs", "prompt_ids", "region_statistics", "outline_crops",
@@ -53,18 +54,10 @@ def region_statistics(pixels: torch.Tensor, masks: torch.Tensor) -> torch.Tensor
     ys = (torch.arange(height, dtype=pixels.dtype, device=pixels.device) + 0.5) / height
     xs = (torch.arange(width, dtype=pixels.dtype, device=pixels.device) + 0.5) / width
     centre = torch.stack([(share.sum(1) * xs).sum(1), (share.sum(2) * ys).sum(1)], dim=1)
-    rows, cols = masks.any(2).to(pixels.dtype), masks.any(1).to(pixels.dtype)
-    size = torch.stack([_extent(cols) / width, _extent(rows) / height], dim=1)
+    boxes = mask_boxes(masks)[0].to(pixels.dtype)
+    size = torch.stack([(boxes[:, 2] - boxes[:, 0]) / width, (boxes[:, 3] - boxes[:, 1]) / height], dim=1)
     area = (count / (height * width))[:, None] * _AREA_SCALE
     return torch.cat([mean, spread, area, centre, size], dim=1)
-
-
-def _extent(present: torch.Tensor) -> torch.Tensor:
-    """N: from the first to the last present index of each row of N x L, in indices (0 when none)."""
-    index = torch.arange(present.shape[1], dtype=present.dtype, device=present.device)
-    last = (present * (index + 1)).amax(1)
-    first = torch.where(present > 0, index, torch.full_like(index, float(present.shape[1]))).amin(1)
-    return (last - first).clamp_min(0.0)
 
 
 def outline_crops(masks: torch.Tensor, side: int = OUTLINE_SIDE) -> torch.Tensor:

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import roi_align
 
+from anyref.mask_boxes import mask_boxes
+
 __all__ = ["candidate_crops", "square_boxes", "CROP_SIDE", "CROP_CHANNELS", "CROP_MARGIN"]
 
 CROP_SIDE = 16
@@ -53,16 +55,8 @@ def square_boxes(inside: torch.Tensor, margin: float) -> tuple[torch.Tensor, tor
     """(N x 4 boxes x0, y0, x1, y1 in pixels, N bool: the mask has pixels) of N x H x W bool masks: the square
     around each mask's box, centred on it, its side the box's longer side grown by ``margin`` of it on each side (so
     that the aspect is kept when it is resized). An empty mask's box is all zeros."""
-    rows, cols = inside.any(2), inside.any(1)  # N x H, N x W
-    found = rows.any(1)
-    device = inside.device
-    big = torch.tensor(float(max(inside.shape[1:])), device=device)
-
-    def span(present: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        index = torch.arange(present.shape[1], device=device, dtype=torch.float32)
-        return torch.where(present, index, big).amin(1), torch.where(present, index + 1, -big).amax(1)
-
-    (y0, y1), (x0, x1) = span(rows), span(cols)
+    boxes, found = mask_boxes(inside)
+    x0, y0, x1, y1 = boxes.unbind(1)
     half = torch.maximum(x1 - x0, y1 - y0) * (0.5 + margin)
     cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
     boxes = torch.stack([cx - half, cy - half, cx + half, cy + half], dim=1)

@@ -15,6 +15,7 @@ from segment_anything.modeling import Sam
 
 from anyref.heads import decode_masks, upscale_masks
 from anyref.losses import mask_bce, mask_dice
+from anyref.mask_boxes import mask_boxes as boxes_and_found
 
 __all__ = ["mask_boxes", "jitter_boxes", "box_prompt_loss"]
 
@@ -22,16 +23,10 @@ __all__ = ["mask_boxes", "jitter_boxes", "box_prompt_loss"]
 def mask_boxes(masks: torch.Tensor) -> torch.Tensor:
     """K x H x W bool (each non-empty) -> K x 4 float boxes (x0, y0, x1, y1) in pixels, x1 / y1 one past the last
     mask pixel (the convention of :class:`anyref.Box`)."""
-    rows, cols = masks.any(2), masks.any(1)  # K x H, K x W
-    if not bool(rows.any(1).all()):
+    boxes, found = boxes_and_found(masks)
+    if not bool(found.all()):
         raise ValueError("mask_boxes: every mask needs at least one pixel")
-    steps_y = torch.arange(masks.shape[1], device=masks.device)
-    steps_x = torch.arange(masks.shape[2], device=masks.device)
-    y0 = torch.where(rows, steps_y, masks.shape[1]).amin(1)
-    y1 = torch.where(rows, steps_y, -1).amax(1) + 1
-    x0 = torch.where(cols, steps_x, masks.shape[2]).amin(1)
-    x1 = torch.where(cols, steps_x, -1).amax(1) + 1
-    return torch.stack([x0, y0, x1, y1], 1).float()
+    return boxes
 
 
 def jitter_boxes(boxes: torch.Tensor, fraction: float) -> torch.Tensor:
