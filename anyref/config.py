@@ -188,6 +188,11 @@ class AnyRefConfig:
         and one more forward pass per such prompt. Runs before ``check_by_group_head``, which then checks the
         chosen mask. The shipped tiny SynthRef model ranked at 0.9, with its check off (docs/training-experiments.md,
         "Text answers ranked among their location map's peaks"); with its answer verifier on, at 0.54.
+    location_peaks, location_peak_spacing: how many candidates ``rank_text_answers`` draws from a location map (at
+        most; its highest cells) and how many cells apart their peaks lie at least (``AnyRefModel.location_peak_masks``).
+        A text rank head is fitted on the candidates of its model's setting (``AnyRef.location_candidates``). The
+        defaults, 6 peaks 2 cells apart, suit SynthRef: a scene holds 2-6 objects, and 2 cells of the tiny model's
+        8 x 8 map are about one object apart.
     answer_verifier: the model holds an :class:`anyref.answer_verifier.AnswerVerifier`
         (``AnyRefModel.answer_verifier``), a small network that reads a mask's own pixels and the prompt's words,
         fitted alone (``anyref fit-verifier``). Its weights are part of the model's.
@@ -253,6 +258,8 @@ class AnyRefConfig:
     text_rank_head: bool = False
     text_rank_head_reads_pixels: bool = False
     rank_text_answers: float | None = None
+    location_peaks: int = 6
+    location_peak_spacing: int = 2
     answer_verifier: bool = False
     verify_by_pixels: float | None = None
     untrained_references: tuple[str, ...] = field(default_factory=tuple)
@@ -315,6 +322,9 @@ class AnyRefConfig:
                 raise ValueError("rank_text_answers draws candidates at the peaks of an <obj>'s location map and "
                                  "scores them with the text rank head: it needs obj_location_prompt and "
                                  "text_rank_head (fit one with `anyref fit-group-head --rank-head`)")
+        if self.location_peaks < 1 or self.location_peak_spacing < 1:
+            raise ValueError(f"location_peaks and location_peak_spacing must be at least 1, got "
+                             f"{self.location_peaks} and {self.location_peak_spacing}")
         if self.verify_by_pixels is not None:
             if not 0.0 < self.verify_by_pixels < 1.0:
                 raise ValueError(f"verify_by_pixels must be None (off) or a probability threshold in (0, 1), "

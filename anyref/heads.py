@@ -10,13 +10,8 @@ from segment_anything.modeling import Sam
 from torch import nn
 
 __all__ = ["ObjProjection", "ObjLocator", "location_logits", "location_prompt", "nowhere_share", "placed_nowhere",
-           "location_cells", "map_peaks", "peak_windows", "PEAKS", "PEAK_SPACING",
+           "location_cells", "map_peaks", "peak_windows",
            "coverage_logits", "decode_masks", "upscale_masks"]
-
-# location-map peaks drawn as candidates for ranking a text answer (AnyRefModel.location_peak_masks): a SynthRef scene
-# holds 2-6 objects, and peaks 2 cells apart on the 8 x 8 map are about one object apart
-PEAKS, PEAK_SPACING = 6, 2
-
 
 class ObjProjection(nn.Sequential):
     """gamma: Linear(H, H) -> ReLU -> Linear(H, prompt_dim), as LISA's text_hidden_fcs (prompt_dim 256 for SAM)."""

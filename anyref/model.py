@@ -28,7 +28,7 @@ from anyref.group_heads import (
     group_cell_loss, group_loss, pad_rows,
 )
 from anyref.heads import (
-    PEAK_SPACING, PEAKS, ObjLocator, ObjProjection, coverage_logits, decode_masks, location_cells, location_prompt,
+    ObjLocator, ObjProjection, coverage_logits, decode_masks, location_cells, location_prompt,
     map_peaks, peak_windows, placed_nowhere, upscale_masks,
 )
 from anyref.image_reread import ImageReread
@@ -350,6 +350,12 @@ class AnyRefModel(nn.Module):
         (``config.rank_text_answers``, validated as the config is); None: off."""
         self._reconfigure(rank_text_answers=None if threshold is None else float(threshold))
 
+    def set_location_peaks(self, peaks: int, spacing: int) -> None:
+        """Draw up to ``peaks`` candidates from a location map, their peaks at least ``spacing`` cells apart
+        (``config.location_peaks``, ``config.location_peak_spacing``, validated as the config is). Fit the text rank
+        head again after changing them: it ranks the candidates it was fitted on best."""
+        self._reconfigure(location_peaks=int(peaks), location_peak_spacing=int(spacing))
+
     def set_verify_by_pixels(self, threshold: float | None) -> None:
         """Check each mask answered to a text prompt with the answer verifier, which reads the mask's own pixels,
         dropping those whose probability is below ``threshold`` (``config.verify_by_pixels``, validated as the
@@ -666,10 +672,11 @@ class AnyRefModel(nn.Module):
 
     @torch.no_grad()
     def location_peak_masks(self, embeddings: torch.Tensor, obj_states: torch.Tensor, image_states: torch.Tensor,
-                            sam_sizes: list[tuple[int, int]], image_sizes: list[tuple[int, int]], peaks: int = PEAKS,
-                            spacing: int = PEAK_SPACING) -> list[torch.Tensor]:
+                            sam_sizes: list[tuple[int, int]], image_sizes: list[tuple[int, int]],
+                            peaks: int | None = None, spacing: int | None = None) -> list[torch.Tensor]:
         """Candidate masks for N ``<obj>``: for each, one at each of the ``peaks`` highest cells of its location map
-        that lie at least ``spacing`` cells apart (:func:`anyref.heads.map_peaks`), each drawn by SAM's decoder with
+        that lie at least ``spacing`` cells apart (:func:`anyref.heads.map_peaks`; None: ``config.location_peaks``,
+        ``config.location_peak_spacing``), each drawn by SAM's decoder with
         the ``<obj>``'s own prompt and the map kept within the 3 x 3 cells around its peak (:func:`peak_windows`),
         then refined as answers are (``config.mask_refinements``); all N in one decoder call per pass. Why: a wrong
         answer's map often peaks on the right object too (docs/training-experiments.md), so these hold the target
@@ -680,6 +687,8 @@ class AnyRefModel(nn.Module):
         one's image. Returns N low-res logits K_i x 1 x 4g x 4g, K_i <= peaks, strongest peak first."""
         if self.obj_locator is None:
             raise ValueError("this model has no location map (obj_location_prompt is off): it has no peaks")
+        peaks = self.config.location_peaks if peaks is None else peaks
+        spacing = self.config.location_peak_spacing if spacing is None else spacing
         side = self.llm_grid
         maps = location_cells(self.obj_locator(obj_states, image_states), side ** 2).float().view(-1, side, side)
         windows = [peak_windows(cells, map_peaks(cells, peaks, spacing)) for cells in maps]

@@ -60,6 +60,27 @@ def test_the_ranking_setting_is_validated(tiny_model):
         AnyRefConfig(llava=llava, rank_text_answers=0.5, text_rank_head=True, obj_location_prompt=False)
 
 
+def test_the_peak_setting_decides_the_candidates_and_is_saved(ranking, tmp_path):
+    prompt = SynthRef.for_model(ranking.config).split("val", "text", 1)[0]
+    drawn = ranking.location_candidates(prompt.image, prompt.references)
+    assert (ranking.config.location_peaks, ranking.config.location_peak_spacing) == (6, 2)  # defaults: as shipped
+    try:
+        ranking.set_location_peaks(1, 1)
+        one = ranking.location_candidates(prompt.image, prompt.references)
+        assert len(one) == 1 and np.array_equal(one[0], drawn[0])  # the strongest peak, drawn the same
+        ranking.set_location_peaks(2, 2)  # the first two of the six peaks: greedy, the same spacing
+        two = ranking.location_candidates(prompt.image, prompt.references)
+        assert 1 <= len(two) <= 2 and np.array_equal(two, drawn[:len(two)])
+        ranking.set_location_peaks(16, 1)
+        ranking.save_pretrained(tmp_path / "peaks")
+        saved = json.loads((tmp_path / "peaks" / "config.json").read_text())
+        assert (saved["location_peaks"], saved["location_peak_spacing"]) == (16, 1)
+        with pytest.raises(ValueError, match="at least 1"):
+            ranking.set_location_peaks(4, 0)
+    finally:
+        ranking.set_location_peaks(6, 2)
+
+
 def _leftmost_groups(count: int, generator: torch.Generator):
     """Groups of 2-4 candidates at random places; the member is the one furthest left (x, geometry's first
     column). A candidate's own place does not tell whether it is a member (x is uniform): only a comparison with
