@@ -128,11 +128,16 @@ def crf_refine_logits(image: np.ndarray, logits: torch.Tensor, crf: MaskCRF) -> 
 
 def crf_refine_found(image: np.ndarray, logits: torch.Tensor, crf: MaskCRF) -> torch.Tensor:
     """``crf_refine_logits`` on the masks of ``logits`` (K x H x W) that have a pixel (a logit over 0); an empty mask
-    stays as it is, so an answer without a mask stays without one: K x H x W float32."""
+    stays as it is, so an answer without a mask stays without one, and a mask the CRF would leave without a pixel
+    keeps its logits as given: K x H x W float32. Why: a refinement that erases a mask is no evidence that the object
+    is absent, and an empty mask would pass for an answer while the checks after the CRF skip it (they judge
+    pixels)."""
     out = logits.detach().float().clone()
     found = (out > 0).flatten(1).any(1)
     if found.any():
-        out[found] = crf_refine_logits(image, out[found], crf)
+        refined = crf_refine_logits(image, out[found], crf)
+        kept = (refined > 0).flatten(1).any(1)
+        out[found] = torch.where(kept[:, None, None], refined, out[found])
     return out
 
 

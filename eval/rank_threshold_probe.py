@@ -67,7 +67,7 @@ def ranked_answers(model, samples: list, progress: bool = False) -> list[dict]:
                 chosen = SegmentResult(masks.cpu().numpy(), scores.cpu().numpy(), "", logits.cpu().numpy())
                 pred = union_mask(model._crf_refined([chosen], [sample.image])[0].masks, target.shape)
                 if model.answer_verifier is not None:  # the mask after the CRF, as the check reads it; the check
-                    # leaves a mask the CRF emptied as it is
+                    # leaves an empty mask as it is (a candidate has pixels, and the CRF never erases them all)
                     record["verifier"] = float(model._verifier_probabilities(
                         sample.image, [(pred, references)], False)[0]) if pred.any() else 1.0
         else:

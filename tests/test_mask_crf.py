@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from anyref.config import AnyRefConfig
-from anyref.mask_crf import MaskCRF, crf_refine_logits
+from anyref.mask_crf import MaskCRF, crf_refine_found, crf_refine_logits
 from anyref.model_args import add_inference_settings, inference_setting_words
 
 from tests.conftest import rect_mask
@@ -49,6 +49,19 @@ def test_empty_masks_and_pixels_far_from_a_mask_are_left_as_they_are():
     far = torch.ones(128, 128, dtype=torch.bool)
     far[45 - 4:65 + 4, 55 - 4:75 + 4] = False  # the mask's box grown by the radius: the only pixels computed
     assert torch.equal(refined[1][far], logits[1][far]) and not torch.equal(refined[1], logits[1])
+
+
+def test_a_mask_the_crf_would_erase_keeps_its_logits():
+    image, square = _square_scene()
+    guess = torch.from_numpy(np.roll(square, (3, 3), axis=(0, 1)).astype(np.float32))
+    logits = torch.full((2, 128, 128), -10.0)
+    logits[0] = 8.0 * (torch.nn.functional.avg_pool2d(guess[None, None], 7, stride=1, padding=3)[0, 0] - 0.5)
+    logits[1, 100:103, 10:13] = 0.05  # a faint speck on the noisy background
+    crf = MaskCRF()
+    assert not (crf_refine_logits(image, logits[1:], crf) > 0).any()  # the CRF alone erases the speck
+    refined = crf_refine_found(image, logits, crf)
+    assert torch.equal(refined[1], logits[1])  # kept as given: the checks after the CRF still see its pixels
+    assert _iou(refined[0].numpy() > 0, square) > 0.95  # the other mask is refined as before
 
 
 def test_settings_it_cannot_use_are_refused_by_name():
