@@ -135,9 +135,9 @@ def crf_refine_found(image: np.ndarray, logits: torch.Tensor, crf: MaskCRF) -> t
     out = logits.detach().float().clone()
     found = (out > 0).flatten(1).any(1)
     if found.any():
-        refined = crf_refine_logits(image, out[found], crf)
-        kept = (refined > 0).flatten(1).any(1)
-        out[found] = torch.where(kept[:, None, None], refined, out[found])
+        given = out[found]
+        refined = crf_refine_logits(image, given, crf)
+        out[found] = torch.where((refined > 0).flatten(1).any(1)[:, None, None], refined, given)
     return out
 
 

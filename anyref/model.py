@@ -672,24 +672,22 @@ class AnyRefModel(nn.Module):
 
     @torch.no_grad()
     def location_peak_masks(self, embeddings: torch.Tensor, obj_states: torch.Tensor, image_states: torch.Tensor,
-                            sam_sizes: list[tuple[int, int]], image_sizes: list[tuple[int, int]],
-                            peaks: int | None = None, spacing: int | None = None) -> list[torch.Tensor]:
-        """Candidate masks for N ``<obj>``: for each, one at each of the ``peaks`` highest cells of its location map
-        that lie at least ``spacing`` cells apart (:func:`anyref.heads.map_peaks`; None: ``config.location_peaks``,
-        ``config.location_peak_spacing``), each drawn by SAM's decoder with
-        the ``<obj>``'s own prompt and the map kept within the 3 x 3 cells around its peak (:func:`peak_windows`),
-        then refined as answers are (``config.mask_refinements``); all N in one decoder call per pass. Why: a wrong
+                            sam_sizes: list[tuple[int, int]],
+                            image_sizes: list[tuple[int, int]]) -> list[torch.Tensor]:
+        """Candidate masks for N ``<obj>``: for each, one at each of the ``config.location_peaks`` highest cells of
+        its location map that lie at least ``config.location_peak_spacing`` cells apart
+        (:func:`anyref.heads.map_peaks`), each drawn by SAM's decoder with the ``<obj>``'s own prompt and the map
+        kept within the 3 x 3 cells around its peak (:func:`peak_windows`), then refined as answers are
+        (``config.mask_refinements``); all N in one decoder call per pass. Why: a wrong
         answer's map often peaks on the right object too (docs/training-experiments.md), so these hold the target
         more often than the answer.
 
         embeddings: 1 x C x g x g (one image) or N x C x g x g (each ``<obj>``'s image); obj_states: N x H;
         image_states: N x T x H (the image tokens of each ``<obj>``'s row); sam_sizes, image_sizes: the frame of each
-        one's image. Returns N low-res logits K_i x 1 x 4g x 4g, K_i <= peaks, strongest peak first."""
+        one's image. Returns N low-res logits K_i x 1 x 4g x 4g, K_i <= location_peaks, strongest peak first."""
         if self.obj_locator is None:
             raise ValueError("this model has no location map (obj_location_prompt is off): it has no peaks")
-        peaks = self.config.location_peaks if peaks is None else peaks
-        spacing = self.config.location_peak_spacing if spacing is None else spacing
-        side = self.llm_grid
+        side, peaks, spacing = self.llm_grid, self.config.location_peaks, self.config.location_peak_spacing
         maps = location_cells(self.obj_locator(obj_states, image_states), side ** 2).float().view(-1, side, side)
         windows = [peak_windows(cells, map_peaks(cells, peaks, spacing)) for cells in maps]
         owners = torch.cat([torch.full((len(w),), i) for i, w in enumerate(windows)]).to(obj_states.device)
