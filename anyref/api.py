@@ -12,7 +12,7 @@ import torch
 
 from anyref.answer_verifier import prompt_ids, verifier_inputs
 from anyref.batching import collate, prepare
-from anyref.candidates import check_candidates, distinct_masks, sam_candidates
+from anyref.candidates import check_candidates, distinct_masks, grows, sam_candidates
 from anyref.checkpoint import load_directory, save_directory
 from anyref.group_heads import group_members
 from anyref.heads import placed_nowhere, upscale_masks
@@ -312,22 +312,28 @@ class AnyRef(AnyRefModel):
         return self.sam_embeddings(unique)[inverse]
 
     def _location_candidates(self, generations: list[Generation], batch, rows: list[int],
-                             sam: torch.Tensor) -> list[torch.Tensor]:
-        """For each of ``rows``: mask logits K x H x W at the row's image size, the masks drawn at the peaks of the
+                             sam: torch.Tensor) -> list[tuple[torch.Tensor, list[tuple[int, int]]]]:
+        """For each of ``rows``: (mask logits K x H x W at the row's image size, the masks drawn at the peaks of the
         location map of the row's first ``<obj>`` (``AnyRefModel.location_peak_masks``, all rows at once) that are
-        worth asking about (:func:`anyref.candidates.distinct_masks`); sam: the batch's embeddings (1 or B rows)."""
+        worth asking about (:func:`anyref.candidates.distinct_masks`); the K peaks they were drawn at); sam: the
+        batch's embeddings (1 or B rows)."""
         if not rows:
             return []
-        index = torch.tensor(rows, device=sam.device)
-        lows = self.location_peak_masks(sam if len(sam) == 1 else sam[index],
-                                        torch.cat([generations[r].obj_states[:1] for r in rows]),
-                                        torch.stack([generations[r].image_states for r in rows]),
-                                        [batch.sam_sizes[r] for r in rows], [batch.image_sizes[r] for r in rows])
+        lows, peaks = self.location_peak_masks(*self._location_inputs(generations, batch, rows, sam))
         out = []
-        for row, low in zip(rows, lows):
+        for row, low, own in zip(rows, lows, peaks):
             logits = upscale_masks(self.sam, low, batch.sam_sizes[row], batch.image_sizes[row]).float()
-            out.append(logits[distinct_masks(logits)])
+            kept = distinct_masks(logits)
+            out.append((logits[kept], [own[k] for k in kept]))
         return out
+
+    def _location_inputs(self, generations: list[Generation], batch, rows: list[int], sam: torch.Tensor) -> tuple:
+        """What ``AnyRefModel.location_peak_masks`` reads of ``rows``: (embeddings, the first ``<obj>``'s states,
+        image states, SAM sizes, image sizes)."""
+        index = torch.tensor(rows, device=sam.device)
+        return (sam if len(sam) == 1 else sam[index], torch.cat([generations[r].obj_states[:1] for r in rows]),
+                torch.stack([generations[r].image_states for r in rows]), [batch.sam_sizes[r] for r in rows],
+                [batch.image_sizes[r] for r in rows])
 
     @torch.no_grad()
     def location_candidates(self, image=None, ref=None, allow_untrained: bool = False) -> np.ndarray:
@@ -342,7 +348,7 @@ class AnyRef(AnyRefModel):
                                             allow_untrained)
         if not len(generations[0].obj_states):
             return np.zeros((0, *batch.image_sizes[0]), dtype=bool)
-        return (self._location_candidates(generations, batch, [0], self._sam_of(batch, sam))[0] > 0).cpu().numpy()
+        return (self._location_candidates(generations, batch, [0], self._sam_of(batch, sam))[0][0] > 0).cpu().numpy()
 
     def _ranked_rows(self, generations: list[Generation], ref_lists: list[list]) -> list[int]:
         """The rows ``config.rank_text_answers`` answers (none when it is off): those whose answer has one ``<obj>``
@@ -375,29 +381,55 @@ class AnyRef(AnyRefModel):
     def _rank_best(self, generations: list[Generation], batch, sam: torch.Tensor, images: list,
                    ref_lists: list[list], rows: list[int], allow_untrained: bool) -> dict[int, tuple[torch.Tensor, float]]:
         """For each of ``rows`` that has location candidates: (its best one by the text rank head, mask logits
-        1 x H x W at the image's size; that one's probability). The candidates of all rows are drawn in one decoder
-        call per pass, and the rows given the same image object (all of a ``segment_many``) are asked in one select
-        forward. images: per row, its pixels or None for the ``set_image`` image; sam: the batch's SAM embeddings
-        (1 or B rows)."""
+        1 x H x W at the image's size, drawn again with a wider window when ``config.rank_redraw_window`` says so
+        (``_redrawn``); that one's probability). The candidates of all rows are drawn in one decoder call per pass,
+        and the rows given the same image object (all of a ``segment_many``) are asked in one select forward.
+        images: per row, its pixels or None for the ``set_image`` image; sam: the batch's SAM embeddings (1 or B
+        rows)."""
         if not rows:
             return {}
         candidates = dict(zip(rows, self._location_candidates(generations, batch, rows, sam)))
         asked: dict[int, list[int]] = {}  # id of an image given -> its rows with candidates, asked in one forward
-        for row, logits in candidates.items():
+        for row, (logits, _) in candidates.items():
             if len(logits):
                 asked.setdefault(id(images[row]), []).append(row)
         best: dict[int, tuple[torch.Tensor, float]] = {}
+        chosen_peaks: dict[int, tuple[int, int]] = {}
         for same_image in asked.values():
             pixels, features = self._pixels_and_features(images[same_image[0]])
             questions = [ReferringSample(image=pixels, references=ref_lists[row], task="select",
-                                         candidates=(candidates[row] > 0).cpu().numpy(),
-                                         selected=np.zeros(len(candidates[row]), dtype=bool)) for row in same_image]
+                                         candidates=(candidates[row][0] > 0).cpu().numpy(),
+                                         selected=np.zeros(len(candidates[row][0]), dtype=bool)) for row in same_image]
             probabilities = self._candidate_probabilities(questions, features, allow_untrained, self.text_rank_head)
             for row, own in zip(same_image, np.split(probabilities, np.cumsum([len(q.candidates)
                                                                                for q in questions])[:-1])):
                 chosen = int(own.argmax())
-                best[row] = (candidates[row][chosen:chosen + 1], float(own[chosen]))
-        return best
+                logits, peaks = candidates[row]
+                best[row] = (logits[chosen:chosen + 1], float(own[chosen]))
+                chosen_peaks[row] = peaks[chosen]
+        return self._redrawn(best, chosen_peaks, generations, batch, sam)
+
+    def _redrawn(self, best: dict[int, tuple[torch.Tensor, float]], peaks: dict[int, tuple[int, int]],
+                 generations: list[Generation], batch, sam: torch.Tensor) -> dict[int, tuple[torch.Tensor, float]]:
+        """``best`` (row -> (mask logits 1 x H x W, probability)) with each chosen candidate drawn again at its peak
+        (``peaks``, row -> cell) with the location map kept within ``config.rank_redraw_window`` cells of it, all
+        rows in one decoder call per pass; the redraw replaces the candidate when it covers at least
+        REDRAW_COVER of the candidate's pixels (:func:`anyref.candidates.grows`). Why: a candidate is drawn within
+        3 x 3 cells of its peak, and an object larger than that comes out cut by a straight edge; the ranking
+        itself stays on the candidates its head was fitted on. Unchanged when the setting is off."""
+        half_width = self.config.rank_redraw_window
+        if half_width is None or not best:
+            return best
+        rows = sorted(best)
+        lows, _ = self.location_peak_masks(*self._location_inputs(generations, batch, rows, sam),
+                                           peaks=[[peaks[row]] for row in rows], half_width=half_width)
+        redrawn = dict(best)
+        for row, low in zip(rows, lows):
+            logits, probability = best[row]
+            wider = upscale_masks(self.sam, low, batch.sam_sizes[row], batch.image_sizes[row]).float()
+            if grows(logits[0] > 0, wider[0] > 0):
+                redrawn[row] = (wider, probability)
+        return redrawn
 
     def _model_checks(self) -> list[tuple[float, object]]:
         """The answer checks by the model's own parts that are on, (threshold, probabilities): ``verify`` on the

@@ -6,12 +6,15 @@ import torch
 
 from anyref.images import binary_mask
 
-__all__ = ["check_candidates", "sam_candidates", "distinct_masks", "NoCandidatesFound"]
+__all__ = ["check_candidates", "sam_candidates", "distinct_masks", "grows", "NoCandidatesFound"]
 
 # a drawn candidate smaller than this (pixels) is a speck of a decoder's output, not an object
 MIN_CANDIDATE_PIXELS = 10
 # two drawn candidates overlapping this much (IoU) are one object drawn twice: the first is kept
 DUPLICATE_IOU = 0.5
+# a candidate drawn again with a wider window replaces it only when it keeps this share of the candidate's pixels: it
+# grows the same object rather than moving to another (the rule fixed before the val runs that adopted it)
+REDRAW_COVER = 0.9
 
 
 class NoCandidatesFound(ValueError):
@@ -70,3 +73,10 @@ def distinct_masks(logits: torch.Tensor, min_pixels: int = MIN_CANDIDATE_PIXELS,
         if not kept or bool((inter / union < duplicate_iou).all()):
             kept.append(k)
     return kept
+
+
+def grows(mask: torch.Tensor, redrawn: torch.Tensor, cover: float = REDRAW_COVER) -> bool:
+    """Whether the H x W bool ``redrawn`` keeps at least ``cover`` of the H x W bool ``mask``'s pixels (an empty
+    ``mask`` is kept by anything)."""
+    area = int(mask.sum())
+    return area == 0 or int((mask & redrawn).sum()) >= cover * area

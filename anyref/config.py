@@ -193,6 +193,13 @@ class AnyRefConfig:
         A text rank head is fitted on the candidates of its model's setting (``AnyRef.location_candidates``). The
         defaults, 6 peaks 2 cells apart, suit SynthRef: a scene holds 2-6 objects, and 2 cells of the tiny model's
         8 x 8 map are about one object apart.
+    rank_redraw_window: the candidate ``rank_text_answers`` chose is drawn again at its peak with the location map
+        kept within this many cells of it (a (2 w + 1)^2 window; the candidates' own is 3 x 3, w = 1), and the
+        redraw is the answer when it keeps at least 90% of the candidate's pixels
+        (:data:`anyref.candidates.REDRAW_COVER`). Why: an object larger than 3 x 3 cells comes out of its window cut
+        by a straight edge, while the ranking stays on the candidates its head was fitted on. None: off; an int >= 2.
+        One more decoder call per ranked prompt. The shipped tiny SynthRef model redraws at 2
+        (docs/training-experiments.md, "A ranked text answer drawn again with a wider window").
     answer_verifier: the model holds an :class:`anyref.answer_verifier.AnswerVerifier`
         (``AnyRefModel.answer_verifier``), a small network that reads a mask's own pixels and the prompt's words,
         fitted alone (``anyref fit-verifier``). Its weights are part of the model's.
@@ -260,6 +267,7 @@ class AnyRefConfig:
     rank_text_answers: float | None = None
     location_peaks: int = 6
     location_peak_spacing: int = 2
+    rank_redraw_window: int | None = None
     answer_verifier: bool = False
     verify_by_pixels: float | None = None
     untrained_references: tuple[str, ...] = field(default_factory=tuple)
@@ -325,6 +333,10 @@ class AnyRefConfig:
         if self.location_peaks < 1 or self.location_peak_spacing < 1:
             raise ValueError(f"location_peaks and location_peak_spacing must be at least 1, got "
                              f"{self.location_peaks} and {self.location_peak_spacing}")
+        if self.rank_redraw_window is not None and not (
+                isinstance(self.rank_redraw_window, int) and self.rank_redraw_window >= 2):
+            raise ValueError(f"rank_redraw_window must be None (off) or an int >= 2 (cells around the chosen peak; the "
+                             f"candidates' own window is 1), got {self.rank_redraw_window!r}")
         if self.verify_by_pixels is not None:
             if not 0.0 < self.verify_by_pixels < 1.0:
                 raise ValueError(f"verify_by_pixels must be None (off) or a probability threshold in (0, 1), "

@@ -95,12 +95,14 @@ def map_peaks(cells: torch.Tensor, count: int, spacing: int) -> list[tuple[int, 
     return peaks
 
 
-def peak_windows(cells: torch.Tensor, peaks: list[tuple[int, int]], floor: float = -30.0) -> torch.Tensor:
-    """K x G^2 location logits: the G x G map ``cells`` kept within the 3 x 3 cells around each peak, ``floor``
-    (nowhere, after the prompt's softmax) elsewhere."""
+def peak_windows(cells: torch.Tensor, peaks: list[tuple[int, int]], floor: float = -30.0,
+                 half_width: int = 1) -> torch.Tensor:
+    """K x G^2 location logits: the G x G map ``cells`` kept within the (2 half_width + 1)^2 cells around each peak
+    (3 x 3 by default), ``floor`` (nowhere, after the prompt's softmax) elsewhere."""
     windows = cells.new_full((len(peaks), *cells.shape), floor)
     for k, (row, col) in enumerate(peaks):
-        rows, cols = slice(max(0, row - 1), row + 2), slice(max(0, col - 1), col + 2)
+        rows = slice(max(0, row - half_width), row + half_width + 1)
+        cols = slice(max(0, col - half_width), col + half_width + 1)
         windows[k, rows, cols] = cells[rows, cols]
     return windows.flatten(1)
 

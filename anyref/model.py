@@ -356,6 +356,12 @@ class AnyRefModel(nn.Module):
         head again after changing them: it ranks the candidates it was fitted on best."""
         self._reconfigure(location_peaks=int(peaks), location_peak_spacing=int(spacing))
 
+    def set_rank_redraw_window(self, half_width: int | None) -> None:
+        """Draw the candidate ``rank_text_answers`` chose again with the location map kept within ``half_width``
+        cells of its peak, keeping the redraw when it grows the candidate (``config.rank_redraw_window``, validated
+        as the config is); None: off."""
+        self._reconfigure(rank_redraw_window=None if half_width is None else int(half_width))
+
     def set_verify_by_pixels(self, threshold: float | None) -> None:
         """Check each mask answered to a text prompt with the answer verifier, which reads the mask's own pixels,
         dropping those whose probability is below ``threshold`` (``config.verify_by_pixels``, validated as the
@@ -672,24 +678,28 @@ class AnyRefModel(nn.Module):
 
     @torch.no_grad()
     def location_peak_masks(self, embeddings: torch.Tensor, obj_states: torch.Tensor, image_states: torch.Tensor,
-                            sam_sizes: list[tuple[int, int]],
-                            image_sizes: list[tuple[int, int]]) -> list[torch.Tensor]:
+                            sam_sizes: list[tuple[int, int]], image_sizes: list[tuple[int, int]],
+                            peaks: list[list[tuple[int, int]]] | None = None,
+                            half_width: int = 1) -> tuple[list[torch.Tensor], list[list[tuple[int, int]]]]:
         """Candidate masks for N ``<obj>``: for each, one at each of the ``config.location_peaks`` highest cells of
         its location map that lie at least ``config.location_peak_spacing`` cells apart
-        (:func:`anyref.heads.map_peaks`), each drawn by SAM's decoder with the ``<obj>``'s own prompt and the map
-        kept within the 3 x 3 cells around its peak (:func:`peak_windows`), then refined as answers are
-        (``config.mask_refinements``); all N in one decoder call per pass. Why: a wrong
-        answer's map often peaks on the right object too (docs/training-experiments.md), so these hold the target
-        more often than the answer.
+        (:func:`anyref.heads.map_peaks`), or at the cells ``peaks`` gives, each drawn by SAM's decoder with the
+        ``<obj>``'s own prompt and the map kept within the (2 half_width + 1)^2 cells around its peak
+        (:func:`peak_windows`; 3 x 3 for the candidates), then refined as answers are (``config.mask_refinements``);
+        all N in one decoder call per pass. Why: a wrong answer's map often peaks on the right object too
+        (docs/training-experiments.md), so these hold the target more often than the answer.
 
         embeddings: 1 x C x g x g (one image) or N x C x g x g (each ``<obj>``'s image); obj_states: N x H;
         image_states: N x T x H (the image tokens of each ``<obj>``'s row); sam_sizes, image_sizes: the frame of each
-        one's image. Returns N low-res logits K_i x 1 x 4g x 4g, K_i <= location_peaks, strongest peak first."""
+        one's image. Returns (N low-res logits K_i x 1 x 4g x 4g, K_i <= location_peaks, strongest peak first; the
+        N lists of K_i peaks (row, column) of the llm_grid x llm_grid map they were drawn at)."""
         if self.obj_locator is None:
             raise ValueError("this model has no location map (obj_location_prompt is off): it has no peaks")
-        side, peaks, spacing = self.llm_grid, self.config.location_peaks, self.config.location_peak_spacing
+        side = self.llm_grid
         maps = location_cells(self.obj_locator(obj_states, image_states), side ** 2).float().view(-1, side, side)
-        windows = [peak_windows(cells, map_peaks(cells, peaks, spacing)) for cells in maps]
+        if peaks is None:
+            peaks = [map_peaks(cells, self.config.location_peaks, self.config.location_peak_spacing) for cells in maps]
+        windows = [peak_windows(cells, own, half_width=half_width) for cells, own in zip(maps, peaks)]
         owners = torch.cat([torch.full((len(w),), i) for i, w in enumerate(windows)]).to(obj_states.device)
         states = obj_states[owners]
         own = embeddings if len(embeddings) == 1 else embeddings[owners]
@@ -697,7 +707,7 @@ class AnyRefModel(nn.Module):
                            location_prompt(self.sam, torch.cat(windows).to(obj_states.dtype)))
         rows = owners.tolist()
         low = self.refine_obj_masks(own, states, low, [sam_sizes[r] for r in rows], [image_sizes[r] for r in rows])
-        return list(low.split([len(w) for w in windows]))
+        return list(low.split([len(w) for w in windows])), [list(own) for own in peaks]
 
     def group_logits(self, hidden: torch.Tensor, embeds: torch.Tensor, batch: Batch,
                      head: nn.Module | None = None) -> torch.Tensor:

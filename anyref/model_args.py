@@ -15,13 +15,14 @@ def _on_off(text: str) -> bool:
     return text == "on"
 
 
-def _number_or_off(example: str):
-    """An argparse type: a float, or None for 'off'; ``example`` says what number is meant in the error."""
-    def parse(text: str) -> float | None:
+def _number_or_off(example: str, kind: type = float):
+    """An argparse type: a number of ``kind`` (float or int), or None for 'off'; ``example`` says what number is
+    meant in the error."""
+    def parse(text: str) -> float | int | None:
         if text == "off":
             return None
         try:
-            return float(text)
+            return kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"give {example}, or 'off'; got {text!r}")
     return parse
@@ -106,6 +107,11 @@ _INFERENCE_SETTINGS = (
           help="choose each one-<obj> answer to a text prompt again among the masks drawn at its location map's "
                "peaks, by the model's text rank head, answering no mask unless the best is over THRESHOLD, or "
                "'off' (default: the model's config.rank_text_answers)")),
+    ("--rank-redraw-window", "set_rank_redraw_window",
+     dict(type=_number_or_off("a number of cells such as 2", int), metavar="CELLS|off",
+          help="draw the mask --rank-text-answers chose again with the location map kept within CELLS cells of its "
+               "peak, keeping the redraw when it grows the mask, or 'off' (default: the model's "
+               "config.rank_redraw_window)")),
     ("--verify-by-pixels", "set_verify_by_pixels",
      dict(type=_number_or_off("a probability threshold such as 0.5"), metavar="THRESHOLD|off",
           help="check each mask answered to a text prompt with the model's answer verifier, which reads the "

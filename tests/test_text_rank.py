@@ -1,5 +1,6 @@
 """``rank_text_answers``: a text answer chosen again among the masks drawn at its location map's peaks, by the text
 rank head (a relation network over the candidates), and the pieces it is made of."""
+import argparse
 import json
 
 import numpy as np
@@ -7,10 +8,11 @@ import pytest
 import torch
 
 from anyref import AnyRef, Box
-from anyref.candidates import distinct_masks
+from anyref.candidates import distinct_masks, grows
 from anyref.config import AnyRefConfig
 from anyref.group_heads import GEOMETRY_INPUTS, PromptGroupHead, RelationGroupHead, group_loss
 from anyref.heads import map_peaks, peak_windows
+from anyref.model_args import add_inference_settings, inference_setting_words
 from anyref.synthref import SynthRef
 from train.group_head_fit import main
 from train.head_input_cache import peak_rank_samples
@@ -18,7 +20,8 @@ from train.head_input_cache import peak_rank_samples
 
 @pytest.fixture(scope="module")
 def ranking():
-    """The shipped model with a new, untrained rank head on (threshold 0.3) and its CRF off: masks as drawn."""
+    """The shipped model with a new, untrained rank head on (threshold 0.3), its CRF and redraw off: the candidates
+    as drawn."""
     model = AnyRef.from_pretrained("synthref-tiny").eval()
     torch.manual_seed(0)
     model.add_text_rank_head()
@@ -26,6 +29,7 @@ def ranking():
     model.set_check_by_group_head(None)
     model.set_verify_by_pixels(None)  # the ranking alone
     model.set_mask_crf(None)
+    model.set_rank_redraw_window(None)
     return model
 
 
@@ -36,6 +40,8 @@ def test_peaks_are_the_highest_cells_kept_apart():
     assert map_peaks(cells, 2, spacing=1) == [(0, 0), (0, 1)]
     windows = peak_windows(cells, [(0, 0)]).view(1, 4, 4)
     assert windows[0, 0, 1] == 4.0 and windows[0, 1, 1] == 0.0 and windows[0, 2, 0] == -30.0
+    wide = peak_windows(cells, [(0, 0)], half_width=2).view(1, 4, 4)
+    assert wide[0, 2, 0] == 2.0 and wide[0, 2, 2] == 0.0 and wide[0, 3, 3] == -30.0
     with pytest.raises(ValueError, match="spacing"):
         map_peaks(cells, 3, spacing=0)
 
@@ -50,6 +56,50 @@ def test_distinct_masks_drop_specks_and_repeats():
     assert distinct_masks(logits, min_pixels=1, duplicate_iou=0.9) == [0, 1, 2, 3]
 
 
+def test_a_redraw_counts_only_when_it_grows_the_mask():
+    mask = torch.zeros(10, 10, dtype=torch.bool)
+    mask[:5, :5] = True  # 25 pixels
+    grown, moved = mask.clone(), torch.zeros_like(mask)
+    grown[:8, :8] = True
+    grown[0, :3] = False  # 22 of the 25 kept: 88%
+    moved[3:, 3:] = True
+    assert not grows(mask, grown) and grows(mask, grown, cover=0.85)
+    assert not grows(mask, moved) and grows(mask, mask)
+    assert grows(torch.zeros_like(mask), moved)
+
+
+def test_the_command_line_reads_the_redraw_window():
+    parser = argparse.ArgumentParser()
+    add_inference_settings(parser)
+    assert parser.parse_args(["--rank-redraw-window", "2"]).set_rank_redraw_window == 2
+    args = parser.parse_args(["--rank-redraw-window", "off"])
+    assert args.set_rank_redraw_window is None and inference_setting_words(args) == ["--rank-redraw-window", "off"]
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--rank-redraw-window", "1.5"])  # cells: a whole number
+
+
+def test_a_redraw_with_a_wider_window_draws_a_large_object_whole():
+    """Val text prompt 3, "the large yellow circle": the shipped model's chosen candidate, drawn within 3 x 3 cells of
+    its peak, is cut by a straight edge; drawn again within 5 x 5 cells it keeps that mask and covers more of the
+    target (the CRF and the verifier off: the masks as drawn)."""
+    model = AnyRef.from_pretrained("synthref-tiny").eval()
+    model.set_mask_crf(None)
+    model.set_verify_by_pixels(None)
+    prompt = SynthRef.for_model(model.config).split("val", "text", 4)[3]
+    target = prompt.masks.any(0)
+    answers = {}
+    for window in (None, 2):
+        model.set_rank_redraw_window(window)
+        answers[window] = model.segment(prompt.image, prompt.references)
+        assert answers[window].found
+    cut, whole = answers[None].masks[0], answers[2].masks[0]
+    iou = {name: (mask & target).sum() / (mask | target).sum() for name, mask in (("cut", cut), ("whole", whole))}
+    assert (cut & whole).sum() >= 0.9 * cut.sum() and whole.sum() > cut.sum()
+    assert iou["whole"] > iou["cut"] + 0.05, iou
+    for result in model.segment_many(prompt.image, [prompt.references, prompt.references]):  # rows redrawn together
+        assert np.array_equal(result.masks, answers[2].masks)
+
+
 def test_the_ranking_setting_is_validated(tiny_model):
     llava = tiny_model.config.llava
     with pytest.raises(ValueError, match="rank_text_answers"):
@@ -58,6 +108,8 @@ def test_the_ranking_setting_is_validated(tiny_model):
         AnyRefConfig(llava=llava, rank_text_answers=0.5, obj_location_prompt=True)
     with pytest.raises(ValueError, match="obj_location_prompt"):
         AnyRefConfig(llava=llava, rank_text_answers=0.5, text_rank_head=True, obj_location_prompt=False)
+    with pytest.raises(ValueError, match="rank_redraw_window"):
+        AnyRefConfig(llava=llava, rank_redraw_window=1)  # the candidates' own window: no redraw
 
 
 def test_the_peak_setting_decides_the_candidates_and_is_saved(ranking, tmp_path):
@@ -72,13 +124,15 @@ def test_the_peak_setting_decides_the_candidates_and_is_saved(ranking, tmp_path)
         two = ranking.location_candidates(prompt.image, prompt.references)
         assert 1 <= len(two) <= 2 and np.array_equal(two, drawn[:len(two)])
         ranking.set_location_peaks(16, 1)
+        ranking.set_rank_redraw_window(2)
         ranking.save_pretrained(tmp_path / "peaks")
         saved = json.loads((tmp_path / "peaks" / "config.json").read_text())
-        assert (saved["location_peaks"], saved["location_peak_spacing"]) == (16, 1)
+        assert (saved["location_peaks"], saved["location_peak_spacing"], saved["rank_redraw_window"]) == (16, 1, 2)
         with pytest.raises(ValueError, match="at least 1"):
             ranking.set_location_peaks(4, 0)
     finally:
         ranking.set_location_peaks(6, 2)
+        ranking.set_rank_redraw_window(None)  # as the fixture set it
 
 
 def _leftmost_groups(count: int, generator: torch.Generator):
