@@ -117,9 +117,7 @@ def test_cli_synthref(tiny_model, tmp_path, capsys):
 
 # Targets of the training issue the shipped model does not reach, with what it measured (docs/training-experiments.md
 # says what limits it). The test below fails on any other miss, and when one of these is met (then remove it here).
-KNOWN_SHORTFALLS: set[str] = {
-    "text ciou",
-}
+KNOWN_SHORTFALLS: set[str] = set()
 
 
 @pytest.fixture(scope="module")

@@ -121,6 +121,7 @@ def test_the_fit_saves_a_model_whose_rank_head_reads_pixels(tmp_path):
     assert json.loads((out / "rank_fit.json").read_text())["head"] == "relation-pixels"
     loaded = AnyRef.from_pretrained(out)
     loaded.set_mask_crf(None)  # the answer as drawn
+    loaded.set_rank_redraw_window(None)  # the chosen candidate itself, not drawn again
     assert loaded.config.text_rank_head_reads_pixels and loaded.text_rank_head.crop_encoder is not None
     prompt = SynthRef.for_model(loaded.config).split("val", "text", 1)[0]
     candidates = loaded.location_candidates(prompt.image, prompt.references)
