@@ -198,7 +198,7 @@ class AnyRefConfig:
         redraw is the answer when it keeps at least 90% of the candidate's pixels
         (:data:`anyref.candidates.REDRAW_COVER`). Why: an object larger than 3 x 3 cells comes out of its window cut
         by a straight edge, while the ranking stays on the candidates its head was fitted on. None: off; an int >= 2.
-        One more decoder call per ranked prompt. The shipped tiny SynthRef model redraws at 2
+        One more decoder call for all of a call's ranked prompts. The shipped tiny SynthRef model redraws at 2
         (docs/training-experiments.md, "A ranked text answer drawn again with a wider window").
     answer_verifier: the model holds an :class:`anyref.answer_verifier.AnswerVerifier`
         (``AnyRefModel.answer_verifier``), a small network that reads a mask's own pixels and the prompt's words,

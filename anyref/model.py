@@ -707,7 +707,7 @@ class AnyRefModel(nn.Module):
                            location_prompt(self.sam, torch.cat(windows).to(obj_states.dtype)))
         rows = owners.tolist()
         low = self.refine_obj_masks(own, states, low, [sam_sizes[r] for r in rows], [image_sizes[r] for r in rows])
-        return list(low.split([len(w) for w in windows])), [list(own) for own in peaks]
+        return list(low.split([len(w) for w in windows])), peaks
 
     def group_logits(self, hidden: torch.Tensor, embeds: torch.Tensor, batch: Batch,
                      head: nn.Module | None = None) -> torch.Tensor:
