@@ -237,6 +237,19 @@ def test_ranking_leaves_other_prompts_and_batches_agree(ranking):
     assert np.array_equal(many[1].masks, plain.masks)
 
 
+def test_candidates_drawn_in_a_batch_are_those_drawn_one_at_a_time(ranking):
+    world = SynthRef.for_model(ranking.config)
+    prompts = world.split("val", "text", 3) + world.split("val", "no_target", 2)
+    batched = ranking.location_candidates_batch([p.image for p in prompts], [p.references for p in prompts])
+    assert len(batched) == len(prompts)
+    for prompt, drawn in zip(prompts, batched):
+        alone = ranking.location_candidates(prompt.image, prompt.references)
+        assert drawn.dtype == bool and drawn.shape == alone.shape and np.array_equal(drawn, alone)
+    assert any(len(drawn) > 1 for drawn in batched)  # more than one peak somewhere: the order is compared too
+    with pytest.raises(ValueError, match="same length"):
+        ranking.location_candidates_batch([prompts[0].image], [])
+
+
 def test_peak_samples_are_labelled_by_their_target(ranking):
     world = SynthRef.for_model(ranking.config)
     text, absent = world.split("val", "text", 3), world.split("val", "no_target", 2)
