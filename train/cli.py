@@ -1,6 +1,7 @@
 """``anyref train``: the training loop as a sub-command (see train/loop.py for multi-process launches); and
 ``anyref fit-group-head``: a new group head fitted alone on a finished model (train/group_head_fit.py); ``anyref
-fit-verifier``: a new answer verifier fitted alone on a finished model (train/verifier_fit.py)."""
+fit-verifier``: a new answer verifier fitted alone on a finished model (train/verifier_fit.py); ``anyref recipe``:
+a model's whole recipe, its stages, fits and settings in order and timed (train/recipe.py)."""
 from __future__ import annotations
 
 __all__ = ["register"]
@@ -25,6 +26,12 @@ def register(subparsers) -> None:
                                      description=verifier_fit.__doc__.split("\n\n")[0])
     verifier_fit.add_arguments(verifier)
     verifier.set_defaults(func=verifier_fit.run)
+    from train import recipe
+
+    whole = subparsers.add_parser("recipe", help="run a model's whole recipe: its stages, fits and settings, timed",
+                                  description=recipe.__doc__.split("\n\n")[0])
+    recipe.add_arguments(whole)
+    whole.set_defaults(func=recipe.run)
 
 
 def _run(args) -> int:
