@@ -67,9 +67,12 @@ def test_a_recipe_runs_in_order_times_each_step_and_continues(tmp_path, monkeypa
                                      "--out", "{out}/verifier", "--no-progress"], "model": "{out}/verifier"}])
     out = str(tmp_path / "run")
     planned = run_recipe(load_recipe(str(path)), out, "test", dry_run=True)
-    assert [s["status"] for s in planned["steps"]] == ["to run"] * 3 and not Path(out).exists()
+    assert [s["status"] for s in planned["steps"]] == ["to run"] * 3 and not Path(out).exists()  # nothing written
+    (Path(out) / "train").mkdir(parents=True)
+    (Path(out) / "train" / "left-by-an-earlier-run.txt").write_text("")  # as a stopped training leaves its folder
     log = run_recipe(load_recipe(str(path)), out, "test")
     assert [s["status"] for s in log["steps"]] == ["ran"] * 3 and log["complete"]
+    assert [s.get("continued", False) for s in log["steps"]] == [True, False, False]
     assert all(s["seconds"] > 0 for s in log["steps"])
     assert log["total_seconds"] == pytest.approx(sum(s["seconds"] for s in log["steps"]), abs=0.2)
     assert json.loads((Path(out) / LOG).read_text())["total_seconds"] == log["total_seconds"]

@@ -14,10 +14,12 @@ A recipe is a JSON file (``train/recipes/NAME.json``, or a path): a description 
 
 In the arguments ``{out}`` is ``--out`` and ``{previous}`` the model the step before wrote. A step whose model is
 already written (its config.json is there: every model is written atomically) is not run again, so a recipe stopped
-part-way continues from its first unfinished step - and ``anyref train`` itself resumes from its checkpoints. After
-every step ``OUT/recipe_log.json`` is rewritten (atomically): each step's seconds and command, the total, the
-machine, the code's commit. Why: the shipped model's recipe grew to eleven commands whose order, paths and settings a
-user had to copy by hand from docs/training.md, and the time a recipe takes is one of its targets (docs/training.md).
+part-way continues from its first unfinished step - and ``anyref train`` itself resumes from its checkpoints (the
+step is then marked "continued" in the log: its seconds count the last run only). After every step
+``OUT/recipe_log.json`` is rewritten (atomically): each step's seconds and command, the total, the machine, the
+code's commit and libraries. Why: the shipped model's recipe grew to eleven commands whose order, paths and settings
+a user had to copy by hand from docs/training.md, and the time a recipe takes is one of its targets
+(docs/training.md).
 """
 from __future__ import annotations
 
@@ -138,6 +140,10 @@ def run_recipe(recipe: dict, out: str, name: str, dry_run: bool = False) -> dict
         else:
             print(f"recipe: {step['name']} ...", flush=True)
             started = time.time()
+            if "run" in step and _continues(step):  # e.g. a training stopped part-way: its checkpoints are there
+                record["continued"] = True
+                print(f"recipe: {step['name']} continues what an earlier run left in {_out_of(step)}; its seconds "
+                      "count this run only", flush=True)
             if "run" in step:
                 done = subprocess.run([sys.executable, "-m", "anyref.cli", *step["run"]])
                 if done.returncode != 0:
@@ -163,6 +169,18 @@ def run_recipe(recipe: dict, out: str, name: str, dry_run: bool = False) -> dict
         total = "unknown" if log["total_seconds"] is None else f"{log['total_seconds']:.0f} s"
         print(f"recipe {name}: model {log['model']}, {total} in all (each step's in {log_path})", flush=True)
     return log
+
+
+def _out_of(step: dict) -> str | None:
+    """The folder a run step's command writes (its ``--out``), if it names one."""
+    arguments = step["run"]
+    return arguments[arguments.index("--out") + 1] if "--out" in arguments[:-1] else None
+
+
+def _continues(step: dict) -> bool:
+    """Whether a run step's output folder holds what an earlier, unfinished run of it wrote."""
+    out = _out_of(step)
+    return out is not None and Path(out).is_dir() and any(Path(out).iterdir())
 
 
 def _write_log(path: Path, log: dict) -> None:
