@@ -82,6 +82,7 @@ def test_a_recipe_runs_in_order_times_each_step_and_continues(tmp_path, monkeypa
     again = run_recipe(load_recipe(str(path)), out, "test")  # every model is written: nothing runs again
     assert [s["status"] for s in again["steps"]] == ["written before"] * 3
     assert [s["seconds"] for s in again["steps"]] == [s["seconds"] for s in log["steps"]]
+    assert [s.get("continued", False) for s in again["steps"]] == [True, False, False]  # kept with its seconds
     assert "not run again" in capsys.readouterr().out
 
 

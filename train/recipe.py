@@ -131,7 +131,9 @@ def run_recipe(recipe: dict, out: str, name: str, dry_run: bool = False) -> dict
         record = {"name": step["name"], "model": step["model"],
                   **({"command": ["anyref", *step["run"]]} if "run" in step else {"settings": step["settings"]})}
         if (Path(step["model"]) / "config.json").is_file():
-            record.update(status="written before", seconds=earlier.get(step["name"], {}).get("seconds"))
+            before = earlier.get(step["name"], {})
+            record.update(status="written before", seconds=before.get("seconds"),
+                          **({"continued": True} if before.get("continued") else {}))
             print(f"recipe: {step['name']}: {step['model']} is written already, not run again", flush=True)
         elif dry_run:
             record.update(status="to run")
