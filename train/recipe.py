@@ -17,7 +17,7 @@ already written (its config.json is there: every model is written atomically) is
 part-way continues from its first unfinished step - and ``anyref train`` itself resumes from its checkpoints (the
 step is then marked "continued" in the log: its seconds count the last run only). After every step
 ``OUT/recipe_log.json`` is rewritten (atomically): each step's seconds and command, the total, the machine, the
-code's commit and libraries. Why: the shipped model's recipe grew to eleven commands whose order, paths and settings
+code's commit and libraries. Why: the shipped model's recipe grew to ten commands whose order, paths and settings
 a user had to copy by hand from docs/training.md, and the time a recipe takes is one of its targets
 (docs/training.md).
 """
