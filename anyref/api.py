@@ -345,8 +345,7 @@ class AnyRef(AnyRefModel):
         K x H x W bool masks drawn at the peaks of the location map of the answer's first ``<obj>``, strongest peak
         first; 0 masks when the answer has no ``<obj>``. For fitting the text rank head on the same candidates
         (train/head_input_cache.py) and for looking at them."""
-        if self.obj_locator is None:
-            raise ValueError("this model has no location map (obj_location_prompt is off): it has no peaks")
+        self._require_location_map()
         references = self._prompt_references(ref, allow_untrained)
         generations, batch, sam = self._run(None if image is None else load_image(image), [references], "segment",
                                             allow_untrained)
@@ -360,8 +359,7 @@ class AnyRef(AnyRefModel):
         them: one generation for all, each distinct image encoded once, every row's candidates in one decoder call.
         Returns per pair K x H x W bool masks (0 masks when its answer has no ``<obj>``). Cheaper per prompt than
         ``location_candidates`` when caching many prompts (train/head_input_cache.py)."""
-        if self.obj_locator is None:
-            raise ValueError("this model has no location map (obj_location_prompt is off): it has no peaks")
+        self._require_location_map()
         samples = self._pair_samples(images, refs, allow_untrained)
         batch = self._batch(samples, allow_untrained, self.config.max_new_tokens)
         generations = self.generate(batch)

@@ -676,6 +676,11 @@ class AnyRefModel(nn.Module):
             low = torch.where(drawn[:, None, None, None], self.redraw_obj_masks(embeddings, prompts, masks), low)
         return low
 
+    def _require_location_map(self) -> None:
+        """Refuse, before any work, what needs the peaks of a location map on a model that has none."""
+        if self.obj_locator is None:
+            raise ValueError("this model has no location map (obj_location_prompt is off): it has no peaks")
+
     @torch.no_grad()
     def location_peak_masks(self, embeddings: torch.Tensor, obj_states: torch.Tensor, image_states: torch.Tensor,
                             sam_sizes: list[tuple[int, int]], image_sizes: list[tuple[int, int]],
@@ -693,8 +698,7 @@ class AnyRefModel(nn.Module):
         image_states: N x T x H (the image tokens of each ``<obj>``'s row); sam_sizes, image_sizes: the frame of each
         one's image. Returns (N low-res logits K_i x 1 x 4g x 4g, K_i <= location_peaks, strongest peak first; the
         N lists of K_i peaks (row, column) of the llm_grid x llm_grid map they were drawn at)."""
-        if self.obj_locator is None:
-            raise ValueError("this model has no location map (obj_location_prompt is off): it has no peaks")
+        self._require_location_map()
         side = self.llm_grid
         maps = location_cells(self.obj_locator(obj_states, image_states), side ** 2).float().view(-1, side, side)
         if peaks is None:

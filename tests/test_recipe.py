@@ -86,7 +86,7 @@ def test_a_recipe_runs_in_order_times_each_step_and_continues(tmp_path, monkeypa
     assert "not run again" in capsys.readouterr().out
 
 
-def test_a_failing_step_is_named_and_the_ones_before_it_kept(tmp_path):
+def test_a_failing_step_is_named_and_writes_nothing(tmp_path):
     path = _write(tmp_path / "recipe.json", [
         {"name": "named", "run": ["fit-verifier", "--model", "synthref-tiny", "--steps", "0", "--out",
                                   "{out}/never"], "model": "{out}/never"}])

@@ -110,7 +110,10 @@ def _apply_settings(step: dict) -> None:
     model = AnyRef.from_pretrained(step["previous"])
     for key, value in step["settings"].items():
         setter = getattr(model, f"set_{key}")
-        setter(*value) if isinstance(value, list) else setter(value)
+        if isinstance(value, list):
+            setter(*value)
+        else:
+            setter(value)
     model.save_pretrained(step["model"])
 
 
