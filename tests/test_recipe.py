@@ -95,3 +95,29 @@ def test_a_failing_step_is_named_and_writes_nothing(tmp_path):
     assert not (tmp_path / "run" / "never").exists()
     log = json.loads((tmp_path / "run" / LOG).read_text()) if (tmp_path / "run" / LOG).exists() else None
     assert log is None or not log["complete"]
+
+
+def test_a_written_model_the_recipe_would_not_write_now_is_refused_before_anything_runs(tmp_path):
+    out = tmp_path / "run"
+    AnyRef.from_pretrained("synthref-tiny").save_pretrained(str(out / "a" / "model"))  # as if step "a" had run
+    first = {"name": "a", "run": ["train", "--preset", "smoke", "--out", "{out}/a"], "model": "{out}/a/model"}
+
+    def recipe(refinements: int, preset: str = "smoke") -> dict:
+        return load_recipe(str(_write(tmp_path / "recipe.json", [
+            {**first, "run": ["train", "--preset", preset, "--out", "{out}/a"]},
+            {"name": "s1", "settings": {"mask_refinements": refinements}},
+            {"name": "s2", "settings": {"group_threshold": 0.6}}])))
+
+    log = run_recipe(recipe(1), str(out), "test")  # "a" has no log record (copied in): taken as it is
+    assert [s["status"] for s in log["steps"]] == ["written before", "ran", "ran"]
+    with pytest.raises(ValueError, match=r"'s1'.*mask_refinements\": 1.*mask_refinements\": 2.*remove .*s1"):
+        run_recipe(recipe(2), str(out), "test", dry_run=True)  # the recipe was edited since s1 was written
+    (out / "s1" / "config.json").unlink()  # s1 must run again, and s2 was built on its old model
+    with pytest.raises(ValueError, match=r"'s2'.* step 's1' before it is not"):
+        run_recipe(recipe(1), str(out), "test")
+    assert not (out / "s1" / "config.json").exists()  # refused before anything ran
+    log = json.loads((out / LOG).read_text())
+    log["steps"][0]["command"] = ["anyref", "train", "--preset", "smoke", "--out", str(out / "a")]
+    (out / LOG).write_text(json.dumps(log))  # a logged command that differs from the recipe's now
+    with pytest.raises(ValueError, match=r"'a'.*--preset smoke .*--preset other"):
+        run_recipe(recipe(1, preset="other"), str(out), "test", dry_run=True)

@@ -15,11 +15,12 @@ A recipe is a JSON file (``train/recipes/NAME.json``, or a path): a description 
 In the arguments ``{out}`` is ``--out`` and ``{previous}`` the model the step before wrote. A step whose model is
 already written (its config.json is there: every model is written atomically) is not run again, so a recipe stopped
 part-way continues from its first unfinished step - and ``anyref train`` itself resumes from its checkpoints (the
-step is then marked "continued" in the log: its seconds count the last run only). After every step
-``OUT/recipe_log.json`` is rewritten (atomically): each step's seconds and command, the total, the machine, the
-code's commit and libraries. Why: the shipped model's recipe grew to ten commands whose order, paths and settings
-a user had to copy by hand from docs/training.md, and the time a recipe takes is one of its targets
-(docs/training.md).
+step is then marked "continued" in the log: its seconds count the last run only). A written model that the
+recipe as it is now would not have written - its logged command or settings differ, or a step before it must run
+again - is refused before anything runs. After every step ``OUT/recipe_log.json`` is rewritten (atomically): each
+step's seconds and command, the total, the machine, the code's commit and libraries. Why: the shipped model's
+recipe grew to ten commands whose order, paths and settings a user had to copy by hand from docs/training.md, and
+the time a recipe takes is one of its targets (docs/training.md).
 """
 from __future__ import annotations
 
@@ -130,10 +131,10 @@ def run_recipe(recipe: dict, out: str, name: str, dry_run: bool = False) -> dict
                        "processor": platform.processor() or platform.machine(), "python": platform.python_version(),
                        "torch": torch.__version__},
            "steps": [], "complete": False}
+    _check_written_steps(steps, earlier, out)
     for step in steps:
-        record = {"name": step["name"], "model": step["model"],
-                  **({"command": ["anyref", *step["run"]]} if "run" in step else {"settings": step["settings"]})}
-        if (Path(step["model"]) / "config.json").is_file():
+        record = {"name": step["name"], "model": step["model"], **_what_it_runs(step)}
+        if _written(step):
             before = earlier.get(step["name"], {})
             record.update(status="written before", seconds=before.get("seconds"),
                           **({"continued": True} if before.get("continued") else {}))
@@ -155,7 +156,7 @@ def run_recipe(recipe: dict, out: str, name: str, dry_run: bool = False) -> dict
                     raise RuntimeError(f"recipe step {step['name']!r} failed (exit code {done.returncode}): "
                                        f"{' '.join(record['command'])}; fix it and run the recipe again, it "
                                        "continues from this step")
-                if not (Path(step["model"]) / "config.json").is_file():
+                if not _written(step):
                     raise RuntimeError(f"recipe step {step['name']!r} ran but wrote no model at {step['model']}: "
                                        "the recipe's \"model\" for it is wrong")
             else:
@@ -174,6 +175,41 @@ def run_recipe(recipe: dict, out: str, name: str, dry_run: bool = False) -> dict
         total = "unknown" if log["total_seconds"] is None else f"{log['total_seconds']:.0f} s"
         print(f"recipe {name}: model {log['model']}, {total} in all (each step's in {log_path})", flush=True)
     return log
+
+
+def _what_it_runs(step: dict) -> dict:
+    """The part of a step's log record that says what it does: its command, or its settings."""
+    return {"command": ["anyref", *step["run"]]} if "run" in step else {"settings": step["settings"]}
+
+
+def _written(step: dict) -> bool:
+    """Whether the step's model is there (its config.json: every model is written atomically)."""
+    return (Path(step["model"]) / "config.json").is_file()
+
+
+def _check_written_steps(steps: list[dict], earlier: dict, out: str) -> None:
+    """Refuse, before anything runs, to build on a written model that the recipe as it is now would not have
+    written: one whose logged command or settings differ from the step's now (the recipe was edited since), or
+    one written after a step that must run again (it was built on that step's old model). Why: a step whose model
+    is written is skipped, so an edited recipe would otherwise carry the old step's model on in silence. A written
+    model without a log record (copied in by hand) is taken as it is."""
+    to_run = None
+    for step in steps:
+        if not _written(step):
+            to_run = to_run or step["name"]
+            continue
+        remove = (f"remove {('run' in step and _out_of(step)) or step['model']} and what the steps after it wrote, "
+                  f"or give another --out than {out}")
+        if to_run is not None:
+            raise ValueError(f"recipe step {step['name']!r}: {step['model']} is written, but step {to_run!r} "
+                             f"before it is not, so it was built on a model that step will replace: {remove}")
+        logged = {key: earlier.get(step["name"], {}).get(key) for key in ("command", "settings")}
+        now = _what_it_runs(step)
+        if any(logged.values()) and {key: logged.get(key) for key in now} != now:
+            was = " ".join(logged["command"]) if logged["command"] else json.dumps(logged["settings"])
+            is_now = " ".join(now["command"]) if "command" in now else json.dumps(now["settings"])
+            raise ValueError(f"recipe step {step['name']!r}: {step['model']} was written by `{was}`, but the recipe "
+                             f"now says `{is_now}`: {remove}")
 
 
 def _out_of(step: dict) -> str | None:
