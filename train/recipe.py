@@ -203,13 +203,16 @@ def _check_written_steps(steps: list[dict], earlier: dict, out: str) -> None:
         if to_run is not None:
             raise ValueError(f"recipe step {step['name']!r}: {step['model']} is written, but step {to_run!r} "
                              f"before it is not, so it was built on a model that step will replace: {remove}")
-        logged = {key: earlier.get(step["name"], {}).get(key) for key in ("command", "settings")}
-        now = _what_it_runs(step)
-        if any(logged.values()) and {key: logged.get(key) for key in now} != now:
-            was = " ".join(logged["command"]) if logged["command"] else json.dumps(logged["settings"])
-            is_now = " ".join(now["command"]) if "command" in now else json.dumps(now["settings"])
-            raise ValueError(f"recipe step {step['name']!r}: {step['model']} was written by `{was}`, but the recipe "
-                             f"now says `{is_now}`: {remove}")
+        before = earlier.get(step["name"], {})
+        logged = {key: before[key] for key in ("command", "settings") if before.get(key) is not None}
+        if logged and logged != _what_it_runs(step):
+            raise ValueError(f"recipe step {step['name']!r}: {step['model']} was written by `{_said(logged)}`, but "
+                             f"the recipe now says `{_said(_what_it_runs(step))}`: {remove}")
+
+
+def _said(what: dict) -> str:
+    """A step's command or settings (``_what_it_runs``) as one line."""
+    return " ".join(what["command"]) if "command" in what else json.dumps(what["settings"])
 
 
 def _out_of(step: dict) -> str | None:
