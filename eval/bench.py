@@ -32,6 +32,7 @@ import torch
 
 from anyref.model_args import resolve_device
 from eval.provenance import run_provenance
+from eval.results import cited_model
 
 __all__ = ["register", "run_bench", "reference_segment", "full_size_budget"]
 
@@ -242,7 +243,7 @@ def run_bench(model_name: str, device: str = "cpu", repeats: int = 15, full: boo
     engine_speedup = float(np.median(times["reference"])) / float(np.median(times["engine"]))
 
     results = {
-        "benchmark": "bench", "model": str(model_name), "device": str(device), "dtype": str(model.dtype),
+        "benchmark": "bench", "model": cited_model(model_name), "device": str(device), "dtype": str(model.dtype),
         "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": torch.get_num_threads(),
                     "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None},
         "latency_per_reference": latency,

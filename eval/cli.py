@@ -22,7 +22,6 @@ import json
 import shlex
 import sys
 import time
-from pathlib import Path
 
 from anyref.model_args import add_model_arguments, inference_setting_words, load_model
 
@@ -169,11 +168,6 @@ def _reader(args):
     raise ValueError(f"no reader for {name!r}")
 
 
-def _model_name(model: str) -> str:
-    path = Path(model)
-    return str(path.resolve()) if path.is_dir() else model
-
-
 def _command_line(args) -> str:
     """The command that reproduces this run: ``anyref eval BENCHMARK`` plus every option not at its default (the
     inference settings as given, 'off' included)."""
@@ -227,9 +221,9 @@ def _run_benchmark(args) -> int:
                   "fewshot": runners.run_fewshot, "reg": runners.run_reg}[args.benchmark]
         run = runner(model, reader, limit=args.limit, overlays=args.save_overlays, progress=progress,
                      allow_untrained=args.allow_untrained)
-        dataset, data = reader.dataset, str(Path(args.data).resolve())
+        dataset, data = reader.dataset, args.data
     seconds = time.perf_counter() - start
-    results = make_results(args.benchmark, run, _model_name(args.model), dataset, args.split, seconds,
+    results = make_results(args.benchmark, run, args.model, dataset, args.split, seconds,
                            _command_line(args), data, args.limit, loaded_model=model)
     _emit(results, args.out)
     return 0

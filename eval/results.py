@@ -1,11 +1,13 @@
 """The results file every runner writes: metrics, counts, what was evaluated, how long it took, how it was run.
 
-    {"benchmark": "res", "dataset": "refcoco", "split": "val", "model": "/path/to/model", "data": "/path/to/data",
+    {"benchmark": "res", "dataset": "refcoco", "split": "val", "model": "runs/my-model", "data": "/path/to/data",
      "metrics": {"ciou": 0.74, "giou": 0.76}, "counts": {"samples": 10834, ...}, "settings": {"split_by": "unc"},
      "limit": null, "seconds": 812.3, "command": "anyref eval res --model ...", "created": "2025-...Z",
      "provenance": {"anyref": "0.1.0", "git_commit": "ab80...", "git_dirty": false, "torch": "...", ...}}
 
-``provenance`` (:mod:`eval.provenance`) is absent from files written before it existed; readers must not need it.
+A model or data folder is named relative to the folder the run started in when it lies inside it, else absolutely
+(cited_path). ``provenance`` (:mod:`eval.provenance`) is absent from files written before it existed; readers must
+not need it.
 Metrics are fractions in [0, 1] (CIDEr on pycocoevalcap's 0-10 scale); the summary table scales them as papers do.
 """
 from __future__ import annotations
@@ -27,7 +29,7 @@ from encoders.checkpoints import write_text_atomically
 from eval.provenance import run_provenance
 
 __all__ = ["RunOutput", "make_results", "write_results", "check_results_out", "write_module_results", "run_diagnostic",
-           "diagnostic_parser", "read_results"]
+           "diagnostic_parser", "read_results", "cited_path", "cited_model"]
 
 
 @dataclass
@@ -56,14 +58,29 @@ def _jsonable(value):
     return value
 
 
+def cited_path(path: str | Path) -> str:
+    """How a results file names a model or data folder: relative to the current folder when it lies inside it
+    (``runs/recipe/shipped``, so a results file copied into a repository names no one's machine), else absolute
+    (still unambiguous wherever the file is read)."""
+    resolved, here = Path(path).resolve(), Path.cwd().resolve()
+    return str(resolved.relative_to(here)) if resolved.is_relative_to(here) else str(resolved)
+
+
+def cited_model(model: str | Path) -> str:
+    """A model folder by cited_path; a shipped name (``synthref-tiny``) as given."""
+    return cited_path(model) if Path(model).is_dir() else str(model)
+
+
 def make_results(benchmark: str, run: RunOutput, model: str, dataset: str, split: str, seconds: float,
                  command: str = "", data: Optional[str] = None, limit: Optional[int] = None,
                  loaded_model: object = None) -> dict:
-    """The results dict of a run (module docstring). model: the model's directory or shipped name; loaded_model:
-    the model object that ran, when the caller has it, for the provenance's device and dtype."""
+    """The results dict of a run (module docstring). model: the model's directory or shipped name; data: the dataset's
+    folder (both folders named by cited_path); loaded_model: the model object that ran, when the caller has it, for
+    the provenance's device and dtype."""
     return _jsonable({
-        "benchmark": benchmark, "dataset": dataset, "split": split, "model": str(model),
-        "data": None if data is None else str(data), "metrics": run.metrics, "counts": run.counts,
+        "benchmark": benchmark, "dataset": dataset, "split": split,
+        "model": cited_model(model),
+        "data": None if data is None else cited_path(data), "metrics": run.metrics, "counts": run.counts,
         "settings": run.settings, "limit": limit, "seconds": round(float(seconds), 3), "command": command,
         "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "provenance": run_provenance(model, loaded_model),

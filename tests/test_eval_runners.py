@@ -154,6 +154,20 @@ def test_results_file_is_written_atomically_and_read_back(tmp_path):
         read_results(tmp_path / "bad.json")
 
 
+def test_results_name_folders_inside_the_run_folder_relatively(tmp_path, monkeypatch):
+    # A results file copied into a repository must not name the machine it ran on; outside the run's folder the
+    # absolute path is the only unambiguous name.
+    (tmp_path / "repo" / "runs" / "model").mkdir(parents=True)
+    (tmp_path / "data").mkdir()
+    monkeypatch.chdir(tmp_path / "repo")
+    run = RunOutput({"ciou": 0.5}, {"samples": 1})
+    results = make_results("res", run, str(tmp_path / "repo" / "runs" / "model"), "refcoco", "val", 1.0,
+                           data="../data")
+    assert results["model"] == os.path.join("runs", "model")
+    assert results["data"] == str((tmp_path / "data").resolve())
+    assert make_results("res", run, "synthref-tiny", "synthref", "test", 1.0)["model"] == "synthref-tiny"
+
+
 class _Loaded:
     """What a results file reads from the model that ran: its device and dtype."""
 
