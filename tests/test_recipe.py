@@ -84,6 +84,12 @@ def test_a_recipe_runs_in_order_times_each_step_and_continues(tmp_path, monkeypa
     assert [s["seconds"] for s in again["steps"]] == [s["seconds"] for s in log["steps"]]
     assert [s.get("continued", False) for s in again["steps"]] == [True, False, False]  # kept with its seconds
     assert "not run again" in capsys.readouterr().out
+    digests = [s["weights_sha256"] for s in log["steps"]]
+    assert all(digests) and [s["weights_sha256"] for s in again["steps"]] == digests
+    assert digests[0] == digests[1] != digests[2]  # settings change no weight; the verifier's fit does
+    # On one machine and one commit a recipe is bit-reproducible: a second run from nothing writes the same weights.
+    rerun = run_recipe(load_recipe(str(path)), str(tmp_path / "rerun"), "test")
+    assert [s["weights_sha256"] for s in rerun["steps"]] == digests
 
 
 def test_a_failing_step_is_named_and_writes_nothing(tmp_path):

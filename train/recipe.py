@@ -18,13 +18,16 @@ part-way continues from its first unfinished step - and ``anyref train`` itself 
 step is then marked "continued" in the log: its seconds count the last run only). A written model that the
 recipe as it is now would not have written - its logged command or settings differ, or a step before it must run
 again - is refused before anything runs. After every step ``OUT/recipe_log.json`` is rewritten (atomically): each
-step's seconds and command, the total, the machine, the code's commit and libraries. Why: the shipped model's
-recipe grew to ten commands whose order, paths and settings a user had to copy by hand from docs/training.md, and
-the time a recipe takes is one of its targets (docs/training.md).
+step's seconds, command and the sha256 of the weights it wrote, the total, the machine, the code's commit and
+libraries. On one machine and one commit a recipe is bit-reproducible, so two runs' digests match step by step
+(docs/training-experiments.md, "The recipe run again"). Why: the shipped model's recipe grew to ten commands whose
+order, paths and settings a user had to copy by hand from docs/training.md, and the time a recipe takes is one of
+its targets (docs/training.md).
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -165,6 +168,7 @@ def run_recipe(recipe: dict, out: str, name: str, dry_run: bool = False) -> dict
             print(f"recipe: {step['name']} took {record['seconds']:.0f} s", flush=True)
         log["steps"].append(record)
         if not dry_run:
+            record["weights_sha256"] = _weights_sha256(step["model"])
             _write_log(log_path, log)
     seconds = [s.get("seconds") for s in log["steps"]]
     log["complete"] = not dry_run
@@ -185,6 +189,21 @@ def _what_it_runs(step: dict) -> dict:
 def _written(step: dict) -> bool:
     """Whether the step's model is there (its config.json: every model is written atomically)."""
     return (Path(step["model"]) / "config.json").is_file()
+
+
+def _weights_sha256(model_dir: str) -> str | None:
+    """One sha256 over a model directory's weight files (model.safetensors, or a sharded index and its shards, in
+    name order); None when there are none. Equal digests: equal weights, as saved bytes are deterministic."""
+    files = sorted(Path(model_dir).glob("model*.safetensors*"))
+    if not files:
+        return None
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.name.encode() + b"\0")
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _check_written_steps(steps: list[dict], earlier: dict, out: str) -> None:
