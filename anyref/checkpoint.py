@@ -25,7 +25,7 @@ from encoders.llava import build_llava
 from encoders.sam import build_sam
 from encoders.timm_features import TimmFeatures, timm_sources
 
-__all__ = ["save_directory", "load_directory", "resolve_model_path", "PRETRAINED_DIR"]
+__all__ = ["save_directory", "load_directory", "resolve_model_path", "weight_files", "PRETRAINED_DIR"]
 
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
 CONFIG_NAME = "config.json"
@@ -141,15 +141,20 @@ def _read_tokenizer(directory: Path):
                               f"restore its {' / '.join(TOKENIZER_JSON_FILES)}, or save the model again") from error
 
 
-def _read_weights(directory: Path) -> dict[str, torch.Tensor]:
+def weight_files(directory: str | Path) -> list[str]:
+    """The names of the files that hold a model directory's weights, in name order: its shards when it has a
+    sharded index, else model.safetensors. CheckpointError when it has neither."""
+    directory = Path(directory)
     if (directory / INDEX_NAME).is_file():
-        files = sorted(set(read_weight_map(directory / INDEX_NAME).values()))
-    elif (directory / WEIGHTS_NAME).is_file():
-        files = [WEIGHTS_NAME]
-    else:
-        raise CheckpointError(f"{directory} has no {WEIGHTS_NAME} (nor a sharded index)")
+        return sorted(set(read_weight_map(directory / INDEX_NAME).values()))
+    if (directory / WEIGHTS_NAME).is_file():
+        return [WEIGHTS_NAME]
+    raise CheckpointError(f"{directory} has no {WEIGHTS_NAME} (nor a sharded index)")
+
+
+def _read_weights(directory: Path) -> dict[str, torch.Tensor]:
     state: dict[str, torch.Tensor] = {}
-    for name in files:
+    for name in weight_files(directory):
         try:
             state.update(load_file(directory / name))
         except Exception as error:

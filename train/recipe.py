@@ -191,16 +191,15 @@ def _written(step: dict) -> bool:
     return (Path(step["model"]) / "config.json").is_file()
 
 
-def _weights_sha256(model_dir: str) -> str | None:
-    """One sha256 over a model directory's weight files (model.safetensors, or a sharded index and its shards, in
-    name order); None when there are none. Equal digests: equal weights, as saved bytes are deterministic."""
-    files = sorted(Path(model_dir).glob("model*.safetensors*"))
-    if not files:
-        return None
+def _weights_sha256(model_dir: str) -> str:
+    """One sha256 over the files that hold a written model's weights (anyref.checkpoint.weight_files). Equal
+    digests: equal weights, as saved bytes are deterministic."""
+    from anyref.checkpoint import weight_files
+
     digest = hashlib.sha256()
-    for path in files:
-        digest.update(path.name.encode() + b"\0")
-        with open(path, "rb") as handle:
+    for name in weight_files(model_dir):
+        digest.update(name.encode() + b"\0")
+        with open(Path(model_dir) / name, "rb") as handle:
             for chunk in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(chunk)
     return digest.hexdigest()
