@@ -1,6 +1,6 @@
 """The trainer end to end (DeepSpeed ZeRO-2 on CPU, gloo): a run killed with SIGKILL resumes to exactly the weights
-of an uninterrupted one, two ranks train and export, a NaN loss stops the run with the last checkpoint intact, and a
-bf16 run merges LoRA from its fp32 masters."""
+of an uninterrupted one, two ranks train and export, a later stage that freezes the encoders leaves them as they were,
+a NaN loss stops the run with the last checkpoint intact, and a bf16 run merges LoRA from its fp32 masters."""
 import json
 import os
 import signal
@@ -151,6 +151,24 @@ def test_two_ranks_zero2_over_gloo(tmp_path):
                             capture_output=True, text=True, timeout=600)
     assert single.returncode == 2 and "saved by 2 rank(s), this run has 1" in single.stderr
     assert "Traceback" not in single.stderr
+
+
+def test_a_later_stage_that_freezes_the_encoders_leaves_them_as_the_earlier_stage_wrote_them(tmp_path):
+    # why it matters: such a stage gives the encoders no gradient (ZeRO-2 steps them on zeros, at lr 0), which must
+    # hold in a run resumed inside it too, and the export must still write every trained part
+    config = _config(tmp_path, "frozen", eval_every=0, checkpoint_every=2,
+                     stages=[{"name": "warm-up", "steps": 2, "trainable": "encoders_promptable",
+                              "objective": "synthref_dense", "sam_prompt_weight": 1.0},
+                             {"name": "frozen", "steps": 4, "trainable": "all_but_encoders", "pointer_weight": 0.5}])
+    out = tmp_path / "run"
+    _train(config, out, "--steps", "2", "--export")  # the warm-up's end
+    _train(config, out, "--steps", "4")  # two frozen steps, then resumed inside the frozen stage
+    _train(config, out)
+    warmed, final = load_file(out / "model-step-000002" / "model.safetensors"), _weights(out)
+    encoders = [k for k in final if k.startswith(("llava.model.vision_tower.", "sam.image_encoder.", "audio_encoder."))]
+    assert encoders and all(torch.equal(warmed[k], final[k]) for k in encoders)
+    language = [k for k in final if k.startswith("llava.model.language_model.")]
+    assert language and not all(torch.equal(warmed[k], final[k]) for k in language)
 
 
 def test_nan_loss_stops_with_last_checkpoint_intact(tmp_path):

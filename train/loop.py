@@ -30,7 +30,7 @@ from train.config import TrainConfig, config_changes, load_config, preset_lines
 from train.data import Mixture
 from train.model_factory import build_model
 from train.objectives import TrainingObjective, dense_targets
-from train.trainable import apply_policies, describe_groups
+from train.trainable import apply_policies, describe_groups, follow_stage
 from train.validation import validate
 
 __all__ = ["main", "TrainingDiverged"]
@@ -264,8 +264,12 @@ def run(args: argparse.Namespace) -> int:
     window: dict[str, float] = {}
     started = time.time()
     try:
+        following = None
         while step < last_step:
             stage = config.stage_at(step)
+            if stage is not following:
+                follow_stage(groups, stage.trainable)
+                following = stage
             for micro in range(config.grad_accumulation):
                 first = ((step * config.grad_accumulation + micro) * world + rank) * config.micro_batch
                 samples = [mixture.sample(first + j, stage.mixture) for j in range(config.micro_batch)]
@@ -306,6 +310,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {error}", file=sys.stderr, flush=True)
         return 3
     finally:
+        follow_stage(groups, None)
         bar.close()
         if log:
             log.close()

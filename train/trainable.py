@@ -5,7 +5,7 @@ from torch import nn
 
 from anyref.group_heads import GroupHead
 
-__all__ = ["parameter_groups", "POLICIES", "apply_policies", "describe_groups"]
+__all__ = ["parameter_groups", "POLICIES", "apply_policies", "follow_stage", "describe_groups"]
 
 # policy -> groups it trains (see train.config.Stage)
 POLICIES = {
@@ -89,6 +89,18 @@ def apply_policies(model: nn.Module, policies: set[str], trainer_heads: dict[str
         for param in params:
             param.requires_grad_(name in wanted)
     return {name: params for name, params in groups.items() if name in wanted and params}
+
+
+def follow_stage(groups: dict[str, list[nn.Parameter]], policy: str | None) -> None:
+    """Let only the groups ``policy`` trains take gradients, of ``groups`` (what :func:`apply_policies` returned for
+    every stage of a run); None: all of them again (for export, which reads the trained parameters' masters). A stage
+    also keeps the other groups' learning rate at 0 (train.loop.lr_multipliers); without their gradients it skips
+    their backward pass too - a frozen encoder in a later stage costs no backward, as in a run of its own - and
+    leaves them out of the gradient-clipping norm."""
+    trained = set(POLICIES[policy]) if policy is not None else set(groups)
+    for name, params in groups.items():
+        for param in params:
+            param.requires_grad_(name in trained)
 
 
 def describe_groups(model: nn.Module, trainer_heads: dict[str, list[nn.Module]] | None = None) -> str:
