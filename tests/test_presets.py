@@ -95,7 +95,8 @@ def _shared_part(preset: dict, stages: int, free: tuple[str, ...]) -> dict:
 # image_token_merge): refocusing acts in the joint stage only (the ablation sets its lambda on the command line); the
 # continuations change their settings after step 8,500. The next two continue a finished synthref-tiny-merge run;
 # synthref-tiny-long lengthens synthref-tiny's joint stage and synthref-tiny-joint-lr2 / -lr07 raise / lower its
-# learning rate (their runs branched from the warm-up's end).
+# learning rate (their runs branched from the warm-up's end); synthref-tiny-joint-frozen-encoders freezes the
+# encoders in synthref-tiny-joint-lr07's joint stage (its run branched from the recipe run's warm-up end).
 BRANCHING_PRESETS = {"synthref-ablation": ("synthref-tiny-full-grid", 1, ("refocus_answer_grad",)),
                      "synthref-tiny-answer-grad": ("synthref-tiny-full-grid", 1, ("refocus_answer_grad",)),
                      "synthref-token-norm": ("synthref-tiny-full-grid", 2, ("mask_token_norm",)),
@@ -104,7 +105,8 @@ BRANCHING_PRESETS = {"synthref-ablation": ("synthref-tiny-full-grid", 1, ("refoc
                      "synthref-caption-focus": ("synthref-tiny-merge", 2, ()),
                      "synthref-tiny-long": ("synthref-tiny", 1, ()),
                      "synthref-tiny-joint-lr2": ("synthref-tiny", 1, ()),
-                     "synthref-tiny-joint-lr07": ("synthref-tiny", 1, ())}
+                     "synthref-tiny-joint-lr07": ("synthref-tiny", 1, ()),
+                     "synthref-tiny-joint-frozen-encoders": ("synthref-tiny-joint-lr07", 1, ())}
 
 
 def test_every_preset_loads_and_the_branching_presets_match_the_run_they_branch_from():
